@@ -1,11 +1,28 @@
-"""Task label sets and the default finding -> label maps.
+"""Task label sets, exclusion reasons and the finding -> label maps.
 
 A *finding* is what a dataset says about an image (e.g. ``COVID-19, ARDS``,
 ``Pneumonia/Bacterial/Streptococcus``, ``todo``). A *label* is one class of
 the task being trained. Maps are data: run configs may override them.
+
+How a finding becomes a label (``finding_to_label``):
+
+1. The finding is normalised: stripped, inner whitespace collapsed, lower-cased.
+2. Findings that are not diagnoses (``UNLABELLED_FINDINGS``) are excluded with
+   EXCLUDE_UNLABELLED; overrides cannot change this.
+3. An exact key of the task's map wins.
+4. Otherwise a hierarchical finding (``Pneumonia/Viral/SARS``) takes the value
+   of its most specific part that the map knows (``sars``, else ``viral``,
+   else ``pneumonia``).
+5. Otherwise a combined finding (``A, B``) is COVID-19 if any part is
+   COVID-19 (a COVID-positive case with a second finding is still COVID-19);
+   any other combination must be listed in the map as a whole.
+6. A finding the map does not know is EXCLUDE_UNKNOWN_FINDING; one mapped to
+   None is EXCLUDE_OUT_OF_TASK.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 COVID = "COVID-19"
 NORMAL = "normal"
@@ -27,15 +44,20 @@ EXCLUDE_UNREADABLE = "unreadable image"
 EXCLUDE_MISSING_FILE = "missing file"
 EXCLUDE_LATERAL = "lateral view"
 EXCLUDE_NOT_XRAY = "not an X-ray"
+EXCLUDE_NOT_IMAGE = "not a PNG/JPEG file"
+EXCLUDE_DUPLICATE = "duplicate image"
 
 # Findings that are not diagnoses: excluded with EXCLUDE_UNLABELLED.
-UNLABELLED_FINDINGS = frozenset({"", "todo", "inconclusive", "unknown", "nan"})
+UNLABELLED_FINDINGS = frozenset({"", "todo", "inconclusive", "unknown", "nan", "?", "n/a"})
 
-# Default 3-class map (lower-cased finding -> multiclass label). ieee8023 writes
-# hierarchical findings such as "Pneumonia/Viral/COVID-19"; we match on the
-# most specific known term, see `finding_to_label`.
+# Default 3-class map (normalised finding -> multiclass label, None = a real
+# diagnosis outside the three classes). Keys are single terms (matched as the
+# parts of hierarchical findings) or whole findings seen in public datasets.
 DEFAULT_MULTICLASS_MAP: dict[str, str | None] = {
     "covid-19": COVID,
+    "covid19": COVID,
+    "covid": COVID,  # folder name in the COVID-19 Radiography Database
+    "sars-cov-2": COVID,  # must not fall back to "viral" in Pneumonia/Viral/SARS-CoV-2
     "covid-19, ards": COVID,
     "pneumonia/viral/covid-19": COVID,
     "no finding": NORMAL,
@@ -44,8 +66,13 @@ DEFAULT_MULTICLASS_MAP: dict[str, str | None] = {
     "bacterial": PNEUMONIA,
     "viral": PNEUMONIA,
     "fungal": PNEUMONIA,
+    "aspiration": PNEUMONIA,
+    "bacterial pneumonia": PNEUMONIA,
+    "viral pneumonia": PNEUMONIA,
+    "mycoplasma bacterial pneumonia": PNEUMONIA,  # ieee8023, June 2020
     "sars": PNEUMONIA,
     "mers": PNEUMONIA,
+    "mers-cov": PNEUMONIA,
     "pneumocystis": PNEUMONIA,
     "streptococcus": PNEUMONIA,
     "klebsiella": PNEUMONIA,
@@ -60,8 +87,20 @@ DEFAULT_MULTICLASS_MAP: dict[str, str | None] = {
     "aspergillosis": PNEUMONIA,
     "herpes": PNEUMONIA,
     "nocardia": PNEUMONIA,
-    # ARDS alone is neither COVID-19, normal nor pneumonia.
+    # Real diagnoses that are neither COVID-19, normal nor pneumonia.
     "ards": None,
+    "tuberculosis": None,
+}
+
+# The binary task is COVID-19 vs any other real diagnosis, so findings outside
+# the 3-class task (ARDS alone) are non-COVID here rather than excluded.
+DEFAULT_BINARY_MAP: dict[str, str | None] = {
+    finding: (COVID if label == COVID else NON_COVID) for finding, label in DEFAULT_MULTICLASS_MAP.items()
+}
+
+DEFAULT_LABEL_MAPS: dict[str, dict[str, str | None]] = {
+    "binary": DEFAULT_BINARY_MAP,
+    "multiclass": DEFAULT_MULTICLASS_MAP,
 }
 
 
@@ -75,3 +114,81 @@ def labels_for_task(task: str) -> tuple[str, ...]:
         return TASK_LABELS[task]
     except KeyError:
         raise ValueError(f"unknown task {task!r}; valid tasks: {sorted(TASK_LABELS)}") from None
+
+
+def normalize_finding(finding: object) -> str:
+    """Stripped, whitespace-collapsed, lower-cased text; None/NaN become ""."""
+    if finding is None or (isinstance(finding, float) and finding != finding):
+        return ""
+    return " ".join(str(finding).split()).lower()
+
+
+def label_map_for_task(task: str, overrides: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
+    """The task's default map with `overrides` applied (keys case-insensitive).
+
+    Override values must be labels of the task (matched case-insensitively,
+    returned in canonical spelling) or None; anything else is a ValueError,
+    so that a typo cannot create a new class.
+    """
+    labels = labels_for_task(task)
+    mapping = dict(DEFAULT_LABEL_MAPS[task])
+    canonical = {label.lower(): label for label in labels}
+    seen: dict[str, str] = {}
+    for raw_key, value in (overrides or {}).items():
+        key = normalize_finding(raw_key)
+        if key in seen:
+            raise ValueError(f"label_map keys {seen[key]!r} and {raw_key!r} are the same finding")
+        seen[key] = raw_key
+        if value is None:
+            mapping[key] = None
+        elif isinstance(value, str) and value.lower() in canonical:
+            mapping[key] = canonical[value.lower()]
+        else:
+            raise ValueError(
+                f"label_map[{raw_key!r}] = {value!r} is not a {task} label; valid: {list(labels)} or null"
+            )
+    return mapping
+
+
+def finding_to_label(
+    finding: str, task: str, label_map: Mapping[str, str | None] | None = None
+) -> tuple[str, str]:
+    """(label, exclusion_reason) for one finding; exactly one of them is non-empty.
+
+    `label_map` holds overrides of the task's default map (see module doc).
+    """
+    return resolve_label(finding, label_map_for_task(task, label_map))
+
+
+def resolve_label(finding: str, mapping: Mapping[str, str | None]) -> tuple[str, str]:
+    """finding_to_label with a ready map (from label_map_for_task), for loops over rows."""
+    key = normalize_finding(finding)
+    if key in UNLABELLED_FINDINGS:
+        return "", EXCLUDE_UNLABELLED
+    known, label = _lookup(key, mapping)
+    if not known:
+        return "", EXCLUDE_UNKNOWN_FINDING
+    if label is None:
+        return "", EXCLUDE_OUT_OF_TASK
+    return label, ""
+
+
+def _lookup(key: str, mapping: Mapping[str, str | None]) -> tuple[bool, str | None]:
+    """(known, label): exact key, else combined parts, else most specific hierarchy part."""
+    if key in mapping:
+        return True, mapping[key]
+    if "," in key:
+        parts = [_lookup_hierarchical(part.strip(), mapping) for part in key.split(",")]
+        if any(known and label == COVID for known, label in parts):
+            return True, COVID
+        return False, None
+    return _lookup_hierarchical(key, mapping)
+
+
+def _lookup_hierarchical(key: str, mapping: Mapping[str, str | None]) -> tuple[bool, str | None]:
+    if key in mapping:
+        return True, mapping[key]
+    for part in reversed([part.strip() for part in key.split("/")]):
+        if part in mapping:
+            return True, mapping[part]
+    return False, None

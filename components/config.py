@@ -1,0 +1,207 @@
+"""The run-config schema: one pydantic model, validated when a config is loaded.
+
+An invalid config is rejected before anything runs, with the dotted path of
+the offending field and the reason. Steps receive only JSON-serialisable
+slices of it (``model_dump(mode="json")``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.backbones import BACKBONES, get_backbone
+from components.labels import TASK_LABELS
+
+
+class ConfigError(ValueError):
+    """A run config is unreadable or invalid; the message names file, field and reason."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticData(_Strict):
+    """The embedded default dataset (synthetic radiographs), generated before ingest."""
+
+    root: str = ".cxr/data/synthetic"
+    n_patients_per_class: int = Field(20, ge=2)
+    images_per_patient: int = Field(3, ge=1)
+    image_size: int = Field(256, ge=32, le=2048)
+    seed: int = 0
+
+
+class SourceConfig(_Strict):
+    kind: Literal["folder", "ieee8023"]
+    root: str
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    label_map: dict[str, str | None] | None = None
+    patient_id_pattern: str = r"^(?P<patient_id>[^_]+)_"
+    default_view: str = "unknown"
+
+
+class DataConfig(_Strict):
+    synthetic: SyntheticData | None = None
+    sources: list[SourceConfig] = Field(..., min_length=1)
+    # Quick-run knob: keep at most this many usable images (whole patients,
+    # per class in proportion); the rest stay in the manifest, marked excluded.
+    max_images: int | None = Field(None, ge=10)
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> "DataConfig":
+        names = [source.name for source in self.sources]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"source names must be unique, repeated: {duplicates}")
+        return self
+
+
+class ValidationConfig(_Strict):
+    min_width: int = Field(64, ge=1)
+    min_height: int = Field(64, ge=1)
+    allowed_modes: list[str] = ["L", "RGB", "RGBA", "P", "I;16", "I", "LA"]
+    min_images_per_class: int = Field(5, ge=1)
+    warning_only: list[str] = []
+
+
+class SplitConfig(_Strict):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        return self
+
+
+class AugmentationConfig(_Strict):
+    preset: Literal["paper", "light", "none"] = "paper"
+    # Augmented copies added per training image (the paper's x64 is copies_per_image=63).
+    copies_per_image: int = Field(1, ge=0, le=256)
+    # Per-operation overrides: {"rotate": {"enabled": false}, "gaussian_blur": {"sigma": [0, 1]}}
+    operations: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _known_operations(self) -> "AugmentationConfig":
+        from components.augmentation import resolve_operations
+
+        resolve_operations(self.preset, self.operations)  # raises naming the unknown op/parameter
+        return self
+
+
+class BackboneConfig(_Strict):
+    name: str
+    image_size: int | None = None  # default: the backbone's own
+    alpha: float = Field(1.0, gt=0, le=1.0)
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        get_backbone(name)  # raises with the list of valid names
+        return name
+
+    @model_validator(mode="after")
+    def _size(self) -> "BackboneConfig":
+        spec = BACKBONES[self.name]
+        if self.image_size is None:
+            self.image_size = spec.default_size
+        if self.image_size < spec.min_size:
+            raise ValueError(f"{self.name} needs image_size >= {spec.min_size}, got {self.image_size}")
+        if self.alpha != 1.0 and not spec.has_alpha:
+            raise ValueError(f"{self.name} has no alpha (width multiplier); only MobileNet does")
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    patience: int = Field(5, ge=1)  # EarlyStopping on val_loss, best weights restored
+
+
+class RegistryConfig(_Strict):
+    model_name: str = Field("cxr-classifier", pattern=r"^[A-Za-z0-9_.-]+$")
+    primary_metric: Literal["f1_macro", "accuracy", "precision_macro", "recall_macro"] = "f1_macro"
+    # A challenger must beat the champion by more than this to take the alias.
+    min_improvement: float = Field(0.0, ge=0)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    task: Literal["binary", "multiclass"] = "multiclass"
+    seed: int = 42
+    data: DataConfig
+    validation: ValidationConfig = ValidationConfig()
+    split: SplitConfig = SplitConfig()
+    augmentation: AugmentationConfig = AugmentationConfig()
+    backbones: list[BackboneConfig] = Field(..., min_length=1)
+    training: TrainingConfig = TrainingConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _unique_backbones(self) -> "RunConfig":
+        names = [backbone.name for backbone in self.backbones]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each backbone may appear once, got {names}")
+        return self
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return TASK_LABELS[self.task]
+
+    @property
+    def largest_image_size(self) -> int:
+        return max(backbone.image_size for backbone in self.backbones)
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {field}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_run_config(data: Any, origin: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"invalid run config {origin}:\n{_format_errors(error)}") from None
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides ({"training.epochs": 1}), validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise ConfigError(f"run config {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"run config {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"run config {path} must be a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return parse_run_config(data, origin=str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set data["a"]["b"] = value for dotted="a.b" (lists indexed by number)."""
+    parts = dotted.split(".")
+    node: Any = data
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value

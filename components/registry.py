@@ -1,0 +1,213 @@
+"""Model registry: register versions and move the `champion` / `challenger` aliases.
+
+Every registered version carries, as version tags, the primary metric (name
+and value) and a fingerprint of the test split it was evaluated on, so that a
+later candidate is compared with the champion on the same footing without
+re-reading runs.
+
+Rules (higher metric is better):
+
+- The first version of a model becomes champion (above an optional floor).
+- A later version becomes champion only if its metric is greater than the
+  champion's by more than `min_improvement`; otherwise it gets `challenger`.
+  Moving `champion` takes the alias from the old version, which keeps its
+  version number and tags.
+- If the champion was evaluated on a different test split (other
+  fingerprint), the numbers are not strictly comparable. Re-evaluating the
+  champion is out of scope here, so the same rule applies and the reason says
+  that the splits differ (the tag `split_mismatch` is set to "true").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_METRIC_KEY = "primary_metric"
+TAG_METRIC_VALUE = "primary_metric_value"
+TAG_FINGERPRINT = "test_split_fingerprint"
+TAG_REASON = "promotion_reason"
+TAG_SPLIT_MISMATCH = "split_mismatch"
+
+# Error codes MLflow stores use for "no such model" and "no such alias".
+_NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+
+
+def split_fingerprint(keys: Iterable[str]) -> str:
+    """Order-free fingerprint of a test split (pass image sha256s or stable ids)."""
+    digest = hashlib.sha256("\n".join(sorted(set(keys))).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def decide_promotion(
+    candidate_metric: float,
+    champion_metric: float | None,
+    min_improvement: float = 0.0,
+    metric_key: str = "metric",
+    min_metric: float | None = None,
+) -> tuple[bool, str]:
+    """(promote?, reason with the numbers). Pure: no MLflow calls."""
+    if candidate_metric is None or math.isnan(candidate_metric):
+        return False, f"candidate {metric_key} is missing or NaN: not promoted"
+    if min_metric is not None and candidate_metric < min_metric:
+        return False, (
+            f"candidate {metric_key}={candidate_metric:.4f} is below the floor {min_metric:.4f}: not promoted"
+        )
+    if champion_metric is None or math.isnan(champion_metric):
+        return True, f"no champion to compare with: first candidate promoted ({metric_key}={candidate_metric:.4f})"
+    needed = champion_metric + min_improvement
+    if candidate_metric > needed:
+        return True, (
+            f"candidate {metric_key}={candidate_metric:.4f} > champion {champion_metric:.4f} "
+            f"+ min_improvement {min_improvement:.4f}: promoted"
+        )
+    return False, (
+        f"candidate {metric_key}={candidate_metric:.4f} does not exceed champion {champion_metric:.4f} "
+        f"+ min_improvement {min_improvement:.4f} (needs > {needed:.4f}): champion kept"
+    )
+
+
+def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> ModelVersion | None:
+    """The version holding `alias`, or None if the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as error:
+        if error.error_code in _NOT_FOUND:
+            return None
+        raise
+
+
+def version_metric(client: MlflowClient, version: ModelVersion, metric_key: str) -> float | None:
+    """The version's metric: from its tags, else from the run that produced it."""
+    tags = version.tags or {}
+    if tags.get(TAG_METRIC_KEY) == metric_key and TAG_METRIC_VALUE in tags:
+        return float(tags[TAG_METRIC_VALUE])
+    if version.run_id:
+        value = client.get_run(version.run_id).data.metrics.get(metric_key)
+        return None if value is None else float(value)
+    return None
+
+
+def champion_metric(
+    client: MlflowClient, model_name: str, metric_key: str, alias: str = CHAMPION
+) -> float | None:
+    champion = current_champion(client, model_name, alias)
+    return None if champion is None else version_metric(client, champion, metric_key)
+
+
+def register_version(
+    model_uri: str,
+    model_name: str,
+    metric_key: str,
+    metric_value: float,
+    test_fingerprint: str,
+) -> ModelVersion:
+    """Register `model_uri` as a new version tagged with its metric and test-split fingerprint.
+
+    Uses the globally configured registry (mlflow.set_registry_uri / tracking URI).
+    """
+    return mlflow.register_model(
+        model_uri,
+        model_name,
+        tags={
+            TAG_METRIC_KEY: metric_key,
+            TAG_METRIC_VALUE: repr(float(metric_value)),
+            TAG_FINGERPRINT: test_fingerprint,
+        },
+    )
+
+
+def tag_version(
+    client: MlflowClient,
+    model_name: str,
+    version: str | int,
+    metric_key: str,
+    metric_value: float,
+    test_fingerprint: str,
+) -> None:
+    """Add the metric and fingerprint tags to a version registered elsewhere (e.g. by log_model)."""
+    for key, value in (
+        (TAG_METRIC_KEY, metric_key),
+        (TAG_METRIC_VALUE, repr(float(metric_value))),
+        (TAG_FINGERPRINT, test_fingerprint),
+    ):
+        client.set_model_version_tag(model_name, str(version), key, value)
+
+
+def promote_version(
+    client: MlflowClient,
+    model_name: str,
+    version: str | int,
+    metric_key: str,
+    min_improvement: float = 0.0,
+    min_metric: float | None = None,
+) -> dict[str, Any]:
+    """Compare a registered, tagged version with the champion and set its alias and reason."""
+    version = str(version)
+    candidate = client.get_model_version(model_name, version)
+    candidate_value = version_metric(client, candidate, metric_key)
+    champion = current_champion(client, model_name)
+    if champion is not None and champion.version == version:
+        promote, reason = True, f"version {version} already holds the {CHAMPION} alias"
+        mismatch = False
+    else:
+        champion_value = None if champion is None else version_metric(client, champion, metric_key)
+        promote, reason = decide_promotion(
+            float("nan") if candidate_value is None else candidate_value,
+            champion_value,
+            min_improvement,
+            metric_key=metric_key,
+            min_metric=min_metric,
+        )
+        if champion is not None:
+            reason = f"vs champion v{champion.version}: {reason}"
+        mismatch = champion is not None and _fingerprint(champion) != _fingerprint(candidate)
+        if mismatch:
+            reason += (
+                f" [test splits differ: champion {_fingerprint(champion) or 'unknown'}, candidate "
+                f"{_fingerprint(candidate) or 'unknown'}; champion not re-evaluated, compared as is]"
+            )
+    alias = CHAMPION if promote else CHALLENGER
+    # set_registered_model_alias moves the alias: the previous holder loses it.
+    client.set_registered_model_alias(model_name, alias, version)
+    client.set_model_version_tag(model_name, version, TAG_REASON, reason)
+    if mismatch:
+        client.set_model_version_tag(model_name, version, TAG_SPLIT_MISMATCH, "true")
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": alias,
+        "promoted": promote,
+        "reason": reason,
+        "metric": candidate_value,
+    }
+
+
+def register_and_promote(
+    model_uri: str,
+    model_name: str,
+    metric_key: str,
+    metric_value: float,
+    test_fingerprint: str,
+    min_improvement: float = 0.0,
+    min_metric: float | None = None,
+    client: MlflowClient | None = None,
+) -> dict[str, Any]:
+    """Register a logged model, then give it `champion` or `challenger`; returns a summary dict."""
+    client = client or MlflowClient()
+    registered = register_version(model_uri, model_name, metric_key, metric_value, test_fingerprint)
+    return promote_version(client, model_name, registered.version, metric_key, min_improvement, min_metric)
+
+
+def _fingerprint(version: ModelVersion) -> str | None:
+    return (version.tags or {}).get(TAG_FINGERPRINT)

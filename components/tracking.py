@@ -1,0 +1,46 @@
+"""Small MLflow helpers used inside steps (the active run is set by the ZenML
+MLflow experiment tracker; outside a run these helpers do nothing)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow
+
+
+class MlflowEpochLogger:
+    """Keras callback factory: logs each epoch's metrics live, with the epoch as step."""
+
+    @staticmethod
+    def create(prefix: str = ""):
+        import keras
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                if mlflow.active_run() and logs:
+                    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
+
+        return _Callback()
+
+
+def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
+    """Log nested params as dotted keys (MLflow params are flat strings)."""
+    if not mlflow.active_run():
+        return
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{path}.{key}" if path else str(key))
+        else:
+            flat[f"{prefix}{path}"] = json.dumps(node) if isinstance(node, (list, tuple)) else str(node)
+
+    walk(params, "")
+    mlflow.log_params({key[:250]: value[:6000] for key, value in flat.items()})
+
+
+def log_json(data: Any, artifact_file: str) -> None:
+    if mlflow.active_run():
+        mlflow.log_dict(data, artifact_file)

@@ -1,0 +1,174 @@
+"""`cxr`: the command line of the chest X-ray MLOps system.
+
+    cxr setup                          create the local ZenML stack (idempotent)
+    cxr train --config FILE            run the training pipeline
+    cxr check-config --config FILE     validate a run config, run nothing
+    cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
+    cxr predict IMAGE...               label + probabilities from the champion
+    cxr ui                             print the command that opens the MLflow UI
+
+Heavy imports (ZenML, TensorFlow) happen inside commands, after
+`configure_environment` has pointed ZenML and MLflow at the work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from components.config import ConfigError, load_run_config
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WORKDIR = os.environ.get("CXR_WORKDIR", str(PROJECT_ROOT / ".cxr"))
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """--set training.epochs=2 -> {"training.epochs": 2} (values parsed as YAML)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def _environment(workdir: str):
+    from cxr.stack import configure_environment
+
+    return configure_environment(workdir)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_run_config(args.config, _parse_overrides(args.set))
+    print(f"{args.config}: valid ({config.task}, backbones: {', '.join(b.name for b in config.backbones)})")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from cxr.stack import ensure_local_stack
+
+    paths = _environment(args.workdir)
+    stack = ensure_local_stack(paths, PROJECT_ROOT)
+    print(f"ZenML stack '{stack}' is active (work folder {paths.workdir})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = load_run_config(args.config, _parse_overrides(args.set))
+    paths = _environment(args.workdir)
+    from cxr.runner import run_training
+
+    summary = run_training(config, paths, PROJECT_ROOT)
+    print(format_summary(summary, paths))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def format_summary(summary: dict[str, Any], paths) -> str:
+    promotion = summary["promotion"]
+    test = summary["test_metrics"]
+    lines = [
+        "",
+        "=" * 72,
+        f"Training run '{summary['run_name']}' finished ({summary['task']}).",
+        f"Best backbone:     {summary['backbone']}",
+        f"Registered model:  {promotion['model_name']} version {promotion['version']} "
+        f"-> alias '{promotion['alias']}'",
+        f"Why:               {promotion['reason']}",
+        "Test metrics:      " + ", ".join(
+            f"{key}={test[key]:.3f}" for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
+        ),
+        f"Data validation:   {summary['data_docs_index']}",
+        f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}')",
+        f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
+        f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
+        f"Serve champion:    .venv/bin/cxr serve   (then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _environment(args.workdir)
+    uri = f"models:/{args.model_name}@{args.alias}"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_bin), "models", "serve", "-m", uri, "--env-manager", "local",
+               "-h", args.host, "-p", str(args.port)]
+    print(f"Serving {uri} on http://{args.host}:{args.port}/invocations", flush=True)
+    # The served model imports `components` from its code path; keep the project importable too.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.call(command, env=env)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    _environment(args.workdir)
+    from components.serving import predict_files
+
+    uri = f"models:/{args.model_name}@{args.alias}"
+    frame = predict_files(uri, args.images)
+    for path, (_, row) in zip(args.images, frame.iterrows()):
+        probabilities = {key[len("prob_"):]: round(float(value), 4) for key, value in row.items() if key.startswith("prob_")}
+        print(f"{path}\t{row['label']}\t{json.dumps(probabilities)}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    paths = _environment(args.workdir)
+    print(f".venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification MLOps pipeline")
+    parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="local state folder (default: .cxr in the project)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, handler, help_text in (
+        ("train", cmd_train, "run the training pipeline"),
+        ("check-config", cmd_check_config, "validate a run config without running anything"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", required=True, help="run config YAML (see configs/)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config field, e.g. --set training.epochs=1")
+        sub.set_defaults(handler=handler)
+        if name == "train":
+            sub.add_argument("--summary-json", help="also write the run summary to this JSON file")
+
+    commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
+    commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
+
+    for name, handler, help_text in (("serve", cmd_serve, "serve the champion over HTTP"),
+                                     ("predict", cmd_predict, "predict image files with the champion")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--model-name", default="cxr-classifier")
+        sub.add_argument("--alias", default="champion")
+        sub.set_defaults(handler=handler)
+        if name == "serve":
+            sub.add_argument("--host", default="127.0.0.1")
+            sub.add_argument("--port", type=int, default=5001)
+        else:
+            sub.add_argument("images", nargs="+")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

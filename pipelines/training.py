@@ -1,0 +1,55 @@
+"""The training pipeline: ingest -> validate -> split -> augment -> train xN -> evaluate -> register -> promote.
+
+It only connects steps. `run` is the validated run config as plain JSON
+(`RunConfig.model_dump(mode="json")`); the backbone loop unrolls at compile
+time into one train and one evaluate step per backbone.
+"""
+
+from typing import Any
+
+from zenml import pipeline
+
+from components.augmentation import resolve_operations
+from components.labels import TASK_LABELS
+from steps.augment import augment_training_data
+from steps.evaluate import evaluate_model
+from steps.ingest import ingest_data
+from steps.promote import promote_model
+from steps.register import register_best_model
+from steps.split import split_data
+from steps.train import train_backbone
+from steps.validate import validate_data
+
+PIPELINE_NAME = "cxr_training"
+
+
+@pipeline(name=PIPELINE_NAME)
+def training_pipeline(run: dict[str, Any], docs_dir: str) -> None:
+    class_names = list(TASK_LABELS[run["task"]])
+    seed = run["seed"]
+    manifest = ingest_data(
+        sources=run["data"]["sources"], task=run["task"], max_images=run["data"]["max_images"], seed=seed
+    )
+    validate_data(manifest, task=run["task"], docs_dir=docs_dir, checks=run["validation"])
+    split = split_data(
+        manifest, fractions=[run["split"][name] for name in ("train", "val", "test")], seed=seed,
+        after="validate_data",
+    )
+    train_images, train_labels, _ = augment_training_data(
+        split, class_names=class_names,
+        image_size=max(backbone["image_size"] for backbone in run["backbones"]),
+        operations=resolve_operations(run["augmentation"]["preset"], run["augmentation"]["operations"]),
+        copies_per_image=run["augmentation"]["copies_per_image"], seed=seed,
+    )
+    models, evaluations = [], []
+    for backbone in run["backbones"]:
+        model, _ = train_backbone(
+            train_images, train_labels, split, backbone=backbone, class_names=class_names,
+            training=run["training"], seed=seed, id=f"train_{backbone['name']}",
+        )
+        models.append(model)
+        evaluations.append(
+            evaluate_model(model, split, backbone=backbone, class_names=class_names, id=f"evaluate_{backbone['name']}")
+        )
+    registration = register_best_model(models, evaluations, task=run["task"], registry=run["registry"], run_name=run["name"])
+    promote_model(registration, registry=run["registry"])

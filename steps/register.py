@@ -1,0 +1,59 @@
+import os
+import tempfile
+from typing import Annotated, Any
+
+import keras
+import mlflow
+from zenml import step
+from zenml.logger import get_logger
+
+from components.metrics import flat_metrics
+from components.registry import register_version
+from components.serving import build_contract, log_pyfunc_model
+from steps.names import EXPERIMENT_TRACKER, REGISTRATION
+
+logger = get_logger(__name__)
+
+
+def best_candidate(evaluations: list[dict[str, Any]], metric: str) -> int:
+    """Index of the backbone with the best *validation* metric (test stays for reporting)."""
+    scores = [evaluation["val"][metric] for evaluation in evaluations]
+    return max(range(len(scores)), key=lambda index: scores[index])
+
+
+@step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)
+def register_best_model(
+    models: list[keras.Model], evaluations: list[dict], task: str, registry: dict[str, Any], run_name: str
+) -> Annotated[dict, REGISTRATION]:
+    """Log the best backbone as an MLflow pyfunc model and register a new version."""
+    metric = registry["primary_metric"]
+    best = best_candidate(evaluations, metric)
+    evaluation = evaluations[best]
+    backbone = evaluation["backbone"]
+    contract = build_contract(
+        task, backbone["name"], backbone["image_size"], weights=backbone["weights"], run_name=run_name,
+        test_metrics={key: value for key, value in flat_metrics(evaluation["test"]).items()},
+    )
+    mlflow.log_metrics(flat_metrics(evaluation["test"], prefix="test_"))
+    mlflow.log_metrics(flat_metrics(evaluation["val"], prefix="val_"))
+    mlflow.set_tags({"best_backbone": backbone["name"], "task": task})
+    with tempfile.TemporaryDirectory() as folder:
+        keras_path = os.path.join(folder, "model.keras")
+        models[best].save(keras_path)
+        model_info = log_pyfunc_model(keras_path, contract)
+    version = register_version(
+        model_info.model_uri, registry["model_name"], metric, evaluation["test"][metric], evaluation["test_fingerprint"]
+    )
+    logger.info("Registered %s version %s (%s, test %s=%.4f)", registry["model_name"], version.version,
+                backbone["name"], metric, evaluation["test"][metric])
+    return {
+        "model_name": registry["model_name"],
+        "version": str(version.version),
+        "model_uri": model_info.model_uri,
+        "backbone": backbone["name"],
+        "test_metrics": evaluation["test"],
+        "val_metrics": evaluation["val"],
+        "test_fingerprint": evaluation["test_fingerprint"],
+        "mlflow_run_id": mlflow.active_run().info.run_id,
+        "candidates": {e["backbone"]["name"]: e["val"][metric] for e in evaluations},
+    }

@@ -1,0 +1,546 @@
+"""Label mapping, image description, source adapters and the real ieee8023 snapshot."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from components import manifest as manifest_module
+from components.labels import (
+    COVID,
+    EXCLUDE_DUPLICATE,
+    EXCLUDE_LATERAL,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_NOT_IMAGE,
+    EXCLUDE_NOT_XRAY,
+    EXCLUDE_OUT_OF_TASK,
+    EXCLUDE_UNKNOWN_FINDING,
+    EXCLUDE_UNLABELLED,
+    EXCLUDE_UNREADABLE,
+    NON_COVID,
+    NORMAL,
+    PNEUMONIA,
+    TASK_LABELS,
+    finding_to_label,
+    label_map_for_task,
+)
+from components.manifest import (
+    EXCLUSION_PRECEDENCE,
+    MANIFEST_COLUMNS,
+    build_manifest,
+    describe_image_file,
+    exclusion_summary,
+    first_reason,
+    folder_manifest,
+    ieee8023_manifest,
+    included,
+    mark_duplicates,
+)
+
+REAL_IEEE8023 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "covid-chestxray-dataset"
+needs_real_data = pytest.mark.skipif(not REAL_IEEE8023.is_dir(), reason=f"{REAL_IEEE8023} not present")
+
+# Every finding of the June 2020 ieee8023 snapshot, with its expected labels.
+REAL_FINDINGS = {
+    # finding: (multiclass, binary); "" = excluded
+    "COVID-19": (COVID, COVID),
+    "COVID-19, ARDS": (COVID, COVID),
+    "No Finding": (NORMAL, NON_COVID),
+    "ARDS": ("", NON_COVID),
+    "todo": ("", ""),
+    "SARS": (PNEUMONIA, NON_COVID),
+    "Pneumocystis": (PNEUMONIA, NON_COVID),
+    "Pneumonia": (PNEUMONIA, NON_COVID),
+    "Streptococcus": (PNEUMONIA, NON_COVID),
+    "Klebsiella": (PNEUMONIA, NON_COVID),
+    "Mycoplasma Bacterial Pneumonia": (PNEUMONIA, NON_COVID),
+    "Legionella": (PNEUMONIA, NON_COVID),
+    "Lipoid": (PNEUMONIA, NON_COVID),
+    "Varicella": (PNEUMONIA, NON_COVID),
+    "E.Coli": (PNEUMONIA, NON_COVID),
+    "Bacterial": (PNEUMONIA, NON_COVID),
+    "Influenza": (PNEUMONIA, NON_COVID),
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def write_png(path: Path, mode: str = "L", size: tuple[int, int] = (40, 30), value: int = 100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode in ("L", "P", "I;16") else (value,) * len(mode)).save(path)
+    return path
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0]), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+    return path
+
+
+def reasons(frame: pd.DataFrame) -> dict[str, str]:
+    """file name -> exclusion reason."""
+    return {Path(path).name: reason for path, reason in zip(frame["path"], frame["exclusion_reason"])}
+
+
+def assert_manifest_contract(frame: pd.DataFrame, task: str) -> None:
+    assert list(frame.columns) == MANIFEST_COLUMNS
+    assert all(os.path.isabs(path) for path in frame["path"])
+    excluded = frame["exclusion_reason"] != ""
+    # Exactly one of label / exclusion_reason is set.
+    assert (frame.loc[excluded, "label"] == "").all()
+    assert frame.loc[~excluded, "label"].isin(TASK_LABELS[task]).all()
+    assert (frame.loc[~excluded, "sha256"].str.len() == 64).all()
+    assert (frame.loc[~excluded, "width"] > 0).all()
+    assert frame["exclusion_reason"].isin(("", *EXCLUSION_PRECEDENCE)).all()
+    assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"]))
+
+
+# ---------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("finding", sorted(REAL_FINDINGS))
+@pytest.mark.parametrize("task", ["multiclass", "binary"])
+def test_real_findings_map_to_expected_labels(finding: str, task: str) -> None:
+    expected = REAL_FINDINGS[finding][0 if task == "multiclass" else 1]
+    label, reason = finding_to_label(finding, task)
+    assert label == expected
+    assert bool(label) != bool(reason)  # exactly one is set
+
+
+@pytest.mark.parametrize(
+    ("finding", "task", "expected"),
+    [
+        ("todo", "binary", ("", EXCLUDE_UNLABELLED)),
+        ("", "multiclass", ("", EXCLUDE_UNLABELLED)),
+        ("  Inconclusive ", "binary", ("", EXCLUDE_UNLABELLED)),
+        ("ARDS", "multiclass", ("", EXCLUDE_OUT_OF_TASK)),
+        ("Lung cancer", "multiclass", ("", EXCLUDE_UNKNOWN_FINDING)),
+        ("Lung cancer", "binary", ("", EXCLUDE_UNKNOWN_FINDING)),
+        # Hierarchical findings of later ieee8023 versions: most specific known part.
+        ("Pneumonia/Viral/COVID-19", "multiclass", (COVID, "")),
+        ("Pneumonia/Bacterial/Streptococcus", "multiclass", (PNEUMONIA, "")),
+        ("Pneumonia/Bacterial/Staphylococcus/MRSA", "binary", (NON_COVID, "")),
+        ("Pneumonia/Viral/SARS-CoV-2", "binary", (COVID, "")),
+        ("Pneumonia/Aspiration", "multiclass", (PNEUMONIA, "")),
+        ("Tuberculosis", "multiclass", ("", EXCLUDE_OUT_OF_TASK)),
+        ("Tuberculosis", "binary", (NON_COVID, "")),
+        # Combined findings: COVID-19 plus anything is COVID-19; others must be mapped whole.
+        ("Pneumonia/Viral/COVID-19, ARDS", "multiclass", (COVID, "")),
+        ("Pneumonia, ARDS", "multiclass", ("", EXCLUDE_UNKNOWN_FINDING)),
+        # Folder names of other public datasets; case and spacing do not matter.
+        ("NORMAL", "multiclass", (NORMAL, "")),
+        ("PNEUMONIA", "binary", (NON_COVID, "")),
+        ("COVID", "multiclass", (COVID, "")),
+        ("Viral  Pneumonia", "multiclass", (PNEUMONIA, "")),
+    ],
+)
+def test_finding_to_label_rules(finding: str, task: str, expected: tuple[str, str]) -> None:
+    assert finding_to_label(finding, task) == expected
+
+
+def test_overrides_are_case_insensitive_and_canonicalised() -> None:
+    overrides = {"ards": "PNEUMONIA", "Lung_Opacity": "pneumonia", "NO FINDING": None}
+    assert finding_to_label("ARDS", "multiclass", overrides) == (PNEUMONIA, "")
+    assert finding_to_label("lung_opacity", "multiclass", overrides) == (PNEUMONIA, "")
+    assert finding_to_label("No Finding", "multiclass", overrides) == ("", EXCLUDE_OUT_OF_TASK)
+    # Overrides are per task: binary values are binary labels.
+    assert finding_to_label("ARDS", "binary", {"ARDS": None}) == ("", EXCLUDE_OUT_OF_TASK)
+    assert finding_to_label("Lung cancer", "binary", {"lung cancer": "non-covid"}) == (NON_COVID, "")
+    # Defaults are untouched by an override call.
+    assert finding_to_label("ARDS", "multiclass") == ("", EXCLUDE_OUT_OF_TASK)
+
+
+def test_overrides_cannot_label_unlabelled_findings() -> None:
+    assert finding_to_label("todo", "multiclass", {"todo": "pneumonia"}) == ("", EXCLUDE_UNLABELLED)
+
+
+def test_invalid_overrides_and_task_are_errors() -> None:
+    with pytest.raises(ValueError, match="not a multiclass label"):
+        label_map_for_task("multiclass", {"ARDS": "non-COVID"})
+    with pytest.raises(ValueError, match="same finding"):
+        label_map_for_task("binary", {"ARDS": "COVID-19", "ards": None})
+    with pytest.raises(ValueError, match="valid tasks"):
+        finding_to_label("COVID-19", "ternary")
+
+
+# ---------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
+def test_describe_image_file_reads_every_mode(tmp_path: Path, mode: str) -> None:
+    path = write_png(tmp_path / "x.png", mode, size=(40, 30))
+    info = describe_image_file(path)
+    assert info == {
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "width": 40,
+        "height": 30,
+        "mode": mode,
+        "exclusion_reason": "",
+    }
+
+
+def test_describe_image_file_flags_bad_files(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 20)
+    good = write_jpeg(tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])  # header fine, data cut
+    expected = {
+        "empty.png": EXCLUDE_UNREADABLE,
+        "garbage.png": EXCLUDE_UNREADABLE,
+        "truncated.jpg": EXCLUDE_UNREADABLE,
+        "absent.png": EXCLUDE_MISSING_FILE,
+    }
+    for name, reason in expected.items():
+        info = describe_image_file(tmp_path / name)
+        assert info == {"sha256": "", "width": 0, "height": 0, "mode": "", "exclusion_reason": reason}, name
+
+
+# ---------------------------------------------------------------- folder adapter
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "folder_source"
+    write_png(root / "COVID-19" / "p1_0.png", "RGB")
+    write_png(root / "COVID-19" / "p1_1.png", "RGBA")
+    write_png(root / "normal" / "p2_0.png", "L", value=10)
+    write_jpeg(root / "NORMAL" / "IM-0001-0001.JPEG")  # no "_": the stem is the patient
+    write_png(root / "PNEUMONIA" / "person3_bacteria_1.png", "P", value=3)
+    write_png(root / "PNEUMONIA" / "sub" / "person3_virus_2.PNG", "I;16", value=20)  # nested, upper-case ext
+    (root / "pneumonia").mkdir()
+    (root / "pneumonia" / "p4_0.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
+    (root / "pneumonia" / "p5_0.png").write_bytes(b"")
+    (root / "pneumonia" / "notes.txt").write_text("not an image")
+    (root / "pneumonia" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored
+    (root / "pneumonia" / "._p6_0.png").write_bytes(b"\0")  # AppleDouble: ignored
+    write_png(root / "ARDS" / "p7_0.png", value=30)
+    write_png(root / "Lung_Opacity" / "p8_0.png", value=40)
+    (root / "README.txt").write_text("files at the root are not in a class")
+    (root / ".cache").mkdir()
+    write_png(root / ".cache" / "p9_0.png")  # hidden folder: ignored
+    return root
+
+
+def test_folder_manifest(image_folder: Path) -> None:
+    frame = folder_manifest(image_folder, "multiclass", source="kaggle")
+    assert_manifest_contract(frame, "multiclass")
+    assert reasons(frame) == {
+        "p1_0.png": "",
+        "p1_1.png": "",
+        "p2_0.png": "",
+        "IM-0001-0001.JPEG": "",
+        "person3_bacteria_1.png": "",
+        "person3_virus_2.PNG": "",
+        "p4_0.png": EXCLUDE_UNREADABLE,
+        "p5_0.png": EXCLUDE_UNREADABLE,
+        "notes.txt": EXCLUDE_NOT_IMAGE,
+        "p7_0.png": EXCLUDE_OUT_OF_TASK,
+        "p8_0.png": EXCLUDE_UNKNOWN_FINDING,
+    }
+    by_name = frame.set_index(frame["path"].map(lambda path: Path(path).name))
+    assert by_name.loc["p1_0.png", ["label", "finding", "patient_id"]].tolist() == [COVID, "COVID-19", "kaggle:p1"]
+    assert by_name.loc["IM-0001-0001.JPEG", ["label", "patient_id", "mode"]].tolist() == [
+        NORMAL,
+        "kaggle:IM-0001-0001",
+        "L",
+    ]
+    assert by_name.loc["person3_virus_2.PNG", ["label", "patient_id", "mode"]].tolist() == [
+        PNEUMONIA,
+        "kaggle:person3",
+        "I;16",
+    ]
+    assert (frame["source"] == "kaggle").all()
+    assert (frame["view"] == "unknown").all()
+    assert by_name.loc["notes.txt", "sha256"] == ""
+
+
+def test_folder_manifest_binary_pattern_and_view(image_folder: Path) -> None:
+    frame = folder_manifest(
+        image_folder, "binary", source="f", patient_id_pattern=r"^person(?P<patient_id>\d+)", default_view="PA"
+    )
+    assert_manifest_contract(frame, "binary")
+    labels = included(frame)["label"].value_counts().to_dict()
+    assert labels == {NON_COVID: 5, COVID: 2}  # ARDS is a non-COVID diagnosis here
+    assert set(frame.loc[frame["path"].str.contains("person3"), "patient_id"]) == {"f:3"}
+    assert (frame["view"] == "PA").all()
+
+
+def test_folder_manifest_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        folder_manifest(tmp_path / "absent", "binary")
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="no class subfolders"):
+        folder_manifest(tmp_path, "binary")
+    with pytest.raises(ValueError, match="named group"):
+        write_png(tmp_path / "normal" / "a_1.png")
+        folder_manifest(tmp_path, "binary", patient_id_pattern=r"^([^_]+)_")
+
+
+# ---------------------------------------------------------------- ieee8023 adapter
+
+
+IEEE_ROWS = [
+    # patientid, finding, view, modality, filename, what the file is
+    ("1", "COVID-19", "PA", "X-ray", "a.jpg", "jpeg"),
+    ("1", "COVID-19, ARDS", "AP Supine", "X-ray", "b.png", "png"),
+    ("2", "No Finding", "", "X-ray", "c.png", "png"),
+    ("3", "Pneumonia/Bacterial/Streptococcus", "?", "X-ray", "d.png", "png"),
+    ("4", "ARDS", "AP", "X-ray", "e.png", "png"),
+    ("5", "COVID-19", "Axial", "CT", "f.nii.gz", "absent"),  # CT: not read at all
+    ("6", "todo", "L", "X-ray", "g.png", "png"),  # lateral beats unlabelled
+    ("7", "todo", "L", "X-ray", "h.png", "absent"),  # missing file beats lateral
+    ("8", "todo", "PA", "X-ray", "i.png", "corrupt"),  # unreadable beats unlabelled
+    ("9", "Lung cancer", "L", "X-ray", "j.png", "png"),  # lateral beats unknown finding
+    ("10", "Lung cancer", "PA", "X-ray", "k.png", "png"),
+    ("11", "todo", "PA", "CT", "l.png", "corrupt"),  # not X-ray beats unreadable
+    ("", "SARS", "PA", "X-ray", "m.png", "png"),  # blank patient id
+]
+
+
+def write_ieee8023(root: Path, rows: list[tuple[str, ...]] = IEEE_ROWS, drop: str | None = None) -> Path:
+    images = root / "images"
+    images.mkdir(parents=True)
+    for index, (*_, filename, kind) in enumerate(rows):
+        if kind == "jpeg":
+            write_jpeg(images / filename)
+        elif kind == "png":
+            write_png(images / filename, "RGB", value=index * 7)  # distinct bytes per file
+        elif kind == "corrupt":
+            (images / filename).write_bytes(b"\xff\xd8\xff garbage")
+    table = pd.DataFrame(
+        [row[:5] for row in rows], columns=["patientid", "finding", "view", "modality", "filename"]
+    ).assign(folder="images", sex="M")
+    if drop:
+        table = table.drop(columns=[drop])
+    table.to_csv(root / "metadata.csv", index=False)
+    return root
+
+
+def test_ieee8023_manifest_multiclass(tmp_path: Path) -> None:
+    frame = ieee8023_manifest(write_ieee8023(tmp_path), "multiclass")
+    assert_manifest_contract(frame, "multiclass")
+    assert len(frame) == len(IEEE_ROWS)
+    assert reasons(frame) == {
+        "a.jpg": "",
+        "b.png": "",
+        "c.png": "",
+        "d.png": "",
+        "e.png": EXCLUDE_OUT_OF_TASK,
+        "f.nii.gz": EXCLUDE_NOT_XRAY,
+        "g.png": EXCLUDE_LATERAL,
+        "h.png": EXCLUDE_MISSING_FILE,
+        "i.png": EXCLUDE_UNREADABLE,
+        "j.png": EXCLUDE_LATERAL,
+        "k.png": EXCLUDE_UNKNOWN_FINDING,
+        "l.png": EXCLUDE_NOT_XRAY,
+        "m.png": "",
+    }
+    assert frame["label"].tolist()[:4] == [COVID, COVID, NORMAL, PNEUMONIA]
+    assert frame["view"].tolist()[:4] == ["PA", "AP Supine", "unknown", "unknown"]
+    assert frame["patient_id"].tolist()[:3] == ["ieee8023:1", "ieee8023:1", "ieee8023:2"]
+    assert frame["patient_id"].iloc[-1] == "ieee8023:file:m.png"
+    assert frame["finding"].tolist() == [row[1] for row in IEEE_ROWS]  # untouched
+    # Lateral images are still described (their bytes matter for duplicate checks).
+    assert frame.loc[frame["path"].str.endswith("g.png"), "width"].item() == 40
+
+
+def test_ieee8023_manifest_binary(tmp_path: Path) -> None:
+    frame = ieee8023_manifest(write_ieee8023(tmp_path), "binary", source="cohen", label_map={"lung cancer": None})
+    assert_manifest_contract(frame, "binary")
+    assert included(frame)["label"].tolist() == [COVID, COVID, NON_COVID, NON_COVID, NON_COVID, NON_COVID]
+    assert exclusion_summary(frame) == {
+        EXCLUDE_NOT_XRAY: 2,
+        EXCLUDE_MISSING_FILE: 1,
+        EXCLUDE_UNREADABLE: 1,
+        EXCLUDE_LATERAL: 2,
+        EXCLUDE_OUT_OF_TASK: 1,
+    }
+    assert frame["patient_id"].iloc[0] == "cohen:1"
+
+
+@pytest.mark.parametrize("column", ["filename", "patientid", "finding", "view", "modality"])
+def test_ieee8023_missing_column_is_a_clear_error(tmp_path: Path, column: str) -> None:
+    write_ieee8023(tmp_path, drop=column)
+    with pytest.raises(ValueError, match=rf"metadata\.csv: missing required column\(s\) \['{column}'\]"):
+        ieee8023_manifest(tmp_path, "binary")
+
+
+def test_ieee8023_missing_metadata(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="metadata.csv"):
+        ieee8023_manifest(tmp_path, "binary")
+
+
+# ---------------------------------------------------------------- precedence, several sources
+
+
+def test_exclusion_precedence_is_the_documented_order() -> None:
+    assert EXCLUSION_PRECEDENCE == (
+        EXCLUDE_NOT_IMAGE,
+        EXCLUDE_NOT_XRAY,
+        EXCLUDE_MISSING_FILE,
+        EXCLUDE_UNREADABLE,
+        EXCLUDE_LATERAL,
+        EXCLUDE_UNLABELLED,
+        EXCLUDE_UNKNOWN_FINDING,
+        EXCLUDE_OUT_OF_TASK,
+        EXCLUDE_DUPLICATE,
+    )
+    assert first_reason(["", EXCLUDE_OUT_OF_TASK, EXCLUDE_LATERAL, EXCLUDE_UNREADABLE]) == EXCLUDE_UNREADABLE
+    assert first_reason(["", ""]) == ""
+
+
+def test_build_manifest_from_config_dicts(tmp_path: Path, image_folder: Path) -> None:
+    from components.config import SourceConfig
+
+    ieee_root = write_ieee8023(tmp_path / "ieee")
+    # Folder stems that collide with ieee8023 patient ids ("1_...") must stay distinct.
+    write_png(image_folder / "COVID-19" / "1_0.png", value=200)
+    sources = [
+        SourceConfig(kind="ieee8023", root=str(ieee_root), name="ieee8023").model_dump(mode="json"),
+        SourceConfig(kind="folder", root=str(image_folder), name="kaggle").model_dump(mode="json"),
+    ]
+    frame = build_manifest(sources, "multiclass")
+    assert_manifest_contract(frame, "multiclass")
+    assert frame["source"].value_counts().to_dict() == {"ieee8023": len(IEEE_ROWS), "kaggle": 12}
+    ids = frame.groupby("source")["patient_id"].agg(set)
+    assert not ids["ieee8023"] & ids["kaggle"]
+    assert {"ieee8023:1", "kaggle:1"} <= set(frame["patient_id"])
+
+
+def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    write_png(first / "COVID-19" / "p1_0.png", value=1)
+    write_png(second / "COVID-19" / "q9_0.png", value=1)  # same bytes, other patient
+    write_png(second / "todo" / "q9_1.png", value=1)  # same bytes but excluded anyway
+    write_png(second / "normal" / "q8_0.png", value=2)
+    sources = [
+        {"kind": "folder", "root": str(first), "name": "a"},
+        {"kind": "folder", "root": str(second), "name": "b"},
+    ]
+    frame = build_manifest(sources, "multiclass")
+    assert frame["exclusion_reason"].tolist() == ["", EXCLUDE_DUPLICATE, "", EXCLUDE_UNLABELLED]
+    assert frame["label"].tolist() == [COVID, "", NORMAL, ""]
+    assert exclusion_summary(frame) == {EXCLUDE_UNLABELLED: 1, EXCLUDE_DUPLICATE: 1}
+    assert build_manifest(sources, "multiclass", deduplicate=False)["exclusion_reason"].tolist()[1] == ""
+    assert included(frame)["patient_id"].tolist() == ["a:p1", "b:q8"]
+    assert included(frame).index.tolist() == [0, 1]
+
+
+def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
+    with pytest.raises(ValueError, match=r"valid kinds: \['folder', 'ieee8023'\]"):
+        build_manifest([{"kind": "s3", "root": "x", "name": "x"}], "binary")
+    with pytest.raises(ValueError, match="unknown option 'lable_map'"):
+        build_manifest([{"kind": "folder", "root": str(image_folder), "lable_map": {}}], "binary")
+    with pytest.raises(ValueError, match="does not apply"):
+        build_manifest([{"kind": "ieee8023", "root": str(tmp_path), "default_view": "PA"}], "binary")
+    with pytest.raises(ValueError, match="unique"):
+        build_manifest([{"kind": "folder", "root": str(image_folder), "name": "x"}] * 2, "binary")
+    with pytest.raises(ValueError, match="at least one source"):
+        build_manifest([], "binary")
+    with pytest.raises(ValueError, match="valid tasks"):
+        build_manifest([{"kind": "folder", "root": str(image_folder)}], "ternary")
+
+
+def test_exclusion_summary_and_included_on_empty_manifest() -> None:
+    empty = pd.DataFrame(columns=MANIFEST_COLUMNS)
+    assert exclusion_summary(empty) == {}
+    assert included(empty).empty
+    assert mark_duplicates(empty).empty
+
+
+# ---------------------------------------------------------------- real ieee8023 snapshot
+#
+# Expected numbers follow from the dataset README (653 X-ray rows: COVID-19
+# 439, COVID-19+ARDS 12, other pneumonias 101, ARDS 4, No Finding 19, todo 78;
+# views PA 309, AP Supine 135, AP 115, L 55, blank/? 39) and were checked once
+# with pandas on metadata.csv. All files exist and decode, so no file reasons.
+# - lateral (first in precedence among what applies): all 55 L rows =
+#   COVID-19 24 + todo 11 + other pneumonias 20 (Pneumocystis 4, Mycoplasma 4,
+#   Streptococcus 2, Lipoid 2, Bacterial 2, Legionella 2, Klebsiella 1,
+#   Varicella 1, Pneumonia 1, Influenza 1); no ARDS / No Finding / COVID+ARDS is L.
+# - unlabelled: todo 78 - 11 lateral = 67.
+# - COVID-19: (439 - 24) + 12 COVID-19+ARDS = 427.
+# - pneumonia: 101 - 20 = 81; normal: No Finding 19; ARDS 4 (all PA).
+# - binary non-COVID: 81 + 19 + 4 = 104 (ARDS is a non-COVID diagnosis).
+# - build_manifest also removes duplicate bytes: patients 339 and 340 re-list
+#   the files of 285 and 287 (000001-24, 000006-17, 000007-15 Pneumonia PA;
+#   000001-27 Legionella PA; 000002-29 Legionella L is lateral already) -> 4
+#   duplicates, all pneumonia. (Two "todo" files of patient 364 are also
+#   byte-identical, but they are excluded anyway.)
+REAL_EXPECTED = {
+    "multiclass": (
+        {COVID: 427, PNEUMONIA: 81, NORMAL: 19},
+        {EXCLUDE_LATERAL: 55, EXCLUDE_UNLABELLED: 67, EXCLUDE_OUT_OF_TASK: 4},
+    ),
+    "binary": (
+        {COVID: 427, NON_COVID: 104},
+        {EXCLUDE_LATERAL: 55, EXCLUDE_UNLABELLED: 67},
+    ),
+}
+REAL_EXPECTED_DEDUPLICATED = {
+    "multiclass": ({COVID: 427, PNEUMONIA: 77, NORMAL: 19}, {**REAL_EXPECTED["multiclass"][1], EXCLUDE_DUPLICATE: 4}),
+    "binary": ({COVID: 427, NON_COVID: 100}, {**REAL_EXPECTED["binary"][1], EXCLUDE_DUPLICATE: 4}),
+}
+
+
+@pytest.fixture(scope="module")
+def decode_once():
+    """Decode each real file once for the whole module (the check itself is not what is timed)."""
+    cached = functools.lru_cache(maxsize=None)(describe_image_file)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest_module, "describe_image_file", cached)
+        yield cached
+
+
+@needs_real_data
+@pytest.mark.parametrize("task", ["multiclass", "binary"])
+def test_real_ieee8023_counts(task: str, decode_once) -> None:
+    frame = ieee8023_manifest(REAL_IEEE8023, task)
+    assert_manifest_contract(frame, task)
+    assert len(frame) == 653
+    labels, exclusions = REAL_EXPECTED[task]
+    assert included(frame)["label"].value_counts().to_dict() == labels
+    assert exclusion_summary(frame) == exclusions
+    assert frame["view"].value_counts().to_dict() == {"PA": 309, "AP Supine": 135, "AP": 115, "L": 55, "unknown": 39}
+    assert frame["patient_id"].nunique() == 351
+
+
+@needs_real_data
+@pytest.mark.parametrize("task", ["multiclass", "binary"])
+def test_real_ieee8023_with_another_source(task: str, tmp_path: Path, decode_once) -> None:
+    from components.synthetic import generate_dataset
+
+    generate_dataset(tmp_path, n_patients_per_class=2, images_per_patient=2, image_size=48)
+    write_png(tmp_path / "normal" / "2_0.png", value=77)  # raw id "2" also exists in ieee8023
+    sources = [
+        {"kind": "ieee8023", "root": str(REAL_IEEE8023), "name": "ieee8023"},
+        {"kind": "folder", "root": str(tmp_path), "name": "synthetic"},
+    ]
+    frame = build_manifest(sources, task)
+    real = frame[frame["source"] == "ieee8023"]
+    labels, exclusions = REAL_EXPECTED_DEDUPLICATED[task]
+    assert included(real)["label"].value_counts().to_dict() == labels
+    assert exclusion_summary(real) == exclusions
+    per_source = frame.groupby("patient_id")["source"].nunique()
+    assert (per_source == 1).all(), "a patient id is shared across sources"
+    assert exclusion_summary(frame[frame["source"] == "synthetic"]) == {}
+
+
+@needs_real_data
+def test_every_real_image_decodes(decode_once) -> None:
+    images = sorted((REAL_IEEE8023 / "images").iterdir())
+    assert len(images) == 648  # 653 rows; 5 rows of patients 339/340 re-list files of 285/287
+    descriptions = [decode_once(path) for path in images]
+    assert [d["exclusion_reason"] for d in descriptions] == [""] * len(images)
+    modes = {d["mode"] for d in descriptions}
+    assert modes == {"L", "RGB", "RGBA", "P"}
+    assert max(max(d["width"], d["height"]) for d in descriptions) <= 768

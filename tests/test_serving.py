@@ -1,0 +1,292 @@
+"""The pyfunc serving model: logged for real, loaded in-process, and served over REST.
+
+The models here are tiny "brightness" classifiers with fixed weights (raw
+pixels -> Rescaling -> global average -> Dense), so the expected label of an
+image is known: dark, mid-grey and bright images map to class 0, 1 and 2.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from components import serving
+from components.imaging import encode_png
+from components.labels import TASK_LABELS
+
+pytestmark = pytest.mark.slow
+
+IMAGE_SIZE = 32
+SERVE_READY_TIMEOUT_S = 90
+VENV_BIN = Path(sys.executable).parent
+REPO_ROOT = str(Path(serving.__file__).resolve().parents[1])
+
+
+def brightness_model(num_classes: int):
+    """Raw pixels -> [-1, 1] -> mean -> Dense with fixed weights (no training needed)."""
+    import keras
+
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    if num_classes == 2:
+        head = keras.layers.Dense(1, activation="sigmoid")
+        outputs = head(x)
+        head.set_weights([np.full((3, 1), 10.0 / 3), np.zeros(1)])  # bright -> class 1
+    else:
+        head = keras.layers.Dense(3, activation="softmax")
+        outputs = head(x)
+        # logits: dark -> class 0, mid-grey -> class 1, bright -> class 2.
+        weights = np.tile(np.array([[-5.0, 0.0, 5.0]]) / 3, (3, 1))
+        head.set_weights([weights, np.array([0.0, 2.0, 0.0])])
+    return keras.Model(inputs, outputs)
+
+
+def gray_png_b64(level: int, shape: tuple[int, int] = (40, 50)) -> str:
+    return serving.encode_image_bytes(encode_png(np.full(shape, level, dtype=np.uint8)))
+
+
+def rgb_jpeg_b64(level: int) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (level, level, level)).save(buffer, format="JPEG")
+    return serving.encode_image_bytes(buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """A SQLite tracking/registry store with an explicit artifact location."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        experiment_id = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
+        yield {"uri": uri, "root": root, "experiment_id": experiment_id}
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def logged(tracking, tmp_path_factory):
+    """task -> ModelInfo of a logged brightness model; also records log_model seconds."""
+    folder = tmp_path_factory.mktemp("keras")
+    infos, seconds = {}, {}
+    for task, labels in TASK_LABELS.items():
+        path = folder / f"{task}.keras"
+        brightness_model(len(labels)).save(path)
+        contract = serving.build_contract(task, "brightness-test", IMAGE_SIZE)
+        with mlflow.start_run(experiment_id=tracking["experiment_id"]):
+            start = time.perf_counter()
+            infos[task] = serving.log_pyfunc_model(str(path), contract)
+            seconds[task] = time.perf_counter() - start
+    print(f"\nlog_pyfunc_model seconds: {seconds}")
+    return infos
+
+
+def test_contract_and_signature():
+    contract = serving.build_contract("binary", "MobileNet", 128)
+    assert contract["class_names"] == ["non-COVID", "COVID-19"]
+    assert contract["model_input"] == {"shape": [128, 128, 3], "dtype": "float32", "range": [0, 255]}
+    signature = serving.model_signature(contract["class_names"])
+    assert signature.inputs.input_names() == ["image"]
+    assert signature.outputs.input_names() == ["prob_non-COVID", "prob_COVID-19", "label"]
+    with pytest.raises(ValueError, match="class_names"):
+        serving.validate_contract({"class_names": ["a"], "image_size": 32})
+    names = [requirement.split("==")[0] for requirement in serving.pinned_requirements()]
+    assert names[0] == "mlflow" and {"keras", "pillow", "numpy", "pandas"} <= set(names)
+    assert any(name.startswith("tensorflow") for name in names)
+
+
+def test_decode_base64_image():
+    wrapped = "\n".join(textwrap.wrap(gray_png_b64(7), 20))  # e.g. `base64` CLI output
+    assert serving.decode_base64_image(wrapped, 0).shape == (40, 50)
+    with pytest.raises(ValueError, match="row 3: not valid base64"):
+        serving.decode_base64_image("not base64!", 3)
+    with pytest.raises(ValueError, match="row 1: expected a base64 string"):
+        serving.decode_base64_image(None, 1)
+    with pytest.raises(ValueError, match="row 2: cannot decode image"):
+        serving.decode_base64_image(serving.encode_image_bytes(b"not an image"), 2)
+
+
+@pytest.mark.parametrize("task", sorted(TASK_LABELS))
+def test_pyfunc_predicts_probabilities_and_labels(logged, task):
+    model = mlflow.pyfunc.load_model(logged[task].model_uri)
+    names = list(TASK_LABELS[task])
+    frame = pd.DataFrame({"image": [gray_png_b64(10), rgb_jpeg_b64(250)]})
+    result = model.predict(frame)
+    assert list(result.columns) == [f"prob_{name}" for name in names] + ["label"]
+    probs = result[[f"prob_{name}" for name in names]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert set(result["label"]) <= set(names)
+    assert list(result["label"]) == [names[0], names[-1]]  # dark -> first class, bright -> last
+
+
+def test_pyfunc_rejects_bad_rows_naming_them(logged):
+    model = mlflow.pyfunc.load_model(logged["multiclass"].model_uri)
+    frame = pd.DataFrame({"image": [gray_png_b64(10), "%%% not base64", serving.encode_image_bytes(b"text")]})
+    with pytest.raises(MlflowException) as caught:
+        model.predict(frame)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "2 of 3 images" in caught.value.message and "row 1" in caught.value.message
+    assert "row 2" in caught.value.message
+    with pytest.raises(MlflowException, match="missing inputs"):
+        model.predict(pd.DataFrame({"picture": [gray_png_b64(10)]}))
+
+
+def test_predict_files(logged, tmp_path):
+    paths = []
+    for level in (5, 128, 250):
+        path = tmp_path / f"x{level}.png"
+        path.write_bytes(encode_png(np.full((30, 30), level, dtype=np.uint8)))
+        paths.append(path)
+    result = serving.predict_files(logged["multiclass"].model_uri, paths)
+    assert list(result["path"]) == [str(path) for path in paths]
+    assert list(result["label"]) == list(TASK_LABELS["multiclass"])
+
+
+def test_logging_needs_an_active_run(tmp_path):
+    with pytest.raises(RuntimeError, match="active MLflow run"):
+        serving.log_pyfunc_model(str(tmp_path / "m.keras"), serving.build_contract("binary", "x", 32))
+
+
+def test_model_loads_without_the_installed_package(logged, tracking, tmp_path):
+    """From another cwd, with the editable install hidden, `components` comes from the model's code/."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+        sys.path[:] = [p for p in sys.path if p not in ("", {REPO_ROOT!r})]
+        try:
+            import components
+            raise SystemExit("components importable before loading: " + components.__file__)
+        except ImportError:
+            pass
+        import mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model({logged["binary"].model_uri!r})
+        result = model.predict(pd.DataFrame({{"image": [{gray_png_b64(250)!r}]}}))
+        print(sys.modules["components"].__file__)
+        print(result["label"][0])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=_env(tracking), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    module_file, label = done.stdout.strip().splitlines()[-2:]
+    assert f"{os.sep}code{os.sep}components{os.sep}" in module_file and str(tracking["root"]) in module_file
+    assert label == "COVID-19"
+
+
+def _env(tracking) -> dict[str, str]:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking["uri"], MLFLOW_DISABLE_TELEMETRY="true")
+    # `models serve --env-manager local` runs `uvicorn` from PATH: put the venv's bin first.
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop the server and its uvicorn worker (the whole process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+    try:  # the worker may outlive the CLI: make sure nothing of the group is left
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_ready(process: subprocess.Popen, url: str, log: Path) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < SERVE_READY_TIMEOUT_S:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+                return time.perf_counter() - start
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"server not ready after {SERVE_READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def _invoke(url: str, values: list, column: str = "image") -> requests.Response:
+    payload = {"dataframe_split": {"columns": [column], "data": [[value] for value in values]}}
+    return requests.post(f"{url}/invocations", json=payload, timeout=30)
+
+
+def test_served_model_answers_rest(logged, tracking, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    command = [
+        str(VENV_BIN / "mlflow"), "models", "serve", "-m", logged["multiclass"].model_uri,
+        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+    ]
+    with log.open("w") as sink:
+        # New session: the CLI and its uvicorn worker form one process group to kill.
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env=_env(tracking), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        startup = _wait_ready(process, url, log)
+        print(f"\nmlflow models serve ready after {startup:.1f} s")
+
+        answer = _invoke(url, [gray_png_b64(10), gray_png_b64(128, (64, 64))])
+        assert answer.status_code == 200, answer.text
+        predictions = pd.DataFrame(answer.json()["predictions"])
+        names = list(TASK_LABELS["multiclass"])
+        np.testing.assert_allclose(predictions[[f"prob_{n}" for n in names]].sum(axis=1), 1.0, atol=1e-6)
+        assert list(predictions["label"]) == names[:2]
+
+        bad = _invoke(url, [gray_png_b64(10), "definitely not base64 !"])
+        assert bad.status_code == 400, bad.text
+        assert json.loads(bad.text)["error_code"] == "INVALID_PARAMETER_VALUE" and "row 1" in bad.text
+
+        missing = _invoke(url, [gray_png_b64(10)], column="picture")
+        assert missing.status_code == 400, missing.text
+    finally:
+        _stop(process)
+    deadline = time.monotonic() + 5
+    while _live_group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _live_group_members(process.pid) == []
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies (Linux /proc; zombies wait for a reaper)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
