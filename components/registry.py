@@ -157,7 +157,8 @@ def promote_version(
     candidate = client.get_model_version(model_name, version)
     candidate_value = version_metric(client, candidate, metric_key)
     champion = current_champion(client, model_name)
-    if champion is not None and champion.version == version:
+    # Stores disagree on the type of ModelVersion.version (str vs int): compare as str.
+    if champion is not None and str(champion.version) == version:
         promote, reason = True, f"version {version} already holds the {CHAMPION} alias"
         mismatch = False
     else:

@@ -84,7 +84,7 @@ class _Check:
     name: str
     expectation: Any  # a gx.expectations.Expectation
     problem: str  # what each offending row/class is, e.g. "rows narrower than 64 px"
-    example: str  # format string over GX's unexpected index row, e.g. "{path}"
+    example: str  # format string over a row of the validated frame, e.g. "{path}"
     quote_values: bool = True  # False where the values say nothing (booleans)
 
 
@@ -249,6 +249,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _exception_message(info: dict | None) -> str | None:
+    """GX puts the error at the top level or, for a failed metric, one level down by metric id."""
+    info = info or {}
+    candidates = [info, *(v for v in info.values() if isinstance(v, dict))]
+    messages = [str(c["exception_message"]) for c in candidates if c.get("exception_message")]
+    return "; ".join(messages) or None
+
+
 def _result_dict(check: _Check, gx_result: Any, frame: pd.DataFrame) -> dict:
     config = gx_result.expectation_config
     raw = gx_result.result or {}
@@ -262,9 +270,9 @@ def _result_dict(check: _Check, gx_result: Any, frame: pd.DataFrame) -> dict:
         observed["unexpected_values"] = values
     positions = raw.get("partial_unexpected_index_list") or []
     observed["examples"] = [check.example.format(**frame.iloc[int(i)].to_dict()) for i in positions]
-    exception = (gx_result.exception_info or {}).get("exception_message")
+    exception = _exception_message(gx_result.exception_info)
     if exception:
-        observed["exception"] = str(exception)
+        observed["exception"] = exception
     blocking = bool(config.meta.get("blocking", True))
     return {
         "name": check.name,

@@ -14,7 +14,6 @@ from components import registry, serving
 from components.backbones import build_classifier
 from components.imaging import encode_png
 
-MODEL = "cxr-test"
 METRIC = "f1_macro"
 SPLIT = registry.split_fingerprint(["sha-a", "sha-b", "sha-c"])
 
@@ -46,23 +45,25 @@ def test_split_fingerprint_ignores_order_and_duplicates():
     assert registry.split_fingerprint(["a", "b"]) != registry.split_fingerprint(["a", "c"])
 
 
-@pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    """A fresh SQLite tracking/registry store with an explicit artifact location."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.create_experiment("registry", artifact_location=(tmp_path / "artifacts").as_uri())
-    yield experiment_id
-    mlflow.set_tracking_uri(None)
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """A SQLite tracking/registry store with an explicit artifact location (one per module:
+    creating the schema costs seconds); each test registers its own model name."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        yield mlflow.create_experiment("registry", artifact_location=(root / "artifacts").as_uri())
+        mlflow.set_tracking_uri(None)
 
 
-@pytest.fixture
-def keras_model_path(tmp_path):
-    """A real (untrained) backbone from the registry of backbones, as small as it gets."""
-    path = tmp_path / "mobilenet.keras"
+@pytest.fixture(scope="module")
+def keras_model_path(tmp_path_factory):
+    """A real (untrained) backbone from the backbone registry, as small as it gets."""
+    path = tmp_path_factory.mktemp("keras") / "mobilenet.keras"
     build_classifier("MobileNet", 2, 32, alpha=0.25).save(path)
     return str(path)
 
@@ -75,40 +76,40 @@ def log_candidate(experiment_id: str, keras_model_path: str, f1: float) -> str:
 
 
 def test_champion_and_challenger_aliases(tracking, keras_model_path):
-    client = MlflowClient()
-    assert registry.current_champion(client, MODEL) is None  # no registered model yet
-    assert registry.champion_metric(client, MODEL, METRIC) is None
+    client, name = MlflowClient(), "cxr-aliases"
+    assert registry.current_champion(client, name) is None  # no registered model yet
+    assert registry.champion_metric(client, name, METRIC) is None
 
     results = []
     for f1 in (0.70, 0.65, 0.80):
         uri = log_candidate(tracking, keras_model_path, f1)
-        results.append(registry.register_and_promote(uri, MODEL, METRIC, f1, SPLIT, client=client))
+        results.append(registry.register_and_promote(uri, name, METRIC, f1, SPLIT, client=client))
 
     assert [(r["version"], r["alias"]) for r in results] == [("1", "champion"), ("2", "challenger"), ("3", "champion")]
     assert "first candidate promoted" in results[0]["reason"]
     assert "vs champion v1" in results[1]["reason"] and "0.6500" in results[1]["reason"]
     assert results[2]["metric"] == pytest.approx(0.80)
 
-    champion = registry.current_champion(client, MODEL)
-    assert champion.version == "3"
-    assert registry.champion_metric(client, MODEL, METRIC) == pytest.approx(0.80)
-    versions = {v: client.get_model_version(MODEL, v) for v in ("1", "2", "3")}
+    champion = registry.current_champion(client, name)
+    assert str(champion.version) == "3"
+    assert registry.champion_metric(client, name, METRIC) == pytest.approx(0.80)
+    versions = {v: client.get_model_version(name, v) for v in ("1", "2", "3")}
     assert versions["1"].aliases == []  # the old champion keeps its version, loses the alias
     assert versions["2"].aliases == ["challenger"]
     assert versions["2"].tags[registry.TAG_REASON] == results[1]["reason"]
     assert versions["3"].tags[registry.TAG_FINGERPRINT] == SPLIT
 
     # The champion alias resolves to a servable model.
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     image = serving.encode_image_bytes(encode_png(np.zeros((40, 40), dtype=np.uint8)))
     result = model.predict(pd.DataFrame({"image": [image]}))
     assert result[["prob_non-COVID", "prob_COVID-19"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
 
 
 def test_split_mismatch_is_reported_and_metric_falls_back_to_the_run(tracking, keras_model_path):
-    client = MlflowClient()
+    client, name = MlflowClient(), "cxr-split-mismatch"
     first = registry.register_and_promote(
-        log_candidate(tracking, keras_model_path, 0.70), MODEL, METRIC, 0.70, SPLIT, client=client
+        log_candidate(tracking, keras_model_path, 0.70), name, METRIC, 0.70, SPLIT, client=client
     )
     assert first["alias"] == "champion"
 
@@ -116,15 +117,15 @@ def test_split_mismatch_is_reported_and_metric_falls_back_to_the_run(tracking, k
     with mlflow.start_run(experiment_id=tracking):
         mlflow.log_metric(METRIC, 0.90)
         info = serving.log_pyfunc_model(
-            keras_model_path, serving.build_contract("binary", "MobileNet", 32), registered_model_name=MODEL
+            keras_model_path, serving.build_contract("binary", "MobileNet", 32), registered_model_name=name
         )
     version = info.registered_model_version
-    client.set_model_version_tag(MODEL, str(version), registry.TAG_FINGERPRINT, "other-split")
-    result = registry.promote_version(client, MODEL, version, METRIC, min_improvement=0.05)
+    client.set_model_version_tag(name, str(version), registry.TAG_FINGERPRINT, "other-split")
+    result = registry.promote_version(client, name, version, METRIC, min_improvement=0.05)
 
     assert result["alias"] == "champion" and result["metric"] == pytest.approx(0.90)  # read from the run
     assert "test splits differ" in result["reason"] and "other-split" in result["reason"]
-    assert client.get_model_version(MODEL, str(version)).tags[registry.TAG_SPLIT_MISMATCH] == "true"
+    assert client.get_model_version(name, str(version)).tags[registry.TAG_SPLIT_MISMATCH] == "true"
 
-    again = registry.promote_version(client, MODEL, version, METRIC)
+    again = registry.promote_version(client, name, version, METRIC)
     assert again["alias"] == "champion" and "already holds" in again["reason"]

@@ -35,7 +35,6 @@ pytestmark = pytest.mark.slow
 IMAGE_SIZE = 32
 SERVE_READY_TIMEOUT_S = 90
 VENV_BIN = Path(sys.executable).parent
-REPO_ROOT = str(Path(serving.__file__).resolve().parents[1])
 
 
 def brightness_model(num_classes: int):
@@ -166,36 +165,34 @@ def test_logging_needs_an_active_run(tmp_path):
         serving.log_pyfunc_model(str(tmp_path / "m.keras"), serving.build_contract("binary", "x", 32))
 
 
-def test_model_loads_without_the_installed_package(logged, tracking, tmp_path):
-    """From another cwd, with the editable install hidden, `components` comes from the model's code/."""
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
-        sys.path[:] = [p for p in sys.path if p not in ("", {REPO_ROOT!r})]
-        try:
-            import components
-            raise SystemExit("components importable before loading: " + components.__file__)
-        except ImportError:
-            pass
-        import mlflow, pandas as pd
-        model = mlflow.pyfunc.load_model({logged["binary"].model_uri!r})
-        result = model.predict(pd.DataFrame({{"image": [{gray_png_b64(250)!r}]}}))
-        print(sys.modules["components"].__file__)
-        print(result["label"][0])
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=_env(tracking), capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    module_file, label = done.stdout.strip().splitlines()[-2:]
-    assert f"{os.sep}code{os.sep}components{os.sep}" in module_file and str(tracking["root"]) in module_file
-    assert label == "COVID-19"
+# Loaded by every Python process of the server (via PYTHONPATH): `components` may
+# only come from a model's code/ folder, as in a serving image without this repo.
+HIDE_INSTALLED_PACKAGE = """
+import os, sys
+from importlib.machinery import PathFinder
+
+class OnlyModelCode:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "components":
+            return None
+        code_dirs = [p for p in sys.path if os.path.basename(p.rstrip(os.sep)) == "code"]
+        spec = PathFinder.find_spec(name, code_dirs)
+        if spec is None:
+            raise ModuleNotFoundError("components is hidden outside a model's code/ folder", name=name)
+        print(f"components imported from {spec.origin}", file=sys.stderr, flush=True)
+        return spec
+
+sys.meta_path.insert(0, OnlyModelCode)
+"""
 
 
-def _env(tracking) -> dict[str, str]:
+def _env(tracking, tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking["uri"], MLFLOW_DISABLE_TELEMETRY="true")
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(HIDE_INSTALLED_PACKAGE)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     # `models serve --env-manager local` runs `uvicorn` from PATH: put the venv's bin first.
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
@@ -241,10 +238,12 @@ def _invoke(url: str, values: list, column: str = "image") -> requests.Response:
     return requests.post(f"{url}/invocations", json=payload, timeout=30)
 
 
-def test_served_model_answers_rest(logged, tracking, tmp_path):
+def test_served_model_answers_rest_from_its_own_code(logged, tracking, tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
     command = [
         str(VENV_BIN / "mlflow"), "models", "serve", "-m", logged["multiclass"].model_uri,
         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
@@ -252,7 +251,7 @@ def test_served_model_answers_rest(logged, tracking, tmp_path):
     with log.open("w") as sink:
         # New session: the CLI and its uvicorn worker form one process group to kill.
         process = subprocess.Popen(
-            command, cwd=tmp_path, env=_env(tracking), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=_env(tracking, tmp_path), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         startup = _wait_ready(process, url, log)
@@ -271,6 +270,9 @@ def test_served_model_answers_rest(logged, tracking, tmp_path):
 
         missing = _invoke(url, [gray_png_b64(10)], column="picture")
         assert missing.status_code == 400, missing.text
+
+        imported = [line for line in log.read_text().splitlines() if "components imported from" in line]
+        assert imported and all(f"{os.sep}code{os.sep}components{os.sep}" in line for line in imported)
     finally:
         _stop(process)
     deadline = time.monotonic() + 5

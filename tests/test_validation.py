@@ -186,3 +186,11 @@ def test_rejects_unknown_check_task_and_columns(manifest, tmp_path):
         validate_manifest(manifest, "tri-class", tmp_path / "docs")
     with pytest.raises(ValueError, match="sha256"):
         _validate(manifest.drop(columns=["sha256"]), tmp_path)
+
+
+def test_check_that_cannot_run_fails_with_its_error(manifest, tmp_path):
+    manifest["width"] = "wide"  # GX cannot compare text with 64
+    report = _validate(manifest, tmp_path)
+
+    assert not report.success
+    assert "[min_width]: could not run: " in report.summary

@@ -1,0 +1,50 @@
+"""Test session setup: ZenML, MLflow and Keras point at a temporary folder.
+
+This runs before any test module imports ZenML (which reads ZENML_CONFIG_PATH
+once), so nothing a test does touches the developer's `.cxr/` state.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = PROJECT_ROOT.parent / "shared" / "datasets"
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="cxr-tests-"))
+
+for _key in ("ZENML_CONFIG_PATH", "MLFLOW_TRACKING_URI", "ZENML_STORE_URL", "MLFLOW_REGISTRY_URI"):
+    os.environ.pop(_key, None)
+os.environ["KERAS_HOME"] = str(_SESSION_DIR / "keras")  # no pre-seeded ImageNet weights in tests
+os.environ["ZENML_REPOSITORY_PATH"] = str(PROJECT_ROOT)
+
+from cxr.stack import configure_environment  # noqa: E402  (must follow the env set-up)
+
+SESSION_PATHS = configure_environment(_SESSION_DIR / "work")
+
+
+@pytest.fixture(scope="session")
+def session_paths():
+    return SESSION_PATHS
+
+
+@pytest.fixture(scope="session")
+def local_stack(session_paths):
+    """The real local stack (local orchestrator, MLflow tracker/registry/deployer) in the temp folder."""
+    from cxr.stack import ensure_local_stack
+
+    ensure_local_stack(session_paths, PROJECT_ROOT)
+    return session_paths
+
+
+@pytest.fixture(scope="session")
+def shared_datasets():
+    if not SHARED_DATASETS.exists():
+        pytest.skip(f"{SHARED_DATASETS} not present")
+    return SHARED_DATASETS
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
