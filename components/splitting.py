@@ -81,8 +81,9 @@ def limit_images(manifest: pd.DataFrame, max_images: int | None, seed: int) -> p
         counts = rows.groupby("patient_id").size()
         budget, used = round(len(rows) * share), 0
         for patient in patients:
-            if used >= budget:
-                break
+            # Whole patients only: skip one that would overshoot, but keep at least one per class.
+            if used + int(counts[patient]) > budget and used > 0:
+                continue
             kept.add(patient)
             used += int(counts[patient])
     over_cap = usable & ~manifest["patient_id"].isin(kept)

@@ -1,0 +1,42 @@
+# Two commands are all the set-up there is:
+#   make run    create .venv, install, set up the local ZenML stack, train on the synthetic dataset
+#   make test   run the test suite (creates .venv if missing)
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CONFIG ?= configs/quickstart.yaml
+
+export ZENML_ANALYTICS_OPT_IN := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run test setup lint lock clean ui
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+setup: install
+	$(BIN)/cxr setup
+
+run: install
+	$(BIN)/cxr train --config $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cxr/mlflow/mlflow.db --port 5000
+
+# Re-resolve the pinned versions after changing dependencies in pyproject.toml.
+lock: install
+	{ head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^cxr-mlops'; } > constraints.new && mv constraints.new constraints.txt
+
+clean:
+	rm -rf .cxr .zen

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from components.config import ConfigError, load_run_config, parse_run_config
+from cxr.cli import main
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "paper.yaml", "public-ieee8023.yaml"])
+def test_shipped_configs_validate(name):
+    config = load_run_config(CONFIGS / name)
+    assert config.backbones and config.task in ("binary", "multiclass")
+
+
+def test_paper_config_has_three_backbones_at_paper_sizes():
+    config = load_run_config(CONFIGS / "paper.yaml")
+    assert {(b.name, b.image_size, b.weights) for b in config.backbones} == {
+        ("InceptionV3", 299, "imagenet"), ("Xception", 299, "imagenet"), ("MobileNet", 224, "imagenet")
+    }
+    assert config.augmentation.copies_per_image == 63
+
+
+def test_backbone_default_size_comes_from_registry():
+    config = load_run_config(CONFIGS / "quickstart.yaml", {"backbones": [{"name": "Xception", "weights": "none"}]})
+    assert config.backbones[0].image_size == 299
+
+
+@pytest.mark.parametrize(
+    "override, field, reason",
+    [
+        ({"task": "trinary"}, "task", "'binary' or 'multiclass'"),
+        ({"split.train": 0.9}, "split", "must be 1.0"),
+        ({"backbones.0.name": "ResNet9"}, "backbones.0.name", "valid backbones: InceptionV3, MobileNet, Xception"),
+        ({"backbones.0.image_size": 16}, "backbones.0", "needs image_size >= 32"),
+        ({"training.epochs": 0}, "training.epochs", "greater than or equal to 1"),
+        ({"training.epoch": 3}, "training.epoch", "Extra inputs are not permitted"),
+        ({"augmentation.operations": {"rotation": {"enabled": False}}}, "augmentation", "unknown augmentation operation 'rotation'"),
+        ({"data.sources": []}, "data.sources", "at least 1 item"),
+        ({"data.sources.0.kind": "dicom"}, "data.sources.0.kind", "'folder' or 'ieee8023'"),
+    ],
+)
+def test_invalid_config_names_field_and_reason(override, field, reason):
+    with pytest.raises(ConfigError) as error:
+        load_run_config(CONFIGS / "quickstart.yaml", override)
+    message = str(error.value)
+    assert "quickstart.yaml" in message
+    assert f"  {field}:" in message and reason in message
+
+
+def test_unreadable_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(bad)
+    bad.write_text("- a list")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_run_config(bad)
+
+
+def test_cli_rejects_invalid_config_before_running(capsys):
+    code = main(["check-config", "--config", str(CONFIGS / "quickstart.yaml"), "--set", "training.batch_size=-1"])
+    assert code == 2
+    assert "training.batch_size" in capsys.readouterr().err
+
+
+def test_steps_receive_plain_json():
+    import json
+
+    config = parse_run_config(load_run_config(CONFIGS / "quickstart.yaml").model_dump(mode="json"))
+    json.dumps(config.model_dump(mode="json"))
