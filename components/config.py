@@ -205,3 +205,27 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `overlay` merged in (nested mappings merged, the rest replaced)."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merged_yaml_file(paths: list[str | Path], destination: str | Path) -> Path:
+    """Merge YAML files in order (later wins) into `destination`; used for ZenML run-config overlays."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must be a mapping at the top level")
+        merged = deep_merge(merged, data)
+    destination = Path(destination)
+    destination.write_text(yaml.safe_dump(merged, sort_keys=False))
+    return destination

@@ -39,8 +39,6 @@ TAG_FINGERPRINT = "test_split_fingerprint"
 TAG_REASON = "promotion_reason"
 TAG_SPLIT_MISMATCH = "split_mismatch"
 
-# Error codes MLflow stores use for "no such model" and "no such alias".
-_NOT_FOUND = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
 
 def split_fingerprint(keys: Iterable[str]) -> str:
@@ -82,7 +80,7 @@ def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPIO
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as error:
-        if error.error_code in _NOT_FOUND:
+        if _is_not_found(error):
             return None
         raise
 
@@ -208,6 +206,14 @@ def register_and_promote(
     client = client or MlflowClient()
     registered = register_version(model_uri, model_name, metric_key, metric_value, test_fingerprint)
     return promote_version(client, model_name, registered.version, metric_key, min_improvement, min_metric)
+
+
+def _is_not_found(error: MlflowException) -> bool:
+    # A missing model is RESOURCE_DOES_NOT_EXIST; the SQL store reports a missing
+    # alias as INVALID_PARAMETER_VALUE ("Registered model alias ... not found").
+    if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        return True
+    return error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and "alias" in error.message.lower()
 
 
 def _fingerprint(version: ModelVersion) -> str | None:

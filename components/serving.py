@@ -148,12 +148,18 @@ def decode_base64_image(value: Any, row: int) -> np.ndarray:
     return decode_image_bytes(data, name=f"row {row}")
 
 
-def decode_column(values: pd.Series) -> list[np.ndarray]:
-    """Decode every row; one INVALID_PARAMETER_VALUE error (HTTP 400) lists the bad rows."""
-    images, errors = [], []
+def decode_batch(values: pd.Series, size: int) -> np.ndarray:
+    """base64 cells -> float32 (N, size, size, 3) model input.
+
+    Every row is tried so that one INVALID_PARAMETER_VALUE error (HTTP 400)
+    lists all bad rows. Images are resized as soon as they are decoded, so
+    memory stays N x size^2, whatever the resolution of the uploads.
+    """
+    batch = np.empty((len(values), size, size, 3), dtype=np.float32)
+    errors = []
     for row, value in enumerate(values):
         try:
-            images.append(decode_base64_image(value, row))
+            batch[row] = to_model_input(decode_base64_image(value, row), size)
         except ValueError as error:
             errors.append(str(error))
     if errors:
@@ -163,7 +169,7 @@ def decode_column(values: pd.Series) -> list[np.ndarray]:
             f"{len(errors)} of {len(values)} images could not be decoded: {listed}{more}",
             error_code=INVALID_PARAMETER_VALUE,
         )
-    return images
+    return batch
 
 
 def probabilities_frame(probs: np.ndarray, class_names: list[str]) -> pd.DataFrame:
@@ -200,10 +206,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
                 f"input must be a DataFrame with a column {IMAGE_COLUMN!r} of base64 images; got {found}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        images = decode_column(model_input[IMAGE_COLUMN])
-        if not images:
+        batch = decode_batch(model_input[IMAGE_COLUMN], self.image_size)
+        if len(batch) == 0:
             return probabilities_frame(np.zeros((0, len(self.class_names))), self.class_names)
-        batch = np.stack([to_model_input(gray, self.image_size) for gray in images])
         outputs = [
             np.asarray(self.model.predict_on_batch(batch[start : start + PREDICT_BATCH_SIZE]))
             for start in range(0, len(batch), PREDICT_BATCH_SIZE)

@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     paths = _environment(args.workdir)
     from cxr.runner import run_training
 
-    summary = run_training(config, paths, PROJECT_ROOT)
+    summary = run_training(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
     print(format_summary(summary, paths))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
@@ -105,7 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                "-h", args.host, "-p", str(args.port)]
     print(f"Serving {uri} on http://{args.host}:{args.port}/invocations", flush=True)
     # The served model imports `components` from its code path; keep the project importable too.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    # `mlflow models serve --env-manager local` execs a bare `uvicorn`: the venv's bin must be on PATH.
+    env = {**os.environ, "PATH": os.pathsep.join([str(mlflow_bin.parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.call(command, env=env)
 
 
@@ -143,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         if name == "train":
             sub.add_argument("--summary-json", help="also write the run summary to this JSON file")
+            sub.add_argument("--zenml-config", action="append", default=[], metavar="YAML",
+                             help="ZenML run-config overlay merged over zenml_config.yaml "
+                                  "(e.g. infra/zenml_kubernetes.yaml)")
 
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)

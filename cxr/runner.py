@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from components.config import RunConfig
+from components.config import RunConfig, merged_yaml_file
 from cxr.stack import EXPERIMENT_NAME, LocalPaths, ensure_local_stack
 
 
@@ -37,13 +37,18 @@ def resolved_run(config: RunConfig) -> dict[str, Any]:
     return run
 
 
-def run_training(config: RunConfig, paths: LocalPaths, project_root: Path) -> dict[str, Any]:
+def run_training(
+    config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+) -> dict[str, Any]:
     os.environ.setdefault("ZENML_REPOSITORY_PATH", str(project_root))
     ensure_local_stack(paths, project_root)
     ensure_synthetic_dataset(config)
     from pipelines.training import training_pipeline
 
-    pipeline_run = training_pipeline.with_options(config_path=str(project_root / "zenml_config.yaml"))(
+    zenml_config = merged_yaml_file(
+        [project_root / "zenml_config.yaml", *zenml_overlays], paths.workdir / "zenml_run_config.yaml"
+    )
+    pipeline_run = training_pipeline.with_options(config_path=str(zenml_config))(
         run=resolved_run(config), docs_dir=str(paths.reports / "data_docs")
     )
     return collect_summary(pipeline_run.id, config)

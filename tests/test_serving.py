@@ -2,13 +2,13 @@
 
 The models here are tiny "brightness" classifiers with fixed weights (raw
 pixels -> Rescaling -> global average -> Dense), so the expected label of an
-image is known: dark, mid-grey and bright images map to class 0, 1 and 2.
+image is known: dark -> the first class, bright -> the last, and (multiclass)
+mid-grey -> "normal".
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import socket
@@ -78,7 +78,7 @@ def tracking(tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         experiment_id = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
-        yield {"uri": uri, "root": root, "experiment_id": experiment_id}
+        yield {"uri": uri, "experiment_id": experiment_id}
         mlflow.set_tracking_uri(None)
 
 
@@ -95,7 +95,7 @@ def logged(tracking, tmp_path_factory):
             start = time.perf_counter()
             infos[task] = serving.log_pyfunc_model(str(path), contract)
             seconds[task] = time.perf_counter() - start
-    print(f"\nlog_pyfunc_model seconds: {seconds}")
+    print(f"\nlog_pyfunc_model seconds: { {task: round(s, 2) for task, s in seconds.items()} }")
     return infos
 
 
@@ -149,6 +149,12 @@ def test_pyfunc_rejects_bad_rows_naming_them(logged):
         model.predict(pd.DataFrame({"picture": [gray_png_b64(10)]}))
 
 
+def test_pyfunc_empty_input_gives_empty_output(logged):
+    model = mlflow.pyfunc.load_model(logged["binary"].model_uri)
+    result = model.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
+    assert result.empty and list(result.columns) == ["prob_non-COVID", "prob_COVID-19", "label"]
+
+
 def test_predict_files(logged, tmp_path):
     paths = []
     for level in (5, 128, 250):
@@ -187,7 +193,7 @@ sys.meta_path.insert(0, OnlyModelCode)
 """
 
 
-def _env(tracking, tmp_path: Path) -> dict[str, str]:
+def _server_env(tracking, tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking["uri"], MLFLOW_DISABLE_TELEMETRY="true")
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
@@ -251,7 +257,8 @@ def test_served_model_answers_rest_from_its_own_code(logged, tracking, tmp_path)
     with log.open("w") as sink:
         # New session: the CLI and its uvicorn worker form one process group to kill.
         process = subprocess.Popen(
-            command, cwd=cwd, env=_env(tracking, tmp_path), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=_server_env(tracking, tmp_path),
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
         startup = _wait_ready(process, url, log)
@@ -266,7 +273,7 @@ def test_served_model_answers_rest_from_its_own_code(logged, tracking, tmp_path)
 
         bad = _invoke(url, [gray_png_b64(10), "definitely not base64 !"])
         assert bad.status_code == 400, bad.text
-        assert json.loads(bad.text)["error_code"] == "INVALID_PARAMETER_VALUE" and "row 1" in bad.text
+        assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "row 1" in bad.json()["message"]
 
         missing = _invoke(url, [gray_png_b64(10)], column="picture")
         assert missing.status_code == 400, missing.text
