@@ -71,7 +71,8 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
         "GIT_PYTHON_REFRESH": "quiet",
     }
     for key, value in defaults.items():
-        os.environ.setdefault(key, value)
+        if not os.environ.get(key):  # unset or empty (ZenML's MLflow tracker blanks MLFLOW_TRACKING_URI)
+            os.environ[key] = value
     for folder in (paths.zenml_config, paths.artifact_store, paths.mlflow_db.parent, paths.mlflow_artifacts, paths.reports):
         folder.mkdir(parents=True, exist_ok=True)
     return paths

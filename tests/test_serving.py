@@ -29,6 +29,7 @@ from PIL import Image
 from components import serving
 from components.imaging import encode_png
 from components.labels import TASK_LABELS
+from tests.servers import free_port as _free_port, stop_process_group as _stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -204,41 +205,6 @@ def _server_env(tracking, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn worker (the whole process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
-    try:  # the worker may outlive the CLI: make sure nothing of the group is left
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_ready(process: subprocess.Popen, url: str, log: Path) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < SERVE_READY_TIMEOUT_S:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/ping", timeout=1).status_code == 200:
-                return time.perf_counter() - start
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"server not ready after {SERVE_READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
 def _invoke(url: str, values: list, column: str = "image") -> requests.Response:
     payload = {"dataframe_split": {"columns": [column], "data": [[value] for value in values]}}
     return requests.post(f"{url}/invocations", json=payload, timeout=30)
@@ -261,7 +227,7 @@ def test_served_model_answers_rest_from_its_own_code(logged, tracking, tmp_path)
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
-        startup = _wait_ready(process, url, log)
+        startup = wait_ready(process, url, log, SERVE_READY_TIMEOUT_S)
         print(f"\nmlflow models serve ready after {startup:.1f} s")
 
         answer = _invoke(url, [gray_png_b64(10), gray_png_b64(128, (64, 64))])

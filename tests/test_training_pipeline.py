@@ -1,6 +1,10 @@
 """The whole training pipeline on a few dozen synthetic images, for real:
-ZenML local orchestrator, Great Expectations, imgaug, Keras, MLflow registry."""
+ZenML local orchestrator, Great Expectations, imgaug, Keras, MLflow registry;
+then the champion served by `cxr serve` (MLflow scoring server) and `cxr predict`."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,8 @@ from components.config import parse_run_config
 from components.registry import CHAMPION
 
 pytestmark = pytest.mark.slow
+
+MODEL_NAME = "cxr-pipeline-test"
 
 
 def tiny_config(data_root: Path, **changes) -> dict:
@@ -26,21 +32,30 @@ def tiny_config(data_root: Path, **changes) -> dict:
         "augmentation": {"preset": "paper", "copies_per_image": 1},
         "backbones": [{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": "none"}],
         "training": {"epochs": 1, "batch_size": 8, "patience": 1},
-        "registry": {"model_name": "cxr-pipeline-test"},
+        "registry": {"model_name": MODEL_NAME},
     }
     config.update(changes)
     return config
 
 
-def test_training_pipeline_registers_a_champion(local_stack, tmp_path):
+CXR = str(Path(sys.executable).with_name("cxr"))
+
+
+@pytest.fixture(scope="module")
+def trained(local_stack, tmp_path_factory):
     from cxr.cli import PROJECT_ROOT
     from cxr.runner import run_training
 
-    config = parse_run_config(tiny_config(tmp_path / "synthetic"))
-    summary = run_training(config, local_stack, PROJECT_ROOT)
+    data_root = tmp_path_factory.mktemp("data") / "synthetic"
+    config = parse_run_config(tiny_config(data_root))
+    return {"summary": run_training(config, local_stack, PROJECT_ROOT), "data_root": data_root}
+
+
+def test_training_pipeline_registers_a_champion(trained, local_stack):
+    summary = trained["summary"]
 
     client = MlflowClient(local_stack.tracking_uri)
-    champion = client.get_model_version_by_alias("cxr-pipeline-test", CHAMPION)
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
     assert str(champion.version) == summary["promotion"]["version"] == "1"
     assert summary["promotion"]["alias"] == CHAMPION
 
@@ -61,3 +76,56 @@ def test_training_pipeline_registers_a_champion(local_stack, tmp_path):
     docs = Path(summary["data_docs_index"])
     assert docs.is_file() and docs.stat().st_size > 0
     assert str(local_stack.reports) in str(docs)
+
+
+def _some_images(data_root: Path, count: int = 2) -> list[Path]:
+    return sorted(data_root.rglob("*.png"))[:count]
+
+
+def test_cxr_serve_answers_with_the_champion(trained, local_stack, tmp_path):
+    import requests
+
+    from components.serving import encode_image_file
+    from tests.servers import free_port, stop_process_group, wait_ready
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [CXR, "--workdir", str(local_stack.workdir), "serve", "--model-name", MODEL_NAME, "--port", str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ),
+        )
+    try:
+        wait_ready(process, url, log, timeout_s=120)
+        images = [encode_image_file(path) for path in _some_images(trained["data_root"])]
+        answer = requests.post(f"{url}/invocations", timeout=60,
+                               json={"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}})
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["predictions"]
+        assert len(rows) == 2
+        for row in rows:
+            probabilities = [value for key, value in row.items() if key.startswith("prob_")]
+            assert len(probabilities) == 3 and sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+            assert row["label"] in ("COVID-19", "normal", "pneumonia")
+        malformed = requests.post(f"{url}/invocations", timeout=60,
+                                  json={"dataframe_split": {"columns": ["image"], "data": [["not base64 !!"]]}})
+        assert 400 <= malformed.status_code < 500
+    finally:
+        stop_process_group(process)
+
+
+def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
+    import json
+
+    paths = _some_images(trained["data_root"])
+    result = subprocess.run(
+        [CXR, "--workdir", str(local_stack.workdir), "predict", "--model-name", MODEL_NAME, *map(str, paths)],
+        capture_output=True, text=True, timeout=180, env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith(str(paths[0].parent.parent))]
+    assert len(lines) == 2
+    path, label, probabilities = lines[0].split("\t")
+    assert label in ("COVID-19", "normal", "pneumonia")
+    assert sum(json.loads(probabilities).values()) == pytest.approx(1.0, abs=1e-3)
