@@ -1,5 +1,6 @@
-"""Start/stop helpers for servers that tests run on 127.0.0.1."""
+"""Helpers for the servers and stores that tests run locally (127.0.0.1, temporary folders)."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,3 +45,21 @@ def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float 
             pass
         time.sleep(0.25)
     pytest.fail(f"server not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def sqlite_mlflow(root: Path, experiment: str):
+    """A SQLite tracking/registry store with an explicit artifact location, active inside
+    the block; yields {"uri", "experiment_id"}. One per test module: the schema costs seconds."""
+    import mlflow
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield {"uri": uri, "experiment_id": mlflow.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())}
+        finally:
+            mlflow.set_tracking_uri(None)

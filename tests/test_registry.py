@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from components import registry, serving
 from components.backbones import build_classifier
 from components.imaging import encode_png
+from tests.servers import sqlite_mlflow
 
 METRIC = "f1_macro"
 SPLIT = registry.split_fingerprint(["sha-a", "sha-b", "sha-c"])
@@ -47,17 +48,9 @@ def test_split_fingerprint_ignores_order_and_duplicates():
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    """A SQLite tracking/registry store with an explicit artifact location (one per module:
-    creating the schema costs seconds); each test registers its own model name."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        yield mlflow.create_experiment("registry", artifact_location=(root / "artifacts").as_uri())
-        mlflow.set_tracking_uri(None)
+    """Each test registers its own model name in this module's store."""
+    with sqlite_mlflow(tmp_path_factory.mktemp("mlflow"), "registry") as store:
+        yield store["experiment_id"]
 
 
 @pytest.fixture(scope="module")

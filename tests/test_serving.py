@@ -28,6 +28,7 @@ from PIL import Image
 
 from components import serving
 from components.imaging import encode_png
+from tests.servers import sqlite_mlflow
 from components.labels import TASK_LABELS
 from tests.servers import free_port as _free_port, stop_process_group as _stop, wait_ready
 
@@ -70,17 +71,8 @@ def rgb_jpeg_b64(level: int) -> str:
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    """A SQLite tracking/registry store with an explicit artifact location."""
-    root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/mlflow.db"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        patch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        experiment_id = mlflow.create_experiment("serving", artifact_location=(root / "artifacts").as_uri())
-        yield {"uri": uri, "experiment_id": experiment_id}
-        mlflow.set_tracking_uri(None)
+    with sqlite_mlflow(tmp_path_factory.mktemp("mlflow"), "serving") as store:
+        yield store
 
 
 @pytest.fixture(scope="module")
