@@ -112,13 +112,19 @@ def build_classifier(
     alpha: float = 1.0,
     dropout: float = 0.5,
     dense_units: int = 128,
+    scratch_bn_momentum: float = 0.9,
 ):
     """Backbone + the paper's head: GAP -> BatchNorm -> Flatten -> Dense(128) -> Dropout -> out.
 
     `num_classes == 2` builds the binary head Dense(1, sigmoid); otherwise
     Dense(num_classes, softmax). With pretrained weights the backbone is frozen
     and runs in inference mode (training=False), so its BatchNorm statistics
-    stay those of ImageNet; trained from scratch it is trainable.
+    stay those of ImageNet; trained from scratch it is trainable, and its
+    BatchNorm layers use `scratch_bn_momentum`: Keras' default 0.99 needs
+    thousands of steps before the moving statistics match the weights, so on a
+    few hundred steps validation predictions collapse to one class and early
+    stopping keeps the first epoch (measured on the synthetic set: macro-F1
+    0.17 with 0.99, 0.95-0.99 with 0.9).
     """
     import keras
 
@@ -132,6 +138,8 @@ def build_classifier(
     )
     pretrained = resolved is not None
     base.trainable = not pretrained
+    if not pretrained:
+        set_batchnorm_momentum(base, scratch_bn_momentum)
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = normalisation_layer(spec.normalisation)(inputs)
@@ -146,6 +154,17 @@ def build_classifier(
     else:
         outputs = keras.layers.Dense(num_classes, activation="softmax", name="probability", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"cxr_{backbone.lower()}")
+
+
+def set_batchnorm_momentum(model, momentum: float) -> None:
+    """Set the moving-average momentum of every BatchNormalization layer, nested ones too."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+        elif hasattr(layer, "layers"):
+            set_batchnorm_momentum(layer, momentum)
 
 
 def probabilities(model_output, num_classes: int):

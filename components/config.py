@@ -126,6 +126,8 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)  # EarlyStopping on val_loss, best weights restored
+    # cosine: the learning rate decays to 0 over `epochs` (steadier end of training).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
 
 
 class RegistryConfig(_Strict):

@@ -81,8 +81,18 @@ def sample_anatomy(rng: np.random.Generator) -> dict:
     }
 
 
+def _check_finding(finding: str) -> None:
+    if finding not in CLASS_PREFIXES:
+        raise ValueError(f"unknown finding {finding!r}; valid findings: {', '.join(CLASSES)}")
+
+
 def sample_lesions(rng: np.random.Generator, finding: str, anatomy: dict) -> list[dict]:
-    """Patient-level disease layout in lung coordinates (u: 0 medial .. 1 lateral, v: 0 apex .. 1 base)."""
+    """Patient-level disease layout in lung coordinates (u: 0 medial .. 1 lateral, v: 0 apex .. 1 base).
+
+    `anatomy` is accepted so that layouts can depend on the patient; the
+    lung coordinates already scale with it.
+    """
+    _check_finding(finding)
     if finding == NORMAL:
         return []
     if finding == PNEUMONIA:
@@ -93,25 +103,25 @@ def sample_lesions(rng: np.random.Generator, finding: str, anatomy: dict) -> lis
             "v": rng.uniform(0.2, 0.8),
             "ru": rng.uniform(0.30, 0.45),
             "rv": rng.uniform(0.14, 0.24),
-            "strength": rng.uniform(0.22, 0.34),
+            "strength": rng.uniform(0.40, 0.55),  # denser than the heart shadow
             "edge": 0.5,  # fairly sharp margin
+            "mottle": 0.08,
         }]
-    if finding == COVID:
-        # Ground glass: several hazy patches per lung, peripheral and basal.
-        lesions = []
-        for side in (-1, 1):
-            for _ in range(int(rng.integers(2, 4))):
-                lesions.append({
-                    "side": side,
-                    "u": rng.uniform(0.65, 0.95),
-                    "v": rng.uniform(0.55, 0.9),
-                    "ru": rng.uniform(0.22, 0.35),
-                    "rv": rng.uniform(0.10, 0.18),
-                    "strength": rng.uniform(0.09, 0.15),
-                    "edge": 1.0,  # soft, ill-defined margin
-                })
-        return lesions
-    raise ValueError(f"unknown finding {finding!r}; valid findings: {', '.join(CLASSES)}")
+    # Ground glass: several hazy patches per lung, peripheral and basal.
+    lesions = []
+    for side in (-1, 1):
+        for _ in range(int(rng.integers(3, 5))):
+            lesions.append({
+                "side": side,
+                "u": rng.uniform(0.6, 0.95),
+                "v": rng.uniform(0.55, 0.9),
+                "ru": rng.uniform(0.30, 0.45),
+                "rv": rng.uniform(0.13, 0.22),
+                "strength": rng.uniform(0.19, 0.30),  # hazy: vessels and ribs stay visible
+                "edge": 1.2,  # soft, ill-defined margin
+                "mottle": 0.25,
+            })
+    return lesions
 
 
 # --------------------------------------------------------------- rendering
@@ -147,9 +157,8 @@ def _lung_coords(x: np.ndarray, y: np.ndarray, a: dict, side: int, diaphragm: fl
 
 def _lung_mask(u: np.ndarray, v: np.ndarray, soft: float) -> np.ndarray:
     """Soft mask of one lung: rounded apex, widest at the base, a domed diaphragm."""
-    vc = np.clip(v, 0.0, 1.2)
     # Lateral edge: narrow apex widening to the costophrenic angle.
-    lateral = np.sqrt(np.clip(1.0 - (1.0 - np.minimum(vc, 1.0)) ** 2, 0.0, 1.0)) * 1.0
+    lateral = np.sqrt(1.0 - (1.0 - np.clip(v, 0.0, 1.0)) ** 2)
     # Diaphragm dome: highest mid-lung, deepest laterally (costophrenic recess).
     base = 1.0 - 0.10 * (1.0 - (2.0 * u - 1.0) ** 2) + 0.06 * np.clip(u - 0.5, 0.0, None)
     return (
@@ -178,11 +187,19 @@ def _clavicles(x: np.ndarray, y: np.ndarray, a: dict) -> np.ndarray:
     return np.exp(-(((y - centre) / 0.014) ** 2)) * _sigmoid((0.30 - d) / 0.02) * _sigmoid((d - 0.03) / 0.01)
 
 
-def _lesion_map(u: np.ndarray, v: np.ndarray, lesion: dict, noise: np.ndarray) -> np.ndarray:
-    """Opacity of one lesion: an ellipse with a noisy margin (sharp for consolidation, soft for ground glass)."""
-    r = np.sqrt(((u - lesion["u"]) / lesion["ru"]) ** 2 + ((v - lesion["v"]) / lesion["rv"]) ** 2)
-    r = r * (1.0 + 0.35 * noise)  # irregular outline
-    return lesion["strength"] * _sigmoid((1.0 - r) / (0.12 * lesion["edge"]))
+def _lesion_map(u: np.ndarray, v: np.ndarray, lesion: dict, scale: float, outline: np.ndarray) -> np.ndarray:
+    """Opacity of one lesion: an ellipse with an irregular margin (sharp for consolidation, soft for ground glass)."""
+    r = np.hypot((u - lesion["u"]) / (lesion["ru"] * scale), (v - lesion["v"]) / (lesion["rv"] * scale))
+    # The outline noise shifts the margin, not the radius, so it cannot make rings.
+    return lesion["strength"] * _sigmoid((1.0 - r + 0.15 * outline) / (0.12 * lesion["edge"]))
+
+
+def _heart(x: np.ndarray, y: np.ndarray, a: dict) -> np.ndarray:
+    """Heart shadow: an ellipse above the diaphragm, bulging to the patient's left (image right)."""
+    hx = a["cx"] + 0.3 * a["heart_w"]
+    hy = a["diaphragm"] - 0.75 * a["heart_h"]
+    r = np.sqrt(((x - hx) / a["heart_w"]) ** 2 + ((y - hy) / a["heart_h"]) ** 2)
+    return _sigmoid((1.0 - r) / 0.08)
 
 
 def sample_jitter(rng: np.random.Generator) -> dict:
@@ -214,11 +231,10 @@ def render_radiograph(
     sample_lesions); when missing they are drawn from `rng`, giving a new
     patient. `rng` also draws the image's own variation.
     """
+    _check_finding(finding)
     a = anatomy if anatomy is not None else sample_anatomy(rng)
     if lesions is None:
         lesions = sample_lesions(rng, finding, a)
-    elif finding not in CLASS_PREFIXES:
-        raise ValueError(f"unknown finding {finding!r}; valid findings: {', '.join(CLASSES)}")
     j = sample_jitter(rng)
     size = image_size
     x, y = _grid(size, a, j)
@@ -233,26 +249,30 @@ def render_radiograph(
     # Lungs: dark fields, a little lighter at the bases (overlying soft tissue).
     texture_rng = np.random.default_rng(a["texture_seed"])
     vessels = _smooth_noise(texture_rng, size, 24)
-    lesion_noise = _smooth_noise(rng, size, 10)
+    outline = _smooth_noise(rng, size, 6)
+    mottle = _smooth_noise(rng, size, 20)
     heart = _heart(x, y, a)
     opacity = np.zeros_like(image)
     lungs = np.zeros_like(image)
     for side in (-1, 1):
         diaphragm = a["diaphragm"] + j["inspiration"] + (0.025 if side == 1 else 0.0)
         u, v = _lung_coords(x, y, a, side, diaphragm)
-        mask = _lung_mask(u, v, soft / (2 * a["lung_hw"])) * (1.0 - heart)
-        lungs += mask * (1.0 - 0.35 * np.clip(v, 0.0, 1.0) ** 2)
+        mask = _lung_mask(u, v, soft / (2 * a["lung_hw"]))
+        lungs += mask * (1.0 - heart) * (1.0 - 0.35 * np.clip(v, 0.0, 1.0) ** 2)
         for lesion in lesions:
             if lesion["side"] == side:
-                scaled = dict(lesion, ru=lesion["ru"] * j["lesion_scale"], rv=lesion["rv"] * j["lesion_scale"])
-                opacity += mask * _lesion_map(u, v, scaled, lesion_noise)
+                # Overlapping patches merge (max), they do not add up to a dense one.
+                # Behind the heart a lesion still adds some density, so none is invisible.
+                patch = _lesion_map(u, v, lesion, j["lesion_scale"], outline)
+                patch *= 1.0 + lesion["mottle"] * mottle
+                opacity = np.maximum(opacity, mask * (1.0 - 0.6 * heart) * patch)
     image -= a["lung_dark"] * lungs
     image += 0.025 * vessels * lungs  # vascular markings
-    image += opacity * (1.0 + 0.3 * lesion_noise)  # mottled, not uniform
+    image += opacity
     image += 0.03 * heart
 
     # Bones.
-    image += 0.10 * _ribs(x, y, a) * body
+    image += 0.08 * _ribs(x, y, a) * body
     image += 0.14 * _clavicles(x, y, a)
     spine = np.exp(-(((x - a["cx"]) / 0.025) ** 2)) * _sigmoid((y - 0.05) / 0.02)
     image += 0.07 * spine
@@ -263,14 +283,6 @@ def render_radiograph(
     image = j["contrast"] * image + j["brightness"]
     image += rng.normal(0.0, j["noise"], image.shape).astype(np.float32)
     return (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
-def _heart(x: np.ndarray, y: np.ndarray, a: dict) -> np.ndarray:
-    """Heart shadow: an ellipse above the diaphragm, bulging to the patient's left (image right)."""
-    hx = a["cx"] + 0.3 * a["heart_w"]
-    hy = a["diaphragm"] - 0.75 * a["heart_h"]
-    r = np.sqrt(((x - hx) / a["heart_w"]) ** 2 + ((y - hy) / a["heart_h"]) ** 2)
-    return _sigmoid((1.0 - r) / 0.08)
 
 
 # ------------------------------------------------------------- the dataset

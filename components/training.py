@@ -44,7 +44,17 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, fl
     return {c: float(total / (num_classes * counts[c])) if counts[c] else 1.0 for c in range(num_classes)}
 
 
-def compile_classifier(model, num_classes: int, learning_rate: float) -> None:
+def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int):
+    import keras
+
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; valid: constant, cosine")
+
+
+def compile_classifier(model, num_classes: int, learning_rate) -> None:
     import keras
 
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
@@ -61,6 +71,7 @@ def fit_classifier(
     learning_rate: float,
     patience: int,
     seed: int,
+    lr_schedule: str = "constant",
     callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Compile and fit with EarlyStopping on val_loss (best weights restored).
@@ -70,7 +81,8 @@ def fit_classifier(
     import keras
 
     keras.utils.set_random_seed(seed)
-    compile_classifier(model, num_classes, learning_rate)
+    steps_per_epoch = -(-len(train[0]) // batch_size)
+    compile_classifier(model, num_classes, learning_rate_schedule(learning_rate, lr_schedule, epochs * steps_per_epoch))
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, restore_best_weights=True
     )

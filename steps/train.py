@@ -44,6 +44,7 @@ def train_backbone(
         model, (resize_stack(train_images, size), train_labels), (val_images, val_labels),
         num_classes=len(class_names), epochs=training["epochs"], batch_size=training["batch_size"],
         learning_rate=training["learning_rate"], patience=training["patience"], seed=seed,
+        lr_schedule=training["lr_schedule"],
         callbacks=[MlflowEpochLogger.create()],
     )
     mlflow.log_metrics({"best_epoch": summary["best_epoch"], "train_images_per_second": summary["images_per_second"]})
