@@ -262,10 +262,11 @@ def render_radiograph(
         for lesion in lesions:
             if lesion["side"] == side:
                 # Overlapping patches merge (max), they do not add up to a dense one.
-                # Behind the heart a lesion still adds some density, so none is invisible.
+                # Not cut by the heart: a retrocardiac lesion adds density there, so
+                # no lesion is invisible (hidden ones made the classes noisier).
                 patch = _lesion_map(u, v, lesion, j["lesion_scale"], outline)
                 patch *= 1.0 + lesion["mottle"] * mottle
-                opacity = np.maximum(opacity, mask * (1.0 - 0.6 * heart) * patch)
+                opacity = np.maximum(opacity, mask * patch)
     image -= a["lung_dark"] * lungs
     image += 0.025 * vessels * lungs  # vascular markings
     image += opacity
