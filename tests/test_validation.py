@@ -194,3 +194,29 @@ def test_check_that_cannot_run_fails_with_its_error(manifest, tmp_path):
 
     assert not report.success
     assert "[min_width]: could not run: " in report.summary
+
+
+def test_validate_step_fails_the_run_with_a_readable_summary(manifest, tmp_path):
+    """The ZenML step (called through .entrypoint()) logs the report to MLflow and then stops the run."""
+    import mlflow
+
+    from cxr.stack import ensure_mlflow_experiment
+    from steps.validate import validate_data
+
+    # An explicit artifact location: MLflow's default would be ./mlruns of the current folder.
+    experiment_id = ensure_mlflow_experiment(mlflow.get_tracking_uri(), tmp_path / "mlflow", "validate-step-test")
+
+    checks = {"min_width": 64, "min_height": 64, "allowed_modes": ["L"], "min_images_per_class": PER_CLASS}
+    bad = manifest.copy()
+    bad.loc[0, "label"] = "bogus"
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        with pytest.raises(ManifestValidationError) as error:
+            validate_data.entrypoint(bad, task="binary", docs_dir=str(tmp_path / "docs"), checks=checks)
+    assert "label" in str(error.value) and "bogus" in str(error.value)
+    assert "index.html" in str(error.value)
+    logged = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id, "data_validation")}
+    assert {"data_validation/report.json", "data_validation/data_docs"} <= logged
+
+    with mlflow.start_run(experiment_id=experiment_id):
+        report, docs_index = validate_data.entrypoint(manifest, task="binary", docs_dir=str(tmp_path / "ok"), checks=checks)
+    assert report["success"] and Path(docs_index).is_file()
