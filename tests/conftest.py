@@ -25,6 +25,19 @@ from cxr.stack import configure_environment  # noqa: E402  (must follow the env 
 SESSION_PATHS = configure_environment(_SESSION_DIR / "work")
 
 
+@pytest.fixture(autouse=True)
+def session_mlflow_tracking():
+    """Each test starts on the session's MLflow store: ZenML's MLflow tracker blanks
+    MLFLOW_TRACKING_URI after its steps, and MLflow would then fall back to ./mlruns or
+    ./mlflow.db in the current folder."""
+    import mlflow
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # modules with their own store set it; keep theirs
+        os.environ["MLFLOW_TRACKING_URI"] = SESSION_PATHS.tracking_uri
+        mlflow.set_tracking_uri(SESSION_PATHS.tracking_uri)
+    yield
+
+
 @pytest.fixture(scope="session")
 def session_paths():
     return SESSION_PATHS
