@@ -92,3 +92,13 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], tit
         axes.text(col, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
     figure.tight_layout()
     return figure
+
+
+def best_candidate(evaluations: list[dict[str, Any]], metric: str, split: str = "val") -> int:
+    """Index of the evaluation with the highest `metric` on `split` (first wins a tie).
+
+    Backbones are chosen on the validation split so the test split stays an
+    unbiased report of the chosen model.
+    """
+    scores = [evaluation[split][metric] for evaluation in evaluations]
+    return max(range(len(scores)), key=lambda index: scores[index])

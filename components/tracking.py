@@ -9,19 +9,16 @@ from typing import Any
 import mlflow
 
 
-class MlflowEpochLogger:
-    """Keras callback factory: logs each epoch's metrics live, with the epoch as step."""
+def mlflow_epoch_logger(prefix: str = ""):
+    """A Keras callback that logs each epoch's metrics live, with the epoch as step."""
+    import keras
 
-    @staticmethod
-    def create(prefix: str = ""):
-        import keras
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if mlflow.active_run() and logs:
+                mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
 
-        class _Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-                if mlflow.active_run() and logs:
-                    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
-
-        return _Callback()
+    return MlflowEpochLogger()
 
 
 def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:

@@ -7,18 +7,12 @@ import mlflow
 from zenml import step
 from zenml.logger import get_logger
 
-from components.metrics import flat_metrics
+from components.metrics import best_candidate, flat_metrics
 from components.registry import register_version
 from components.serving import build_contract, log_pyfunc_model
 from steps.names import EXPERIMENT_TRACKER, REGISTRATION
 
 logger = get_logger(__name__)
-
-
-def best_candidate(evaluations: list[dict[str, Any]], metric: str) -> int:
-    """Index of the backbone with the best *validation* metric (test stays for reporting)."""
-    scores = [evaluation["val"][metric] for evaluation in evaluations]
-    return max(range(len(scores)), key=lambda index: scores[index])
 
 
 @step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)

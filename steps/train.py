@@ -10,7 +10,7 @@ from zenml.logger import get_logger
 
 from components.backbones import build_classifier
 from components.imaging import load_images
-from components.tracking import MlflowEpochLogger, log_params_flat
+from components.tracking import log_params_flat, mlflow_epoch_logger
 from components.training import fit_classifier, resize_stack
 from steps.materializers import KerasModelMaterializer
 from steps.names import EXPERIMENT_TRACKER, MODEL, TRAINING_SUMMARY
@@ -45,7 +45,7 @@ def train_backbone(
         num_classes=len(class_names), epochs=training["epochs"], batch_size=training["batch_size"],
         learning_rate=training["learning_rate"], patience=training["patience"], seed=seed,
         lr_schedule=training["lr_schedule"],
-        callbacks=[MlflowEpochLogger.create()],
+        callbacks=[mlflow_epoch_logger()],
     )
     mlflow.log_metrics({"best_epoch": summary["best_epoch"], "train_images_per_second": summary["images_per_second"]})
     logger.info("%s: best epoch %d of %d, %.1f images/s", backbone["name"], summary["best_epoch"],

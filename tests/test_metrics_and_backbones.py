@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from components.backbones import UnknownBackboneError, WeightsUnavailableError, build_classifier, probabilities
-from components.metrics import classification_metrics, expected_calibration_error, flat_metrics
+from components.metrics import best_candidate, classification_metrics, expected_calibration_error, flat_metrics
 
 
 def test_metrics_match_hand_computed_values():
@@ -63,3 +63,12 @@ def test_weights_from_a_local_file(tmp_path):
     assert not backbone.trainable  # pretrained backbones are frozen in the first phase
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         build_classifier("MobileNet", 2, 64, weights=str(tmp_path / "nope.h5"), alpha=0.25)
+
+
+def test_best_candidate_is_chosen_on_validation_not_test():
+    evaluations = [
+        {"val": {"f1_macro": 0.7}, "test": {"f1_macro": 0.99}},
+        {"val": {"f1_macro": 0.9}, "test": {"f1_macro": 0.5}},
+        {"val": {"f1_macro": 0.9}, "test": {"f1_macro": 0.6}},
+    ]
+    assert best_candidate(evaluations, "f1_macro") == 1
