@@ -173,6 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # Errors about the user's data or weights end the run with their message, not a traceback.
+        if not _is_user_facing(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _is_user_facing(error: Exception) -> bool:
+    from components.backbones import UnknownBackboneError, WeightsUnavailableError
+    from components.imaging import ImageDecodeError
+    from components.validation import ManifestValidationError
+
+    return isinstance(error, (ManifestValidationError, WeightsUnavailableError, UnknownBackboneError, ImageDecodeError))
 
 
 if __name__ == "__main__":

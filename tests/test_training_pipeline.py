@@ -129,3 +129,20 @@ def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
     path, label, probabilities = lines[0].split("\t")
     assert label in ("COVID-19", "normal", "pneumonia")
     assert sum(json.loads(probabilities).values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_blocking_validation_failure_stops_the_run_with_a_summary(trained, local_stack, tmp_path, capsys):
+    import yaml
+
+    from cxr.cli import main
+
+    config = tiny_config(trained["data_root"], validation={"min_images_per_class": 1000})
+    del config["data"]["synthetic"]
+    path = tmp_path / "too-strict.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["--workdir", str(local_stack.workdir), "train", "--config", str(path)])
+    message = capsys.readouterr().err
+    assert code == 1
+    assert "BLOCKING FAILED" in message and "min_images_per_class" in message
+    assert "index.html" in message
+    assert "Traceback" not in message
