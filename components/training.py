@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from components.imaging import resize_grayscale
+from components.imaging import load_images, resize_grayscale
 
 
 def resize_stack(grays: np.ndarray, size: int) -> np.ndarray:
@@ -20,6 +20,13 @@ def resize_stack(grays: np.ndarray, size: int) -> np.ndarray:
     if grays.shape[1:] == (size, size):
         return grays
     return np.stack([resize_grayscale(gray, size) for gray in grays]) if len(grays) else np.zeros((0, size, size), np.uint8)
+
+
+def split_arrays(split_manifest, split: str, class_names: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, size, size) images and integer labels (index in class_names) of one split."""
+    rows = split_manifest[split_manifest["split"] == split]
+    labels = rows["label"].map(list(class_names).index).to_numpy(dtype=np.int64)
+    return load_images(rows["path"].tolist(), size), labels
 
 
 def make_dataset(grays: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):

@@ -91,7 +91,7 @@ def format_summary(summary: dict[str, Any], paths) -> str:
         f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}')",
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
-        f"Serve champion:    .venv/bin/cxr serve   (then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
+        "Serve champion:    .venv/bin/cxr serve   (then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
         "=" * 72,
     ]
     return "\n".join(lines)

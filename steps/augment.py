@@ -8,7 +8,7 @@ from zenml import step
 from zenml.logger import get_logger
 
 from components.augmentation import augment_copies, enabled_operations, preview_grid
-from components.imaging import load_images
+from components.training import split_arrays
 from steps.names import AUGMENTATION_PREVIEW, EXPERIMENT_TRACKER, TRAIN_IMAGES, TRAIN_LABELS
 
 logger = get_logger(__name__)
@@ -28,9 +28,7 @@ def augment_training_data(
     Annotated[Image.Image, AUGMENTATION_PREVIEW],
 ]:
     """Training split only: originals plus `copies_per_image` seeded imgaug copies each."""
-    train = split_manifest[split_manifest["split"] == "train"]
-    originals = load_images(train["path"].tolist(), image_size)
-    labels = train["label"].map(class_names.index).to_numpy(dtype=np.int64)
+    originals, labels = split_arrays(split_manifest, "train", class_names, image_size)
     augmented, origin = augment_copies(originals, operations, copies_per_image, seed)
     images = np.concatenate([originals, augmented])
     logger.info(

@@ -3,15 +3,13 @@ from typing import Annotated, Any
 import keras
 import matplotlib.pyplot as plt
 import mlflow
-import numpy as np
 import pandas as pd
 from zenml import step
 from zenml.logger import get_logger
 
-from components.imaging import load_images
-from components.registry import split_fingerprint
 from components.metrics import classification_metrics, confusion_matrix_figure, flat_metrics
-from components.training import predict_probabilities
+from components.registry import split_fingerprint
+from components.training import predict_probabilities, split_arrays
 from steps.names import EVALUATION, EXPERIMENT_TRACKER
 from steps.train import NESTED_RUN
 
@@ -26,9 +24,7 @@ def evaluate_model(
     evaluation: dict[str, Any] = {"backbone": backbone, "test_fingerprint": split_fingerprint(
         split_manifest.loc[split_manifest["split"] == "test", "sha256"])}
     for split in ("val", "test"):
-        rows = split_manifest[split_manifest["split"] == split]
-        images = load_images(rows["path"].tolist(), backbone["image_size"])
-        y_true = rows["label"].map(class_names.index).to_numpy(dtype=np.int64)
+        images, y_true = split_arrays(split_manifest, split, class_names, backbone["image_size"])
         metrics = classification_metrics(y_true, predict_probabilities(model, images, len(class_names)), class_names)
         evaluation[split] = metrics
         mlflow.log_metrics(flat_metrics(metrics, prefix=f"{split}_"))

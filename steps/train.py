@@ -9,9 +9,8 @@ from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import M
 from zenml.logger import get_logger
 
 from components.backbones import build_classifier
-from components.imaging import load_images
 from components.tracking import log_params_flat, mlflow_epoch_logger
-from components.training import fit_classifier, resize_stack
+from components.training import fit_classifier, resize_stack, split_arrays
 from steps.materializers import KerasModelMaterializer
 from steps.names import EXPERIMENT_TRACKER, MODEL, TRAINING_SUMMARY
 
@@ -33,9 +32,7 @@ def train_backbone(
 ) -> tuple[Annotated[keras.Model, MODEL], Annotated[dict, TRAINING_SUMMARY]]:
     """Train one backbone with the paper's head; EarlyStopping on val_loss."""
     size = backbone["image_size"]
-    val = split_manifest[split_manifest["split"] == "val"]
-    val_images = load_images(val["path"].tolist(), size)
-    val_labels = val["label"].map(class_names.index).to_numpy(dtype=np.int64)
+    val_images, val_labels = split_arrays(split_manifest, "val", class_names, size)
     model = build_classifier(
         backbone["name"], len(class_names), size, weights=backbone["weights"], alpha=backbone["alpha"]
     )

@@ -9,13 +9,12 @@ import pytest
 
 from components.augmentation import expand_training_set, resolve_operations
 from components.backbones import build_classifier
-from components.imaging import load_images
 from components.labels import TASK_LABELS
 from components.manifest import folder_manifest
 from components.metrics import classification_metrics
 from components.splitting import assign_splits
 from components.synthetic import generate_dataset
-from components.training import fit_classifier, predict_probabilities
+from components.training import fit_classifier, predict_probabilities, split_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -30,11 +29,7 @@ def splits(tmp_path_factory):
     generate_dataset(root, n_patients_per_class=60, images_per_patient=3, image_size=SIZE, seed=0)
     manifest = folder_manifest(root, "multiclass", source="synthetic")
     manifest = manifest.assign(split=assign_splits(manifest, (0.7, 0.15, 0.15), seed=0))
-    arrays = {}
-    for name in ("train", "val", "test"):
-        rows = manifest[manifest["split"] == name]
-        arrays[name] = (load_images(rows["path"].tolist(), SIZE), rows["label"].map(CLASSES.index).to_numpy())
-    return arrays
+    return {name: split_arrays(manifest, name, CLASSES, SIZE) for name in ("train", "val", "test")}
 
 
 def train_and_score(splits, train_labels) -> float:
