@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.backbones import BACKBONES, get_backbone
 from components.labels import TASK_LABELS
+from components.manifest import DEFAULT_PATIENT_ID_PATTERN, UNKNOWN_VIEW
 
 
 class ConfigError(ValueError):
@@ -41,8 +42,9 @@ class SourceConfig(_Strict):
     root: str
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     label_map: dict[str, str | None] | None = None
-    patient_id_pattern: str = r"^(?P<patient_id>[^_]+)_"
-    default_view: str = "unknown"
+    # The adapters' own defaults: build_manifest tells "left at default" from "set" by them.
+    patient_id_pattern: str = DEFAULT_PATIENT_ID_PATTERN
+    default_view: str = UNKNOWN_VIEW
 
 
 class DataConfig(_Strict):

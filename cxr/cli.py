@@ -186,7 +186,11 @@ def _is_user_facing(error: Exception) -> bool:
     from components.imaging import ImageDecodeError
     from components.validation import ManifestValidationError
 
-    return isinstance(error, (ManifestValidationError, WeightsUnavailableError, UnknownBackboneError, ImageDecodeError))
+    # FileNotFoundError: a source root or weights path that does not exist (the message names it).
+    return isinstance(
+        error,
+        (ManifestValidationError, WeightsUnavailableError, UnknownBackboneError, ImageDecodeError, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":

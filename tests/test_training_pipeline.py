@@ -146,3 +146,19 @@ def test_blocking_validation_failure_stops_the_run_with_a_summary(trained, local
     assert "BLOCKING FAILED" in message and "min_images_per_class" in message
     assert "index.html" in message
     assert "Traceback" not in message
+
+
+def test_missing_source_folder_is_named_without_a_traceback(local_stack, tmp_path, capsys):
+    import yaml
+
+    from cxr.cli import main
+
+    config = tiny_config(tmp_path / "nowhere")
+    del config["data"]["synthetic"]
+    path = tmp_path / "missing-data.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["--workdir", str(local_stack.workdir), "train", "--config", str(path)])
+    message = capsys.readouterr().err
+    assert code == 1
+    assert str(tmp_path / "nowhere") in message and "not a directory" in message
+    assert "Traceback" not in message
