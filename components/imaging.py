@@ -82,11 +82,13 @@ def batch_to_model_input(grays: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def load_images(paths: list[str], size: int) -> np.ndarray:
-    """Load files as a uint8 (N, size, size) grayscale stack."""
-    out = np.empty((len(paths), size, size), dtype=np.uint8)
-    for index, path in enumerate(paths):
-        out[index] = resize_grayscale(load_grayscale(path), size)
+def load_images(uris: list[str], size: int) -> np.ndarray:
+    """Load local files or s3:// objects as a uint8 (N, size, size) grayscale stack."""
+    from components.storage import read_bytes
+
+    out = np.empty((len(uris), size, size), dtype=np.uint8)
+    for index, uri in enumerate(uris):
+        out[index] = resize_grayscale(decode_image_bytes(read_bytes(uri), name=uri), size)
     return out
 
 

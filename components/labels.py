@@ -40,12 +40,18 @@ TASK_LABELS: dict[str, tuple[str, ...]] = {
 EXCLUDE_UNLABELLED = "unlabelled finding"
 EXCLUDE_UNKNOWN_FINDING = "unknown finding"
 EXCLUDE_OUT_OF_TASK = "finding outside the task"
-EXCLUDE_UNREADABLE = "unreadable image"
+EXCLUDE_UNREADABLE = "unreadable image"  # any other decode failure; the detail column says which
+EXCLUDE_EMPTY_FILE = "empty file"
+EXCLUDE_TRUNCATED = "truncated image"
+EXCLUDE_NOT_DECODABLE = "not an image (content)"  # e.g. a text file named .png
+EXCLUDE_TOO_LARGE = "image too large"  # declared pixels above the decompression-bomb limit
 EXCLUDE_MISSING_FILE = "missing file"
 EXCLUDE_LATERAL = "lateral view"
 EXCLUDE_NOT_XRAY = "not an X-ray"
 EXCLUDE_NOT_IMAGE = "not a PNG/JPEG file"
 EXCLUDE_DUPLICATE = "duplicate image"
+EXCLUDE_DUPLICATE_ROW = "duplicate manifest row"
+EXCLUDE_OUTSIDE_ROOT = "path outside the source root"
 
 # Findings that are not diagnoses: excluded with EXCLUDE_UNLABELLED.
 UNLABELLED_FINDINGS = frozenset({"", "todo", "inconclusive", "unknown", "nan", "?", "n/a"})

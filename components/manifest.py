@@ -2,17 +2,13 @@
 
 (Owned by the ingest work; see MANIFEST_COLUMNS for the contract other code relies on.)
 
-Source adapters turn one dataset layout into manifest rows:
+Source adapters (ADAPTERS, one per dataset layout) parse metadata and file
+names into *candidates*; ``build_manifest`` reads every candidate's file once,
+in parallel, from local disk or S3 (components.storage, components.image_info)
+and returns the manifest. Paths named by metadata are untrusted: one that
+escapes its source root is excluded, never opened.
 
-- ``folder_manifest``: ``root/<finding>/<file>``, one subfolder per class
-  (``COVID-19``, ``normal``, ``NORMAL``, ``PNEUMONIA``...). Files directly in
-  ``root`` (README, metadata.csv) and hidden files/folders (``.DS_Store``,
-  AppleDouble ``._x.png``) are ignored. Other files inside a class folder are
-  listed as excluded (EXCLUDE_NOT_IMAGE) rather than dropped, so that a folder
-  of DICOM or TIFF files shows up in the exclusion summary instead of
-  silently yielding an empty dataset.
-- ``ieee8023_manifest``: the covid-chestxray-dataset layout, ``metadata.csv``
-  plus the image folder named in its ``folder`` column (``images``).
+The adapters live in components.sources.
 
 When several exclusion reasons apply to a row, the first of
 EXCLUSION_PRECEDENCE is recorded. Rows that are not X-rays or not PNG/JPEG
@@ -24,21 +20,25 @@ marked last, among rows that are otherwise included.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import io
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
-from components import imaging  # noqa: F401  (sets PIL's decompression-bomb limit used here too)
+from components.image_info import NO_FILE, describe_uris
 from components.labels import (
     EXCLUDE_DUPLICATE,
+    EXCLUDE_DUPLICATE_ROW,
+    EXCLUDE_EMPTY_FILE,
+    EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_TOO_LARGE,
+    EXCLUDE_TRUNCATED,
     EXCLUDE_LATERAL,
     EXCLUDE_MISSING_FILE,
     EXCLUDE_NOT_IMAGE,
@@ -51,42 +51,53 @@ from components.labels import (
     label_map_for_task,
     resolve_label,
 )
+from components.storage import MissingFileError, OutsideRootError, child_uri, is_s3_uri, list_files, read_text, root_is_dir
 
 __all__ = [
     "EXCLUSION_PRECEDENCE",
     "IMAGE_EXTENSIONS",
     "MANIFEST_COLUMNS",
     "build_manifest",
-    "describe_image_file",
+    "candidate",
     "exclusion_summary",
     "finding_to_label",
-    "folder_manifest",
-    "ieee8023_manifest",
     "included",
+    "manifest_frame",
     "mark_duplicates",
 ]
 
 # Column order of every manifest DataFrame. `exclusion_reason` is "" for rows
 # that are used; excluded rows stay in the manifest with their reason.
 MANIFEST_COLUMNS = [
-    "path",         # absolute path of the image file
-    "sha256",       # hex digest of the file bytes ("" when unreadable/missing)
-    "width",        # pixels (0 when unreadable)
+    "uri",          # absolute local path or s3://bucket/key of the image file
+    "source",       # source name from the run config
+    "sha256",       # hex digest of the file bytes ("" when not read / unreadable)
+    "phash",        # 64-bit perceptual hash, 16 hex digits ("" when not read / unreadable)
+    "width",        # pixels (0 when not read / unreadable)
     "height",
     "mode",         # PIL mode: L, RGB, RGBA, P, I;16, ...
-    "label",        # task label (components.labels.TASK_LABELS[task]) or "" when excluded
-    "finding",      # the source's own finding text, untouched
-    "patient_id",   # grouping key for splits, prefixed by source to stay unique across sources
-    "source",       # source name from the run config
+    "bit_depth",    # bits per channel (8, 16; 0 when not read)
     "view",         # PA, AP, AP Supine, L, unknown, ...
+    "patient_id",   # grouping key for splits, prefixed by source to stay unique across sources
+    "age_group",    # adult, pediatric, or "" when unknown
+    "finding",      # the source's own finding text, untouched
+    "label",        # task label (components.labels.TASK_LABELS[task]) or "" when excluded
     "exclusion_reason",
+    "exclusion_detail",  # free text behind the reason (decoder error, escaped path...)
 ]
+_INT_COLUMNS = ("width", "height", "bit_depth")
 
 # First applicable reason wins (see module doc for why this order).
 EXCLUSION_PRECEDENCE: tuple[str, ...] = (
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_DUPLICATE_ROW,
     EXCLUDE_NOT_IMAGE,
     EXCLUDE_NOT_XRAY,
     EXCLUDE_MISSING_FILE,
+    EXCLUDE_EMPTY_FILE,
+    EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_TRUNCATED,
+    EXCLUDE_TOO_LARGE,
     EXCLUDE_UNREADABLE,
     EXCLUDE_LATERAL,
     EXCLUDE_UNLABELLED,
@@ -97,43 +108,64 @@ EXCLUSION_PRECEDENCE: tuple[str, ...] = (
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 UNKNOWN_VIEW = "unknown"
-LATERAL_VIEWS = frozenset({"l", "lateral"})
+LATERAL_VIEWS = frozenset({"l", "lateral", "ll", "rl"})
+ADULT, PEDIATRIC = "adult", "pediatric"
 DEFAULT_PATIENT_ID_PATTERN = r"^(?P<patient_id>[^_]+)_"
 IEEE8023_REQUIRED_COLUMNS = ("filename", "patientid", "finding", "view", "modality")
 IEEE8023_DEFAULT_IMAGE_FOLDER = "images"
 
 
-# ---------------------------------------------------------------- files
+# ---------------------------------------------------------------- candidate rows
+#
+# Adapters only parse their layout's metadata and file names: they return
+# *candidates* (dicts with the keys of `candidate`). build_manifest then reads
+# every candidate's file once, in parallel (components.image_info), and turns
+# candidates into manifest rows.
 
 
-# File columns of a row whose file was not read or could not be.
-_NO_FILE: dict[str, Any] = {"sha256": "", "width": 0, "height": 0, "mode": "", "exclusion_reason": ""}
+def candidate(
+    root: str,
+    relative: str,
+    finding: str,
+    patient_id: str,
+    mapping: Mapping[str, str | None],
+    view: str = UNKNOWN_VIEW,
+    age_group: str = "",
+    reasons: Iterable[str] = (),
+    read: bool = True,
+) -> dict[str, Any]:
+    """One image named by metadata: `relative` to the source root, label resolved from `finding`.
 
-
-def describe_image_file(path: str | Path) -> dict[str, Any]:
-    """sha256, width, height, mode and exclusion_reason ("" when the file decodes).
-
-    The whole image is decoded, not just its header: PIL's verify() does not
-    catch a truncated JPEG, and training would fail on it much later.
+    `read=False` marks a file that is deliberately not opened (a CT row is "not
+    an X-ray", not "unreadable"). A path escaping the root is never opened.
     """
-    path = Path(path)
-    if not path.is_file():
-        return {**_NO_FILE, "exclusion_reason": EXCLUDE_MISSING_FILE}
+    label, label_reason = resolve_label(finding, mapping)
+    reasons = [*reasons, label_reason]
+    detail = ""
+    relative = str(relative).strip()
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height, mode = image.width, image.height, image.mode
-    # PIL raises many types on corrupt data (OSError, SyntaxError, struct.error,
-    # DecompressionBombError...); any of them means the file is unusable.
-    except Exception:  # noqa: BLE001
-        return {**_NO_FILE, "exclusion_reason": EXCLUDE_UNREADABLE}
+        uri = child_uri(root, relative) if relative else ""
+    except OutsideRootError as error:
+        uri, read, detail = f"{str(root).rstrip('/')}/{relative}", False, str(error)
+        reasons.append(EXCLUDE_OUTSIDE_ROOT)
+    if not relative:
+        read, detail = False, "metadata names no file"
+        reasons.append(EXCLUDE_MISSING_FILE)
+    elif not is_image_name(relative):
+        read = False
+        reasons.append(EXCLUDE_NOT_IMAGE)
+    if view.lower() in LATERAL_VIEWS:
+        reasons.append(EXCLUDE_LATERAL)
     return {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "exclusion_reason": "",
+        "uri": uri,
+        "finding": finding,
+        "label": label,
+        "patient_id": patient_id,
+        "view": view,
+        "age_group": age_group,
+        "reasons": reasons,
+        "detail": detail,
+        "read": read,
     }
 
 
@@ -149,208 +181,95 @@ def first_reason(reasons: Iterable[str]) -> str:
     return min(present, key=lambda reason: EXCLUSION_PRECEDENCE.index(reason))
 
 
-def _row(
-    path: Path,
-    file_info: Mapping[str, Any] | None,
-    reasons: Iterable[str],
-    label: str,
-    finding: str,
-    patient_id: str,
-    source: str,
-    view: str,
-) -> dict[str, Any]:
-    """One manifest row; `file_info` is None for files that are deliberately not read."""
-    file_info = file_info or _NO_FILE
-    reason = first_reason([file_info["exclusion_reason"], *reasons])
+def _row(found: Mapping[str, Any], file_info: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
+    """A manifest row from a candidate and what reading its file gave (None: not read)."""
+    file_info = file_info or NO_FILE
+    reason = first_reason([file_info["exclusion_reason"], *found["reasons"]])
+    detail = file_info["exclusion_detail"] if reason == file_info["exclusion_reason"] else found["detail"]
     return {
-        "path": os.path.abspath(path),
-        "sha256": file_info["sha256"],
-        "width": int(file_info["width"]),
-        "height": int(file_info["height"]),
-        "mode": file_info["mode"],
-        "label": "" if reason else label,
-        "finding": finding,
-        "patient_id": f"{source}:{patient_id}",
+        "uri": found["uri"],
         "source": source,
-        "view": view,
+        **{column: file_info[column] for column in ("sha256", "phash", "width", "height", "mode", "bit_depth")},
+        "view": found["view"],
+        "patient_id": f"{source}:{found['patient_id']}",
+        "age_group": found["age_group"],
+        "finding": found["finding"],
+        "label": "" if reason else found["label"],
         "exclusion_reason": reason,
+        "exclusion_detail": detail if reason else "",
     }
 
 
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A DataFrame with exactly MANIFEST_COLUMNS and their dtypes (also for zero rows)."""
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-    dtypes = {column: "int64" if column in ("width", "height") else "str" for column in MANIFEST_COLUMNS}
+    dtypes = {column: "int64" if column in _INT_COLUMNS else "str" for column in MANIFEST_COLUMNS}
     return frame.astype(dtypes)
 
 
-def _existing_dir(root: str | Path, what: str) -> Path:
-    path = Path(root)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} root {os.path.abspath(path)} is not a directory")
-    return path
+def _existing_root(root: str | Path, what: str) -> str:
+    root = str(root)
+    if not root_is_dir(root):
+        shown = root if is_s3_uri(root) else os.path.abspath(root)
+        raise FileNotFoundError(f"{what} root {shown} is not a directory (or an empty S3 prefix)")
+    return root if is_s3_uri(root) else os.path.abspath(root)
 
 
-# ---------------------------------------------------------------- folder layout
+def read_metadata_csv(uri: str, required: Iterable[str], what: str) -> pd.DataFrame:
+    """A metadata CSV as text columns; a clear error naming the file for a missing file or column.
 
-
-def _visible(names: Iterable[str]) -> list[str]:
-    return sorted(name for name in names if not name.startswith("."))
-
-
-def _files_below(folder: Path) -> Iterator[Path]:
-    """Visible files under `folder`, recursively, in a stable order."""
-    for current, dirs, files in os.walk(folder):
-        dirs[:] = _visible(dirs)
-        for name in _visible(files):
-            yield Path(current) / name
-
-
-def _patient_id_from_stem(stem: str, pattern: re.Pattern[str]) -> str:
-    match = pattern.search(stem)
-    return (match.group("patient_id") if match else "") or stem
-
-
-def _compile_patient_pattern(pattern: str) -> re.Pattern[str]:
-    compiled = re.compile(pattern)
-    if "patient_id" not in compiled.groupindex:
-        raise ValueError(f"patient_id_pattern {pattern!r} needs a named group (?P<patient_id>...)")
-    return compiled
-
-
-def folder_manifest(
-    root: str | Path,
-    task: str,
-    source: str = "folder",
-    label_map: Mapping[str, str | None] | None = None,
-    patient_id_pattern: str = DEFAULT_PATIENT_ID_PATTERN,
-    default_view: str = UNKNOWN_VIEW,
-) -> pd.DataFrame:
-    """Manifest of ``root/<finding>/<files>``; the class folder name is the finding.
-
-    The patient id is the pattern's ``patient_id`` group searched in the file
-    stem, or the whole stem when it does not match (each image its own patient).
+    Everything is read as text: blank stays "" (not NaN) and "NA" stays "NA".
+    A byte-order mark (spreadsheet exports) is removed; header names are stripped.
     """
-    root_path = _existing_dir(root, f"folder source {source!r}")
-    mapping = label_map_for_task(task, label_map)
-    pattern = _compile_patient_pattern(patient_id_pattern)
-    class_dirs = [root_path / name for name in _visible(os.listdir(root_path)) if (root_path / name).is_dir()]
-    if not class_dirs:
-        raise ValueError(f"folder source {source!r}: no class subfolders in {os.path.abspath(root_path)}")
-    rows = []
-    for class_dir in class_dirs:
-        finding = class_dir.name
-        label, label_reason = resolve_label(finding, mapping)
-        for path in _files_below(class_dir):
-            image_file = is_image_name(path.name)
-            rows.append(
-                _row(
-                    path,
-                    describe_image_file(path) if image_file else None,
-                    ["" if image_file else EXCLUDE_NOT_IMAGE, label_reason],
-                    label,
-                    finding,
-                    _patient_id_from_stem(path.stem, pattern),
-                    source,
-                    default_view,
-                )
-            )
-    return _frame(rows)
-
-
-# ---------------------------------------------------------------- ieee8023 layout
-
-
-def _read_ieee8023_metadata(csv_path: Path) -> pd.DataFrame:
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"ieee8023 metadata {os.path.abspath(csv_path)} does not exist")
-    # Everything as text; blank stays "" (not NaN, and "NA" stays "NA").
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    try:
+        text = read_text(uri)
+    except MissingFileError:
+        raise FileNotFoundError(f"{what} metadata {uri} does not exist") from None
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ValueError(f"{uri}: not a readable CSV ({error})") from None
     table.columns = [str(column).strip() for column in table.columns]
-    missing = [column for column in IEEE8023_REQUIRED_COLUMNS if column not in table.columns]
+    missing = [column for column in required if column not in table.columns]
     if missing:
-        raise ValueError(
-            f"{os.path.abspath(csv_path)}: missing required column(s) {missing}; "
-            f"found {list(table.columns)}"
-        )
+        raise ValueError(f"{uri}: missing required column(s) {missing}; found {list(table.columns)}")
     return table
 
 
-def _ieee8023_view(view: str) -> str:
-    view = " ".join(view.split())
-    return UNKNOWN_VIEW if view in ("", "?") else view
-
-
-def _is_xray(modality: str) -> bool:
-    # "X-ray", "X-Ray", "xray"; a blank modality cannot be confirmed as an X-ray.
-    return re.sub(r"[\s_-]", "", modality).lower() == "xray"
-
-
-def _ieee8023_row(
-    record: Mapping[str, str], root: Path, mapping: Mapping[str, str | None], source: str
-) -> dict[str, Any]:
-    filename = record["filename"].strip()
-    folder = record.get("folder", "").strip() or IEEE8023_DEFAULT_IMAGE_FOLDER
-    path = root / folder / filename
-    xray = _is_xray(record["modality"])
-    view = _ieee8023_view(record["view"])
-    label, label_reason = resolve_label(record["finding"], mapping)
-    if not xray:
-        file_info = None  # not read: a CT volume is "not an X-ray", not "unreadable"
-    elif not filename:
-        file_info = {**_NO_FILE, "exclusion_reason": EXCLUDE_MISSING_FILE}
-    else:
-        file_info = describe_image_file(path)
-    reasons = [
-        "" if xray else EXCLUDE_NOT_XRAY,
-        EXCLUDE_LATERAL if view.lower() in LATERAL_VIEWS else "",
-        label_reason,
-    ]
-    # A blank patient id cannot group anything: the image becomes its own patient.
-    patient_id = record["patientid"].strip() or f"file:{filename}"
-    return _row(path, file_info, reasons, label, record["finding"], patient_id, source, view)
-
-
-def ieee8023_manifest(
-    root: str | Path,
-    task: str,
-    source: str = "ieee8023",
-    label_map: Mapping[str, str | None] | None = None,
-) -> pd.DataFrame:
-    """Manifest of an ieee8023 covid-chestxray-dataset folder (metadata.csv + images/).
-
-    Every metadata row becomes a manifest row: CT rows are kept as excluded
-    (EXCLUDE_NOT_XRAY, file not read), lateral views as EXCLUDE_LATERAL, and
-    a blank or "?" view becomes "unknown".
-    """
-    root_path = _existing_dir(root, f"ieee8023 source {source!r}")
-    table = _read_ieee8023_metadata(root_path / "metadata.csv")
-    mapping = label_map_for_task(task, label_map)
-    return _frame([_ieee8023_row(record, root_path, mapping, source) for record in table.to_dict("records")])
+def age_group_from_age(age: object) -> str:
+    """adult (>= 18), pediatric (< 18) or "" when the age is blank or not a number."""
+    try:
+        years = float(str(age).strip())
+    except ValueError:
+        return ""
+    if years != years or years < 0:
+        return ""
+    return ADULT if years >= 18 else PEDIATRIC
 
 
 # ---------------------------------------------------------------- several sources
 
+def _adapters() -> dict[str, Callable[..., list[dict[str, Any]]]]:
+    from components.sources import ADAPTERS  # the adapters import this module's helpers
 
-ADAPTERS: dict[str, Callable[..., pd.DataFrame]] = {
-    "folder": folder_manifest,
-    "ieee8023": ieee8023_manifest,
-}
+    return ADAPTERS
 
 
-def _adapter_options(adapter: Callable[..., pd.DataFrame]) -> dict[str, Any]:
-    """{option: default} an adapter accepts besides root/task/source."""
+def _adapter_options(adapter: Callable[..., Any]) -> dict[str, Any]:
+    """{option: default} an adapter accepts besides root/task."""
     parameters = inspect.signature(adapter).parameters
-    return {name: p.default for name, p in parameters.items() if name not in ("root", "task", "source")}
+    return {name: p.default for name, p in parameters.items() if name not in ("root", "task")}
 
 
 def _source_options(spec: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """Options for this kind's adapter. The config schema gives every source
     every option, so another kind's option is dropped when it holds its
     default and refused when set (it would be silently ignored)."""
-    accepted = _adapter_options(ADAPTERS[kind])
+    adapters = _adapters()
+    accepted = _adapter_options(adapters[kind])
     others = {
         name: default
-        for other, adapter in ADAPTERS.items()
+        for other, adapter in adapters.items()
         if other != kind
         for name, default in _adapter_options(adapter).items()
         if name not in accepted
@@ -369,18 +288,40 @@ def _source_options(spec: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return options
 
 
-def _source_manifest(spec: Mapping[str, Any], task: str) -> pd.DataFrame:
+def source_candidates(spec: Mapping[str, Any], task: str) -> list[dict[str, Any]]:
+    """Candidates of one configured source, duplicate metadata rows marked."""
     kind = spec.get("kind")
-    if kind not in ADAPTERS:
-        raise ValueError(f"unknown source kind {kind!r}; valid kinds: {sorted(ADAPTERS)}")
+    adapters = _adapters()
+    if kind not in adapters:
+        raise ValueError(f"unknown source kind {kind!r}; valid kinds: {sorted(adapters)}")
+    name = spec.get("name") or kind
     if not spec.get("root"):
-        raise ValueError(f"source {spec.get('name') or kind!r} has no root")
+        raise ValueError(f"source {name!r} has no root")
     options = _source_options(spec, kind)
-    return ADAPTERS[kind](spec["root"], task, source=spec.get("name") or kind, **options)
+    root = _existing_root(spec["root"], f"{kind} source {name!r}")
+    return mark_duplicate_rows(adapters[kind](root, task, **options))
 
 
-def build_manifest(sources: list[dict[str, Any]], task: str, deduplicate: bool = True) -> pd.DataFrame:
-    """Concatenated manifests of all sources (dicts from the run config).
+def mark_duplicate_rows(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A file listed twice by the metadata keeps its first row; later ones are excluded, not dropped."""
+    seen: dict[str, int] = {}
+    for index, found in enumerate(candidates):
+        uri = found["uri"]
+        if not uri:
+            continue
+        if uri in seen:
+            found["reasons"].append(EXCLUDE_DUPLICATE_ROW)
+            found["read"] = False
+            found["detail"] = f"same file as metadata row {seen[uri] + 1}"
+        else:
+            seen[uri] = index
+    return candidates
+
+
+def build_manifest(
+    sources: list[dict[str, Any]], task: str, deduplicate: bool = True, workers: int = 1, progress: bool = False
+) -> pd.DataFrame:
+    """Manifest of all sources (dicts from the run config), files read by `workers` in parallel.
 
     With `deduplicate`, an included image whose bytes equal an earlier
     included image is excluded (EXCLUDE_DUPLICATE): the same file listed under
@@ -392,7 +333,17 @@ def build_manifest(sources: list[dict[str, Any]], task: str, deduplicate: bool =
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f"source names must be unique (they prefix patient ids), repeated: {repeated}")
-    manifest = pd.concat([_source_manifest(spec, task) for spec in sources], ignore_index=True)
+    per_source = [(name, source_candidates(spec, task)) for name, spec in zip(names, sources)]
+    # One parallel pass over every file of every source.
+    everything = [found for _, found in per_source for found in found]
+    to_read = sorted({found["uri"] for found in everything if found["read"]})
+    described = dict(zip(to_read, describe_uris(to_read, workers=workers, progress=progress)))
+    rows = [
+        _row(found, described[found["uri"]] if found["read"] else None, name)
+        for name, candidates in per_source
+        for found in candidates
+    ]
+    manifest = manifest_frame(rows)
     return mark_duplicates(manifest) if deduplicate else manifest
 
 
@@ -401,7 +352,9 @@ def mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
     result = manifest.copy()
     usable = (result["exclusion_reason"] == "") & (result["sha256"] != "")
     repeats = result.index[usable][result.loc[usable, "sha256"].duplicated(keep="first").to_numpy()]
+    first_uri = result.loc[usable].drop_duplicates("sha256").set_index("sha256")["uri"]
     result.loc[repeats, "exclusion_reason"] = EXCLUDE_DUPLICATE
+    result.loc[repeats, "exclusion_detail"] = [f"same bytes as {first_uri[sha]}" for sha in result.loc[repeats, "sha256"]]
     result.loc[repeats, "label"] = ""
     return result
 

@@ -26,7 +26,7 @@ def split_arrays(split_manifest, split: str, class_names: list[str], size: int) 
     """uint8 (N, size, size) images and integer labels (index in class_names) of one split."""
     rows = split_manifest[split_manifest["split"] == split]
     labels = rows["label"].map(list(class_names).index).to_numpy(dtype=np.int64)
-    return load_images(rows["path"].tolist(), size), labels
+    return load_images(rows["uri"].tolist(), size), labels
 
 
 def make_dataset(grays: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
