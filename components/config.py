@@ -38,13 +38,25 @@ class SyntheticData(_Strict):
 
 
 class SourceConfig(_Strict):
-    kind: Literal["folder", "ieee8023"]
+    """One dataset: its layout (`kind`, an adapter of components.sources), root and options.
+
+    Each option applies to the kinds whose adapter accepts it (see the
+    components.sources docstring); setting one for another kind is an error
+    at ingest.
+    """
+
+    kind: Literal[
+        "folder", "ieee8023", "actualmed", "figure1", "kaggle_pneumonia", "covid_radiography", "covidx", "manifest"
+    ]
     root: str
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     label_map: dict[str, str | None] | None = None
     # The adapters' own defaults: build_manifest tells "left at default" from "set" by them.
-    patient_id_pattern: str = DEFAULT_PATIENT_ID_PATTERN
-    default_view: str = UNKNOWN_VIEW
+    patient_id_pattern: str = DEFAULT_PATIENT_ID_PATTERN  # folder
+    default_view: str = UNKNOWN_VIEW  # folder, kaggle_pneumonia, covid_radiography, covidx, manifest
+    split_files: list[str] | None = None  # covidx (None: those of train.txt, val.txt, test.txt present)
+    image_folders: dict[str, str] | None = None  # covidx: {split file: image folder}
+    manifest_file: str = "manifest.csv"  # manifest (.csv, or .parquet/.pq)
 
 
 class DataConfig(_Strict):
@@ -53,6 +65,9 @@ class DataConfig(_Strict):
     # Quick-run knob: keep at most this many usable images (whole patients,
     # per class in proportion); the rest stay in the manifest, marked excluded.
     max_images: int | None = Field(None, ge=10)
+    # Parallel file reads when building the manifest: processes for local
+    # files, threads for s3:// sources; 0 = one per CPU core.
+    workers: int = Field(0, ge=0, le=256)
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> "DataConfig":
@@ -64,11 +79,30 @@ class DataConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
+    """Settings of both validations (components.validation.ValidationSettings has the same keys and defaults)."""
+
     min_width: int = Field(64, ge=1)
     min_height: int = Field(64, ge=1)
     allowed_modes: list[str] = ["L", "RGB", "RGBA", "P", "I;16", "I", "LA"]
+    allowed_bit_depths: list[int] = [1, 8, 16]
     min_images_per_class: int = Field(5, ge=1)
-    warning_only: list[str] = []
+    min_class_fraction: float = Field(0.1, ge=0, le=1)
+    max_age_group_gap: float = Field(0.5, ge=0, le=1)
+    # pHash bits; 4 chosen on real radiographs (bench/results/validation.md). Above ~8
+    # unrelated radiographs match and the search slows down quadratically.
+    near_duplicate_max_distance: int = Field(4, ge=0, le=16)
+    frontal_only: bool = True
+    min_images_per_split_class: int = Field(1, ge=0)
+    # Per-check override of the default severity: {check_name: "blocking" | "warning"}.
+    severity: dict[str, Literal["blocking", "warning"]] = {}
+    warning_only: list[str] = []  # shorthand for severity: warning
+
+    @model_validator(mode="after")
+    def _known_checks(self) -> "ValidationConfig":
+        from components.validation import resolve_severities
+
+        resolve_severities(self.severity, self.warning_only)  # raises listing the valid check names
+        return self
 
 
 class SplitConfig(_Strict):

@@ -1,21 +1,63 @@
 """What the manifest records about one image file: hashes, size, mode, bit depth, or why it is unusable.
 
 ``describe_image_bytes`` is pure (bytes in, dict out); ``describe_uris`` maps
-it over many files in parallel, reading them through components.storage.
+it over many files, inline or in parallel, reading them through
+components.storage (local paths or ``s3://`` URIs).
+
+Unusable files are not errors: they get an ``exclusion_reason`` (constants of
+components.labels) and an ``exclusion_detail`` saying what is wrong:
+
+* EXCLUDE_EMPTY_FILE: zero bytes.
+* EXCLUDE_NOT_DECODABLE: bytes PIL cannot identify as any image format (a text
+  file named ``.png``, HTML error pages saved as images...).
+* EXCLUDE_TOO_LARGE: declared width x height above ``PIL.Image.MAX_IMAGE_PIXELS``
+  (set by components.imaging): found from the header alone, never decoded.
+* EXCLUDE_TRUNCATED: the file ends before its image data does (a cut-off
+  download). Every image is fully decoded to find this: PIL's
+  ``LOAD_TRUNCATED_IMAGES`` stays False, and a PNG must also reach its IEND chunk.
+* EXCLUDE_UNREADABLE: anything else the decoder refuses; the detail is its error.
+* EXCLUDE_MISSING_FILE (describe_uri only): the file does not exist. Other
+  storage errors (access denied, no such bucket...) are raised, not recorded:
+  they say the run is misconfigured, not that one image is bad.
+
+The perceptual hash (``phash``) is a 64-bit DCT hash (pHash) of the grayscale
+image the models see (components.imaging.to_grayscale_array), see
+``perceptual_hash``. Compare hashes with ``hamming_distance``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+import math
+import os
+import struct
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from components import imaging  # noqa: F401  (sets PIL's decompression-bomb limit)
-from components.labels import EXCLUDE_MISSING_FILE, EXCLUDE_UNREADABLE
+from components import imaging  # sets PIL's decompression-bomb limit
+from components.labels import (
+    EXCLUDE_EMPTY_FILE,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_TOO_LARGE,
+    EXCLUDE_TRUNCATED,
+    EXCLUDE_UNREADABLE,
+)
+
+__all__ = [
+    "MODE_BIT_DEPTH",
+    "NO_FILE",
+    "describe_image_bytes",
+    "describe_uri",
+    "describe_uris",
+    "hamming_distance",
+    "perceptual_hash",
+]
 
 # File columns of the manifest, and their values when the file is not read.
 NO_FILE: dict[str, Any] = {
@@ -29,9 +71,15 @@ NO_FILE: dict[str, Any] = {
     "exclusion_detail": "",
 }
 
-# Bits per channel for PIL modes.
+# Bits per channel for PIL modes (PNG files use the bit depth of their header instead).
 MODE_BIT_DEPTH = {"1": 1, "L": 8, "LA": 8, "P": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
-                  "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
+                  "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+
+# Modes wider than 8 bits: min-max rescaled to 0..255 before hashing, as imaging does.
+_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8\xff"
 
 _HASH_SIZE = 8
 _DCT_SIZE = 32
@@ -45,54 +93,283 @@ def _dct_matrix(n: int) -> np.ndarray:
     return matrix
 
 
-_DCT = _dct_matrix(_DCT_SIZE)
+# Only the 8 lowest-frequency rows of the orthonormal 32-point DCT-II are needed.
+_DCT_LOW = np.ascontiguousarray(_dct_matrix(_DCT_SIZE)[:_HASH_SIZE])
+
+
+# ---------------------------------------------------------------- perceptual hash
+
+
+def _box_downscale(image: Image.Image) -> Image.Image:
+    """Area-average (BOX) `image` down to 32x32.
+
+    When both sides are multiples of 32, Image.reduce gives the same averages
+    faster. (Reducing by an inexact integer factor first and resizing the rest
+    would be faster still, but its uneven edge blocks move hashes by several bits.)
+    """
+    width, height = image.size
+    if width % _DCT_SIZE == 0 and height % _DCT_SIZE == 0 and (width, height) != (_DCT_SIZE, _DCT_SIZE):
+        return image.reduce((width // _DCT_SIZE, height // _DCT_SIZE))
+    if image.size != (_DCT_SIZE, _DCT_SIZE):
+        image = image.resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.BOX)
+    return image
+
+
+def _hash_input(image: Image.Image) -> np.ndarray:
+    """32x32 float64 grayscale in 0..255: `image` as to_grayscale_array sees it, box-downscaled."""
+    mode = image.mode
+    if mode in _WIDE_MODES:
+        # Downscale in float, then apply to_grayscale_array's min-max rescaling with
+        # the full image's extrema: equal to hashing to_grayscale_array(image) up to
+        # rounding, without a float64 copy of a full-size 16-bit radiograph.
+        wide = image if mode == "F" else image.convert("F")
+        low, high = wide.getextrema()
+        small = np.asarray(_box_downscale(wide), dtype=np.float64)
+        scale = 255.0 / (high - low) if high > low else 0.0
+        return (small - low) * scale
+    if mode != "L":
+        image = Image.fromarray(imaging.to_grayscale_array(image))
+    return np.asarray(_box_downscale(image), dtype=np.float64)
 
 
 def perceptual_hash(image: Image.Image) -> str:
     """64-bit DCT perceptual hash (pHash) as 16 hex digits.
 
-    Same construction as imagehash.phash: 32x32 grayscale, 2-D DCT, the 8x8
-    lowest frequencies compared with their median. Re-encoding, resizing and
-    mild noise change a few bits; different radiographs differ in many.
+    Construction (keep it stable: manifests compare hashes across runs):
+
+    1. grayscale as the models see it (imaging.to_grayscale_array: luma for
+       colour, alpha composited over black, 16-bit min-max rescaled to 0..255);
+    2. area-average downscale to 32x32 (PIL's BOX filter; Image.reduce when
+       both sides are multiples of 32, which averages the same blocks);
+    3. orthonormal 2-D DCT-II; keep the 8x8 lowest frequencies (DC included);
+    4. coefficients rounded to 6 decimals; bit = coefficient > median of the 64,
+       row-major, the first bit the most significant of the first hex digit.
+
+    Re-encoding, resizing and mild noise change a few bits (typically <= 6 of
+    64; always an even number: half the bits are set). Unrelated images differ
+    in about 32; chest radiographs look alike at this scale, so two different
+    films differ in about 26 (rarely fewer than 16). describe_image_bytes decodes JPEGs
+    with libjpeg's DCT scaling (Image.draft) to go faster, which moves the hash of
+    a JPEG by a bit or two against hashing its full decode here.
     """
-    small = imaging.to_grayscale_array(image)
-    small = np.asarray(Image.fromarray(small).resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = (_DCT @ small @ _DCT.T)[:_HASH_SIZE, :_HASH_SIZE]
-    bits = (low > np.median(low)).flatten()
-    return f"{int(''.join('1' if bit else '0' for bit in bits), 2):016x}"
+    small = _hash_input(image)
+    # Rounded so that floating-point noise (~1e-12, which differs between BLAS
+    # builds) cannot set bits: a flat image hashes to 8000000000000000 everywhere.
+    low = np.round((_DCT_LOW @ small @ _DCT_LOW.T).ravel(), 6)
+    ordered = np.sort(low)
+    median = (ordered[_HASH_SIZE * _HASH_SIZE // 2 - 1] + ordered[_HASH_SIZE * _HASH_SIZE // 2]) / 2
+    return np.packbits(low > median).tobytes().hex()
 
 
 def hamming_distance(first: str, second: str) -> int:
+    """Number of differing bits between two hex hashes."""
     return (int(first, 16) ^ int(second, 16)).bit_count()
 
 
-def describe_image_bytes(data: bytes) -> dict[str, Any]:
-    """The manifest's file columns for these bytes; exclusion_reason says why they are unusable."""
-    if not data:
-        return {**NO_FILE, "exclusion_reason": EXCLUDE_UNREADABLE, "exclusion_detail": "empty file (0 bytes)"}
+# ---------------------------------------------------------------- headers
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int] | None:
+    """(width, height, bit depth, colour type) from a PNG's IHDR chunk, or None."""
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    return width, height, depth, colour
+
+
+# JPEG start-of-frame markers (C4 = DHT, C8 = JPG extension, CC = DAC are not frames).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height) or None, where the header is cut off or None), walking the
+    marker segments of a JPEG up to its first scan."""
+    size, index, end = None, 2, len(data)
+    while True:
+        if index + 2 > end:
+            return size, "inside its header, before any image data"
+        if data[index] != 0xFF:
+            return size, None  # corrupt, not cut off: the decoder will say what is wrong
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            index += 2
+            continue
+        if index + 4 > end:
+            return size, f"inside its header (marker 0xFF{marker:02X})"
+        segment_end = index + 2 + struct.unpack(">H", data[index + 2:index + 4])[0]
+        if marker in _JPEG_SOF and size is None and index + 9 <= end:
+            height, width = struct.unpack(">HH", data[index + 5:index + 9])
+            size = (width, height)
+        if segment_end > end:
+            return size, f"inside its header (segment 0xFF{marker:02X} needs {segment_end:,} bytes)"
+        if marker == 0xDA:  # start of scan: entropy-coded data follows, the decoder checks it
+            return size, None
+        index = segment_end
+
+
+def _png_cut_off(data: bytes) -> str | None:
+    """Where a PNG's chunk sequence runs past the end of the data, or None."""
+    index, end = len(_PNG_SIGNATURE), len(data)
+    while index + 8 <= end:
+        length, kind = struct.unpack(">I4s", data[index:index + 8])
+        chunk_end = index + 12 + length
+        name = kind.decode("latin-1")
+        if chunk_end > end:
+            return f"inside its {name} chunk (the chunk needs {chunk_end:,} bytes)"
+        if kind == b"IEND":
+            return None
+        index = chunk_end
+    if index < end:
+        return "inside the length and type of a chunk, before its IEND chunk"
+    return "before its IEND chunk" if index > len(_PNG_SIGNATURE) else "right after its signature"
+
+
+def _cut_off(data: bytes) -> str | None:
+    """For a PNG or JPEG whose decoding failed: where the file ends too early, if it does."""
+    if data.startswith(_PNG_SIGNATURE):
+        return _png_cut_off(data)
+    if data.startswith(_JPEG_SOI):
+        return _jpeg_header(data)[1]
+    return None
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    png = _png_header(data)
+    if png is not None:
+        return png[:2]
+    return _jpeg_header(data)[0] if data.startswith(_JPEG_SOI) else None
+
+
+def _too_large(width: int, height: int) -> str | None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        return (f"declared size {width}x{height} = {width * height:,} pixels is above the "
+                f"{limit:,}-pixel limit (possible decompression bomb); not decoded")
+    return None
+
+
+def _bit_depth(data: bytes, image_format: str | None, mode: str) -> int:
+    """Bits per channel: a PNG's header depth (palette entries are 8-bit), else by PIL mode."""
+    if image_format == "PNG":
+        header = _png_header(data)
+        if header is not None and header[3] != 3:  # 3 = palette: the header depth counts index bits
+            return header[2]
+    return MODE_BIT_DEPTH.get(mode, 8)
+
+
+# ---------------------------------------------------------------- describing bytes
+
+
+class _Unusable(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _format_name(data: bytes) -> str:
+    return "PNG" if data.startswith(_PNG_SIGNATURE) else "JPEG" if data.startswith(_JPEG_SOI) else ""
+
+
+def _truncated(data: bytes, where: str, error: BaseException | None = None) -> _Unusable:
+    cause = f" ({_error_text(error)})" if error is not None else ""
+    return _Unusable(EXCLUDE_TRUNCATED, f"{_format_name(data) or 'image'} file of {len(data):,} bytes ends {where}{cause}")
+
+
+def _unidentified(data: bytes) -> _Unusable:
+    """Why PIL identified no format: a PNG/JPEG cut off in its header, a corrupt header, or not an image."""
+    kind = _format_name(data)
+    if not kind:
+        return _Unusable(EXCLUDE_NOT_DECODABLE, f"not an image format PIL knows ({len(data):,} bytes starting "
+                                                f"{data[:16]!r})")
+    if where := _cut_off(data):
+        return _truncated(data, where)
+    # Image.open hides the plugin's error: ask the plugin itself for the detail.
+    plugin = PngImagePlugin.PngImageFile if kind == "PNG" else JpegImagePlugin.JpegImageFile
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            # A full decode: PIL's verify() does not catch a truncated JPEG.
-            image.load()
-            width, height, mode = image.width, image.height, image.mode
-            phash = perceptual_hash(image)
-    # PIL raises many types on corrupt data (OSError, SyntaxError, struct.error,
-    # DecompressionBombError...); any of them means the file is unusable.
-    except Exception as error:  # noqa: BLE001
-        return {**NO_FILE, "exclusion_reason": EXCLUDE_UNREADABLE, "exclusion_detail": f"{type(error).__name__}: {error}"}
+        plugin(io.BytesIO(data)).close()
+    except Exception as error:  # noqa: BLE001  (plugins raise SyntaxError, ValueError, OSError...)
+        return _Unusable(EXCLUDE_UNREADABLE, f"{kind} signature but a corrupt header ({_error_text(error)})")
+    return _Unusable(EXCLUDE_UNREADABLE, f"{kind} signature but PIL cannot identify the file")
+
+
+def _describe(data: bytes) -> dict[str, Any]:
+    declared = _declared_size(data)
+    if declared is not None and (problem := _too_large(*declared)):
+        raise _Unusable(EXCLUDE_TOO_LARGE, problem)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise _unidentified(data) from None
+    except Image.DecompressionBombError as error:  # formats whose header we do not parse ourselves
+        raise _Unusable(EXCLUDE_TOO_LARGE, f"{error} Not decoded.") from None
+    except Exception as error:
+        if where := _cut_off(data):
+            raise _truncated(data, where, error) from None
+        raise
+    with image:
+        width, height, mode, image_format = image.width, image.height, image.mode, image.format
+        if problem := _too_large(width, height):
+            raise _Unusable(EXCLUDE_TOO_LARGE, problem)
+        if image_format == "JPEG" and mode in ("L", "RGB"):
+            # libjpeg's DCT scaling: decodes at 1/2..1/8 size (all the data is still
+            # read, so truncation is still found), grayscale straight from Y.
+            image.draft("L", (2 * _DCT_SIZE, 2 * _DCT_SIZE))
+        try:
+            image.load()  # a full decode: the only way to find truncated data
+        except Exception as error:
+            if isinstance(error, OSError) and "truncated" in str(error):
+                raise _truncated(data, _cut_off(data) or "before its image data does", error) from None
+            if where := _cut_off(data):
+                raise _truncated(data, where, error) from None
+            raise
+        if image_format == "PNG" and data.rfind(b"IEND") < 0:
+            # PIL stops reading once it has the pixels: a file cut after them loads fine.
+            raise _truncated(data, "before its IEND chunk, after the image data")
+        phash = perceptual_hash(image)
     return {
         "sha256": hashlib.sha256(data).hexdigest(),
         "phash": phash,
         "width": width,
         "height": height,
         "mode": mode,
-        "bit_depth": MODE_BIT_DEPTH.get(mode, 8),
+        "bit_depth": _bit_depth(data, image_format, mode),
         "exclusion_reason": "",
         "exclusion_detail": "",
     }
 
 
+def describe_image_bytes(data: bytes) -> dict[str, Any]:
+    """The manifest's file columns for these bytes; exclusion_reason/detail say why they are unusable."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
+                           "would decode as valid ones; whatever set it must not run while a manifest is built")
+    if not data:
+        return {**NO_FILE, "exclusion_reason": EXCLUDE_EMPTY_FILE, "exclusion_detail": "empty file (0 bytes)"}
+    try:
+        return _describe(data)
+    except _Unusable as unusable:
+        return {**NO_FILE, "exclusion_reason": unusable.reason, "exclusion_detail": unusable.detail}
+    # PIL raises many types on corrupt data (OSError, SyntaxError, struct.error,
+    # ValueError...); any of them means the file is unusable.
+    except Exception as error:  # noqa: BLE001
+        return {**NO_FILE, "exclusion_reason": EXCLUDE_UNREADABLE, "exclusion_detail": _error_text(error)}
+
+
+# ---------------------------------------------------------------- describing files
+
+
 def describe_uri(uri: str) -> dict[str, Any]:
+    """describe_image_bytes of the file at `uri`; EXCLUDE_MISSING_FILE when it does not exist.
+
+    Module level so that process pools can pickle it. Other StorageErrors are raised.
+    """
     from components.storage import MissingFileError, read_bytes
 
     try:
@@ -102,6 +379,90 @@ def describe_uri(uri: str) -> dict[str, Any]:
     return describe_image_bytes(data)
 
 
-def describe_uris(uris: Sequence[str], workers: int = 1, progress: bool = False) -> list[dict[str, Any]]:
-    """describe_uri for each URI, in order."""
-    return [describe_uri(uri) for uri in uris]
+EXECUTORS = ("auto", "process", "thread")
+_CHUNK_SIZE = 64
+
+
+def _chunk_size(count: int, workers: int) -> int:
+    """Up to 64 files per task, smaller when there are few files so every worker gets some."""
+    return max(1, min(_CHUNK_SIZE, math.ceil(count / (4 * workers))))
+
+
+def _process_context():
+    """forkserver where there is one: forking a process that runs threads (ZenML, MLflow,
+    boto3 connection pools) can deadlock the child; spawn elsewhere.
+
+    The fork server preloads this module (besides __main__, its default) so that
+    each pool's workers start in milliseconds instead of importing numpy and PIL.
+    That takes effect only if no fork server is running yet in this process.
+    """
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])
+    return context
+
+
+def _adopt_environment(environment: dict[str, str]) -> None:
+    """Pool initializer: the parent's environment as it is now. Fork-server workers
+    would otherwise see it as it was when the server started, missing e.g. AWS
+    variables set since."""
+    for name in set(os.environ) - set(environment):
+        del os.environ[name]
+    os.environ.update(environment)
+
+
+def _parallel(uris: list[str], workers: int, executor: str) -> Iterator[dict[str, Any]]:
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    if executor == "thread":
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="describe_uri")
+        results: Iterable[dict[str, Any]] = pool.map(describe_uri, uris)
+    else:
+        chunk = _chunk_size(len(uris), workers)
+        workers = min(workers, math.ceil(len(uris) / chunk))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
+                                   initializer=_adopt_environment, initargs=(dict(os.environ),))
+        results = pool.map(describe_uri, uris, chunksize=chunk)
+    try:
+        yield from results
+    finally:
+        # On an error (a StorageError from a worker, Ctrl-C) drop the queued work.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def describe_uris(
+    uris: Sequence[str], workers: int = 1, progress: bool = False, executor: str = "auto"
+) -> list[dict[str, Any]]:
+    """describe_uri for each URI, results in input order.
+
+    workers: 1 (or less) reads inline; 0 means os.cpu_count(); more runs a pool.
+    executor: "process" (a process pool fed in chunks of up to 64 files: decoding
+    and hashing are CPU-bound), "thread" (a thread pool: S3 reads are
+    network-bound and boto3 clients are made lazily in each process), or "auto":
+    threads when any URI is s3://, processes otherwise.
+    progress: a tqdm bar on stderr.
+
+    A StorageError other than a missing file (access denied, no such bucket) is
+    raised and stops the run.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+    uris = [str(uri) for uri in uris]
+    if workers == 0:
+        workers = os.cpu_count() or 1
+    workers = min(workers, len(uris))
+    if executor == "auto":
+        from components.storage import is_s3_uri
+
+        executor = "thread" if any(is_s3_uri(uri) for uri in uris) else "process"
+    results: Iterable[dict[str, Any]] = (
+        map(describe_uri, uris) if workers <= 1 else _parallel(uris, workers, executor)
+    )
+    from tqdm import tqdm
+
+    with tqdm(results, total=len(uris), desc="reading images", unit="img", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        return list(bar)

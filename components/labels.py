@@ -18,6 +18,18 @@ How a finding becomes a label (``finding_to_label``):
    any other combination must be listed in the map as a whole.
 6. A finding the map does not know is EXCLUDE_UNKNOWN_FINDING; one mapped to
    None is EXCLUDE_OUT_OF_TASK.
+
+The default 3-class map covers the findings and class-folder names of the
+supported public datasets (components.sources): COVID-19 (``COVID-19``,
+``COVID``, ``COVID-19, ARDS``, ``Pneumonia/Viral/SARS-CoV-2``); normal (``No
+Finding``, ``Normal``); pneumonia (bacterial, viral, fungal and aspiration
+pneumonias and the named organisms, ``Viral Pneumonia``, the Kaggle pediatric
+set's ``pneumonia/bacterial`` / ``pneumonia/viral``); and real diagnoses
+outside the three classes (ARDS, tuberculosis, ``Lung_Opacity``), mapped to
+None: excluded from the 3-class task, non-COVID in the binary task, which is
+COVID-19 vs any other real diagnosis. Findings that mean something only in one
+dataset (COVIDx's ``positive`` / ``negative``) are in LAYOUT_LABEL_MAPS and
+used by that layout's adapter only.
 """
 
 from __future__ import annotations
@@ -93,9 +105,12 @@ DEFAULT_MULTICLASS_MAP: dict[str, str | None] = {
     "aspergillosis": PNEUMONIA,
     "herpes": PNEUMONIA,
     "nocardia": PNEUMONIA,
+    "fungal pneumonia": PNEUMONIA,
     # Real diagnoses that are neither COVID-19, normal nor pneumonia.
     "ards": None,
     "tuberculosis": None,
+    "lung_opacity": None,  # COVID-19 Radiography Database class folder (non-COVID lung opacities)
+    "lung opacity": None,
 }
 
 # The binary task is COVID-19 vs any other real diagnosis, so findings outside
@@ -107,6 +122,24 @@ DEFAULT_BINARY_MAP: dict[str, str | None] = {
 DEFAULT_LABEL_MAPS: dict[str, dict[str, str | None]] = {
     "binary": DEFAULT_BINARY_MAP,
     "multiclass": DEFAULT_MULTICLASS_MAP,
+}
+
+# Findings whose meaning depends on the dataset: only the adapter of that
+# layout adds them to the task's map (below any `label_map` override of the
+# source). COVIDx CXR-3/4 label files say `positive` / `negative` (COVID-19
+# positive or negative): negative is a non-COVID image in the binary task,
+# but it says nothing about normal vs pneumonia, so it is outside the
+# 3-class task unless a source's label_map maps it. A folder named
+# "positive" in another dataset says nothing about COVID-19, hence not global.
+LAYOUT_MULTICLASS_MAPS: dict[str, dict[str, str | None]] = {
+    "covidx": {"positive": COVID, "negative": None},
+}
+LAYOUT_LABEL_MAPS: dict[str, dict[str, dict[str, str | None]]] = {
+    layout: {
+        "multiclass": dict(mapping),
+        "binary": {finding: (COVID if label == COVID else NON_COVID) for finding, label in mapping.items()},
+    }
+    for layout, mapping in LAYOUT_MULTICLASS_MAPS.items()
 }
 
 

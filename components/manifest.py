@@ -20,6 +20,7 @@ marked last, among rows that are otherwise included.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import os
@@ -51,20 +52,28 @@ from components.labels import (
     label_map_for_task,
     resolve_label,
 )
-from components.storage import MissingFileError, OutsideRootError, child_uri, is_s3_uri, list_files, read_text, root_is_dir
+from components.storage import (
+    MissingFileError, OutsideRootError, child_uri, is_s3_uri, list_files, read_bytes, root_is_dir,
+)
 
 __all__ = [
     "EXCLUSION_PRECEDENCE",
     "IMAGE_EXTENSIONS",
     "MANIFEST_COLUMNS",
     "build_manifest",
+    "SourceError",
     "candidate",
+    "dataset_version",
     "exclusion_summary",
     "finding_to_label",
     "included",
     "manifest_frame",
     "mark_duplicates",
 ]
+
+class SourceError(ValueError):
+    """A source's configuration or metadata cannot be used; the message names the source or file."""
+
 
 # Column order of every manifest DataFrame. `exclusion_reason` is "" for rows
 # that are used; excluded rows stay in the manifest with their reason.
@@ -215,24 +224,39 @@ def _existing_root(root: str | Path, what: str) -> str:
     return root if is_s3_uri(root) else os.path.abspath(root)
 
 
+def read_metadata_text(uri: str, what: str) -> str:
+    """A metadata file's text; FileNotFoundError naming it when it does not exist.
+
+    UTF-8 (a byte-order mark removed); a file that is not UTF-8 is read as
+    Windows-1252, then Latin-1 (spreadsheet exports: Figure1's metadata.csv).
+    """
+    try:
+        data = read_bytes(uri)
+    except MissingFileError:
+        raise FileNotFoundError(f"{what} metadata {uri} does not exist") from None
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def read_metadata_csv(uri: str, required: Iterable[str], what: str) -> pd.DataFrame:
     """A metadata CSV as text columns; a clear error naming the file for a missing file or column.
 
     Everything is read as text: blank stays "" (not NaN) and "NA" stays "NA".
     A byte-order mark (spreadsheet exports) is removed; header names are stripped.
     """
-    try:
-        text = read_text(uri)
-    except MissingFileError:
-        raise FileNotFoundError(f"{what} metadata {uri} does not exist") from None
+    text = read_metadata_text(uri, what)
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ValueError(f"{uri}: not a readable CSV ({error})") from None
+        raise SourceError(f"{uri}: not a readable CSV ({error})") from None
     table.columns = [str(column).strip() for column in table.columns]
     missing = [column for column in required if column not in table.columns]
     if missing:
-        raise ValueError(f"{uri}: missing required column(s) {missing}; found {list(table.columns)}")
+        raise SourceError(f"{uri}: missing required column(s) {missing}; found {list(table.columns)}")
     return table
 
 
@@ -282,9 +306,9 @@ def _source_options(spec: Mapping[str, Any], kind: str) -> dict[str, Any]:
         if key in accepted:
             options[key] = value
         elif key not in others:
-            raise ValueError(f"source {name!r} ({kind}): unknown option {key!r}; valid: {sorted(accepted)}")
+            raise SourceError(f"source {name!r} ({kind}): unknown option {key!r}; valid: {sorted(accepted)}")
         elif value != others[key]:
-            raise ValueError(f"source {name!r}: option {key!r} does not apply to kind {kind!r}")
+            raise SourceError(f"source {name!r}: option {key!r} does not apply to kind {kind!r}")
     return options
 
 
@@ -293,10 +317,10 @@ def source_candidates(spec: Mapping[str, Any], task: str) -> list[dict[str, Any]
     kind = spec.get("kind")
     adapters = _adapters()
     if kind not in adapters:
-        raise ValueError(f"unknown source kind {kind!r}; valid kinds: {sorted(adapters)}")
+        raise SourceError(f"unknown source kind {kind!r}; valid kinds: {sorted(adapters)}")
     name = spec.get("name") or kind
     if not spec.get("root"):
-        raise ValueError(f"source {name!r} has no root")
+        raise SourceError(f"source {name!r} has no root")
     options = _source_options(spec, kind)
     root = _existing_root(spec["root"], f"{kind} source {name!r}")
     return mark_duplicate_rows(adapters[kind](root, task, **options))
@@ -328,11 +352,11 @@ def build_manifest(
     two patient ids would otherwise defeat patient-grouped splits.
     """
     if not sources:
-        raise ValueError("build_manifest needs at least one source")
+        raise SourceError("build_manifest needs at least one source")
     names = [spec.get("name") or spec.get("kind") for spec in sources]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"source names must be unique (they prefix patient ids), repeated: {repeated}")
+        raise SourceError(f"source names must be unique (they prefix patient ids), repeated: {repeated}")
     per_source = [(name, source_candidates(spec, task)) for name, spec in zip(names, sources)]
     # One parallel pass over every file of every source.
     everything = [found for _, found in per_source for found in found]
@@ -370,3 +394,17 @@ def exclusion_summary(manifest: pd.DataFrame) -> dict[str, int]:
     order = {reason: index for index, reason in enumerate(EXCLUSION_PRECEDENCE)}
     reasons = sorted(counts.index, key=lambda reason: (order.get(reason, len(order)), reason))
     return {reason: int(counts[reason]) for reason in reasons}
+
+
+def dataset_version(manifest: pd.DataFrame) -> str:
+    """Content hash of a manifest: 16 hex digits that change when any file, label or exclusion does.
+
+    Rows are sorted first, so the order adapters list files in does not matter;
+    file bytes enter through the sha256 column.
+    """
+    frame = manifest.reindex(columns=MANIFEST_COLUMNS).astype(str).sort_values(MANIFEST_COLUMNS, kind="stable")
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(MANIFEST_COLUMNS).encode())
+    for row in frame.itertuples(index=False):
+        digest.update(("\x1e" + "\x1f".join(row)).encode())
+    return digest.hexdigest()[:16]

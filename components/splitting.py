@@ -7,6 +7,8 @@ their majority label, shuffled with the run's seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -36,9 +38,39 @@ def _split_counts(n_patients: int, fractions: tuple[float, float, float]) -> tup
     return n_train, n_val, n_test
 
 
-def assign_splits(manifest: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> pd.Series:
-    """Split name ("train"/"val"/"test") for every row of an all-included manifest."""
+def split_groups(manifest: pd.DataFrame, linked_rows: Iterable[tuple[int, int]] = ()) -> pd.Series:
+    """Per row, the group that must stay in one split: its patient, merged with every
+    patient it shares a near-duplicate image with (`linked_rows`: positional row pairs).
+
+    The same radiograph re-uploaded under another patient id would otherwise
+    leak between train and test. Groups are named after their smallest patient id.
+    """
+    parent: dict[str, str] = {patient: patient for patient in manifest["patient_id"]}
+
+    def root(patient: str) -> str:
+        while parent[patient] != patient:
+            parent[patient] = parent[parent[patient]]
+            patient = parent[patient]
+        return patient
+
+    patients = manifest["patient_id"].to_numpy()
+    for first, second in linked_rows:
+        a, b = root(patients[first]), root(patients[second])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return pd.Series([root(patient) for patient in patients], index=manifest.index, name="split_group")
+
+
+def assign_splits(
+    manifest: pd.DataFrame, fractions: tuple[float, float, float], seed: int, groups: pd.Series | None = None
+) -> pd.Series:
+    """Split name ("train"/"val"/"test") for every row of an all-included manifest.
+
+    Rows are split by patient, or by `groups` (see split_groups) when given.
+    """
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        manifest = manifest.assign(patient_id=groups.to_numpy())
     by_patient = patient_labels(manifest)
     patient_split: dict[str, str] = {}
     for label in sorted(by_patient.unique()):
@@ -51,7 +83,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: tuple[float, float, float],
             )
     splits = manifest["patient_id"].map(patient_split)
     assert_no_patient_leak(manifest.assign(split=splits))
-    return splits
+    return splits.rename("split")
 
 
 def assert_no_patient_leak(manifest_with_splits: pd.DataFrame) -> None:

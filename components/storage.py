@@ -22,6 +22,7 @@ __all__ = [
     "child_uri",
     "is_s3_uri",
     "list_files",
+    "parse_s3_uri",
     "read_bytes",
     "read_text",
     "root_is_dir",
@@ -42,6 +43,20 @@ class OutsideRootError(StorageError):
 
 def is_s3_uri(uri: str) -> bool:
     return str(uri).startswith("s3://")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; the key may be "" (the whole bucket).
+
+    StorageError for anything else, e.g. ``s3://`` or ``s3:///key`` (no bucket).
+    """
+    uri = str(uri)
+    if not is_s3_uri(uri):
+        raise StorageError(f"{uri!r} is not an S3 URI; expected s3://bucket/prefix")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or any(character.isspace() for character in bucket):
+        raise StorageError(f"malformed S3 URI {uri!r}: it names no valid bucket; expected s3://bucket/prefix")
+    return bucket, key
 
 
 def _is_hidden(relative: str) -> bool:

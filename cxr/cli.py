@@ -2,6 +2,7 @@
 
     cxr setup                          create the local ZenML stack (idempotent)
     cxr train --config FILE            run the training pipeline
+    cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training)
     cxr check-config --config FILE     validate a run config, run nothing
     cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
     cxr predict IMAGE...               label + probabilities from the champion
@@ -73,6 +74,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when the data pass (warnings allowed), 1 when a blocking check failed."""
+    config = load_run_config(args.config, _parse_overrides(args.set))
+    paths = _environment(args.workdir)
+    from components.validation import ManifestValidationError
+    from cxr.runner import latest_run_id, run_validation, steward_outputs
+    from pipelines.data import PIPELINE_NAME
+
+    try:
+        outputs = run_validation(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
+    except ManifestValidationError:
+        outputs = steward_outputs(latest_run_id(PIPELINE_NAME))
+    print(format_validation(outputs))
+    if args.summary_json and outputs["summary"] is not None:
+        Path(args.summary_json).write_text(json.dumps(outputs["summary"], indent=2, default=str))
+    return 0 if outputs["summary"] is not None and outputs["summary"]["success"] else 1
+
+
+def format_validation(outputs: dict[str, Any]) -> str:
+    from components.steward_report import summary_text
+
+    summary, folder = outputs["summary"], outputs["reports_folder"]
+    if summary is None:
+        return f"Data validation run '{outputs['run_name']}' ended ({outputs['status']}) before its report was written."
+    lines = ["", "=" * 72, summary_text(summary), ""]
+    lines += [f"Steward report:    {Path(folder) / 'summary.html'}",
+              f"Summary (JSON):    {Path(folder) / 'summary.json'}",
+              f"Excluded rows:     {Path(folder) / 'excluded_rows.csv'}",
+              "=" * 72]
+    return "\n".join(lines)
+
+
 def format_summary(summary: dict[str, Any], paths) -> str:
     promotion = summary["promotion"]
     test = summary["test_metrics"]
@@ -88,6 +121,7 @@ def format_summary(summary: dict[str, Any], paths) -> str:
             f"{key}={test[key]:.3f}" for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
         ),
         f"Data validation:   {summary['data_docs_index']}",
+        f"Steward report:    {summary['steward_report']}/summary.html",
         f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}')",
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
@@ -136,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler, help_text in (
         ("train", cmd_train, "run the training pipeline"),
+        ("validate", cmd_validate, "ingest and validate the data only; write the steward's report"),
         ("check-config", cmd_check_config, "validate a run config without running anything"),
     ):
         sub = commands.add_parser(name, help=help_text)
@@ -143,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config field, e.g. --set training.epochs=1")
         sub.set_defaults(handler=handler)
-        if name == "train":
+        if name in ("train", "validate"):
             sub.add_argument("--summary-json", help="also write the run summary to this JSON file")
             sub.add_argument("--zenml-config", action="append", default=[], metavar="YAML",
                              help="ZenML run-config overlay merged over zenml_config.yaml "
@@ -184,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_facing(error: Exception) -> bool:
     from components.backbones import UnknownBackboneError, WeightsUnavailableError
     from components.imaging import ImageDecodeError
+    from components.manifest import SourceError
+    from components.storage import StorageError
     from components.validation import ManifestValidationError
 
     # FileNotFoundError: a source root or weights path that does not exist (the message names it).
+    # SourceError / StorageError: bad metadata (missing column...), S3 bucket missing or access denied.
     return isinstance(
         error,
-        (ManifestValidationError, WeightsUnavailableError, UnknownBackboneError, ImageDecodeError, FileNotFoundError),
+        (ManifestValidationError, WeightsUnavailableError, UnknownBackboneError, ImageDecodeError, FileNotFoundError,
+         SourceError, StorageError),
     )
 
 

@@ -37,21 +37,70 @@ def resolved_run(config: RunConfig) -> dict[str, Any]:
     return run
 
 
-def run_training(
-    config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
-) -> dict[str, Any]:
-    os.environ.setdefault("ZENML_REPOSITORY_PATH", str(project_root))
-    ensure_local_stack(paths, project_root)
-    ensure_synthetic_dataset(config)
-    from pipelines.training import training_pipeline
-
+def _run_pipeline(
+    pipeline: Any, config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+) -> Any:
+    """Run a pipeline of this project with the merged ZenML config; returns the pipeline run."""
     zenml_config = merged_yaml_file(
         [project_root / "zenml_config.yaml", *zenml_overlays], paths.workdir / "zenml_run_config.yaml"
     )
-    pipeline_run = training_pipeline.with_options(config_path=str(zenml_config))(
-        run=resolved_run(config), docs_dir=str(paths.reports / "data_docs")
+    return pipeline.with_options(config_path=str(zenml_config))(
+        run=resolved_run(config), docs_dir=str(paths.reports / "data_docs"), reports_dir=str(paths.reports)
     )
+
+
+def _prepare(config: RunConfig, paths: LocalPaths, project_root: Path) -> None:
+    os.environ.setdefault("ZENML_REPOSITORY_PATH", str(project_root))
+    ensure_local_stack(paths, project_root)
+    ensure_synthetic_dataset(config)
+
+
+def run_training(
+    config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+) -> dict[str, Any]:
+    _prepare(config, paths, project_root)
+    from pipelines.training import training_pipeline
+
+    pipeline_run = _run_pipeline(training_pipeline, config, paths, project_root, zenml_overlays)
     return collect_summary(pipeline_run.id, config)
+
+
+def run_validation(
+    config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+) -> dict[str, Any]:
+    """Ingest + validate + split + steward report, no training. A blocked data drop
+    raises ManifestValidationError after its report has been written."""
+    _prepare(config, paths, project_root)
+    from pipelines.data import data_validation_pipeline
+
+    pipeline_run = _run_pipeline(data_validation_pipeline, config, paths, project_root, zenml_overlays)
+    return steward_outputs(pipeline_run.id)
+
+
+def latest_run_id(pipeline_name: str) -> Any:
+    from zenml.client import Client
+
+    runs = Client().list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1)
+    return runs.items[0].id if runs.items else None
+
+
+def steward_outputs(pipeline_run_id) -> dict[str, Any]:
+    """The steward's summary and where its files are, from a (possibly blocked) run."""
+    from zenml.client import Client
+
+    from steps.names import STEWARD_SUMMARY
+
+    run = Client().get_pipeline_run(pipeline_run_id)
+    step = run.steps.get("steward_report")
+    if step is None or STEWARD_SUMMARY not in step.outputs:
+        return {"run_name": run.name, "status": run.status.value, "summary": None, "reports_folder": None}
+    artifact = step.outputs[STEWARD_SUMMARY][0]
+    return {
+        "run_name": run.name,
+        "status": run.status.value,
+        "summary": artifact.load(),
+        "reports_folder": artifact.run_metadata.get("reports_folder"),
+    }
 
 
 def collect_summary(pipeline_run_id, config: RunConfig) -> dict[str, Any]:
@@ -73,6 +122,7 @@ def collect_summary(pipeline_run_id, config: RunConfig) -> dict[str, Any]:
         "registration": registration,
         "test_metrics": registration["test_metrics"],
         "data_docs_index": run.steps["validate_data"].outputs[DATA_DOCS_INDEX][0].load(),
+        "steward_report": steward_outputs(pipeline_run_id)["reports_folder"],
         "mlflow_run_id": registration["mlflow_run_id"],
         "experiment": EXPERIMENT_NAME,
     }

@@ -1,4 +1,4 @@
-"""The training pipeline: ingest -> validate -> split -> augment -> train xN -> evaluate -> register -> promote.
+"""The training pipeline: data steps (ingest, validate, split, report, gate) -> augment -> train xN -> evaluate -> register -> promote.
 
 It only connects steps. `run` is the validated run config as plain JSON
 (`RunConfig.model_dump(mode="json")`); the backbone loop unrolls at compile
@@ -12,34 +12,25 @@ from zenml import pipeline
 from components.augmentation import resolve_operations
 from components.labels import TASK_LABELS
 from steps.augment import augment_training_data
+from pipelines.data import data_steps
 from steps.evaluate import evaluate_model
-from steps.ingest import ingest_data
 from steps.promote import promote_model
 from steps.register import register_best_model
-from steps.split import split_data
 from steps.train import train_backbone
-from steps.validate import validate_data
 
 PIPELINE_NAME = "cxr_training"
 
 
 @pipeline(name=PIPELINE_NAME)
-def training_pipeline(run: dict[str, Any], docs_dir: str) -> None:
+def training_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> None:
     class_names = list(TASK_LABELS[run["task"]])
     seed = run["seed"]
-    manifest = ingest_data(
-        sources=run["data"]["sources"], task=run["task"], max_images=run["data"]["max_images"], seed=seed
-    )
-    validate_data(manifest, task=run["task"], docs_dir=docs_dir, checks=run["validation"])
-    split = split_data(
-        manifest, fractions=[run["split"][name] for name in ("train", "val", "test")], seed=seed,
-        after="validate_data",
-    )
+    split = data_steps(run, docs_dir, reports_dir)
     train_images, train_labels, _ = augment_training_data(
         split, class_names=class_names,
         image_size=max(backbone["image_size"] for backbone in run["backbones"]),
         operations=resolve_operations(run["augmentation"]["preset"], run["augmentation"]["operations"]),
-        copies_per_image=run["augmentation"]["copies_per_image"], seed=seed,
+        copies_per_image=run["augmentation"]["copies_per_image"], seed=seed, after="data_gate",
     )
     models, evaluations = [], []
     for backbone in run["backbones"]:

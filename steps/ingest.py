@@ -4,28 +4,35 @@ import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from components.manifest import build_manifest, exclusion_summary
+from components.manifest import build_manifest, dataset_version, exclusion_summary
 from components.splitting import limit_images
+from steps.data_materializers import ManifestMaterializer
 from steps.names import MANIFEST
 
 logger = get_logger(__name__)
 
 
-# Never cached: files on disk may have changed since the last run.
-@step(enable_cache=False)
+# Never cached: files on disk may have changed since the last run. Its output
+# carries the dataset version as content hash, so downstream steps can be.
+@step(enable_cache=False, output_materializers={MANIFEST: ManifestMaterializer})
 def ingest_data(
-    sources: list[dict[str, Any]], task: str, max_images: int | None = None, seed: int = 42
+    sources: list[dict[str, Any]], task: str, max_images: int | None = None, seed: int = 42, workers: int = 0
 ) -> Annotated[pd.DataFrame, MANIFEST]:
     """Build the manifest (one row per image, excluded rows kept with a reason)."""
-    manifest = limit_images(build_manifest(sources, task), max_images, seed)
+    manifest = limit_images(build_manifest(sources, task, workers=workers, progress=True), max_images, seed)
     used = manifest[manifest["exclusion_reason"] == ""]
     exclusions = exclusion_summary(manifest)
-    logger.info("Manifest: %d images, %d used, per label %s", len(manifest), len(used), used["label"].value_counts().to_dict())
+    version = dataset_version(manifest)
+    logger.info(
+        "Manifest %s: %d images, %d used, per label %s",
+        version, len(manifest), len(used), used["label"].value_counts().to_dict(),
+    )
     for reason, count in exclusions.items():
         logger.info("Excluded %d image(s): %s", count, reason)
     log_metadata(
-        metadata={"images": len(manifest), "used": len(used), "exclusions": exclusions,
-                  "per_label": {k: int(v) for k, v in used["label"].value_counts().items()}},
+        metadata={"dataset_version": version, "images": len(manifest), "used": len(used), "exclusions": exclusions,
+                  "per_label": {k: int(v) for k, v in used["label"].value_counts().items()},
+                  "per_source": {k: int(v) for k, v in used["source"].value_counts().items()}},
         artifact_name=MANIFEST, infer_artifact=True,
     )
     return manifest

@@ -39,3 +39,4 @@ class KerasModelMaterializer(BaseMaterializer):
             "input_shape": str(model.input_shape),
             "output_shape": str(model.output_shape),
         }
+

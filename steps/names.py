@@ -19,3 +19,9 @@ PROMOTION = "promotion"
 
 # Stack components the steps refer to by name (created by `cxr setup`, see cxr/stack.py).
 EXPERIMENT_TRACKER = "cxr_mlflow_tracker"
+
+# Data validation for stewards (steps/validate.py).
+SPLIT_VALIDATION_REPORT = "split_validation_report"
+STEWARD_SUMMARY = "steward_summary"
+STEWARD_REPORT = "steward_report"
+EXCLUDED_ROWS = "excluded_rows"

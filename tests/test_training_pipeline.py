@@ -28,7 +28,8 @@ def tiny_config(data_root: Path, **changes) -> dict:
                           "image_size": 96, "seed": 1},
             "sources": [{"kind": "folder", "root": str(data_root), "name": "synthetic", "default_view": "PA"}],
         },
-        "validation": {"min_width": 64, "min_height": 64, "min_images_per_class": 5},
+        # Synthetic patients are drawn from one template: keep near-duplicate grouping tight.
+        "validation": {"min_width": 64, "min_height": 64, "min_images_per_class": 5, "near_duplicate_max_distance": 2},
         "augmentation": {"preset": "paper", "copies_per_image": 1},
         "backbones": [{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": "none"}],
         "training": {"epochs": 1, "batch_size": 8, "patience": 1},

@@ -1,191 +1,249 @@
-"""Manifest validation through Great Expectations, on small manifests of real PNG files."""
+"""Manifest and split validation through Great Expectations: every check passing and failing, severities."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
-from components.labels import COVID, NON_COVID
+from components.config import ConfigError, ValidationConfig, parse_run_config
+from components.labels import COVID, EXCLUDE_DUPLICATE, EXCLUDE_TRUNCATED, EXCLUDE_UNREADABLE, NON_COVID
 from components.manifest import MANIFEST_COLUMNS
 from components.validation import (
+    BLOCKING,
     CHECK_NAMES,
+    DEFAULT_SEVERITY,
+    MANIFEST_CHECK_NAMES,
+    SPLIT_CHECK_NAMES,
+    WARNING,
     ManifestValidationError,
+    SplitValidationError,
+    ValidationReport,
+    ValidationSettings,
     raise_if_blocking,
+    resolve_severities,
     validate_manifest,
+    validate_split,
 )
 
 PER_CLASS = 5  # min_images_per_class in these tests
-IMAGES_PER_CLASS = PER_CLASS + 3  # room to corrupt 3 rows without starving a class
+IMAGES_PER_CLASS = 8  # 4 per source, room to corrupt rows without starving a class
 
 
-def _image_row(folder: Path, name: str, label: str, size: tuple[int, int] = (64, 64)) -> dict:
-    path = folder / f"{name}.png"
-    Image.new("L", size, len(name) * 7 % 256).save(path)
-    # Pixel values repeat across files, so hash the name too to keep digests unique.
-    digest = hashlib.sha256(path.read_bytes() + name.encode()).hexdigest()
-    return {
-        "path": str(path), "sha256": digest, "width": size[0], "height": size[1], "mode": "L",
-        "label": label, "finding": label, "patient_id": f"src-{name}", "source": "src",
-        "view": "PA", "exclusion_reason": "",
+def _hex(text: str, digits: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:digits]
+
+
+def _row(name: str, label: str, source: str, **changes) -> dict:
+    """A used manifest row; hashes derived from the name (random-looking, far apart)."""
+    row = {
+        "uri": f"/data/{source}/{name}.png", "source": source, "sha256": _hex(name, 64), "phash": _hex("p" + name, 16),
+        "width": 128, "height": 128, "mode": "L", "bit_depth": 8, "view": "PA", "patient_id": f"{source}:{name}",
+        "age_group": "adult", "finding": label, "label": label, "exclusion_reason": "", "exclusion_detail": "",
     }
+    row.update(changes)
+    return row
 
 
 @pytest.fixture
-def manifest(tmp_path: Path) -> pd.DataFrame:
-    """A clean binary-task manifest: IMAGES_PER_CLASS used images per class, all valid."""
-    folder = tmp_path / "images"
-    folder.mkdir()
+def manifest() -> pd.DataFrame:
+    """A clean binary-task manifest: two sources, IMAGES_PER_CLASS used images per class; every check passes."""
     rows = [
-        _image_row(folder, f"{label[:3]}{i}", label)
+        _row(f"{label[:3]}{i}", label, "src_a" if i % 2 else "src_b")
         for label in (NON_COVID, COVID)
         for i in range(IMAGES_PER_CLASS)
     ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def _validate(manifest: pd.DataFrame, tmp_path: Path, **kwargs):
-    return validate_manifest(manifest, "binary", tmp_path / "docs", min_images_per_class=PER_CLASS, **kwargs)
+def _validate(manifest: pd.DataFrame, tmp_path: Path, data_docs: bool = False, **settings) -> ValidationReport:
+    """Binary-task validation; Data Docs only where a test looks at them (building them is half the time)."""
+    settings.setdefault("min_images_per_class", PER_CLASS)
+    return validate_manifest(manifest, "binary", tmp_path / "docs", data_docs=data_docs, **settings)
 
 
-def _result(report, name: str) -> dict:
+def _result(report: ValidationReport, name: str) -> dict:
     return next(r for r in report.results if r["name"] == name)
 
 
-def test_clean_manifest_passes_and_builds_data_docs(manifest, tmp_path):
-    report = _validate(manifest, tmp_path, suite_name="cxr_test_suite")
+def _failed(report: ValidationReport) -> list[str]:
+    return [r["name"] for r in report.results if not r["success"]]
+
+
+def _add(m: pd.DataFrame, **row) -> pd.DataFrame:
+    return pd.concat([m, pd.DataFrame([row], columns=MANIFEST_COLUMNS)], ignore_index=True)
+
+
+# ---------------------------------------------------------------- manifest: passing
+
+
+def test_clean_manifest_passes_every_check_and_builds_data_docs(manifest, tmp_path):
+    report = _validate(manifest, tmp_path, suite_name="cxr_test_suite", data_docs=True)
 
     assert report.success, report.summary
-    assert [r["name"] for r in report.results] == list(CHECK_NAMES)
-    assert all(r["success"] and r["blocking"] for r in report.results)
+    assert report.stage == "manifest"
+    assert [r["name"] for r in report.results] == list(MANIFEST_CHECK_NAMES)
+    assert all(r["success"] and not r["skipped"] for r in report.results)
+    assert {r["name"]: r["severity"] for r in report.results} == {n: DEFAULT_SEVERITY[n] for n in MANIFEST_CHECK_NAMES}
     index = Path(report.data_docs_index)
-    assert index.is_absolute() and index.is_file()
-    assert index.parent == (tmp_path / "docs").resolve()
+    assert index.is_absolute() and index.is_file() and index.parent == (tmp_path / "docs").resolve()
     html = index.read_text()
-    assert "cxr_test_suite" in html and "cxr_test_suite_class_counts" in html
-    assert "PASSED" in report.summary
-    json.dumps(report.to_dict())  # must be JSON-serialisable
+    for suite in ("cxr_test_suite", "cxr_test_suite_rows", "cxr_test_suite_classes", "cxr_test_suite_near_duplicates"):
+        assert suite in html
+    assert "PASSED" in report.summary and "0 blocking failure(s), 0 warning(s)" in report.summary
+    assert report.listings == {"exact_duplicates": [], "near_duplicates": []}
+    classes = {row["label"]: row for row in report.tables["classes"]}
+    assert classes[COVID]["count"] == IMAGES_PER_CLASS and classes[COVID]["fraction"] == 0.5
+    assert classes[COVID]["n_sources"] == 2
+    json.dumps(report.to_dict())  # JSON-serialisable
+    assert ValidationReport.from_dict(report.to_dict()) == report
     raise_if_blocking(report)  # no exception
 
 
-def _bad_label(m: pd.DataFrame) -> None:
-    m.loc[0:2, "label"] = "bogus"
+def test_default_severities():
+    warnings = {name for name, severity in DEFAULT_SEVERITY.items() if severity == WARNING}
+    assert warnings == {
+        "files_readable", "no_near_duplicates", "class_balance", "class_source_diversity", "age_group_consistency",
+    }
+    assert set(DEFAULT_SEVERITY) == set(CHECK_NAMES) == set(MANIFEST_CHECK_NAMES) | set(SPLIT_CHECK_NAMES)
+    assert DEFAULT_SEVERITY["no_near_duplicates_across_splits"] == BLOCKING
 
 
-def _duplicate_sha(m: pd.DataFrame) -> None:
+# ---------------------------------------------------------------- manifest: each check failing
+
+
+def _file_row_excluded(m):
+    return _add(m, **_row("broken", "", "src_a", exclusion_reason=EXCLUDE_TRUNCATED, sha256="", phash="",
+                          width=0, height=0, mode="", bit_depth=0, exclusion_detail="image file is truncated"))
+
+
+def _set(index: int, column: str, value):
+    def corrupt(m):
+        m.loc[index, column] = value
+        return m
+    return corrupt
+
+
+def _duplicate_sha(m):
     m.loc[1, "sha256"] = m.loc[0, "sha256"]
+    return m
 
 
-def _too_narrow(m: pd.DataFrame) -> None:
-    m.loc[0, "width"] = 10
+def _near_duplicate(m):
+    m.loc[1, "phash"] = f"{int(m.loc[0, 'phash'], 16) ^ 0b101:016x}"  # 2 bits apart
+    return m
 
 
-def _too_short(m: pd.DataFrame) -> None:
-    m.loc[0, "height"] = 10
-
-
-def _bad_mode(m: pd.DataFrame) -> None:
-    m.loc[0, "mode"] = "CMYK"
-
-
-def _missing_file(m: pd.DataFrame) -> None:
-    Path(m.loc[0, "path"]).unlink()
-
-
-def _empty_path(m: pd.DataFrame) -> None:
-    m.loc[0, "path"] = ""
-
-
-def _too_few_covid(m: pd.DataFrame) -> None:
+def _too_few_covid(m):
     m.loc[m["label"] == COVID, "exclusion_reason"] = "test"
-    m.loc[m.index[-1], "exclusion_reason"] = ""  # one COVID-19 image left
+    m.loc[m.index[-2:], "exclusion_reason"] = ""  # two COVID-19 images left, one per source
+    return m
 
 
-@pytest.mark.parametrize(
-    ("corrupt", "check", "mention"),
-    [
-        (_bad_label, "label_in_task", "3 of 16 rows with a label outside"),
-        (_duplicate_sha, "sha256_unique", "2 of 16 rows sharing a sha256"),
-        (_too_narrow, "min_width", "narrower than 64 px; unexpected values [10]"),
-        (_too_short, "min_height", "shorter than 64 px; unexpected values [10]"),
-        (_bad_mode, "mode_allowed", "unexpected values ['CMYK']"),
-        (_missing_file, "path_exists", "1 of 16 rows whose file does not exist"),
-        (_empty_path, "path_not_missing", "1 of 16 rows without a path; e.g. row 0"),
-        (_too_few_covid, "min_images_per_class", f"fewer than {PER_CLASS} images; e.g. {COVID}=1"),
-    ],
-)
-def test_each_blocking_failure_fails_and_is_summarised(manifest, tmp_path, corrupt, check, mention):
-    corrupt(manifest)
-    report = _validate(manifest, tmp_path)
+def _covid_from_one_source(m):
+    m.loc[m["label"] == COVID, "source"] = "src_a"
+    return m
 
-    assert not report.success
-    failed = [r["name"] for r in report.results if not r["success"]]
-    assert failed == [check]
-    assert "BLOCKING FAILED: " in report.summary and f"[{check}]" in report.summary
-    assert mention in report.summary
-    assert mention in _result(report, check)["details"]
+
+def _ages_by_class(m):
+    m["age_group"] = m["label"].map({COVID: "adult", NON_COVID: "pediatric"})
+    return m
+
+
+FAILURES = [
+    # (corrupt, check, text in the details, extra settings)
+    (_file_row_excluded, "files_readable", "1 of 17 rows excluded for a file problem; "
+     f"unexpected values ['{EXCLUDE_TRUNCATED}']; e.g. /data/src_a/broken.png ({EXCLUDE_TRUNCATED})", {}),
+    (_set(0, "uri", ""), "uri_not_null", "1 of 16 rows without a uri; e.g. row 0", {}),
+    (_set(2, "sha256", " "), "sha256_not_null", "1 of 16 rows without a sha256", {}),
+    (_set(0, "label", ""), "label_not_null", "1 of 16 rows without a label; e.g. /data/src_b/non0.png", {}),
+    (_set(0, "patient_id", None), "patient_id_not_null", "1 of 16 rows without a patient_id", {}),
+    (_set(0, "source", ""), "source_not_null", "1 of 16 rows without a source", {}),
+    (_set(0, "label", "bogus"), "label_in_task", "1 of 16 rows with a label outside", {}),
+    (_set(0, "width", 10), "min_width", "narrower than 64 px; unexpected values [10]", {}),
+    (_set(0, "height", 10), "min_height", "shorter than 64 px; unexpected values [10]", {}),
+    (_set(0, "mode", "CMYK"), "mode_allowed", "unexpected values ['CMYK']", {}),
+    (_set(0, "bit_depth", 32), "bit_depth_allowed", "bit depth outside [1, 8, 16]; unexpected values [32]", {}),
+    (_set(3, "view", " Lateral"), "frontal_views_only", "1 of 16 rows with a lateral view", {}),
+    (_duplicate_sha, "sha256_unique", "2 of 16 rows sharing a sha256", {}),
+    (_near_duplicate, "no_near_duplicates", "1 near-duplicate pairs (pHash distance <= 4); "
+     "e.g. /data/src_b/non0.png ~ /data/src_a/non1.png (distance 2)", {}),
+    (_too_few_covid, "min_images_per_class", f"fewer than {PER_CLASS} images; e.g. {COVID}=2", {}),
+    (lambda m: m, "class_balance", "2 of 2 classes under 60% of the images", {"min_class_fraction": 0.6}),
+    (_covid_from_one_source, "class_source_diversity",
+     f"1 of 2 classes from a single source while there are 2 sources; e.g. {COVID} only from src_a", {}),
+    (_ages_by_class, "age_group_consistency",
+     f"2 of 2 classes whose pediatric share differs from another class's by more than 50%; "
+     f"e.g. {NON_COVID}: 100% pediatric, {COVID}: 0% pediatric", {}),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "check", "mention", "settings"), FAILURES, ids=[f[1] for f in FAILURES])
+def test_each_check_fails_alone_with_its_default_severity(manifest, tmp_path, corrupt, check, mention, settings):
+    report = _validate(corrupt(manifest), tmp_path, **settings)
+
+    assert _failed(report) == [check], report.summary
+    result = _result(report, check)
+    blocking = DEFAULT_SEVERITY[check] == BLOCKING
+    assert result["blocking"] is blocking and result["severity"] == DEFAULT_SEVERITY[check]
+    assert report.success is not blocking
+    prefix = "BLOCKING FAILED: " if blocking else "WARNING (not blocking): "
+    assert f"{prefix}{result['details']}" in report.summary
+    assert mention in result["details"]
     json.dumps(report.to_dict())
 
 
-def test_failure_names_offending_paths(manifest, tmp_path):
-    _bad_label(manifest)
-    report = _validate(manifest, tmp_path)
+def test_every_manifest_check_has_a_failing_case():
+    assert sorted(f[1] for f in FAILURES) == sorted(MANIFEST_CHECK_NAMES)
 
-    observed = _result(report, "label_in_task")["observed"]
+
+def test_failure_quotes_offending_uris(manifest, tmp_path):
+    manifest.loc[0:2, "label"] = "bogus"
+    observed = _result(_validate(manifest, tmp_path), "label_in_task")["observed"]
+
     assert observed["unexpected_count"] == 3
     assert observed["unexpected_values"] == ["bogus"]
-    assert observed["examples"] == list(manifest.loc[0:2, "path"])
+    assert observed["examples"] == list(manifest.loc[0:2, "uri"])
 
 
-def test_raise_if_blocking_carries_summary_and_docs_path(manifest, tmp_path):
-    _bad_mode(manifest)
-    report = _validate(manifest, tmp_path)
+def test_excluded_rows_are_not_held_to_the_contract(manifest, tmp_path):
+    bad = _row("gone", "", "src_a", width=1, height=1, mode="CMYK", bit_depth=32, view="L",
+               sha256=manifest.loc[0, "sha256"], phash=manifest.loc[0, "phash"], exclusion_reason="lateral view")
+    report = _validate(_add(manifest, **bad), tmp_path)
 
-    with pytest.raises(ManifestValidationError) as caught:
-        raise_if_blocking(report)
-    message = str(caught.value)
-    assert "mode_allowed" in message and report.data_docs_index in message
-    assert caught.value.report is report
-
-
-def test_warning_only_checks_do_not_block(manifest, tmp_path):
-    _bad_mode(manifest)
-    _too_narrow(manifest)
-    report = _validate(manifest, tmp_path, warning_only={"mode_allowed", "min_width"})
-
-    assert report.success
-    for name in ("mode_allowed", "min_width"):
-        result = _result(report, name)
-        assert not result["success"] and not result["blocking"]
-    assert "WARNING (not blocking): " in report.summary and "CMYK" in report.summary
-    assert "BLOCKING FAILED" not in report.summary
-    raise_if_blocking(report)
-
-
-def test_excluded_rows_are_not_checked(manifest, tmp_path):
-    bad = dict(manifest.iloc[0])
-    bad.update(path=str(tmp_path / "gone.png"), width=1, height=1, mode="CMYK", label="",
-               exclusion_reason="unreadable image")  # also duplicates row 0's sha256
-    manifest = pd.concat([manifest, pd.DataFrame([bad])], ignore_index=True)
-
-    report = _validate(manifest, tmp_path)
-
-    assert report.success, report.summary
+    assert report.success and not _failed(report), report.summary
     assert "16 used rows (1 excluded)" in report.summary
     assert _result(report, "label_in_task")["observed"]["element_count"] == 16
 
 
-def test_rejects_unknown_check_task_and_columns(manifest, tmp_path):
-    with pytest.raises(ValueError, match="min_width"):
-        _validate(manifest, tmp_path, warning_only={"no_such_check"})
-    with pytest.raises(ValueError, match="unknown task"):
-        validate_manifest(manifest, "tri-class", tmp_path / "docs")
-    with pytest.raises(ValueError, match="sha256"):
-        _validate(manifest.drop(columns=["sha256"]), tmp_path)
+def test_frontal_only_false_skips_the_view_check(manifest, tmp_path):
+    manifest.loc[0, "view"] = "L"
+    report = _validate(manifest, tmp_path, frontal_only=False)
+
+    result = _result(report, "frontal_views_only")
+    assert report.success and result["success"] and result["skipped"]
+    assert "skipped: frontal_only is false" in result["details"]
+
+
+def test_single_source_manifest_does_not_warn_about_source_diversity(manifest, tmp_path):
+    manifest["source"] = "only"
+    report = _validate(manifest, tmp_path)
+
+    assert _result(report, "class_source_diversity")["success"]
+
+
+def test_unknown_ages_do_not_count_as_an_age_difference(manifest, tmp_path):
+    manifest["age_group"] = ""
+    manifest.loc[manifest["label"] == COVID, "age_group"] = "pediatric"
+    report = _validate(manifest, tmp_path)
+
+    assert _result(report, "age_group_consistency")["success"]
+    classes = {row["label"]: row for row in report.tables["classes"]}
+    assert classes[NON_COVID]["pediatric_share"] is None and classes[COVID]["pediatric_share"] == 1.0
 
 
 def test_check_that_cannot_run_fails_with_its_error(manifest, tmp_path):
@@ -196,27 +254,232 @@ def test_check_that_cannot_run_fails_with_its_error(manifest, tmp_path):
     assert "[min_width]: could not run: " in report.summary
 
 
-def test_validate_step_fails_the_run_with_a_readable_summary(manifest, tmp_path):
-    """The ZenML step (called through .entrypoint()) logs the report to MLflow and then stops the run."""
-    import mlflow
+# ---------------------------------------------------------------- duplicates listed pairwise
 
-    from cxr.stack import ensure_mlflow_experiment
-    from steps.validate import validate_data
 
-    # An explicit artifact location: MLflow's default would be ./mlruns of the current folder.
-    experiment_id = ensure_mlflow_experiment(mlflow.get_tracking_uri(), tmp_path / "mlflow", "validate-step-test")
+def test_exact_duplicates_are_listed_including_those_already_excluded(manifest, tmp_path):
+    manifest.loc[1, ["sha256", "phash"]] = manifest.loc[0, ["sha256", "phash"]].to_numpy()  # used twice
+    copy = _row("copy", "", "src_a", sha256=manifest.loc[2, "sha256"], phash=manifest.loc[2, "phash"],
+                patient_id=manifest.loc[2, "patient_id"], exclusion_reason=EXCLUDE_DUPLICATE,
+                exclusion_detail=f"same bytes as {manifest.loc[2, 'uri']}")
+    orphan = _row("orphan", "", "src_b", sha256="", exclusion_reason=EXCLUDE_DUPLICATE,
+                  exclusion_detail="same bytes as /elsewhere/original.png")
+    manifest = _add(_add(manifest, **copy), **orphan)
 
-    checks = {"min_width": 64, "min_height": 64, "allowed_modes": ["L"], "min_images_per_class": PER_CLASS}
-    bad = manifest.copy()
-    bad.loc[0, "label"] = "bogus"
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        with pytest.raises(ManifestValidationError) as error:
-            validate_data.entrypoint(bad, task="binary", docs_dir=str(tmp_path / "docs"), checks=checks)
-    assert "label" in str(error.value) and "bogus" in str(error.value)
-    assert "index.html" in str(error.value)
-    logged = {item.path for item in mlflow.MlflowClient().list_artifacts(run.info.run_id, "data_validation")}
-    assert {"data_validation/report.json", "data_validation/data_docs"} <= logged
+    report = _validate(manifest, tmp_path)
 
-    with mlflow.start_run(experiment_id=experiment_id):
-        report, docs_index = validate_data.entrypoint(manifest, task="binary", docs_dir=str(tmp_path / "ok"), checks=checks)
-    assert report["success"] and Path(docs_index).is_file()
+    pairs = {(p["uri_a"], p["uri_b"]): p for p in report.listings["exact_duplicates"]}
+    assert set(pairs) == {
+        (manifest.loc[0, "uri"], manifest.loc[1, "uri"]),
+        (manifest.loc[2, "uri"], "/data/src_a/copy.png"),
+        ("/elsewhere/original.png", "/data/src_b/orphan.png"),
+    }
+    used_pair = pairs[(manifest.loc[0, "uri"], manifest.loc[1, "uri"])]
+    assert not used_pair["excluded"] and not used_pair["same_patient"]
+    excluded_pair = pairs[(manifest.loc[2, "uri"], "/data/src_a/copy.png")]
+    assert excluded_pair["excluded"] and excluded_pair["same_patient"]
+    assert _failed(report) == ["sha256_unique", "no_near_duplicates"]  # same bytes: also distance 0
+
+
+def test_near_duplicates_are_listed_within_and_across_sources(manifest, tmp_path):
+    base = int(manifest.loc[0, "phash"], 16)  # row 0: src_b
+    manifest.loc[2, "phash"] = f"{base ^ 0b1111:016x}"  # src_b, distance 4: within the source
+    manifest.loc[1, "phash"] = f"{base ^ 0b11:016x}"  # src_a, distance 2: across sources
+    report = _validate(manifest, tmp_path, near_duplicate_max_distance=4)
+
+    pairs = {(p["uri_a"], p["uri_b"]): p for p in report.listings["near_duplicates"]}
+    uris = manifest["uri"]
+    assert set(pairs) == {(uris[0], uris[1]), (uris[0], uris[2]), (uris[1], uris[2])}
+    assert pairs[(uris[0], uris[2])]["distance"] == 4 and pairs[(uris[0], uris[2])]["same_source"]
+    assert pairs[(uris[0], uris[1])]["distance"] == 2 and not pairs[(uris[0], uris[1])]["same_source"]
+    assert _result(report, "no_near_duplicates")["observed"]["observed_value"] == 3
+
+    tighter = _validate(manifest, tmp_path, near_duplicate_max_distance=2)  # rows 1 and 2 differ in 2 bits
+    assert [(p["uri_a"], p["uri_b"]) for p in tighter.listings["near_duplicates"]] == [
+        (uris[0], uris[1]), (uris[1], uris[2])]
+
+
+# ---------------------------------------------------------------- severities
+
+
+def test_severity_overrides_turn_failures_into_warnings_and_back(manifest, tmp_path):
+    manifest.loc[0, "mode"] = "CMYK"
+    _near_duplicate(manifest)
+
+    default = _validate(manifest, tmp_path)
+    assert not default.success
+    assert _result(default, "mode_allowed")["blocking"] and not _result(default, "no_near_duplicates")["blocking"]
+
+    relaxed = _validate(manifest, tmp_path, severity={"mode_allowed": "warning"})
+    assert relaxed.success and not _result(relaxed, "mode_allowed")["blocking"]
+    assert "WARNING (not blocking): " in relaxed.summary and "BLOCKING FAILED" not in relaxed.summary
+    raise_if_blocking(relaxed)
+
+    strict = _validate(manifest, tmp_path, severity={"mode_allowed": "warning", "no_near_duplicates": "blocking"})
+    assert not strict.success
+    assert _result(strict, "no_near_duplicates")["severity"] == BLOCKING
+
+    shorthand = _validate(manifest, tmp_path, warning_only=["mode_allowed"])
+    assert shorthand.success
+
+
+def test_resolve_severities_rejects_unknown_names_values_and_conflicts():
+    with pytest.raises(ValueError, match=r"unknown validation check\(s\) \['no_such_check'\].*min_width"):
+        resolve_severities({"no_such_check": "warning"})
+    with pytest.raises(ValueError, match="no_such_check"):
+        resolve_severities(warning_only=["no_such_check"])
+    with pytest.raises(ValueError, match="severity must be one of"):
+        resolve_severities({"min_width": "fatal"})
+    with pytest.raises(ValueError, match="in warning_only and set to 'blocking'"):
+        resolve_severities({"min_width": "blocking"}, ["min_width"])
+    assert resolve_severities(warning_only=["min_width"])["min_width"] == WARNING
+
+
+def test_validate_rejects_unknown_checks_settings_task_and_columns(manifest, tmp_path):
+    with pytest.raises(ValueError, match="valid checks: .*min_width"):
+        _validate(manifest, tmp_path, severity={"no_such_check": "warning"})
+    with pytest.raises(ValueError, match=r"unknown validation setting\(s\) \['min_widht'\]"):
+        _validate(manifest, tmp_path, min_widht=10)
+    with pytest.raises(ValueError, match="unknown task"):
+        validate_manifest(manifest, "tri-class", tmp_path / "docs")
+    with pytest.raises(ValueError, match="sha256"):
+        _validate(manifest.drop(columns=["sha256"]), tmp_path)
+
+
+def test_config_has_the_settings_defaults_and_rejects_unknown_checks():
+    config = ValidationConfig().model_dump()
+    defaults = asdict(ValidationSettings())
+    assert set(config) == set(defaults)
+    for key, value in defaults.items():
+        assert (list(value) if isinstance(value, tuple) else value) == config[key], key
+    # Every key of the config section is accepted by the validation functions.
+    assert ValidationSettings.from_mapping(config) == ValidationSettings()
+
+    with pytest.raises(ValueError, match="valid checks"):
+        ValidationConfig(severity={"no_such_check": "warning"})
+    with pytest.raises(ValueError, match="valid checks"):
+        ValidationConfig(warning_only=["no_such_check"])
+    with pytest.raises(ValueError):
+        ValidationConfig(severity={"min_width": "fatal"})
+    run = {"data": {"sources": [{"kind": "folder", "root": "x", "name": "x"}]},
+           "backbones": [{"name": "mobilenet"}], "validation": {"severity": {"min_widht": "warning"}}}
+    with pytest.raises(ConfigError, match="validation: .*min_widht"):
+        parse_run_config(run)
+
+
+def test_raise_if_blocking_carries_summary_and_docs_path(manifest, tmp_path):
+    manifest.loc[0, "mode"] = "CMYK"
+    report = _validate(manifest, tmp_path, data_docs=True)
+
+    with pytest.raises(ManifestValidationError) as caught:
+        raise_if_blocking(report)
+    message = str(caught.value)
+    assert "mode_allowed" in message and report.data_docs_index in message
+    assert caught.value.report is report
+    with pytest.raises(ManifestValidationError):
+        raise_if_blocking(report.to_dict())  # a step's dict output works too
+
+
+# ---------------------------------------------------------------- split
+
+
+@pytest.fixture
+def split_manifest(manifest) -> pd.DataFrame:
+    """Used rows with a split: each class has patients in train, val and test; no leak."""
+    splits = (["train"] * 4 + ["val"] * 2 + ["test"] * 2) * 2
+    return manifest.assign(split=splits)
+
+
+def _validate_split(split_manifest, tmp_path, data_docs: bool = False, **settings) -> ValidationReport:
+    return validate_split(split_manifest, "binary", tmp_path / "docs", data_docs=data_docs, **settings)
+
+
+def test_clean_split_passes_and_shares_the_data_docs_site(manifest, split_manifest, tmp_path):
+    manifest_report = _validate(manifest, tmp_path, suite_name="cxr_manifest", data_docs=True)
+    report = _validate_split(split_manifest, tmp_path, suite_name="cxr_split", data_docs=True)
+
+    assert report.success, report.summary
+    assert report.stage == "split"
+    assert [r["name"] for r in report.results] == list(SPLIT_CHECK_NAMES)
+    assert all(r["success"] and r["blocking"] for r in report.results)
+    assert report.listings == {"patient_leaks": [], "near_duplicate_leaks": []}
+    assert {(r["split"], r["label"]): r["count"] for r in report.tables["split_classes"]}[("val", COVID)] == 2
+    assert "16 images (train 8, val 4, test 4)" in report.summary
+    # One index reaches both validations' suites and results.
+    assert report.data_docs_index == manifest_report.data_docs_index
+    index = Path(report.data_docs_index).read_text()
+    for suite in ("cxr_manifest", "cxr_manifest_classes", "cxr_split_patients", "cxr_split_near_duplicates"):
+        assert f"validations/{suite}/" in index and f"expectations/{suite}.html" in index
+    json.dumps(report.to_dict())
+    raise_if_blocking(report)
+
+
+def test_patient_in_two_splits_blocks_and_is_listed(split_manifest, tmp_path):
+    split_manifest.loc[1, "patient_id"] = split_manifest.loc[0, "patient_id"]  # same patient ...
+    split_manifest.loc[1, "split"] = "test"  # ... in train and test
+    report = _validate_split(split_manifest, tmp_path)
+
+    assert not report.success and _failed(report) == ["no_patient_in_two_splits"]
+    patient = split_manifest.loc[0, "patient_id"]
+    assert report.listings["patient_leaks"] == [{"patient_id": patient, "n_splits": 2, "n_images": 2,
+                                                 "splits": "test, train"}]
+    assert f"1 of 15 patients in several splits; e.g. {patient} in test, train" in report.summary
+    with pytest.raises(SplitValidationError):
+        raise_if_blocking(report)
+
+
+def test_near_duplicates_across_splits_block_but_not_within_a_split(split_manifest, tmp_path):
+    base = int(split_manifest.loc[0, "phash"], 16)
+    split_manifest.loc[1, "phash"] = f"{base ^ 0b11:016x}"  # row 1: train, like row 0
+    same_split = _validate_split(split_manifest, tmp_path)
+    assert same_split.success and same_split.listings["near_duplicate_leaks"] == []
+
+    split_manifest.loc[4, "phash"] = f"{base ^ 0b1100:016x}"  # row 4: val
+    report = _validate_split(split_manifest, tmp_path)
+
+    assert not report.success and _failed(report) == ["no_near_duplicates_across_splits"]
+    leaks = report.listings["near_duplicate_leaks"]
+    uris = split_manifest["uri"]
+    assert {(p["uri_a"], p["uri_b"], p["split_a"], p["split_b"], p["distance"]) for p in leaks} == {
+        (uris[0], uris[4], "train", "val", 2), (uris[1], uris[4], "train", "val", 4),
+    }
+    assert "2 near-duplicate pairs across splits" in report.summary
+    relaxed = _validate_split(split_manifest, tmp_path, severity={"no_near_duplicates_across_splits": "warning"})
+    assert relaxed.success and "WARNING (not blocking)" in relaxed.summary
+
+
+def test_too_few_images_of_a_class_in_a_split_blocks(split_manifest, tmp_path):
+    split_manifest.loc[(split_manifest["label"] == COVID) & (split_manifest["split"] == "test"), "split"] = "train"
+    report = _validate_split(split_manifest, tmp_path)
+
+    assert _failed(report) == ["min_images_per_split_class"] and not report.success
+    assert f"1 of 6 (split, class) cells with fewer than 1 image(s); e.g. test/{COVID}=0" in report.summary
+    assert _validate_split(split_manifest, tmp_path, min_images_per_split_class=0).success
+
+
+def test_unknown_split_value_blocks(split_manifest, tmp_path):
+    split_manifest.loc[0, "split"] = "holdout"
+    report = _validate_split(split_manifest, tmp_path)
+
+    assert "split_values_known" in _failed(report) and not report.success
+    assert "unexpected values ['holdout']" in _result(report, "split_values_known")["details"]
+
+
+def test_split_manifest_needs_a_split_column(manifest, tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        _validate_split(manifest, tmp_path)
+
+
+def test_excluded_file_reasons_cover_the_unreadable_kinds():
+    from components.validation import FILE_REASONS
+
+    assert EXCLUDE_UNREADABLE in FILE_REASONS and EXCLUDE_TRUNCATED in FILE_REASONS
+    assert EXCLUDE_DUPLICATE not in FILE_REASONS
+
+
+def test_without_data_docs_nothing_is_written(manifest, tmp_path):
+    report = _validate(manifest, tmp_path, data_docs=False)
+
+    assert report.success and report.data_docs_index == ""
+    assert "Data Docs: not built" in report.summary
+    assert not (tmp_path / "docs").exists()

@@ -1,0 +1,334 @@
+"""S3 (and S3-compatible servers) behind components.storage: list a prefix, read an object.
+
+Use components.storage (``list_files``, ``read_bytes``, ``root_is_dir``) rather
+than this module; it only implements their ``s3://`` branches.
+
+Configuration comes only from the standard AWS environment and config files,
+which boto3 reads itself, never from this repository:
+
+* endpoint: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (or ``endpoint_url``
+  in the profile). When an endpoint other than AWS's is configured (MinIO,
+  rclone serve s3, Ceph...), requests use path-style addressing
+  (``http://host/bucket/key``), which every S3-compatible server understands.
+* credentials: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (/
+  ``AWS_SESSION_TOKEN``), ``AWS_PROFILE`` with ``~/.aws/credentials``, SSO,
+  instance or container roles - boto3's usual chain.
+* region: ``AWS_DEFAULT_REGION`` / ``AWS_REGION`` or the profile; "us-east-1"
+  when none is configured (S3-compatible servers ignore it).
+
+Retries: transient failures (connection errors, timeouts, throttling, 5xx) are
+retried by botocore in its "standard" retry mode - exponential backoff with
+jitter, at most ``MAX_ATTEMPTS`` attempts in all, each connection attempt
+limited to ``CONNECT_TIMEOUT_S`` and each read to ``READ_TIMEOUT_S``. The
+standard ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE`` variables (or
+``max_attempts`` / ``retry_mode`` in the profile) override those defaults.
+A body that breaks off while it is being read (after botocore's retries are
+over) is fetched again, with the same attempt budget.
+
+One client per process: clients are thread-safe and hold the connection pool,
+so all threads share one; a forked child builds its own (the cache is keyed on
+the process id). Call ``reset_client()`` after changing the AWS environment.
+
+Every failure is a components.storage.StorageError naming the URI and what
+to do; a missing object is a MissingFileError.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from components.storage import MissingFileError, StorageError, parse_s3_uri
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "MAX_ATTEMPTS",
+    "READ_TIMEOUT_S",
+    "S3AccessDeniedError",
+    "S3BucketNotFoundError",
+    "S3ConfigError",
+    "S3ConnectionError",
+    "S3CredentialsError",
+    "client",
+    "list_keys",
+    "prefix_has_objects",
+    "read_object",
+    "relative_key",
+    "reset_client",
+]
+
+MAX_ATTEMPTS = 5            # requests per call in all (first try + 4 retries); AWS_MAX_ATTEMPTS overrides
+RETRY_MODE = "standard"     # botocore retry mode; AWS_RETRY_MODE overrides
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+MAX_POOL_CONNECTIONS = 32   # parallel readers share the one client
+DEFAULT_REGION = "us-east-1"
+LIST_PAGE_SIZE = 1000       # the S3 maximum per ListObjectsV2 page
+
+_ACCESS_DENIED_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403", "Forbidden",
+})
+_NO_SUCH_BUCKET_CODES = frozenset({"NoSuchBucket"})
+_NO_SUCH_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_MALFORMED_CODES = frozenset({"InvalidBucketName", "KeyTooLongError"})
+
+
+class S3BucketNotFoundError(StorageError):
+    """The bucket named by the URI does not exist at the configured endpoint."""
+
+
+class S3AccessDeniedError(StorageError):
+    """The server refused the credentials or the request (403)."""
+
+
+class S3CredentialsError(StorageError):
+    """No (or incomplete) AWS credentials are configured."""
+
+
+class S3ConnectionError(StorageError):
+    """The endpoint could not be reached or did not answer in time, after retries."""
+
+
+class S3ConfigError(StorageError):
+    """The AWS configuration cannot give an S3 client (e.g. an endpoint URL without http://)."""
+
+
+# ---------------------------------------------------------------- the client
+
+_lock = threading.Lock()
+_cached: tuple[int, Any] | None = None  # (pid, client)
+
+
+def _reinit_after_fork() -> None:
+    # The parent's lock may have been held by another thread at fork time.
+    global _lock, _cached
+    _lock = threading.Lock()
+    _cached = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
+
+
+def reset_client() -> None:
+    """Forget the cached client; the next call builds one from the current AWS environment."""
+    global _cached
+    with _lock:
+        _cached = None
+
+
+def _is_custom_endpoint(endpoint_url: str | None) -> bool:
+    host = (urlparse(endpoint_url or "").hostname or "").lower()
+    return not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn"))
+
+
+def _new_client() -> Any:
+    import boto3
+    import botocore.session
+    from botocore.config import Config
+
+    core = botocore.session.get_session()  # a fresh session: boto3's default one is not thread-safe
+    try:
+        max_attempts = int(core.get_config_variable("max_attempts") or MAX_ATTEMPTS)
+    except ValueError:
+        max_attempts = MAX_ATTEMPTS
+    retry_mode = core.get_config_variable("retry_mode") or RETRY_MODE
+    session = boto3.session.Session(botocore_session=core)
+    config = Config(
+        # "total_max_attempts" counts the first try, like AWS_MAX_ATTEMPTS; botocore's
+        # "max_attempts" key would count retries only (N there means N + 1 requests).
+        retries={"mode": retry_mode, "total_max_attempts": max(1, max_attempts)},
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        max_pool_connections=MAX_POOL_CONNECTIONS,
+    )
+    region = session.region_name or DEFAULT_REGION
+    made = session.client("s3", region_name=region, config=config)
+    if _is_custom_endpoint(made.meta.endpoint_url):
+        # S3-compatible servers: bucket in the path, not in the host name.
+        made = session.client("s3", region_name=region, config=config.merge(Config(s3={"addressing_style": "path"})))
+    return made
+
+
+def client() -> Any:
+    """This process's boto3 S3 client (built on first use, rebuilt in a forked child)."""
+    global _cached
+    pid = os.getpid()
+    cached = _cached
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    with _lock:
+        if _cached is None or _cached[0] != pid:
+            try:
+                _cached = (pid, _new_client())
+            except Exception as error:  # noqa: BLE001  (botocore raises ValueError and its own types)
+                raise S3ConfigError(
+                    f"cannot create an S3 client from the AWS configuration ({type(error).__name__}: {error}); "
+                    "check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (a full http:// or https:// URL), "
+                    "AWS_DEFAULT_REGION and AWS_PROFILE"
+                ) from error
+        return _cached[1]
+
+
+def _client_for(uri: str) -> Any:
+    """client(), with a configuration error naming the URI that needed it."""
+    try:
+        return client()
+    except S3ConfigError as error:
+        raise S3ConfigError(f"{uri}: {error}") from error.__cause__
+
+
+def _endpoint() -> str:
+    try:
+        return client().meta.endpoint_url
+    except Exception:  # noqa: BLE001  (only used to word an error message)
+        return "the configured endpoint"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _translate(error: Exception, uri: str, bucket: str, action: str) -> StorageError:
+    """A StorageError for a botocore exception raised while `action`ing `uri`."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError as BotoConnectionError,
+        CredentialRetrievalError,
+        HTTPClientError,
+        NoCredentialsError,
+        ParamValidationError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)):
+        return S3CredentialsError(
+            f"{uri}: cannot {action}: no usable AWS credentials ({error}). Set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, or run with an instance/container role"
+        )
+    if isinstance(error, (BotoConnectionError, HTTPClientError)):
+        return S3ConnectionError(
+            f"{uri}: cannot {action}: S3 endpoint {_endpoint()} unreachable or not answering after retries "
+            f"({type(error).__name__}: {error}). Check that the server runs and AWS_ENDPOINT_URL / "
+            "AWS_ENDPOINT_URL_S3 point at it"
+        )
+    if isinstance(error, ParamValidationError):
+        return StorageError(f"{uri}: malformed S3 URI or bucket name {bucket!r} ({error})")
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code = str(details.get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = details.get("Message") or error
+        if code in _NO_SUCH_BUCKET_CODES:
+            return S3BucketNotFoundError(
+                f"{uri}: bucket {bucket!r} does not exist at {_endpoint()}. Check the bucket name in the URI "
+                "and that AWS_ENDPOINT_URL / the region point at the right server"
+            )
+        if code in _ACCESS_DENIED_CODES or status == 403:
+            return S3AccessDeniedError(
+                f"{uri}: cannot {action}: access to bucket {bucket!r} denied ({code}: {message}). Check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and that they may read the bucket"
+                " (s3:ListBucket, s3:GetObject)"
+            )
+        if code in _MALFORMED_CODES:
+            return StorageError(f"{uri}: malformed S3 URI ({code}: {message})")
+        return StorageError(f"{uri}: cannot {action}: S3 error {code or status} ({message})")
+    return StorageError(f"{uri}: cannot {action}: {type(error).__name__}: {error}")
+
+
+def _prefix(key: str) -> str:
+    """The key of a root URI as a listing prefix: "" or "a/b/" (so "ieee" never lists "ieee2/...")."""
+    key = key.strip("/")
+    return f"{key}/" if key else ""
+
+
+def relative_key(prefix: str, key: str) -> str | None:
+    """`key` relative to the listing `prefix` ("" or "a/b/"), or None for a directory marker
+    ("a/b/", "a/b/c/": zero-byte keys that consoles create for folders) or the prefix itself."""
+    relative = key[len(prefix):] if key.startswith(prefix) else key
+    relative = relative.lstrip("/")
+    if not relative or relative.endswith("/"):
+        return None
+    return relative
+
+
+def _iterate_keys(root_uri: str, page_size: int):
+    """(bucket, relative keys below the root), markers ("folder/") skipped, lazily page by page."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = parse_s3_uri(root_uri)
+    prefix = _prefix(key)
+    try:
+        paginator = _client_for(root_uri).get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": int(page_size)})
+        for page in pages:
+            for item in page.get("Contents", ()):
+                relative = relative_key(prefix, item["Key"])
+                if relative is not None:
+                    yield relative
+    except (BotoCoreError, ClientError) as error:
+        raise _translate(error, root_uri, bucket, "list objects") from error
+
+
+# ---------------------------------------------------------------- API
+
+
+def list_keys(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> list[str]:
+    """Keys below ``s3://bucket/prefix`` relative to the prefix ("images/a.png"), in listing order.
+
+    Follows every page of ListObjectsV2 (`page_size` keys per request; tests
+    use small pages). Directory markers (keys ending in "/") are skipped.
+    """
+    return list(_iterate_keys(root_uri, page_size))
+
+
+def prefix_has_objects(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> bool:
+    """True when at least one object (not a mere directory marker) lies below the prefix."""
+    for _ in _iterate_keys(root_uri, page_size):
+        return True
+    return False
+
+
+def read_object(uri: str) -> bytes:
+    """The object's bytes; MissingFileError when the key does not exist, StorageError otherwise."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    bucket, key = parse_s3_uri(uri)
+    if not key or key.endswith("/"):
+        raise MissingFileError(f"{uri} names a bucket or folder, not an object")
+    s3_client = _client_for(uri)
+    attempts = max(1, int(s3_client.meta.config.retries.get("total_max_attempts") or MAX_ATTEMPTS))
+    for attempt in range(1, attempts + 1):
+        try:
+            response = s3_client.get_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in _NO_SUCH_KEY_CODES:
+                raise MissingFileError(f"{uri} does not exist (no object {key!r} in bucket {bucket!r})") from None
+            raise _translate(error, uri, bucket, "read the object") from error
+        except BotoCoreError as error:
+            raise _translate(error, uri, bucket, "read the object") from error
+        try:
+            with response["Body"] as body:
+                return body.read()
+        except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, Urllib3Error, OSError) as error:
+            if attempt == attempts:
+                raise S3ConnectionError(
+                    f"{uri}: the object's body broke off {attempts} time(s) while being read "
+                    f"({type(error).__name__}: {error})"
+                ) from error
+            time.sleep(min(20.0, random.uniform(0, 2 ** (attempt - 1))))  # standard-mode style backoff
+    raise AssertionError("unreachable")

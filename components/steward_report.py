@@ -1,0 +1,419 @@
+"""What a data steward reads: one JSON summary, one self-contained HTML page, the excluded rows as CSV.
+
+Pure functions over the manifest, the split manifest and the two
+ValidationReports (components.validation); nothing here touches GX or disk.
+
+* ``build_summary`` -> a JSON-serialisable dict: verdict and what blocked,
+  counts, exclusions by reason, classes (counts, fractions), class x source,
+  class x age group, class x split, exact and near-duplicate pairs (uris,
+  distance, same patient?), patient and near-duplicate leaks across splits,
+  every check with its severity and result, the Data Docs index.
+* ``render_html`` -> one HTML page with inline CSS and no external assets,
+  scripts or fonts. Every value that comes from data (metadata, file names,
+  findings, check details, paths) goes through ``html.escape``: dataset
+  metadata is untrusted input and a finding such as ``<script>`` must show
+  as text.
+* ``excluded_rows`` / ``excluded_rows_csv`` -> the rows left out and why. The
+  CSV is spreadsheet-safe: a cell starting with ``=``, ``+``, ``-``, ``@``,
+  tab or carriage return is prefixed with an apostrophe (OWASP's advice
+  against CSV formula injection), so a spreadsheet shows it as text instead
+  of evaluating it. Programs reading the CSV back should strip that one
+  leading apostrophe from such cells. Every field is quoted, so commas,
+  quotes and line breaks inside values cannot shift or split rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+
+from components.labels import EXCLUDE_OUT_OF_TASK, EXCLUDE_UNKNOWN_FINDING, EXCLUDE_UNLABELLED, labels_for_task
+from components.validation import SPLITS, ValidationReport, used_rows
+
+EXCLUDED_COLUMNS: tuple[str, ...] = (
+    "uri", "source", "patient_id", "finding", "view", "exclusion_reason", "exclusion_detail",
+)
+AGE_GROUPS: tuple[str, ...] = ("adult", "pediatric", "unknown")
+# Rows shown per table in the HTML page (the JSON summary and CSV keep more).
+HTML_MAX_ROWS = 500
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Exclusion reasons that come from the finding (listed with their findings), and how many findings to list.
+FINDING_REASONS: tuple[str, ...] = (EXCLUDE_UNKNOWN_FINDING, EXCLUDE_OUT_OF_TASK, EXCLUDE_UNLABELLED)
+MAX_FINDINGS = 50
+
+
+# ---------------------------------------------------------------- excluded rows and CSV
+
+
+def excluded_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The excluded rows (uri, source, patient_id, finding, view, exclusion_reason, exclusion_detail)."""
+    reason = manifest["exclusion_reason"].fillna("").astype(str)
+    return manifest.loc[reason != "", list(EXCLUDED_COLUMNS)].reset_index(drop=True)
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """`value` with a leading apostrophe when it is text a spreadsheet would run as a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def safe_csv(frame: pd.DataFrame) -> str:
+    """CSV text of `frame` with every text cell (and header) passed through `spreadsheet_safe`."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
+            safe[column] = safe[column].map(spreadsheet_safe)
+    safe.columns = [spreadsheet_safe(str(column)) for column in safe.columns]
+    buffer = io.StringIO()
+    # Every field quoted: a carriage return inside a value would otherwise split the row
+    # (minimal quoting only looks for the "\n" line terminator).
+    safe.to_csv(buffer, index=False, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    return buffer.getvalue()
+
+
+def excluded_rows_csv(manifest: pd.DataFrame) -> str:
+    """`excluded_rows` as spreadsheet-safe CSV text (see module doc)."""
+    return safe_csv(excluded_rows(manifest))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _report(report: ValidationReport | Mapping[str, Any] | None) -> ValidationReport | None:
+    if report is None or isinstance(report, ValidationReport):
+        return report
+    return ValidationReport.from_dict(report)
+
+
+def _crosstab(frame: pd.DataFrame, rows: str, columns: str, row_order: Sequence[str],
+              column_order: Sequence[str] | None = None) -> dict:
+    """{"columns": [...], "rows": [{"label", "counts": {column: n}, "total"}], "totals": {...}}."""
+    counts = frame.groupby([rows, columns]).size() if len(frame) else pd.Series(dtype="int64")
+    present = sorted({str(c) for _, c in counts.index}) if len(counts) else []
+    column_order = list(column_order) if column_order is not None else present
+    column_order += [c for c in present if c not in column_order]
+    row_order = list(row_order) + sorted({str(r) for r, _ in counts.index} - set(row_order)) if len(counts) else list(row_order)
+    table_rows = []
+    for label in row_order:
+        cells = {column: int(counts.get((label, column), 0)) for column in column_order}
+        table_rows.append({"label": label, "counts": cells, "total": sum(cells.values())})
+    totals = {column: sum(row["counts"][column] for row in table_rows) for column in column_order}
+    return {"columns": column_order, "rows": table_rows, "totals": totals}
+
+
+def _checks(report: ValidationReport | None, stage: str) -> list[dict]:
+    if report is None:
+        return []
+    return [
+        {
+            "stage": stage,
+            "name": result["name"],
+            "severity": result.get("severity", "blocking" if result.get("blocking", True) else "warning"),
+            "passed": bool(result["success"]),
+            "skipped": bool(result.get("skipped", False)),
+            "details": result["details"],
+        }
+        for result in report.results
+    ]
+
+
+def build_summary(
+    manifest: pd.DataFrame,
+    task: str,
+    manifest_report: ValidationReport | Mapping[str, Any],
+    split_manifest: pd.DataFrame | None = None,
+    split_report: ValidationReport | Mapping[str, Any] | None = None,
+    dataset_version: str | None = None,
+) -> dict:
+    """Everything a steward reads, as a JSON-serialisable dict (see module doc)."""
+    labels = list(labels_for_task(task))
+    manifest_report = _report(manifest_report)
+    split_report = _report(split_report)
+    used = used_rows(manifest)
+    reasons = manifest["exclusion_reason"].fillna("").astype(str)
+    by_reason = reasons[reasons != ""].value_counts()
+
+    checks = _checks(manifest_report, "manifest") + _checks(split_report, "split")
+    blocked = [c for c in checks if not c["passed"] and c["severity"] == "blocking"]
+    warnings = [c for c in checks if not c["passed"] and c["severity"] != "blocking"]
+    verdict = "BLOCKED" if blocked else "PASSED WITH WARNINGS" if warnings else "PASSED"
+
+    frame = pd.DataFrame({
+        "label": used["label"].fillna("").astype(str).to_numpy(),
+        "source": used["source"].fillna("").astype(str).to_numpy(),
+        "age_group": used["age_group"].fillna("").astype(str).replace("", "unknown").to_numpy(),
+    })
+    class_counts = frame["label"].value_counts()
+    classes = [
+        {"label": label, "count": int(class_counts.get(label, 0)),
+         "fraction": round(int(class_counts.get(label, 0)) / len(used), 4) if len(used) else 0.0}
+        for label in labels
+    ]
+    classes += [  # labels outside the task (label_in_task fails on them)
+        {"label": str(label), "count": int(n), "fraction": round(int(n) / len(used), 4)}
+        for label, n in class_counts.items() if label not in labels
+    ]
+
+    class_by_split = None
+    split_counts = None
+    if split_manifest is not None:
+        split_frame = pd.DataFrame({
+            "label": split_manifest["label"].fillna("").astype(str).to_numpy(),
+            "split": split_manifest["split"].fillna("").astype(str).to_numpy(),
+        })
+        class_by_split = _crosstab(split_frame, "label", "split", labels, SPLITS)
+        split_counts = {split: int(n) for split, n in split_frame["split"].value_counts().items()}
+
+    # Findings left out by the label map: what a steward may want to map next.
+    findings = manifest.loc[reasons.isin(FINDING_REASONS), ["finding", "exclusion_reason"]].fillna("").astype(str)
+    excluded_findings = [
+        {"finding": finding, "reason": reason, "rows": int(n)}
+        for (finding, reason), n in findings.value_counts().head(MAX_FINDINGS).items()
+    ]
+
+    manifest_listings = manifest_report.listings if manifest_report else {}
+    split_listings = split_report.listings if split_report else {}
+    data_docs = {"index": manifest_report.data_docs_index if manifest_report else None,
+                 "manifest": manifest_report.data_docs_index if manifest_report else None,
+                 "split": split_report.data_docs_index if split_report else None}
+    return {
+        "title": "Data steward report",
+        "task": task,
+        "labels": labels,
+        "dataset_version": dataset_version,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "success": not blocked,
+        "verdict": verdict,
+        "split_checked": split_report is not None,
+        "blocked_by": blocked,
+        "warnings": warnings,
+        "counts": {
+            "total": len(manifest),
+            "used": len(used),
+            "excluded": len(manifest) - len(used),
+            "patients": int(used["patient_id"].nunique()),
+            "sources": int(frame["source"].nunique()),
+            "splits": split_counts,
+        },
+        "exclusions_by_reason": {str(reason): int(n) for reason, n in by_reason.items()},
+        "excluded_findings": excluded_findings,
+        "classes": classes,
+        "class_by_source": _crosstab(frame, "label", "source", labels),
+        "class_by_age_group": _crosstab(frame, "label", "age_group", labels, AGE_GROUPS),
+        "class_by_split": class_by_split,
+        "exact_duplicates": list(manifest_listings.get("exact_duplicates", [])),
+        "near_duplicates": list(manifest_listings.get("near_duplicates", [])),
+        "patient_leaks": list(split_listings.get("patient_leaks", [])),
+        "near_duplicate_leaks": list(split_listings.get("near_duplicate_leaks", [])),
+        "checks": checks,
+        "data_docs": data_docs,
+    }
+
+
+# ---------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:72rem;color:#1d2733;
+line-height:1.4;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
+.banner{padding:1rem 1.2rem;border-radius:6px;font-size:1.2rem;font-weight:600;margin:1rem 0}
+.PASSED{background:#dafbe1;border:1px solid #4ac26b}.WARN{background:#fff8c5;border:1px solid #d4a72c}
+.BLOCKED{background:#ffebe9;border:1px solid #ff8182}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}th,td{border:1px solid #d0d7de;padding:.25rem .5rem;
+text-align:left;vertical-align:top}th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.fail td{background:#ffebe9}tr.warn td{background:#fff8c5}.muted{color:#57606a}.mono{font-family:monospace;
+word-break:break-all}ul{margin:.3rem 0}
+"""
+
+
+def _e(value: Any) -> str:
+    """Escaped text of any value (quotes too: values also land in attributes)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _href(path: str | None, link_base: str | Path | None) -> str | None:
+    """A safe link to a local file (file:// or relative) or an http(s) URL; None for anything else."""
+    if not path:
+        return None
+    text = str(path)
+    if text.startswith(("http://", "https://")):
+        return text
+    if "://" in text or text.lower().startswith(("javascript:", "data:", "vbscript:")):
+        return None
+    if link_base is not None:
+        return quote(os.path.relpath(text, str(link_base)).replace(os.sep, "/"))
+    return Path(text).as_uri() if os.path.isabs(text) else quote(text)
+
+
+def _link(path: str | None, link_base: str | Path | None) -> str:
+    href = _href(path, link_base)
+    if href is None:
+        return _e(path)
+    return f'<a href="{_e(href)}">{_e(path)}</a>'
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (),
+           row_classes: Sequence[str] | None = None, total: int | None = None) -> str:
+    if not rows:
+        return '<p class="muted">None.</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = []
+    for index, row in enumerate(rows[:HTML_MAX_ROWS]):
+        css = f' class="{_e(row_classes[index])}"' if row_classes and row_classes[index] else ""
+        cells = "".join(
+            f'<td class="n">{_e(cell)}</td>' if i in numeric else f"<td>{_e(cell)}</td>" for i, cell in enumerate(row)
+        )
+        body.append(f"<tr{css}>{cells}</tr>")
+    shown = min(len(rows), HTML_MAX_ROWS)
+    count = total if total is not None else len(rows)
+    note = f'<p class="muted">{shown} of {count} rows shown; all are in summary.json.</p>' if count > shown else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
+
+
+def _crosstab_html(table: dict | None, first: str) -> str:
+    if not table:
+        return '<p class="muted">Not available.</p>'
+    headers = [first, *table["columns"], "total"]
+    rows = [[row["label"], *(row["counts"][c] for c in table["columns"]), row["total"]] for row in table["rows"]]
+    rows.append(["total", *(table["totals"][c] for c in table["columns"]), sum(table["totals"].values())])
+    return _table(headers, rows, numeric=range(1, len(headers)))
+
+
+def _pairs_html(pairs: list[dict], with_split: bool = False, exact: bool = False) -> str:
+    headers = ["image A", "image B", "distance", "same patient", "patients", "sources"]
+    if with_split:
+        headers.append("splits")
+    if exact:
+        headers.append("B already excluded")
+    rows = []
+    for pair in pairs:
+        row = [pair.get("uri_a"), pair.get("uri_b"), pair.get("distance"), "yes" if pair.get("same_patient") else "no",
+               f"{pair.get('patient_a')} / {pair.get('patient_b')}", f"{pair.get('source_a')} / {pair.get('source_b')}"]
+        if with_split:
+            row.append(f"{pair.get('split_a')} / {pair.get('split_b')}")
+        if exact:
+            row.append("yes" if pair.get("excluded") else "no")
+        rows.append(row)
+    return _table(headers, rows, numeric=(2,))
+
+
+def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None) -> str:
+    """One self-contained HTML page for `summary` (from build_summary); every data value escaped.
+
+    Data Docs links are file:// URIs of the absolute paths, or relative to
+    `link_base` when given (the folder the page will be saved in).
+    """
+    verdict = summary["verdict"]
+    banner_class = "BLOCKED" if verdict == "BLOCKED" else "WARN" if summary["warnings"] else "PASSED"
+    counts = summary["counts"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(summary['title'])}: {_e(verdict)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(summary['title'])}</h1>",
+        f'<p class="muted">Task {_e(summary["task"])} (labels {_e(", ".join(summary["labels"]))}); '
+        f"dataset version {_e(summary.get('dataset_version') or 'not given')}; "
+        f"generated {_e(summary.get('generated_at'))}.</p>",
+        f'<div class="banner {banner_class}">{_e(verdict)}: '
+        f"{len(summary['blocked_by'])} blocking failure(s), {len(summary['warnings'])} warning(s)"
+        f"{'' if summary.get('split_checked') else '; split not checked yet'}</div>",
+    ]
+    if summary["blocked_by"]:
+        parts.append("<h2>What blocked the run</h2><ul>")
+        parts += [f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["blocked_by"]]
+        parts.append("</ul>")
+    if summary["warnings"]:
+        parts.append("<h2>Warnings</h2><ul>")
+        parts += [f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["warnings"]]
+        parts.append("</ul>")
+
+    parts.append("<h2>Counts</h2>")
+    count_rows = [["rows in manifest", counts["total"]], ["used", counts["used"]], ["excluded", counts["excluded"]],
+                  ["patients (used rows)", counts["patients"]], ["sources (used rows)", counts["sources"]]]
+    for split, n in (counts.get("splits") or {}).items():
+        count_rows.append([f"split {split}", n])
+    parts.append(_table(["", "count"], count_rows, numeric=(1,)))
+    parts.append("<h2>Exclusions by reason</h2>")
+    parts.append(_table(["reason", "rows"], list(summary["exclusions_by_reason"].items()), numeric=(1,)))
+
+    parts.append("<h2>Findings left out (most frequent first)</h2>")
+    parts.append(_table(["finding", "reason", "rows"],
+                        [[f["finding"] or "(blank)", f["reason"], f["rows"]] for f in summary["excluded_findings"]],
+                        numeric=(2,)))
+    parts.append("<h2>Classes</h2>")
+    parts.append(_table(["class", "images", "fraction"],
+                        [[c["label"], c["count"], f"{c['fraction']:.1%}"] for c in summary["classes"]], numeric=(1, 2)))
+    parts.append("<h2>Class &times; source</h2>")
+    parts.append('<p class="muted">A class that comes from one source while there are several lets a model '
+                 "learn the source instead of the disease.</p>")
+    parts.append(_crosstab_html(summary["class_by_source"], "class"))
+    parts.append("<h2>Class &times; age group</h2>")
+    parts.append(_crosstab_html(summary["class_by_age_group"], "class"))
+    parts.append("<h2>Class &times; split</h2>")
+    parts.append(_crosstab_html(summary["class_by_split"], "class"))
+
+    parts.append("<h2>Checks</h2>")
+    check_rows, check_classes = [], []
+    for c in summary["checks"]:
+        result = "skipped" if c["skipped"] else "passed" if c["passed"] else "FAILED"
+        check_rows.append([c["stage"], c["name"], c["severity"], result, c["details"]])
+        check_classes.append("" if c["passed"] else "fail" if c["severity"] == "blocking" else "warn")
+    parts.append(_table(["stage", "check", "severity", "result", "details"], check_rows, row_classes=check_classes))
+
+    parts.append("<h2>Exact duplicates (same bytes)</h2>")
+    parts.append(_pairs_html(summary["exact_duplicates"], exact=True))
+    parts.append("<h2>Near-duplicates (pHash)</h2>")
+    parts.append(_pairs_html(summary["near_duplicates"]))
+    parts.append("<h2>Leaks across splits</h2><h3>Patients in several splits</h3>")
+    parts.append(_table(["patient", "splits", "images"],
+                        [[p.get("patient_id"), p.get("splits"), p.get("n_images")] for p in summary["patient_leaks"]],
+                        numeric=(2,)))
+    parts.append("<h3>Near-duplicate pairs across splits</h3>")
+    parts.append(_pairs_html(summary["near_duplicate_leaks"], with_split=True))
+
+    docs = summary.get("data_docs") or {}
+    parts.append("<h2>Great Expectations Data Docs</h2><ul>")
+    parts.append(f"<li>Index (manifest and split validations): {_link(docs.get('index'), link_base)}</li>")
+    if docs.get("split") and docs.get("split") != docs.get("index"):
+        parts.append(f"<li>Split validation: {_link(docs.get('split'), link_base)}</li>")
+    parts.append("</ul></body></html>")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def summary_text(summary: Mapping[str, Any]) -> str:
+    """A few plain-text lines of `summary` for a terminal (the CLI's `validate` output)."""
+    counts = summary["counts"]
+    version = summary.get("dataset_version")
+    lines = [
+        f"Data validation {summary['verdict']} (task {summary['task']}"
+        f"{f', dataset version {version}' if version else ''}): {counts['total']} rows, {counts['used']} used, "
+        f"{counts['excluded']} excluded; {len(summary['blocked_by'])} blocking failure(s), "
+        f"{len(summary['warnings'])} warning(s)" + ("" if summary.get("split_checked") else "; split not checked"),
+        "Classes:    " + ", ".join(f"{c['label']} {c['count']} ({c['fraction']:.1%})" for c in summary["classes"]),
+    ]
+    if summary["exclusions_by_reason"]:
+        lines.append("Excluded:   " + ", ".join(f"{r} {n}" for r, n in summary["exclusions_by_reason"].items()))
+    lines.append(
+        f"Duplicates: {len(summary['exact_duplicates'])} exact pair(s), {len(summary['near_duplicates'])} "
+        f"near-duplicate pair(s); leaks: {len(summary['patient_leaks'])} patient(s) and "
+        f"{len(summary['near_duplicate_leaks'])} near-duplicate pair(s) across splits"
+    )
+    lines += [f"BLOCKING    {c['stage']}/{c['name']}: {c['details']}" for c in summary["blocked_by"]]
+    lines += [f"WARNING     {c['stage']}/{c['name']}: {c['details']}" for c in summary["warnings"]]
+    docs = (summary.get("data_docs") or {}).get("index")
+    lines.append(f"Data Docs:  {docs or 'not built'}")
+    return "\n".join(lines)

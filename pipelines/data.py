@@ -1,0 +1,38 @@
+"""Data pipeline: ingest -> validate manifest -> split -> validate split -> steward report -> gate.
+
+`data_steps` is shared by the training pipeline and by `cxr_data_validation`,
+which stewards run alone (`cxr validate`) to review a new data drop.
+"""
+
+from typing import Any
+
+from zenml import pipeline
+
+from steps.ingest import ingest_data
+from steps.split import split_data
+from steps.validate import data_gate, steward_report, validate_data, validate_data_split
+
+PIPELINE_NAME = "cxr_data_validation"
+
+
+def data_steps(run: dict[str, Any], docs_dir: str, reports_dir: str) -> Any:
+    """Call inside a pipeline; returns the split manifest. Steps that train must run `after="data_gate"`."""
+    task, seed, checks = run["task"], run["seed"], run["validation"]
+    manifest = ingest_data(
+        sources=run["data"]["sources"], task=task, max_images=run["data"]["max_images"], seed=seed,
+        workers=run["data"]["workers"],
+    )
+    manifest_report, _ = validate_data(manifest, task=task, docs_dir=docs_dir, checks=checks)
+    split = split_data(
+        manifest, fractions=[run["split"][name] for name in ("train", "val", "test")], seed=seed,
+        near_duplicate_max_distance=checks["near_duplicate_max_distance"],
+    )
+    split_report = validate_data_split(split, task=task, docs_dir=docs_dir, checks=checks)
+    steward_report(manifest, manifest_report, split, split_report, task=task, reports_dir=reports_dir)
+    data_gate(manifest_report, split_report, after="steward_report")
+    return split
+
+
+@pipeline(name=PIPELINE_NAME)
+def data_validation_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> None:
+    data_steps(run, docs_dir, reports_dir)

@@ -1,0 +1,147 @@
+"""`cxr validate` end to end: a synthetic folder on disk plus an ieee8023-layout data drop
+on a real S3 server (rclone), full of the bad inputs real downloads contain. The run must
+finish, exclude each bad file with its own reason, and leave the steward's report."""
+
+import csv
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from components.labels import (
+    EXCLUDE_DUPLICATE_ROW,
+    EXCLUDE_EMPTY_FILE,
+    EXCLUDE_LATERAL,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_TOO_LARGE,
+    EXCLUDE_TRUNCATED,
+    EXCLUDE_UNKNOWN_FINDING,
+)
+from tests.test_training_pipeline import tiny_config
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _radiograph(seed: int, size: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((size, size)) * 255).astype(np.uint8)
+
+
+def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring 10^10 pixels (no pixel data needed to trip the guard)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def write_bad_drop(root: Path) -> dict[str, str]:
+    """ieee8023 layout with one row per bad input; returns {filename: expected exclusion ("" = used)}."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    jpeg = io.BytesIO()
+    Image.fromarray(_radiograph(1)).save(jpeg, format="JPEG")
+    files = {
+        "gray16.png": _png(Image.fromarray(_radiograph(2).astype(np.uint16) * 257)),  # 16-bit grayscale PNG
+        "rgba.png": _png(Image.fromarray(np.dstack([_radiograph(3)] * 3 + [np.full((96, 96), 200, np.uint8)]))),
+        "palette.png": _png(Image.fromarray(_radiograph(4)).convert("P")),
+        "empty.png": b"",
+        "truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2],
+        "text.png": b"this is a text file, not a PNG\n",
+        "bomb.png": _bomb_png(),
+        "lateral.png": _png(Image.fromarray(_radiograph(5))),
+        "script.png": _png(Image.fromarray(_radiograph(6))),
+    }
+    for name, data in files.items():
+        (images / name).write_bytes(data)
+    rows = [  # filename, finding, view
+        ("gray16.png", "COVID-19", "PA"), ("rgba.png", "Pneumonia/Viral/SARS", "AP"),
+        ("palette.png", "No Finding", "PA"), ("empty.png", "COVID-19", "PA"), ("truncated.jpg", "COVID-19", "PA"),
+        ("text.png", "COVID-19", "PA"), ("bomb.png", "COVID-19", "PA"), ("lateral.png", "COVID-19", "L"),
+        ("script.png", SCRIPT, "PA"), ("../../etc/passwd.png", "COVID-19", "PA"), ("absent.png", "COVID-19", "PA"),
+        ("gray16.png", "COVID-19", "PA"),  # listed twice
+    ]
+    lines = ["filename,patientid,finding,view,modality,age"]
+    lines += [f'{name},p{index},"{finding}",{view},X-ray,40' for index, (name, finding, view) in enumerate(rows)]
+    # A spreadsheet export: UTF-8 with a byte-order mark.
+    (root / "metadata.csv").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig"))
+    return {
+        "gray16.png": "", "rgba.png": "", "palette.png": "",
+        "empty.png": EXCLUDE_EMPTY_FILE, "truncated.jpg": EXCLUDE_TRUNCATED, "text.png": EXCLUDE_NOT_DECODABLE,
+        "bomb.png": EXCLUDE_TOO_LARGE, "lateral.png": EXCLUDE_LATERAL, "script.png": EXCLUDE_UNKNOWN_FINDING,
+        "passwd.png": EXCLUDE_OUTSIDE_ROOT, "absent.png": EXCLUDE_MISSING_FILE,
+    }
+
+
+def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_path, capsys):
+    import time
+
+    from cxr.cli import main
+
+    expected = write_bad_drop(Path(s3_env["dir"]) / "drops" / "ieee")
+    time.sleep(s3_env["settle_s"])
+    config = tiny_config(tmp_path / "synthetic", name="steward-test")
+    config["data"]["sources"].append({"kind": "ieee8023", "root": "s3://drops/ieee", "name": "drop"})
+    config["data"]["workers"] = 2
+    config["validation"]["near_duplicate_max_distance"] = 2
+    path = tmp_path / "drop.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    code = main(["--workdir", str(local_stack.workdir), "validate", "--config", str(path),
+                 "--summary-json", str(tmp_path / "summary.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "PASSED WITH WARNINGS" in out
+    folder = Path(out.split("Steward report:")[1].split()[0]).parent
+
+    with (folder / "excluded_rows.csv").open(newline="", encoding="utf-8") as handle:
+        excluded = list(csv.DictReader(handle))
+    duplicates = [row for row in excluded if row["exclusion_reason"] == EXCLUDE_DUPLICATE_ROW]
+    assert [row["uri"] for row in duplicates] == ["s3://drops/ieee/images/gray16.png"]
+    reasons = {row["uri"].rsplit("/", 1)[-1]: row["exclusion_reason"] for row in excluded
+               if row["source"] == "drop" and row not in duplicates}
+    for name, reason in expected.items():
+        if reason:
+            assert reasons.get(name) == reason, (name, reasons)
+        else:
+            assert name not in reasons
+
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+    assert summary["counts"]["total"] == 36 + 12 and summary["counts"]["used"] == 36 + 3
+    html = (folder / "summary.html").read_text()
+    assert SCRIPT not in html and "&lt;script&gt;" in html
+    assert Path(summary["data_docs"]["index"]).is_file()
+
+
+def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path, capsys):
+    from cxr.cli import main
+
+    config = tiny_config(tmp_path / "synthetic", name="blocked-test", validation={"min_images_per_class": 1000})
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["--workdir", str(local_stack.workdir), "validate", "--config", str(path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "BLOCKED" in out and "min_images_per_class" in out
+    folder = Path(out.split("Steward report:")[1].split()[0]).parent
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["success"] is False
+    assert [check["name"] for check in summary["blocked_by"]] == ["min_images_per_class"]

@@ -1,0 +1,63 @@
+"""The manifest artifact is versioned by content: the same files give the same dataset
+version (and a cache hit downstream when caching keys on data, not artifact ids);
+one changed file on disk gives a new version and a cache miss."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.manifest import build_manifest, dataset_version
+
+pytestmark = pytest.mark.slow
+
+
+def _write_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for label in ("COVID-19", "normal", "pneumonia"):
+        for patient in range(4):
+            path = root / label / f"{label[:3]}{patient}_0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(path)
+
+
+def test_dataset_version_follows_file_content(tmp_path):
+    _write_folder(tmp_path)
+    sources = [{"kind": "folder", "root": str(tmp_path), "name": "f"}]
+    first = dataset_version(build_manifest(sources, "multiclass"))
+    assert first == dataset_version(build_manifest(sources, "multiclass"))
+    assert len(first) == 16
+    Image.new("L", (64, 64), 7).save(tmp_path / "normal" / "nor0_0.png")
+    assert dataset_version(build_manifest(sources, "multiclass")) != first
+
+
+def test_changed_file_invalidates_the_cache_of_downstream_steps(local_stack, tmp_path):
+    from zenml import pipeline
+    from zenml.config import CachePolicy
+
+    from steps.ingest import ingest_data
+    from steps.names import MANIFEST
+    from steps.split import split_data
+
+    _write_folder(tmp_path)
+    sources = [{"kind": "folder", "root": str(tmp_path), "name": "f"}]
+    by_content = split_data.with_options(cache_policy=CachePolicy(include_artifact_ids=False))
+
+    @pipeline(enable_cache=True)
+    def ingest_and_split() -> None:
+        manifest = ingest_data(sources=sources, task="multiclass", workers=1)
+        by_content(manifest, fractions=[0.5, 0.25, 0.25], seed=0, near_duplicate_max_distance=2)
+
+    def run_once() -> tuple[str, str]:
+        run = ingest_and_split()
+        version = run.steps["ingest_data"].outputs[MANIFEST][0].run_metadata["dataset_version"]
+        return version, run.steps["split_data"].status.value
+
+    first_version, first_status = run_once()
+    second_version, second_status = run_once()
+    Image.new("L", (64, 64), 7).save(tmp_path / "normal" / "nor0_0.png")
+    third_version, third_status = run_once()
+
+    assert second_version == first_version and second_status == "cached"
+    assert third_version != first_version and third_status == "completed"

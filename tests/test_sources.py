@@ -1,0 +1,564 @@
+"""Source adapters (components.sources): one tiny generated fixture per public layout, exact counts.
+
+Images are a few pixels large (size checks come later, in validation); every
+image has distinct bytes so that the byte-duplicate check never interferes
+unless a test wants it to. Image decoding itself is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from components.config import SourceConfig, load_run_config
+from components.labels import (
+    COVID,
+    EXCLUDE_DUPLICATE,
+    EXCLUDE_DUPLICATE_ROW,
+    EXCLUDE_LATERAL,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_NOT_IMAGE,
+    EXCLUDE_NOT_XRAY,
+    EXCLUDE_OUT_OF_TASK,
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_UNKNOWN_FINDING,
+    EXCLUDE_UNLABELLED,
+    NON_COVID,
+    NORMAL,
+    PNEUMONIA,
+    TASK_LABELS,
+)
+from components.manifest import MANIFEST_COLUMNS, build_manifest, exclusion_summary, included
+from components.sources import ADAPTERS
+
+PROJECT = Path(__file__).resolve().parents[1]
+REAL_ACTUALMED = PROJECT.parent / "shared" / "datasets" / "actualmed-covid-chestxray-dataset"
+
+_distinct = itertools.count(1)
+
+
+def image(path: Path, fmt: str | None = None) -> Path:
+    """A tiny grayscale image with bytes no other call produces."""
+    n = next(_distinct)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (4 + n // 250, 4), n % 250).save(path, format=fmt or ("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"))
+    return path
+
+
+def build(root: Path | str, task: str, kind: str, name: str | None = None, **options: Any) -> pd.DataFrame:
+    return build_manifest([{"kind": kind, "root": str(root), "name": name or kind, **options}], task)
+
+
+def labels(frame: pd.DataFrame) -> dict[str, int]:
+    return included(frame)["label"].value_counts().to_dict()
+
+
+def by_name(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.set_index(frame["uri"].map(lambda uri: uri.rsplit("/", 1)[-1]))
+
+
+def check_contract(frame: pd.DataFrame, task: str) -> None:
+    assert list(frame.columns) == MANIFEST_COLUMNS
+    used = frame["exclusion_reason"] == ""
+    assert frame.loc[used, "label"].isin(TASK_LABELS[task]).all()
+    assert (frame.loc[~used, "label"] == "").all()
+    assert (frame.loc[used, "sha256"].str.len() == 64).all()
+    assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"]))
+
+
+# ---------------------------------------------------------------- config schema <-> adapters
+
+
+def test_config_schema_lists_every_kind_and_option_with_the_adapter_default() -> None:
+    fields = SourceConfig.model_fields
+    assert set(fields["kind"].annotation.__args__) == set(ADAPTERS)
+    options: dict[str, set[Any]] = {}
+    for kind, adapter in ADAPTERS.items():
+        parameters = list(inspect.signature(adapter).parameters.values())
+        assert [p.name for p in parameters[:2]] == ["root", "task"], kind
+        for parameter in parameters[2:]:
+            assert parameter.name in fields, f"{kind} option {parameter.name} missing from SourceConfig"
+            options.setdefault(parameter.name, set()).add(repr(parameter.default))
+            assert fields[parameter.name].default == parameter.default, f"{kind}.{parameter.name} default differs"
+    # Every option has one default across kinds, and every config field is some adapter's option.
+    assert all(len(defaults) == 1 for defaults in options.values()), options
+    assert set(fields) - {"kind", "root", "name"} == set(options)
+
+
+def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown source kind 'covidx2'; valid kinds: \['actualmed', 'covid_radiography', "
+                                         r"'covidx', 'figure1', 'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]"):
+        build(tmp_path, "binary", "covidx2")
+    image(tmp_path / "images" / "a.png")
+    (tmp_path / "train.txt").write_text("1 a.png COVID-19\n")
+    with pytest.raises(ValueError, match="option 'split_files' does not apply to kind 'actualmed'"):
+        build(tmp_path, "binary", "actualmed", split_files=["train.txt"])
+    with pytest.raises(ValueError, match="option 'manifest_file' does not apply to kind 'covidx'"):
+        build(tmp_path, "binary", "covidx", manifest_file="m.csv")
+    with pytest.raises(ValueError, match=r"unknown option 'split_file'; valid: \['default_view', 'image_folders', "
+                                         r"'label_map', 'split_files'\]"):
+        build(tmp_path, "binary", "covidx", split_file=["train.txt"])
+
+
+# ---------------------------------------------------------------- actualmed
+
+
+ACTUALMED_COLUMNS = ["patientid", "offset", "sex", "age", "finding", "survival", "temperature", "pO2 saturation",
+                     "view", "modality", "imagename", "artifacts/distortion", "notes"]
+
+
+def write_metadata(root: Path, rows: list[dict[str, str]], columns: list[str], encoding: str = "utf-8-sig") -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{column: row.get(column, "") for column in columns} for row in rows], columns=columns)
+    (root / "metadata.csv").write_bytes(table.to_csv(index=False).encode(encoding))
+
+
+@pytest.fixture
+def actualmed(tmp_path: Path) -> Path:
+    root = tmp_path / "actualmed"
+    rows = [
+        dict(patientid="A1", age="45", finding="COVID-19", view="AP", modality="X-ray", imagename="a1.png"),
+        dict(patientid="A1", finding="COVID-19", view="PA", modality="X-ray", imagename="a1b.png"),
+        dict(patientid="A2", finding="No finding", view="PA", modality="X-ray", imagename="a2.png",
+             notes="Negative (covid-19 viral infection is excluded)"),
+        dict(patientid="A3", finding="", view="PA", modality="X-ray", imagename="a3.png",
+             notes="Inconclusive, date taken (YYYYMMDD): 20200321"),
+        dict(patientid="A4", finding="COVID-19", view="L", modality="X-ray", imagename="a4.png"),
+        dict(patientid="A5", finding="COVID-19", view="AP", modality="CT", imagename="a5.png"),
+        dict(patientid="A6", finding="No finding", view="AP", modality="", imagename="a6.png"),  # blank: X-ray
+        dict(patientid="A7", finding="COVID-19", view="AP", modality="X-ray", imagename="absent.png"),
+        dict(patientid="A8", finding="Lung cancer", view="PA", modality="X-ray", imagename="a8.png"),
+        dict(patientid="A9", finding="COVID-19", view="PA", modality="X-ray", imagename="a1.png"),  # listed twice
+        dict(patientid="A10", finding="COVID-19", view="PA", modality="X-ray", imagename=""),  # images/A10.jpg
+    ]
+    for name in ("a1.png", "a1b.png", "a2.png", "a3.png", "a4.png", "a5.png", "a6.png", "a8.png", "A10.jpg"):
+        image(root / "images" / name)
+    write_metadata(root, rows, ACTUALMED_COLUMNS)  # with a byte-order mark, as spreadsheets export it
+    assert (root / "metadata.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    return root
+
+
+@pytest.mark.parametrize(("task", "expected"), [
+    ("multiclass", {COVID: 3, NORMAL: 2}),
+    ("binary", {COVID: 3, NON_COVID: 2}),
+])
+def test_actualmed(actualmed: Path, task: str, expected: dict[str, int]) -> None:
+    frame = build(actualmed, task, "actualmed")
+    check_contract(frame, task)
+    assert len(frame) == 11
+    assert labels(frame) == expected
+    assert exclusion_summary(frame) == {
+        EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_NOT_XRAY: 1, EXCLUDE_MISSING_FILE: 1, EXCLUDE_LATERAL: 1,
+        EXCLUDE_UNLABELLED: 1, EXCLUDE_UNKNOWN_FINDING: 1,
+    }
+    rows = by_name(frame)
+    assert rows.loc["a3.png", "exclusion_detail"] == "blank finding; notes: Inconclusive, date taken (YYYYMMDD): 20200321"
+    assert rows.loc["a5.png", "sha256"] == ""  # a CT row's file is not read
+    assert rows.loc["A10.jpg", ["patient_id", "label"]].tolist() == ["actualmed:A10", COVID]
+    assert rows.loc["a6.png", "exclusion_reason"] == ""
+    assert frame["age_group"].tolist()[:2] == ["adult", ""]
+    assert frame["view"].tolist()[:3] == ["AP", "PA", "PA"]
+    assert frame["patient_id"].tolist()[:2] == ["actualmed:A1", "actualmed:A1"]
+
+
+def test_actualmed_missing_column_names_file_and_column(actualmed: Path) -> None:
+    table = pd.read_csv(actualmed / "metadata.csv", dtype=str, encoding="utf-8-sig").drop(columns=["finding"])
+    table.to_csv(actualmed / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match=r"actualmed/metadata\.csv: missing required column\(s\) \['finding'\]"):
+        build(actualmed, "binary", "actualmed")
+    (actualmed / "metadata.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"actualmed metadata .*metadata\.csv does not exist"):
+        build(actualmed, "binary", "actualmed")
+
+
+@pytest.mark.skipif(not REAL_ACTUALMED.is_dir(), reason=f"{REAL_ACTUALMED} not present")
+@pytest.mark.parametrize(("task", "expected"), [
+    ("multiclass", {COVID: 15, NORMAL: 8}),
+    ("binary", {COVID: 15, NON_COVID: 8}),
+])
+def test_real_actualmed(task: str, expected: dict[str, int]) -> None:
+    frame = build(REAL_ACTUALMED, task, "actualmed")
+    check_contract(frame, task)
+    assert len(frame) == 27
+    assert labels(frame) == expected
+    assert exclusion_summary(frame) == {EXCLUDE_UNLABELLED: 4}
+    unlabelled = frame[frame["exclusion_reason"] == EXCLUDE_UNLABELLED]
+    assert unlabelled["exclusion_detail"].str.startswith("blank finding; notes: Inconclusive").all()
+    assert frame["view"].value_counts().to_dict() == {"AP": 17, "PA": 10}
+    assert frame["patient_id"].nunique() == 25  # ANON218 has three images
+    assert (frame["width"] > 0).all()
+
+
+# ---------------------------------------------------------------- figure1
+
+
+@pytest.fixture
+def figure1(tmp_path: Path) -> Path:
+    root = tmp_path / "figure1"
+    columns = ["patientid", "offset", "sex", "age", "finding", "survival", "view", "modality", "notes"]
+    rows = [
+        dict(patientid="COVID-00001", finding="COVID-19", view="PA", modality="X-ray", age="71"),
+        dict(patientid="COVID-00003a", finding="COVID-19", view="AP", modality="X-ray"),
+        dict(patientid="COVID-00003b", finding="COVID-19", view="AP", modality="X-ray"),
+        dict(patientid="COVID-00004", finding="COVID-19", view="PA", modality="X-ray"),  # no image
+        dict(patientid="COVID-00005", finding="Pneumonia", view="PA", modality="X-ray", notes="Café-au-lait"),
+        dict(patientid="COVID-00006", finding="No finding", view="PA", modality="X-ray"),
+        dict(patientid="COVID-00007", finding="", view="PA", modality="X-ray", notes="Inconclusive"),
+    ]
+    image(root / "images" / "COVID-00001.jpg")
+    image(root / "images" / "COVID-00003a.png")
+    image(root / "images" / "COVID-00003b.jpg")
+    image(root / "images" / "COVID-00005.png")
+    image(root / "images" / "COVID-00006.jpeg")
+    image(root / "images" / "COVID-00007.jpg")
+    write_metadata(root, rows, columns, encoding="cp1252")  # Figure1's metadata.csv is not UTF-8
+    return root
+
+
+def test_figure1_images_named_after_the_patient(figure1: Path) -> None:
+    frame = build(figure1, "multiclass", "figure1")
+    check_contract(frame, "multiclass")
+    assert len(frame) == 7
+    assert labels(frame) == {COVID: 3, PNEUMONIA: 1, NORMAL: 1}
+    assert exclusion_summary(frame) == {EXCLUDE_MISSING_FILE: 1, EXCLUDE_UNLABELLED: 1}
+    # COVID-00003a / b are two images of one case.
+    assert frame["patient_id"].tolist()[:3] == ["figure1:COVID-00001", "figure1:COVID-00003", "figure1:COVID-00003"]
+    missing = frame[frame["exclusion_reason"] == EXCLUDE_MISSING_FILE].iloc[0]
+    assert missing["patient_id"] == "figure1:COVID-00004"
+    assert "images/COVID-00004.*" in missing["exclusion_detail"]
+    assert by_name(frame).loc["COVID-00007.jpg", "exclusion_detail"] == "blank finding; notes: Inconclusive"
+    assert build(figure1, "binary", "figure1")["label"].tolist() == [COVID, COVID, COVID, "", NON_COVID, NON_COVID, ""]
+
+
+# ---------------------------------------------------------------- Kaggle pediatric pneumonia
+
+
+@pytest.fixture
+def kaggle(tmp_path: Path) -> Path:
+    root = tmp_path / "kaggle"
+    base = root / "chest_xray"
+    image(base / "train" / "NORMAL" / "IM-0115-0001.jpeg")
+    image(base / "train" / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg")
+    image(base / "val" / "NORMAL" / "IM-0115-0002.jpeg")  # same patient, other original split
+    image(base / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg")
+    image(base / "test" / "PNEUMONIA" / "person1_virus_6.jpeg")
+    image(base / "test" / "PNEUMONIA" / "person2_virus_3.jpeg")
+    (base / "train" / "PNEUMONIA" / "notes.txt").write_text("not an image")
+    (base / "README.md").write_text("outside <split>/<class>/: ignored")
+    image(base / "chest_xray" / "train" / "NORMAL" / "IM-9999-0001.jpeg")  # the download's nested copy: ignored
+    image(root / "__MACOSX" / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg")  # ignored
+    return root
+
+
+@pytest.mark.parametrize("subfolder", ["", "chest_xray"])
+def test_kaggle_pneumonia(kaggle: Path, subfolder: str) -> None:
+    frame = build(kaggle / subfolder, "multiclass", "kaggle_pneumonia", name="kermany")
+    check_contract(frame, "multiclass")
+    assert len(frame) == 7
+    assert labels(frame) == {NORMAL: 3, PNEUMONIA: 3}
+    assert exclusion_summary(frame) == {EXCLUDE_NOT_IMAGE: 1}
+    rows = by_name(frame)
+    assert rows.loc["IM-0115-0001.jpeg", ["patient_id", "finding"]].tolist() == ["kermany:IM-0115", "normal"]
+    assert rows.loc["IM-0115-0002.jpeg", "patient_id"] == "kermany:IM-0115"
+    assert rows.loc["NORMAL2-IM-1427-0001.jpeg", "patient_id"] == "kermany:NORMAL2-IM-1427"
+    assert rows.loc["person1_bacteria_1.jpeg", ["patient_id", "finding"]].tolist() == ["kermany:person1",
+                                                                                      "pneumonia/bacterial"]
+    assert rows.loc["person1_virus_6.jpeg", ["patient_id", "finding"]].tolist() == ["kermany:person1",
+                                                                                   "pneumonia/viral"]
+    assert (frame["age_group"] == "pediatric").all()
+    assert not frame["uri"].str.contains("IM-9999|__MACOSX").any()
+
+
+def test_kaggle_pneumonia_binary_and_errors(kaggle: Path, tmp_path: Path) -> None:
+    frame = build(kaggle, "binary", "kaggle_pneumonia", default_view="AP")
+    assert labels(frame) == {NON_COVID: 6}
+    assert (frame["view"] == "AP").all()
+    image(tmp_path / "elsewhere" / "NORMAL" / "x.jpeg")
+    with pytest.raises(ValueError, match=r"no files in \{train,val,test\}/\{NORMAL,PNEUMONIA\}/"):
+        build(tmp_path / "elsewhere", "binary", "kaggle_pneumonia")
+
+
+# ---------------------------------------------------------------- COVID-19 Radiography Database
+
+
+@pytest.fixture
+def radiography(tmp_path: Path) -> Path:
+    root = tmp_path / "radiography" / "COVID-19_Radiography_Dataset"
+    image(root / "COVID" / "images" / "COVID-1.png")
+    image(root / "COVID" / "images" / "COVID-2.png")
+    image(root / "COVID" / "masks" / "COVID-1.png")  # segmentation mask: ignored
+    image(root / "Normal" / "images" / "Normal-1.png")
+    image(root / "Normal" / "images" / "Normal-2.tif", fmt="TIFF")  # not a PNG/JPEG: excluded, not dropped
+    image(root / "Viral Pneumonia" / "images" / "Viral Pneumonia-1.png")
+    image(root / "Lung_Opacity" / "images" / "Lung_Opacity-1.png")
+    (root / "COVID.metadata.xlsx").write_bytes(b"PK\x03\x04")  # ignored
+    (root / "README.md.txt").write_text("ignored")
+    return root
+
+
+@pytest.mark.parametrize(("task", "expected", "exclusions"), [
+    ("multiclass", {COVID: 2, NORMAL: 1, PNEUMONIA: 1}, {EXCLUDE_NOT_IMAGE: 1, EXCLUDE_OUT_OF_TASK: 1}),
+    ("binary", {COVID: 2, NON_COVID: 3}, {EXCLUDE_NOT_IMAGE: 1}),
+])
+def test_covid_radiography(radiography: Path, task: str, expected: dict, exclusions: dict) -> None:
+    for root in (radiography, radiography.parent):  # the dataset folder, or the download folder holding it
+        frame = build(root, task, "covid_radiography", name="radiography")
+        check_contract(frame, task)
+        assert len(frame) == 6
+        assert labels(frame) == expected
+        assert exclusion_summary(frame) == exclusions
+        assert not frame["uri"].str.contains("/masks/").any()
+        assert frame["patient_id"].nunique() == 6  # each image its own patient
+        assert by_name(frame).loc["Lung_Opacity-1.png", "finding"] == "Lung_Opacity"
+
+
+def test_covid_radiography_older_layout(tmp_path: Path) -> None:
+    root = tmp_path / "COVID-19 Radiography Database v1"
+    image(root / "COVID-19" / "COVID-19(1).png")
+    image(root / "NORMAL" / "NORMAL (1).png")
+    image(root / "Viral Pneumonia" / "Viral Pneumonia (1).png")
+    (root / "NORMAL.metadata.xlsx").write_bytes(b"PK\x03\x04")
+    frame = build(root, "multiclass", "covid_radiography")
+    assert labels(frame) == {COVID: 1, NORMAL: 1, PNEUMONIA: 1}
+    assert exclusion_summary(frame) == {}
+    with pytest.raises(ValueError, match="no images in class folders"):
+        build(root / "NORMAL", "multiclass", "covid_radiography")
+
+
+# ---------------------------------------------------------------- COVIDx
+
+
+@pytest.fixture
+def covidx(tmp_path: Path) -> Path:
+    root = tmp_path / "covidx"
+    for name in ("a.png", "b.png", "c.png", "d.png", "my image.png", "e.png"):
+        image(root / "train" / name)
+    for name in ("t1.png", "t2.png"):
+        image(root / "test" / name)
+    (root / "train.txt").write_text(
+        "# patientId filename label source\n"
+        "P1 a.png COVID-19 cohen\n"
+        "P1 b.png positive ricord\n"
+        "P2 c.png negative rsna\n"
+        "P3 d.png normal\n"  # no source column (older files)
+        "P4 my image.png pneumonia sirm\n"  # a file name with a space
+        "P5 e.png kidney_stone src\n"
+        "P6 absent.png COVID-19 cohen\n"
+        "\n"
+        "P7  a.png\tCOVID-19   cohen\n"  # a.png again (and odd whitespace)
+    )
+    (root / "test.txt").write_text("T1 t1.png negative rsna\nT2 t2.png positive bimcv\n")
+    return root
+
+
+@pytest.mark.parametrize(("task", "expected", "exclusions"), [
+    ("multiclass", {COVID: 3, NORMAL: 1, PNEUMONIA: 1}, {EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_MISSING_FILE: 1,
+                                                         EXCLUDE_UNKNOWN_FINDING: 1, EXCLUDE_OUT_OF_TASK: 2}),
+    ("binary", {COVID: 3, NON_COVID: 4}, {EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_MISSING_FILE: 1,
+                                          EXCLUDE_UNKNOWN_FINDING: 1}),
+])
+def test_covidx(covidx: Path, task: str, expected: dict, exclusions: dict) -> None:
+    frame = build(covidx, task, "covidx")
+    check_contract(frame, task)
+    assert len(frame) == 10
+    assert labels(frame) == expected
+    assert exclusion_summary(frame) == exclusions
+    rows = by_name(frame)
+    assert rows.loc["my image.png", ["patient_id", "finding"]].tolist() == ["covidx:P4", "pneumonia"]
+    assert rows.loc["t2.png", "uri"] == str(covidx / "test" / "t2.png")
+    assert frame["finding"].tolist()[:3] == ["COVID-19", "positive", "negative"]
+
+
+def test_covidx_options(covidx: Path) -> None:
+    # A source's label_map wins over COVIDx's own positive/negative.
+    frame = build(covidx, "multiclass", "covidx", label_map={"negative": "normal"})
+    assert labels(frame) == {COVID: 3, NORMAL: 3, PNEUMONIA: 1}
+    # Explicit split files and image folders.
+    (covidx / "images").mkdir()
+    (covidx / "test" / "t1.png").rename(covidx / "images" / "t1.png")
+    (covidx / "labels_test_COVIDx9B.txt").write_text("T1 t1.png negative rsna\n")
+    frame = build(covidx, "binary", "covidx", split_files=["labels_test_COVIDx9B.txt"],
+                  image_folders={"labels_test_COVIDx9B.txt": "images"})
+    assert frame["uri"].tolist() == [str(covidx / "images" / "t1.png")]
+    assert labels(frame) == {NON_COVID: 1}
+    with pytest.raises(ValueError, match="cannot tell the image folder of split file 'labels_test_COVIDx9B.txt'"):
+        build(covidx, "binary", "covidx", split_files=["labels_test_COVIDx9B.txt"])
+    with pytest.raises(ValueError, match=r"image_folders names files that are not split files: \['val.txt'\]"):
+        build(covidx, "binary", "covidx", split_files=["train.txt"], image_folders={"val.txt": "val"})
+    with pytest.raises(FileNotFoundError, match="val.txt does not exist"):
+        build(covidx, "binary", "covidx", split_files=["val.txt"])
+
+
+def test_covidx_errors_name_the_line(covidx: Path) -> None:
+    with (covidx / "test.txt").open("a") as handle:
+        handle.write("T3 t3.png\n")
+    with pytest.raises(ValueError, match=r"covidx/test\.txt:3: expected 'patientId filename label \[source\]', "
+                                         r"got 'T3 t3.png'"):
+        build(covidx, "binary", "covidx")
+    for name in ("train.txt", "test.txt"):
+        (covidx / name).rename(covidx / f"{name}.bak.txt")
+    with pytest.raises(ValueError, match=r"none of \['train.txt', 'val.txt', 'test.txt'\] found; set split_files "
+                                         r"\(text files here: \['test.txt.bak.txt', 'train.txt.bak.txt'\]\)"):
+        build(covidx, "binary", "covidx")
+
+
+# ---------------------------------------------------------------- generic manifest
+
+
+@pytest.fixture
+def manifest_root(tmp_path: Path) -> Path:
+    root = tmp_path / "manifest_source"
+    for name in ("x1.png", "x2.png", "x3.jpg", "x5.png"):
+        image(root / "images" / name)
+    image(tmp_path / "secret.png")  # exists, but outside the root
+    rows = [
+        ("images/x1.png", "COVID-19", "pat1", "PA", "50"),
+        ("images/x2.png", "normal", "", "", "7"),  # patient: the stem; view: default
+        ("../../etc/passwd", "COVID-19", "", "", ""),
+        ("/etc/passwd", "normal", "", "", ""),
+        (str(root / "images" / "x3.jpg"), "Pneumonia/Viral/SARS", "pat3", "AP", ""),  # absolute, inside root
+        ("../secret.png", "normal", "", "", ""),
+        ("images/x1.png", "COVID-19", "pat9", "PA", ""),  # listed twice
+        ("images/x4.png", "normal", "", "", ""),  # missing
+        ("s3://bucket/x.png", "normal", "", "", ""),
+        ("", "normal", "", "", ""),
+        ("images/x5.png", "Lung cancer", "", "L", ""),  # lateral beats unknown finding
+    ]
+    pd.DataFrame(rows, columns=["path", "label", "patient_id", "view", "age"]).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+MANIFEST_REASONS = [
+    "", "", EXCLUDE_OUTSIDE_ROOT, EXCLUDE_OUTSIDE_ROOT, "", EXCLUDE_OUTSIDE_ROOT, EXCLUDE_DUPLICATE_ROW,
+    EXCLUDE_MISSING_FILE, EXCLUDE_OUTSIDE_ROOT, EXCLUDE_MISSING_FILE, EXCLUDE_LATERAL,
+]
+
+
+def test_manifest_csv(manifest_root: Path) -> None:
+    frame = build(manifest_root, "multiclass", "manifest", name="m")
+    check_contract(frame, "multiclass")
+    assert frame["exclusion_reason"].tolist() == MANIFEST_REASONS
+    assert labels(frame) == {COVID: 1, NORMAL: 1, PNEUMONIA: 1}
+    assert frame["patient_id"].tolist()[:2] == ["m:pat1", "m:x2"]
+    assert frame["view"].tolist()[:2] == ["PA", "unknown"]
+    assert frame["age_group"].tolist()[:2] == ["adult", "pediatric"]
+    escaped = frame[frame["exclusion_reason"] == EXCLUDE_OUTSIDE_ROOT]
+    assert (escaped["sha256"] == "").all()  # never opened
+    assert "points outside the source root" in escaped["exclusion_detail"].iloc[0]
+    assert "absolute path" in escaped["exclusion_detail"].iloc[1]
+    assert frame["uri"].iloc[4] == str(manifest_root / "images" / "x3.jpg")
+    assert frame["exclusion_detail"].iloc[9] == "manifest.csv row 10: blank path"
+    unknown = build(manifest_root, "multiclass", "manifest", default_view="PA")
+    assert unknown["exclusion_reason"].iloc[-1] == EXCLUDE_LATERAL  # an explicit view wins over the default
+    assert unknown["view"].iloc[1] == "PA"
+
+
+def test_manifest_parquet_with_alternative_columns(manifest_root: Path) -> None:
+    table = pd.read_csv(manifest_root / "manifest.csv", dtype=str, keep_default_na=False)
+    table = table.rename(columns={"path": "uri", "label": "finding"}).drop(columns=["age"])
+    table["age_group"] = ["adult", "Pediatric"] + [""] * (len(table) - 2)
+    table.to_parquet(manifest_root / "manifest.parquet")
+    frame = build(manifest_root, "binary", "manifest", manifest_file="manifest.parquet")
+    assert frame["exclusion_reason"].tolist() == MANIFEST_REASONS
+    assert labels(frame) == {COVID: 1, NON_COVID: 2}
+    assert frame["age_group"].tolist()[:3] == ["adult", "pediatric", ""]
+
+
+def test_manifest_errors(manifest_root: Path) -> None:
+    table = pd.read_csv(manifest_root / "manifest.csv", dtype=str, keep_default_na=False)
+    table.rename(columns={"path": "file"}).to_csv(manifest_root / "bad.csv", index=False)
+    with pytest.raises(ValueError, match=r"bad\.csv: missing required column\(s\) 'path' or 'uri'; found \['file'"):
+        build(manifest_root, "binary", "manifest", manifest_file="bad.csv")
+    table.assign(age_group="child").to_csv(manifest_root / "ages.csv", index=False)
+    with pytest.raises(ValueError, match=r"ages\.csv row 1: age_group 'child' is not 'adult', 'pediatric' or blank"):
+        build(manifest_root, "binary", "manifest", manifest_file="ages.csv")
+    (manifest_root / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"broken\.parquet: not a readable Parquet file"):
+        build(manifest_root, "binary", "manifest", manifest_file="broken.parquet")
+    with pytest.raises(FileNotFoundError, match=r"absent\.csv does not exist"):
+        build(manifest_root, "binary", "manifest", manifest_file="absent.csv")
+
+
+# ---------------------------------------------------------------- symlinks, several sources, duplicates
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
+def test_symlink_out_of_the_root_is_excluded_and_never_read(tmp_path: Path) -> None:
+    outside = image(tmp_path / "outside" / "secret.png")
+    root = tmp_path / "folder"
+    image(root / "COVID-19" / "real.png")
+    (root / "COVID-19").joinpath("link.png").symlink_to(outside)
+    image(root / "normal" / "inside.png")
+    (root / "normal" / "link_inside.png").symlink_to(root / "normal" / "inside.png")  # inside: fine
+    frame = build(root, "multiclass", "folder")
+    rows = by_name(frame)
+    assert rows.loc["link.png", "exclusion_reason"] == EXCLUDE_OUTSIDE_ROOT
+    assert rows.loc["link.png", "sha256"] == ""
+    assert "outside the source root" in rows.loc["link.png", "exclusion_detail"]
+    assert rows.loc["real.png", "exclusion_reason"] == ""
+    # A link to a file inside the root is the same bytes: a duplicate image, not a second one.
+    assert sorted(rows.loc[["inside.png", "link_inside.png"], "exclusion_reason"]) == ["", EXCLUDE_DUPLICATE]
+
+
+def test_several_sources_in_one_run(
+    actualmed: Path, figure1: Path, kaggle: Path, radiography: Path, covidx: Path, manifest_root: Path
+) -> None:
+    specs = [
+        SourceConfig(kind="actualmed", root=str(actualmed), name="actualmed"),
+        SourceConfig(kind="figure1", root=str(figure1), name="figure1"),
+        SourceConfig(kind="kaggle_pneumonia", root=str(kaggle), name="kermany"),
+        SourceConfig(kind="covid_radiography", root=str(radiography), name="radiography"),
+        SourceConfig(kind="covidx", root=str(covidx), name="covidx"),
+        SourceConfig(kind="manifest", root=str(manifest_root), name="mine"),
+    ]
+    frame = build_manifest([spec.model_dump(mode="json") for spec in specs], "multiclass")
+    check_contract(frame, "multiclass")
+    assert frame["source"].value_counts(sort=False).to_dict() == {
+        "actualmed": 11, "figure1": 7, "kermany": 7, "radiography": 6, "covidx": 10, "mine": 11,
+    }
+    assert labels(frame) == {COVID: 3 + 3 + 0 + 2 + 3 + 1, NORMAL: 2 + 1 + 3 + 1 + 1 + 1,
+                             PNEUMONIA: 0 + 1 + 3 + 1 + 1 + 1}
+    # Same raw ids in two sources ("P1" / "A1"...) stay apart: ids are prefixed by the source name.
+    assert (frame.groupby("patient_id")["source"].nunique() == 1).all()
+    assert EXCLUDE_DUPLICATE not in exclusion_summary(frame)
+
+
+def test_duplicate_bytes_across_sources(actualmed: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    (copy / "COVID-19").mkdir(parents=True)
+    (copy / "COVID-19" / "same_as_a1.png").write_bytes((actualmed / "images" / "a1.png").read_bytes())
+    frame = build_manifest([
+        {"kind": "actualmed", "root": str(actualmed), "name": "actualmed"},
+        {"kind": "folder", "root": str(copy), "name": "copy"},
+    ], "binary")
+    last = frame.iloc[-1]
+    assert (last["source"], last["exclusion_reason"]) == ("copy", EXCLUDE_DUPLICATE)
+    assert last["exclusion_detail"] == f"same bytes as {actualmed / 'images' / 'a1.png'}"
+
+
+# ---------------------------------------------------------------- example configs
+
+
+def test_example_configs_validate_and_cover_every_public_layout() -> None:
+    configs = sorted((PROJECT / "configs").glob("public-*.yaml"))
+    kinds: set[str] = set()
+    for path in configs:
+        config = load_run_config(path)
+        kinds |= {source.kind for source in config.data.sources}
+        for source in config.data.sources:  # options a source sets must be its kind's
+            accepted = set(inspect.signature(ADAPTERS[source.kind]).parameters)
+            for option, value in source.model_dump(exclude={"kind", "root", "name"}).items():
+                assert option in accepted or value == SourceConfig.model_fields[option].default, (path.name, option)
+    assert kinds == set(ADAPTERS) - {"folder"}
+    combined = load_run_config(PROJECT / "configs" / "public-ieee8023-actualmed.yaml")
+    assert [(s.kind, s.root) for s in combined.data.sources] == [
+        ("ieee8023", "../shared/datasets/covid-chestxray-dataset"),
+        ("actualmed", "../shared/datasets/actualmed-covid-chestxray-dataset"),
+    ]

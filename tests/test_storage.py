@@ -1,0 +1,434 @@
+"""components.storage on local folders and on a real S3-compatible server (rclone serve s3).
+
+No mocks: S3 tests talk to `rclone serve s3` (fixtures s3_server / s3_env in conftest),
+configured only through the standard AWS environment variables.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import s3, storage
+from components.storage import MissingFileError, OutsideRootError, StorageError
+from tests.servers import free_port
+
+# ---------------------------------------------------------------- helpers
+
+
+def png_bytes(seed: int, mode: str = "L", size: tuple[int, int] = (48, 40)) -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=None).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def new_bucket(server: dict) -> str:
+    """A fresh bucket (a top-level folder of the served directory)."""
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    (Path(server["dir"]) / name).mkdir()
+    return name
+
+
+def settle(server: dict) -> None:
+    """Wait until files written straight into the served folder are listed (rclone's dir cache)."""
+    time.sleep(server["settle_s"])
+
+
+def write(path: Path, data: bytes | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.write_bytes(data)
+    return path
+
+
+IEEE_ROWS = [
+    # filename, patientid, finding, view, modality, age
+    ("p1_a.png", "p1", "COVID-19", "PA", "X-ray", "54"),
+    ("p2_a.png", "p2", "Pneumonia/Viral/SARS", "AP", "X-ray", "8"),
+    ("p3_a.png", "p3", "No Finding", "PA", "X-ray", ""),
+    ("p3_b.png", "p3", "No Finding", "L", "X-ray", "40"),           # lateral view
+    ("ct_1.png", "p4", "COVID-19", "Axial", "CT", "61"),            # not an X-ray, not read
+    ("missing.png", "p5", "COVID-19", "PA", "X-ray", "33"),         # file absent
+    ("p6_copy.png", "p6", "COVID-19", "AP Supine", "X-ray", "70"),  # same bytes as p1_a
+    ("../../outside.png", "p7", "COVID-19", "PA", "X-ray", "20"),   # escapes the root
+    ("p8_rgb.png", "p8", "Pneumonia", "PA", "X-ray", "12"),
+]
+
+
+def make_ieee8023(root: Path) -> Path:
+    """A small ieee8023 covid-chestxray-dataset layout: metadata.csv (with a BOM) + images/."""
+    images = root / "images"
+    images.mkdir(parents=True)
+    buffer = io.StringIO()
+    table = csv.writer(buffer, lineterminator="\n")
+    table.writerow(["filename", "patientid", "finding", "view", "modality", "age"])
+    table.writerows(IEEE_ROWS)
+    write(root / "metadata.csv", "\ufeff" + buffer.getvalue())
+    for seed, name in enumerate(["p1_a.png", "p2_a.png", "p3_a.png", "p3_b.png", "ct_1.png"]):
+        write(images / name, png_bytes(seed))
+    shutil.copyfile(images / "p1_a.png", images / "p6_copy.png")
+    write(images / "p8_rgb.png", png_bytes(99, mode="RGB"))
+    write(images / ".DS_Store", b"\x00junk")
+    return root
+
+
+def comparable(manifest, root: str) -> list[dict]:
+    """Manifest rows with URIs relative to their root and patient ids without the source name."""
+    prefix = root.rstrip("/") + "/"
+    rows = []
+    for row in manifest.to_dict("records"):
+        assert row["uri"].startswith(prefix), row["uri"]
+        rows.append({
+            "relative": row["uri"][len(prefix):],
+            "patient": row["patient_id"].split(":", 1)[1],
+            **{key: row[key] for key in ("sha256", "phash", "width", "height", "mode", "view", "age_group",
+                                         "finding", "label", "exclusion_reason")},
+        })
+    return sorted(rows, key=lambda row: row["relative"])
+
+
+# ---------------------------------------------------------------- local: paths
+
+
+def test_child_uri_refuses_paths_outside_the_root(tmp_path):
+    root = tmp_path / "root"
+    write(root / "images" / "a.png", b"x")
+    outside = write(tmp_path / "secret" / "passwd", b"secret")
+    for bad in ("../../etc/passwd", "images/../../x.png", "..", "/etc/passwd", "\\etc\\passwd", "C:\\Windows\\x",
+                "", "."):
+        with pytest.raises(OutsideRootError):
+            storage.child_uri(str(root), bad)
+    with pytest.raises(OutsideRootError, match="outside the source root"):
+        storage.child_uri("s3://bucket/ieee", "../../etc/passwd")
+    with pytest.raises(OutsideRootError, match="absolute"):
+        storage.child_uri("s3://bucket/ieee", "/etc/passwd")
+
+    # A symlink inside the root that points outside it is refused, whole folder or file.
+    (root / "escape").symlink_to(outside.parent, target_is_directory=True)
+    (root / "escape.png").symlink_to(outside)
+    with pytest.raises(OutsideRootError, match="outside the source root"):
+        storage.child_uri(str(root), "escape/passwd")
+    with pytest.raises(OutsideRootError):
+        storage.child_uri(str(root), "escape.png")
+
+    # ... one pointing inside the root is fine.
+    (root / "alias").symlink_to(root / "images", target_is_directory=True)
+    assert storage.child_uri(str(root), "alias/a.png") == str(root / "alias" / "a.png")
+    assert storage.child_uri(str(root), "./images//a.png") == str(root / "images" / "a.png")
+    assert storage.child_uri("s3://bucket/ieee/", "images/./a.png") == "s3://bucket/ieee/images/a.png"
+
+
+def test_parse_s3_uri():
+    assert storage.parse_s3_uri("s3://bucket") == ("bucket", "")
+    assert storage.parse_s3_uri("s3://bucket/") == ("bucket", "")
+    assert storage.parse_s3_uri("s3://bucket/a/b.png") == ("bucket", "a/b.png")
+    for bad in ("s3://", "s3:///key", "s3:// bad/key", "/local/path"):
+        with pytest.raises(StorageError, match="S3 URI"):
+            storage.parse_s3_uri(bad)
+
+
+def test_relative_key_skips_directory_markers():
+    assert s3.relative_key("ieee/", "ieee/images/a.png") == "images/a.png"
+    assert s3.relative_key("", "a.png") == "a.png"
+    assert s3.relative_key("ieee/", "ieee/") is None
+    assert s3.relative_key("ieee/", "ieee/images/") is None
+
+
+# ---------------------------------------------------------------- local: files
+
+
+def test_local_list_files_skips_hidden_files(tmp_path):
+    for name in ("b.png", "a/c.png", "a/d/e.jpg", ".DS_Store", "a/._c.png", ".git/config", "a/.cache/x.png"):
+        write(tmp_path / name, b"x")
+    assert storage.list_files(str(tmp_path)) == ["a/c.png", "a/d/e.jpg", "b.png"]
+    assert storage.root_is_dir(str(tmp_path)) and not storage.root_is_dir(str(tmp_path / "nope"))
+    with pytest.raises(StorageError, match="not a directory"):
+        storage.list_files(str(tmp_path / "b.png"))
+
+
+def test_local_read_bytes_and_text(tmp_path):
+    write(tmp_path / "bom.csv", "\ufeffa,b\n1,2\n")
+    write(tmp_path / "latin1.txt", b"caf\xe9")
+    assert storage.read_bytes(str(tmp_path / "bom.csv")).startswith(b"\xef\xbb\xbf")
+    assert storage.read_text(str(tmp_path / "bom.csv")) == "a,b\n1,2\n"
+    with pytest.raises(MissingFileError, match="missing.png"):
+        storage.read_bytes(str(tmp_path / "missing.png"))
+    with pytest.raises(MissingFileError):
+        storage.read_bytes(str(tmp_path))  # a folder is not a file
+    with pytest.raises(StorageError, match="not UTF-8"):
+        storage.read_text(str(tmp_path / "latin1.txt"))
+
+
+# ---------------------------------------------------------------- S3: client
+
+
+def test_client_is_cached_thread_safe_path_style_with_retries(s3_env, monkeypatch):
+    with ThreadPoolExecutor(8) as pool:
+        clients = list(pool.map(lambda _: s3.client(), range(32)))
+    assert len({id(made) for made in clients}) == 1
+    made = clients[0]
+    assert made.meta.endpoint_url == s3_env["endpoint"]
+    assert made.meta.region_name == "us-east-1"
+    assert made.meta.config.s3["addressing_style"] == "path"
+    assert made.meta.config.retries == {"mode": "standard", "total_max_attempts": s3.MAX_ATTEMPTS}
+    assert made.meta.config.connect_timeout == s3.CONNECT_TIMEOUT_S
+    assert made.meta.config.read_timeout == s3.READ_TIMEOUT_S
+
+    s3.reset_client()
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    assert s3.client() is not made
+    assert s3.client().meta.config.retries["total_max_attempts"] == 2
+
+    # Real AWS (no endpoint configured): virtual-host addressing left to botocore,
+    # region defaults to us-east-1. Building a client makes no request.
+    for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    s3.reset_client()
+    aws = s3.client()
+    assert "amazonaws.com" in aws.meta.endpoint_url
+    assert aws.meta.region_name == "us-east-1"
+    assert (aws.meta.config.s3 or {}).get("addressing_style") != "path"
+
+
+def test_forked_child_builds_its_own_client(s3_env):
+    bucket = new_bucket(s3_env)
+    write(Path(s3_env["dir"]) / bucket / "x.txt", "hello")
+    settle(s3_env)
+    parent_client = s3.client()
+    read, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report and leave without running pytest's teardown
+        result = {}
+        try:
+            result["cached_pid_was_parent"] = s3._cached is None or s3._cached[0] != os.getpid()
+            result["text"] = storage.read_text(f"s3://{bucket}/x.txt")
+            result["cached_pid_is_child"] = s3._cached[0] == os.getpid()
+        except BaseException as error:  # noqa: BLE001
+            result["error"] = repr(error)
+        finally:
+            os.write(write_end, json.dumps(result).encode())
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read) as pipe:
+        result = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert result == {"cached_pid_was_parent": True, "text": "hello", "cached_pid_is_child": True}
+    assert s3.client() is parent_client
+
+
+# ---------------------------------------------------------------- S3: files
+
+
+def test_s3_list_files_sorted_relative_paginated(s3_env):
+    bucket = new_bucket(s3_env)
+    base = Path(s3_env["dir"]) / bucket
+    expected = [f"img_{index:02d}.png" for index in range(23)] + ["sub/deep/x.jpg", "z.txt", "Z.png"]
+    random.Random(0).shuffle(expected)
+    for name in expected:
+        write(base / "data" / name, name)
+    for name in ("data/.DS_Store", "data/sub/._x.jpg", "data/.git/config", "data2/not-below-prefix.png",
+                 "other.png"):
+        write(base / name, b"x")
+    settle(s3_env)
+
+    root = f"s3://{bucket}/data"
+    assert storage.list_files(root) == sorted(expected)
+    assert storage.list_files(root + "/") == sorted(expected)
+    # 4 keys a page: 29 keys need 8 ListObjectsV2 pages.
+    pages = []
+    s3.client().meta.events.register("after-call.s3.ListObjectsV2", lambda **kwargs: pages.append(1))
+    keys = s3.list_keys(root, page_size=4)
+    assert len(pages) == 8
+    assert sorted(keys) == sorted([*expected, ".DS_Store", "sub/._x.jpg", ".git/config"])
+    assert storage.list_files(f"s3://{bucket}") == sorted(
+        [*(f"data/{name}" for name in expected), "data2/not-below-prefix.png", "other.png"])
+    assert storage.root_is_dir(root) and storage.root_is_dir(f"s3://{bucket}")
+    assert not storage.root_is_dir(f"s3://{bucket}/dat")  # a prefix is a folder, not a string prefix
+    assert not storage.root_is_dir(f"s3://{bucket}/nothing-here")
+    assert storage.list_files(f"s3://{bucket}/nothing-here") == []
+
+
+def test_s3_read_bytes_and_text_uploaded_and_on_disk(s3_env):
+    import boto3
+
+    bucket = new_bucket(s3_env)
+    image = png_bytes(7)
+    write(Path(s3_env["dir"]) / bucket / "images" / "a.png", image)
+    uploader = boto3.client("s3", endpoint_url=s3_env["endpoint"], aws_access_key_id=s3_env["access_key"],
+                            aws_secret_access_key=s3_env["secret_key"], region_name="us-east-1")
+    uploader.put_object(Bucket=bucket, Key="meta/metadata.csv", Body="\ufeffa,b\n1,2\n".encode())
+    settle(s3_env)
+
+    assert storage.read_bytes(f"s3://{bucket}/images/a.png") == image
+    assert storage.read_bytes(f"s3://{bucket}/meta/metadata.csv").startswith(b"\xef\xbb\xbf")
+    assert storage.read_text(f"s3://{bucket}/meta/metadata.csv") == "a,b\n1,2\n"
+    assert (Path(s3_env["dir"]) / bucket / "meta" / "metadata.csv").is_file()  # the upload landed on disk
+
+    with pytest.raises(MissingFileError, match=f"s3://{bucket}/images/missing.png"):
+        storage.read_bytes(f"s3://{bucket}/images/missing.png")
+    with pytest.raises(MissingFileError):
+        storage.read_bytes(f"s3://{bucket}/images")  # a folder, not an object
+    with pytest.raises(MissingFileError):
+        storage.read_bytes(f"s3://{bucket}/images/")
+
+    # Many threads share the one client.
+    names = [f"t/{index}.bin" for index in range(16)]
+    for index, name in enumerate(names):
+        write(Path(s3_env["dir"]) / bucket / name, bytes([index]) * 1000)
+    settle(s3_env)
+    with ThreadPoolExecutor(8) as pool:
+        data = list(pool.map(lambda name: storage.read_bytes(f"s3://{bucket}/{name}"), names))
+    assert data == [bytes([index]) * 1000 for index in range(16)]
+
+
+# ---------------------------------------------------------------- S3: errors
+
+
+def test_s3_missing_bucket_and_malformed_uri(s3_env):
+    uri = "s3://no-such-bucket-cxr/ieee"
+    for call in (storage.list_files, storage.root_is_dir):
+        with pytest.raises(s3.S3BucketNotFoundError, match=r"'no-such-bucket-cxr' does not exist") as caught:
+            call(uri)
+        assert uri in str(caught.value) and s3_env["endpoint"] in str(caught.value)
+    with pytest.raises(s3.S3BucketNotFoundError, match="no-such-bucket-cxr"):
+        storage.read_bytes(uri + "/metadata.csv")
+    for bad in ("s3://", "s3:///ieee"):
+        with pytest.raises(StorageError, match="malformed S3 URI"):
+            storage.list_files(bad)
+        with pytest.raises(StorageError, match="malformed S3 URI"):
+            storage.read_bytes(bad + "/x.png")
+    with pytest.raises(StorageError, match="Bad_Bucket"):
+        storage.list_files("s3://Bad_Bucket!/x")
+
+
+
+def test_s3_endpoint_without_scheme_is_a_clear_error(s3_env, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "localhost:9000")
+    s3.reset_client()
+    with pytest.raises(s3.S3ConfigError, match=r"s3://somebucket/x: .*localhost:9000.*AWS_ENDPOINT_URL"):
+        storage.list_files("s3://somebucket/x")
+
+
+@pytest.mark.parametrize("variable, value, code", [
+    ("AWS_SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch"),
+    ("AWS_ACCESS_KEY_ID", "unknown-key", "InvalidAccessKeyId"),
+])
+def test_s3_bad_credentials(s3_env, monkeypatch, variable, value, code):
+    bucket = new_bucket(s3_env)
+    write(Path(s3_env["dir"]) / bucket / "x.png", b"x")
+    settle(s3_env)
+    monkeypatch.setenv(variable, value)
+    s3.reset_client()
+    with pytest.raises(s3.S3AccessDeniedError, match=code) as caught:
+        storage.list_files(f"s3://{bucket}/")
+    message = str(caught.value)
+    assert f"s3://{bucket}/" in message and repr(bucket) in message and "AWS_SECRET_ACCESS_KEY" in message
+    with pytest.raises(s3.S3AccessDeniedError, match=code):
+        storage.read_bytes(f"s3://{bucket}/x.png")
+
+
+def test_s3_no_credentials(s3_env, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s3.reset_client()
+    with pytest.raises(s3.S3CredentialsError, match="s3://somebucket/x.*AWS_ACCESS_KEY_ID"):
+        storage.read_bytes("s3://somebucket/x.png")
+
+
+def test_s3_unreachable_endpoint_fails_fast_with_clear_error(s3_env, monkeypatch):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # one retry, so the test stays quick
+    s3.reset_client()
+    sent = []
+    s3.client().meta.events.register("before-send.s3", lambda **kwargs: sent.append(1))
+    start = time.perf_counter()
+    with pytest.raises(s3.S3ConnectionError, match="unreachable") as caught:
+        storage.list_files("s3://somebucket/ieee")
+    assert len(sent) == 2  # the first try and one retry
+    with pytest.raises(s3.S3ConnectionError, match="s3://somebucket/ieee/metadata.csv"):
+        storage.read_bytes("s3://somebucket/ieee/metadata.csv")
+    assert time.perf_counter() - start < 5
+    message = str(caught.value)
+    assert "s3://somebucket/ieee" in message and endpoint in message and "AWS_ENDPOINT_URL" in message
+
+
+# ---------------------------------------------------------------- S3: end to end
+
+
+def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
+    from components.imaging import load_images
+    from components.manifest import build_manifest, included
+
+    local_root = make_ieee8023(tmp_path / "ieee")
+    bucket = new_bucket(s3_env)
+    shutil.copytree(local_root, Path(s3_env["dir"]) / bucket / "ieee")  # straight onto the served disk
+    settle(s3_env)
+    s3_root = f"s3://{bucket}/ieee"
+
+    local = build_manifest([{"kind": "ieee8023", "root": str(local_root), "name": "localieee"}], "multiclass")
+    remote = build_manifest([{"kind": "ieee8023", "root": s3_root, "name": "s3ieee"}], "multiclass")
+    assert comparable(remote, s3_root) == comparable(local, str(local_root))
+    assert (remote["source"] == "s3ieee").all() and remote["patient_id"].str.startswith("s3ieee:").all()
+
+    reasons = dict(zip(remote["uri"].str.rsplit("/", n=1).str[-1], remote["exclusion_reason"]))
+    assert reasons == {"p1_a.png": "", "p2_a.png": "", "p3_a.png": "", "p3_b.png": "lateral view",
+                       "ct_1.png": "not an X-ray", "missing.png": "missing file", "p6_copy.png": "duplicate image",
+                       "outside.png": "path outside the source root", "p8_rgb.png": ""}
+    used = included(remote)
+    assert dict(zip(used["uri"].str.rsplit("/", n=1).str[-1], used["label"])) == {
+        "p1_a.png": "COVID-19", "p2_a.png": "pneumonia", "p3_a.png": "normal", "p8_rgb.png": "pneumonia"}
+    assert (used["sha256"].str.len() == 64).all()
+
+    stack = load_images(list(used["uri"]), 32)
+    assert stack.shape == (4, 32, 32) and stack.dtype == np.uint8
+    np.testing.assert_array_equal(stack, load_images(list(included(local)["uri"]), 32))
+    with pytest.raises(MissingFileError):
+        load_images([f"{s3_root}/images/missing.png"], 32)
+
+
+def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
+    import boto3
+
+    from components.manifest import build_manifest, included
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    files = {
+        "COVID-19/p1_a.png": png_bytes(1), "COVID-19/p2_a.png": png_bytes(2),
+        "normal/p3_a.png": png_bytes(3), "Pneumonia/p4_a.png": png_bytes(4, mode="RGB"),
+        "Pneumonia/notes.txt": b"not an image", "README.md": b"# ignored", "normal/.DS_Store": b"x",
+    }
+    uploader = boto3.client("s3", endpoint_url=s3_env["endpoint"], aws_access_key_id=s3_env["access_key"],
+                            aws_secret_access_key=s3_env["secret_key"], region_name="us-east-1")
+    uploader.create_bucket(Bucket=bucket)
+    assert (Path(s3_env["dir"]) / bucket).is_dir()
+    for name, data in files.items():
+        uploader.put_object(Bucket=bucket, Key=f"folder/{name}", Body=data)
+        write(tmp_path / "folder" / name, data)
+
+    remote = build_manifest([{"kind": "folder", "root": f"s3://{bucket}/folder", "name": "s3folder"}], "multiclass")
+    local = build_manifest([{"kind": "folder", "root": str(tmp_path / "folder"), "name": "s3folder"}], "multiclass")
+    assert comparable(remote, f"s3://{bucket}/folder") == comparable(local, str(tmp_path / "folder"))
+    labels = dict(zip(remote["uri"], remote["label"]))
+    assert labels == {
+        f"s3://{bucket}/folder/COVID-19/p1_a.png": "COVID-19", f"s3://{bucket}/folder/COVID-19/p2_a.png": "COVID-19",
+        f"s3://{bucket}/folder/Pneumonia/notes.txt": "", f"s3://{bucket}/folder/Pneumonia/p4_a.png": "pneumonia",
+        f"s3://{bucket}/folder/normal/p3_a.png": "normal",
+    }
+    assert len(included(remote)) == 4
+    assert set(remote.loc[remote["label"] == "", "exclusion_reason"]) == {"not a PNG/JPEG file"}
