@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="Markdown file; a .json with the raw rows is written beside it")
     args = parser.parse_args()
 
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for backbone in args.backbones:
         for mode in args.modes:
@@ -91,9 +93,10 @@ def main() -> None:
                 row = measure(backbone, SIZES[backbone], args.batch_size, args.steps, mode, mixed == "on")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                write_results(out, rows)  # after every row: a run cut short keeps what it measured
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+
+def write_results(out: Path, rows: list[dict]) -> None:
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     lines = [
         "# Training throughput (bare Keras fit, paper head, random weights)",
@@ -114,7 +117,6 @@ def main() -> None:
         for r in rows
     ]
     out.write_text("\n".join(lines) + "\n")
-    print(out.read_text())
 
 
 if __name__ == "__main__":

@@ -62,6 +62,16 @@ EXCLUDE_LATERAL = "lateral view"
 EXCLUDE_NOT_XRAY = "not an X-ray"
 EXCLUDE_NOT_IMAGE = "not a PNG/JPEG file"
 EXCLUDE_DUPLICATE = "duplicate image"
+
+# Reasons that mean the file itself is unusable (as opposed to its metadata).
+FILE_PROBLEM_REASONS: tuple[str, ...] = (
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_EMPTY_FILE,
+    EXCLUDE_TRUNCATED,
+    EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_TOO_LARGE,
+    EXCLUDE_UNREADABLE,
+)
 EXCLUDE_DUPLICATE_ROW = "duplicate manifest row"
 EXCLUDE_OUTSIDE_ROOT = "path outside the source root"
 

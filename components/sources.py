@@ -118,6 +118,7 @@ from components.manifest import (
     ADULT,
     PEDIATRIC,
     UNKNOWN_VIEW,
+    SourceError,
     age_group_from_age,
     candidate,
     is_image_name,
@@ -170,7 +171,7 @@ def _patient_id_from_stem(stem: str, pattern: re.Pattern[str]) -> str:
 def _compile_patient_pattern(pattern: str) -> re.Pattern[str]:
     compiled = re.compile(pattern)
     if "patient_id" not in compiled.groupindex:
-        raise ValueError(f"patient_id_pattern {pattern!r} needs a named group (?P<patient_id>...)")
+        raise SourceError(f"patient_id_pattern {pattern!r} needs a named group (?P<patient_id>...)")
     return compiled
 
 
@@ -193,7 +194,7 @@ def folder_candidates(
     pattern = _compile_patient_pattern(patient_id_pattern)
     in_classes = [relative for relative in list_files(root) if "/" in relative]
     if not in_classes:
-        raise ValueError(f"folder source root {root}: no files in class subfolders")
+        raise SourceError(f"folder source root {root}: no files in class subfolders")
     return [
         candidate(root, relative, relative.split("/")[0], _patient_id_from_stem(PurePosixPath(relative).stem, pattern),
                   mapping, view=default_view)
@@ -356,7 +357,7 @@ def kaggle_pneumonia_candidates(
         if chosen:
             break
     else:
-        raise ValueError(
+        raise SourceError(
             f"kaggle_pneumonia source root {root}: no files in {{train,val,test}}/{{NORMAL,PNEUMONIA}}/ "
             f"(also looked under chest_xray/)"
         )
@@ -396,7 +397,7 @@ def covid_radiography_candidates(
         # No patient ids in this dataset: each image is its own patient (see the module doc).
         found.append(candidate(root, relative, parts[0], PurePosixPath(relative).stem, mapping, view=default_view))
     if not found:
-        raise ValueError(f"covid_radiography source root {root}: no images in class folders (COVID/images/...)")
+        raise SourceError(f"covid_radiography source root {root}: no images in class folders (COVID/images/...)")
     return found
 
 
@@ -412,7 +413,7 @@ def _covidx_image_folder(split_file: str, image_folders: Mapping[str, str] | Non
     for folder in ("train", "val", "test"):
         if stem.startswith(folder):
             return folder
-    raise ValueError(
+    raise SourceError(
         f"covidx: cannot tell the image folder of split file {split_file!r} (its name does not start with "
         f"train, val or test); set image_folders: {{{split_file!r}: <folder>}}"
     )
@@ -422,7 +423,7 @@ def _covidx_split_files(root: str, split_files: list[str] | None) -> list[tuple[
     """[(split file, its text)]; explicit files must exist, defaults are those present."""
     if split_files is not None:
         if not split_files:
-            raise ValueError("covidx: split_files is empty")
+            raise SourceError("covidx: split_files is empty")
         return [(name, read_metadata_text(child_uri(root, name), "covidx split file")) for name in split_files]
     present = []
     for name in COVIDX_DEFAULT_SPLIT_FILES:
@@ -432,7 +433,7 @@ def _covidx_split_files(root: str, split_files: list[str] | None) -> list[tuple[
             continue
     if not present:
         texts = [relative for relative in list_files(root) if "/" not in relative and relative.endswith(".txt")]
-        raise ValueError(
+        raise SourceError(
             f"covidx source root {root}: none of {list(COVIDX_DEFAULT_SPLIT_FILES)} found; "
             f"set split_files (text files here: {texts})"
         )
@@ -453,7 +454,7 @@ def covidx_candidates(
         split_files = [split_files]
     unknown = sorted(set(image_folders or {}) - set(split_files or COVIDX_DEFAULT_SPLIT_FILES))
     if unknown:
-        raise ValueError(f"covidx: image_folders names files that are not split files: {unknown}")
+        raise SourceError(f"covidx: image_folders names files that are not split files: {unknown}")
     found = []
     for split_file, text in _covidx_split_files(root, split_files):
         folder = _covidx_image_folder(split_file, image_folders)
@@ -463,7 +464,7 @@ def covidx_candidates(
                 continue
             tokens = stripped.split()
             if len(tokens) < 3:
-                raise ValueError(
+                raise SourceError(
                     f"{child_uri(root, split_file)}:{number}: expected 'patientId filename label [source]', "
                     f"got {line!r}"
                 )
@@ -493,9 +494,9 @@ def _read_manifest_table(uri: str) -> pd.DataFrame:
     try:
         table = pd.read_parquet(io.BytesIO(data))
     except ImportError as error:
-        raise ValueError(f"{uri}: reading Parquet needs pyarrow ({error})") from None
+        raise SourceError(f"{uri}: reading Parquet needs pyarrow ({error})") from None
     except Exception as error:  # noqa: BLE001  (pyarrow raises its own types on a corrupt file)
-        raise ValueError(f"{uri}: not a readable Parquet file ({type(error).__name__}: {error})") from None
+        raise SourceError(f"{uri}: not a readable Parquet file ({type(error).__name__}: {error})") from None
     table.columns = [str(column).strip() for column in table.columns]
     return table.astype(object).where(table.notna(), "").astype(str)
 
@@ -526,7 +527,7 @@ def manifest_candidates(
     missing = [" or ".join(repr(c) for c in group) for group, column in
                ((_MANIFEST_PATH_COLUMNS, path_column), (_MANIFEST_FINDING_COLUMNS, finding_column)) if column is None]
     if missing:
-        raise ValueError(f"{uri}: missing required column(s) {', '.join(missing)}; found {list(table.columns)}")
+        raise SourceError(f"{uri}: missing required column(s) {', '.join(missing)}; found {list(table.columns)}")
     mapping = _task_map(task, label_map)
     found = []
     for number, record in enumerate(table.to_dict("records"), start=1):  # data rows, 1-based
@@ -552,7 +553,7 @@ def _manifest_age_group(record: Mapping[str, Any], uri: str, number: int) -> str
     if "age_group" in record:
         value = str(record["age_group"]).strip().lower()
         if value not in ("", ADULT, PEDIATRIC):
-            raise ValueError(f"{uri} row {number}: age_group {record['age_group']!r} is not {ADULT!r}, "
+            raise SourceError(f"{uri} row {number}: age_group {record['age_group']!r} is not {ADULT!r}, "
                              f"{PEDIATRIC!r} or blank")
         if value:
             return value

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from components.duplicates import duplicate_clusters
+
 SPLITS = ("train", "val", "test")
 EXCLUDE_OVER_CAP = "over max_images cap"
 
@@ -45,20 +47,15 @@ def split_groups(manifest: pd.DataFrame, linked_rows: Iterable[tuple[int, int]] 
     The same radiograph re-uploaded under another patient id would otherwise
     leak between train and test. Groups are named after their smallest patient id.
     """
-    parent: dict[str, str] = {patient: patient for patient in manifest["patient_id"]}
-
-    def root(patient: str) -> str:
-        while parent[patient] != patient:
-            parent[patient] = parent[parent[patient]]
-            patient = parent[patient]
-        return patient
-
     patients = manifest["patient_id"].to_numpy()
-    for first, second in linked_rows:
-        a, b = root(patients[first]), root(patients[second])
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return pd.Series([root(patient) for patient in patients], index=manifest.index, name="split_group")
+    names = sorted(set(patients))
+    position = {patient: index for index, patient in enumerate(names)}
+    patient_pairs = [(position[patients[first]], position[patients[second]]) for first, second in linked_rows]
+    cluster = duplicate_clusters(len(names), patient_pairs)
+    # Clusters are numbered by their first (smallest) member: name each after it.
+    first_member = {int(c): names[index] for index, c in reversed(list(enumerate(cluster)))}
+    return pd.Series([first_member[int(cluster[position[p]])] for p in patients], index=manifest.index,
+                     name="split_group")
 
 
 def assign_splits(

@@ -49,17 +49,9 @@ import numpy as np
 import pandas as pd
 
 from components.duplicates import exact_duplicate_groups, near_duplicate_pairs
-from components.labels import (
-    EXCLUDE_DUPLICATE,
-    EXCLUDE_EMPTY_FILE,
-    EXCLUDE_MISSING_FILE,
-    EXCLUDE_NOT_DECODABLE,
-    EXCLUDE_TOO_LARGE,
-    EXCLUDE_TRUNCATED,
-    EXCLUDE_UNREADABLE,
-    labels_for_task,
-)
-from components.manifest import LATERAL_VIEWS, MANIFEST_COLUMNS
+from components.labels import EXCLUDE_DUPLICATE, FILE_PROBLEM_REASONS, labels_for_task
+from components.manifest import ADULT, LATERAL_VIEWS, MANIFEST_COLUMNS, PEDIATRIC
+from components.splitting import SPLITS
 
 BLOCKING, WARNING = "blocking", "warning"
 SEVERITIES = (BLOCKING, WARNING)
@@ -67,17 +59,8 @@ SEVERITIES = (BLOCKING, WARNING)
 DEFAULT_MODES: tuple[str, ...] = ("L", "RGB", "RGBA", "P", "I;16", "I", "LA")
 DEFAULT_BIT_DEPTHS: tuple[int, ...] = (1, 8, 16)
 # Exclusion reasons that mean the file itself is broken (checked by `files_readable`).
-FILE_REASONS: tuple[str, ...] = (
-    EXCLUDE_MISSING_FILE,
-    EXCLUDE_EMPTY_FILE,
-    EXCLUDE_TRUNCATED,
-    EXCLUDE_NOT_DECODABLE,
-    EXCLUDE_TOO_LARGE,
-    EXCLUDE_UNREADABLE,
-)
+FILE_REASONS = FILE_PROBLEM_REASONS
 REQUIRED_COLUMNS: tuple[str, ...] = ("uri", "sha256", "label", "patient_id", "source")
-SPLITS: tuple[str, ...] = ("train", "val", "test")  # components.splitting.SPLITS
-PEDIATRIC, ADULT = "pediatric", "adult"
 
 # ---------------------------------------------------------------- check names and severities
 

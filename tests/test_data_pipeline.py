@@ -145,3 +145,21 @@ def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["success"] is False
     assert [check["name"] for check in summary["blocked_by"]] == ["min_images_per_class"]
+
+
+def test_missing_metadata_column_is_named_without_a_traceback(local_stack, tmp_path, capsys):
+    from cxr.cli import main
+
+    drop = tmp_path / "drop"
+    (drop / "images").mkdir(parents=True)
+    (drop / "metadata.csv").write_text("filename,patientid,view,modality\na.png,1,PA,X-ray\n")
+    config = tiny_config(tmp_path / "synthetic", name="bad-metadata")
+    config["data"]["sources"] = [{"kind": "ieee8023", "root": str(drop), "name": "drop"}]
+    del config["data"]["synthetic"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["--workdir", str(local_stack.workdir), "validate", "--config", str(path)])
+    message = capsys.readouterr().err
+    assert code == 1
+    assert str(drop / "metadata.csv") in message and "missing required column(s) ['finding']" in message
+    assert "Traceback" not in message

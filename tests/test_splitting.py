@@ -53,3 +53,14 @@ def test_limit_images_keeps_whole_patients_and_marks_the_rest():
     assert per_patient.max() == 1
     assert set(kept["label"]) == {"COVID-19", "normal", "pneumonia"}
     assert limit_images(frame, None, 0) is frame
+
+
+def test_split_groups_merge_patients_linked_by_near_duplicates():
+    import pandas as pd
+
+    from components.splitting import split_groups
+
+    frame = pd.DataFrame({"patient_id": ["b", "a", "c", "d", "c", "e"]})
+    groups = split_groups(frame, [(0, 3), (3, 5)])  # b~d, d~e
+    assert groups.tolist() == ["b", "a", "c", "b", "c", "b"]
+    assert split_groups(frame).tolist() == frame["patient_id"].tolist()
