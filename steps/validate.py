@@ -36,13 +36,19 @@ def _quiet_gx() -> None:
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
+def _run_docs_dir(docs_dir: str) -> str:
+    """One Data Docs site per pipeline run (both suites in it): a shared site would
+    re-render every earlier run's results on each build, growing without bound."""
+    return str(Path(docs_dir) / get_step_context().pipeline_run.name)
+
+
 @step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)
 def validate_data(
     manifest: pd.DataFrame, task: str, docs_dir: str, checks: dict[str, Any]
 ) -> tuple[Annotated[dict, VALIDATION_REPORT], Annotated[str, DATA_DOCS_INDEX]]:
     """The manifest suite (files, labels, duplicates, sources, views); reports, never raises."""
     _quiet_gx()
-    report = validate_manifest(manifest, task, docs_dir, **checks)
+    report = validate_manifest(manifest, task, _run_docs_dir(docs_dir), **checks)
     logger.info("Data validation (manifest):\n%s", report.summary)
     mlflow.log_dict(report.to_dict(), "data_validation/manifest_report.json")
     mlflow.log_metric("data_validation_success", float(report.success))
@@ -55,7 +61,7 @@ def validate_data_split(
 ) -> Annotated[dict, SPLIT_VALIDATION_REPORT]:
     """The split suite (patient and near-duplicate leaks, images per class and split); never raises."""
     _quiet_gx()
-    report = validate_split(split_manifest, task, docs_dir, **checks)
+    report = validate_split(split_manifest, task, _run_docs_dir(docs_dir), **checks)
     logger.info("Data validation (split):\n%s", report.summary)
     mlflow.log_dict(report.to_dict(), "data_validation/split_report.json")
     mlflow.log_metric("split_validation_success", float(report.success))
