@@ -1,14 +1,43 @@
 """Backbone registry and the paper's classification head.
 
-Each entry knows its Keras constructor, its default and minimum input size and
-how it normalises pixels. Normalisation is built into the model as a plain
-Keras layer (not a Lambda), so a saved `.keras` model takes raw 0..255 pixels
-and loads without unsafe deserialisation.
+Each entry knows its Keras constructor, its default and minimum input size,
+the file Keras caches its ImageNet no-top weights in, and how it normalises
+pixels. Normalisation is built into the model as plain Keras layers (no
+Lambda), so a saved `.keras` model takes raw 0..255 RGB pixels (grayscale
+repeated to 3 channels upstream) and loads without unsafe deserialisation.
+
+Weights sources (`build_classifier(..., weights=...)`, the run config's
+`backbones[].weights`):
+
+- ``none``: random initialisation (train from scratch).
+- ``imagenet``: Keras' ImageNet no-top file, read only from the Keras cache
+  ``$KERAS_HOME/models`` (pre-seed it on air-gapped clusters); never
+  downloaded at run time.
+- a local file: backbone weights (``.weights.h5`` written by
+  ``base.save_weights`` or a Keras ``.h5`` file) for the backbone as
+  ``keras.applications.<X>(weights=None)`` builds it; a file named like the
+  backbone's Keras ImageNet file is treated as that file (this matters only
+  for EfficientNet, see below). A ``.keras`` file is a whole classifier built
+  here: its backbone warm-starts the new model.
+- ``s3://bucket/key``: the same, read through components.storage into a
+  temporary file (StorageError names the URI).
+- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a registered
+  MLflow model (components.serving's pyfunc); its backbone warm-starts the new
+  model. Backbone and input size must match.
+
+Every backbone is built by ``keras.applications.<X>(weights=None)`` and then
+loaded from a file, so all models of one backbone have the same structure
+whatever the source (Keras' EfficientNet adds a layer only for
+``weights="imagenet"``; its effect is folded into the Normalization layer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +50,41 @@ class WeightsUnavailableError(RuntimeError):
     pass
 
 
+class IncompatibleWeightsError(ValueError):
+    """A warm-start model's backbone does not fit the model being built."""
+
+
+# ImageNet channel statistics (RGB), as in keras.applications.imagenet_utils.
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+PREPROCESSING_MODES = {
+    "tf": "x / 127.5 - 1",
+    "torch": "(x / 255 - ImageNet mean) / ImageNet std, per RGB channel",
+    "caffe": "RGB -> BGR, then minus the ImageNet mean (BGR, 0..255 scale)",
+    "none": "identity: the backbone rescales its input itself",
+}
+
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
     constructor: str  # attribute of keras.applications
     default_size: int
     min_size: int
-    normalisation: str  # "tf": x/127.5 - 1
-    imagenet_file: str  # file name Keras caches under $KERAS_HOME/models
+    normalisation: str  # a key of PREPROCESSING_MODES
+    imagenet_file: str  # file name Keras caches under $KERAS_HOME/models ({alpha}, {size} filled in)
+    module: str  # keras.applications.<module>.preprocess_input is the reference preprocessing
     has_alpha: bool = False
+    imagenet_alphas: tuple[float, ...] = ()  # alphas with published ImageNet weights
+    imagenet_sizes: tuple[int, ...] = ()  # sizes with their own ImageNet file; others use 224's
+
+    def preprocess_input(self, images):
+        """The backbone's preprocessing (the layers built into its models) on 0..255 RGB pixels."""
+        return preprocess(self, images)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -37,15 +92,33 @@ BACKBONES: dict[str, BackboneSpec] = {
     for spec in (
         BackboneSpec(
             "InceptionV3", "InceptionV3", 299, 75, "tf",
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "inception_v3",
         ),
         BackboneSpec(
             "Xception", "Xception", 299, 71, "tf",
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception",
         ),
         BackboneSpec(
             "MobileNet", "MobileNet", 224, 32, "tf",
-            "mobilenet_{alpha}_{size}_tf_no_top.h5", has_alpha=True,
+            "mobilenet_{alpha}_{size}_tf_no_top.h5", "mobilenet", has_alpha=True,
+            imagenet_alphas=(0.25, 0.5, 0.75, 1.0), imagenet_sizes=(128, 160, 192, 224),
+        ),
+        BackboneSpec(
+            "MobileNetV2", "MobileNetV2", 224, 32, "tf",
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5", "mobilenet_v2",
+            has_alpha=True, imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+            imagenet_sizes=(96, 128, 160, 192, 224),
+        ),
+        BackboneSpec(
+            "EfficientNetB0", "EfficientNetB0", 224, 32, "none", "efficientnetb0_notop.h5", "efficientnet",
+        ),
+        BackboneSpec(
+            "DenseNet121", "DenseNet121", 224, 32, "torch",
+            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "densenet",
+        ),
+        BackboneSpec(
+            "ResNet50", "ResNet50", 224, 32, "caffe",
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet50",
         ),
     )
 }
@@ -66,42 +139,273 @@ def keras_cache_dir() -> Path:
 
 
 def imagenet_weights_file(spec: BackboneSpec, image_size: int, alpha: float) -> str:
-    # MobileNet ships weights for alpha in {0.25, 0.5, 0.75, 1.0} and sizes {128, 160, 192, 224}.
-    alpha_text = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}.get(alpha, str(alpha))
-    size = image_size if image_size in (128, 160, 192, 224) else 224
+    """The file name Keras gives the backbone's ImageNet no-top weights."""
+    if spec.name == "MobileNet":
+        alpha_text = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}.get(alpha, str(alpha))
+    else:
+        alpha_text = str(float(alpha))
+    # Keras falls back to the 224 weights for other sizes (the convolutions do not depend on it).
+    size = image_size if image_size in spec.imagenet_sizes else 224
     return spec.imagenet_file.format(alpha=alpha_text, size=size)
 
 
-def resolve_weights(spec: BackboneSpec, weights: str, image_size: int, alpha: float) -> str | None:
-    """Turn the config's `weights` into what keras.applications accepts.
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+    match = MODELS_URI.match(str(uri))
+    if not match:
+        raise ValueError(
+            f"malformed registered-model URI {uri!r}; expected models:/<name>@<alias> or models:/<name>/<version>"
+        )
+    return match["name"], match["alias"], match["version"]
 
-    `none` -> None; a file path -> that path; `imagenet` -> "imagenet" only if
-    the file is already in the Keras cache, because this system runs offline.
-    """
+
+def weights_kind(weights: str | None) -> str:
+    """Which source a `weights` value names: none | imagenet | s3 | registered | file."""
     if weights in ("none", "None", "", None):
-        return None
+        return "none"
     if weights == "imagenet":
-        cached = keras_cache_dir() / imagenet_weights_file(spec, image_size, alpha)
-        if not cached.exists():
-            raise WeightsUnavailableError(
-                f"ImageNet weights for {spec.name} are not in the Keras cache ({cached}) and this "
-                "system does not download at run time. Either copy the file there (set KERAS_HOME "
-                "to a folder whose models/ holds it), or set `weights:` in the run config to a local "
-                "weights file (.h5 / .weights.h5), or use `weights: none` to train from scratch."
-            )
         return "imagenet"
+    if str(weights).startswith("s3://"):
+        return "s3"
+    if str(weights).startswith("models:/"):
+        return "registered"
+    return "file"
+
+
+def _imagenet_cached_file(spec: BackboneSpec, image_size: int, alpha: float) -> Path:
+    if spec.has_alpha and spec.imagenet_alphas and alpha not in spec.imagenet_alphas:
+        raise WeightsUnavailableError(
+            f"{spec.name} has ImageNet weights only for alpha in {list(spec.imagenet_alphas)}, got {alpha}; "
+            "use another alpha, a weights file, or `weights: none`"
+        )
+    cached = keras_cache_dir() / imagenet_weights_file(spec, image_size, alpha)
+    if not cached.is_file():
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {spec.name} are not in the Keras cache: expected the file "
+            f"{cached.name} in the folder {cached.parent}, and this system does not download at run "
+            "time. Either copy the file there (set KERAS_HOME to a folder whose models/ holds it), "
+            "or set `weights:` in the run config to a local weights file (.h5 / .weights.h5), an "
+            "s3:// URI or a registered model (models:/<name>@<alias>), or use `weights: none` to "
+            "train from scratch."
+        )
+    return cached
+
+
+def resolve_weights(spec: BackboneSpec, weights: str, image_size: int, alpha: float) -> str | None:
+    """A local `weights` value -> the file to load (None: random initialisation).
+
+    `none` -> None; `imagenet` -> the cached Keras file (WeightsUnavailableError
+    with instructions when it is missing); a path -> that path. Remote sources
+    (s3://, models:/) need a temporary download: use `weights_source`.
+    """
+    kind = weights_kind(weights)
+    if kind == "none":
+        return None
+    if kind == "imagenet":
+        return str(_imagenet_cached_file(spec, image_size, alpha))
+    if kind in ("s3", "registered"):
+        raise ValueError(f"{weights!r} is remote; resolve it with `weights_source` (a context manager)")
     path = Path(weights)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file {weights!r} for {spec.name} does not exist")
     return str(path)
 
 
-def normalisation_layer(mode: str):
+@contextlib.contextmanager
+def weights_source(spec: BackboneSpec, weights: str, image_size: int, alpha: float) -> Iterator[str | None]:
+    """Like `resolve_weights`, for every source: yields a local file (or None) that exists
+    inside the block. s3:// objects are copied to a temporary file (keeping their name, which
+    says the format); a registered model is downloaded and its `.keras` file yielded."""
+    kind = weights_kind(weights)
+    if kind in ("none", "imagenet", "file"):
+        yield resolve_weights(spec, weights, image_size, alpha)
+        return
+    with tempfile.TemporaryDirectory(prefix="cxr-weights-") as tmp:
+        if kind == "s3":
+            from components.storage import parse_s3_uri, read_bytes
+
+            _, key = parse_s3_uri(weights)
+            name = Path(key).name or "weights.h5"
+            target = Path(tmp) / name
+            target.write_bytes(read_bytes(weights))  # StorageError names the URI
+            yield str(target)
+        else:
+            yield str(download_registered_keras_model(weights, tmp))
+
+
+def download_registered_keras_model(uri: str, dst: str | Path) -> Path:
+    """Download a registered pyfunc model (components.serving) and return its `.keras` file."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    parse_models_uri(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as error:
+        raise WeightsUnavailableError(f"cannot load the registered model {uri}: {error.message}") from error
+    artifacts = {}
+    if (local / "MLmodel").is_file():
+        flavor = Model.load(str(local / "MLmodel")).flavors.get("python_function", {})
+        artifacts = flavor.get("artifacts") or {}
+    from components.serving import KERAS_ARTIFACT  # noqa: PLC0415  (serving imports this module)
+
+    entry = artifacts.get(KERAS_ARTIFACT)
+    if entry and (local / entry["path"]).is_file():
+        return local / entry["path"]
+    found = sorted(local.rglob("*.keras"))
+    if len(found) != 1:
+        raise IncompatibleWeightsError(
+            f"the registered model {uri} holds {len(found)} .keras files, expected one "
+            f"(a components.serving pyfunc model with the {KERAS_ARTIFACT!r} artifact)"
+        )
+    return found[0]
+
+
+def preprocessing_layers(mode: str) -> list:
+    """Plain Keras layers that equal keras.applications' `preprocess_input` for `mode`
+    on channels-last RGB 0..255 input. Computed in float32 whatever the dtype policy."""
     import keras
+    import numpy as np
 
     if mode == "tf":
-        return keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="preprocess_input")
-    raise ValueError(f"unknown normalisation {mode!r}")
+        return [keras.layers.Rescaling(scale=1.0 / 127.5, offset=-1.0, name="preprocess_input", dtype="float32")]
+    if mode == "torch":
+        std = np.asarray(IMAGENET_STD_RGB)
+        return [
+            keras.layers.Rescaling(
+                scale=(1.0 / (255.0 * std)).tolist(), offset=(-np.asarray(IMAGENET_MEAN_RGB) / std).tolist(),
+                name="preprocess_input", dtype="float32",
+            )
+        ]
+    if mode == "caffe":
+        # RGB -> BGR and mean subtraction as one fixed (non-trainable) per-pixel linear map:
+        # a 0/1 permutation matrix is exact in float32.
+        permutation = np.eye(3, dtype=np.float32)[::-1]
+        return [
+            keras.layers.Dense(
+                3, name="preprocess_input", trainable=False, dtype="float32",
+                kernel_initializer=keras.initializers.Constant(permutation.tolist()),
+                bias_initializer=keras.initializers.Constant((-np.asarray(CAFFE_MEAN_BGR)).tolist()),
+            )
+        ]
+    if mode == "none":
+        return [keras.layers.Identity(name="preprocess_input", dtype="float32")]
+    raise ValueError(f"unknown normalisation {mode!r}; known: {', '.join(PREPROCESSING_MODES)}")
+
+
+def normalisation_layer(mode: str):
+    """The single preprocessing layer for `mode` (see `preprocessing_layers`)."""
+    (layer,) = preprocessing_layers(mode)
+    return layer
+
+
+def preprocess(spec_or_name: BackboneSpec | str, images):
+    """Apply the backbone's built-in preprocessing to a batch (N, H, W, 3) of 0..255 pixels."""
+    spec = get_backbone(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
+    x = images
+    for layer in preprocessing_layers(spec.normalisation):
+        x = layer(x)
+    return x
+
+
+def _finalize_states(model) -> None:
+    """Layers that cache tensors derived from their weights (Normalization) refresh them."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
+
+
+def _fold_efficientnet_imagenet_std(base) -> None:
+    """Keras' EfficientNet with weights="imagenet" divides by sqrt(std) after its Normalization
+    layer, a layer it adds only then. Fold that into the variance: (x - m) / sqrt(v * std)."""
+    import numpy as np
+    import keras
+
+    norm = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
+    variance = np.asarray(norm.adapt_variance.numpy())
+    norm.adapt_variance.assign(variance * np.asarray(IMAGENET_STD_RGB, dtype=variance.dtype))
+    norm.finalize_state()
+
+
+def find_backbone(model):
+    """The backbone (the nested keras Model) inside a classifier built here."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise IncompatibleWeightsError(
+            f"model {model.name!r} has {len(nested)} nested backbones, expected one (a classifier built "
+            "by components.backbones.build_classifier)"
+        )
+    return nested[0]
+
+
+def _source_identity(model, contract: dict | None) -> tuple[str | None, int | None]:
+    if contract and contract.get("backbone"):
+        return contract.get("backbone"), contract.get("image_size")
+    name = model.name[len("cxr_"):] if model.name.startswith("cxr_") else None
+    backbone = next((spec.name for spec in BACKBONES.values() if spec.name.lower() == name), None)
+    shape = model.inputs[0].shape if model.inputs else None
+    return backbone, (int(shape[1]) if shape is not None and shape[1] is not None else None)
+
+
+def _registered_contract(keras_file: Path) -> dict | None:
+    """The model contract of the pyfunc model whose artifacts hold `keras_file`, if any
+    (components.serving keeps it at <model>/artifacts/<file>.keras)."""
+    from mlflow.models import Model
+
+    for folder in list(keras_file.parents)[:2]:
+        if (folder / "MLmodel").is_file():
+            return (Model.load(str(folder / "MLmodel")).metadata or {}).get("contract")
+    return None
+
+
+def copy_backbone_weights(source_file: str | Path, base, spec: BackboneSpec, image_size: int, source: str) -> None:
+    """Warm start: copy the backbone weights of the classifier in `source_file` (`.keras`) into `base`."""
+    import keras
+
+    source_model = keras.saving.load_model(str(source_file), compile=False)
+    backbone, size = _source_identity(source_model, _registered_contract(Path(source_file)))
+    if backbone != spec.name or (size is not None and size != image_size):
+        raise IncompatibleWeightsError(
+            f"cannot warm-start {spec.name} at {image_size}x{image_size} from {source}: it is "
+            f"{backbone or 'an unknown backbone'} at {size}x{size}; use the same backbone and image_size"
+        )
+    source_base = find_backbone(source_model)
+    source_weights, target_weights = source_base.weights, base.weights
+    mismatch = [
+        (t.path, tuple(s.shape), tuple(t.shape))
+        for s, t in zip(source_weights, target_weights)
+        if tuple(s.shape) != tuple(t.shape)
+    ]
+    if len(source_weights) != len(target_weights) or mismatch:
+        detail = (
+            f"first mismatch {mismatch[0]}" if mismatch else f"{len(source_weights)} vs {len(target_weights)} arrays"
+        )
+        raise IncompatibleWeightsError(
+            f"the backbone weights of {source} do not fit {spec.name} ({detail}); "
+            "was it trained with another alpha?"
+        )
+    for s, t in zip(source_weights, target_weights):
+        t.assign(s)
+    _finalize_states(base)
+
+
+def load_backbone_weights(base, spec: BackboneSpec, path: str, image_size: int, alpha: float, source: str) -> None:
+    """Load a weights file, or warm-start from a `.keras` classifier, into the backbone."""
+    if path.endswith(".keras"):
+        copy_backbone_weights(path, base, spec, image_size, source)
+        return
+    try:
+        base.load_weights(path)
+    except (ValueError, OSError, KeyError) as error:
+        raise IncompatibleWeightsError(f"cannot load weights {source} into {spec.name}: {error}") from error
+    _finalize_states(base)
+    if spec.constructor.startswith("EfficientNet") and Path(path).name == imagenet_weights_file(
+        spec, image_size, alpha
+    ):
+        _fold_efficientnet_imagenet_std(base)
 
 
 def build_classifier(
@@ -115,6 +419,9 @@ def build_classifier(
     scratch_bn_momentum: float = 0.9,
 ):
     """Backbone + the paper's head: GAP -> BatchNorm -> Flatten -> Dense(128) -> Dropout -> out.
+
+    `weights`: none | imagenet | a local file | s3://bucket/key | models:/<name>@<alias> or
+    models:/<name>/<version> (see the module docstring).
 
     `num_classes == 2` builds the binary head Dense(1, sigmoid); otherwise
     Dense(num_classes, softmax). With pretrained weights the backbone is frozen
@@ -131,18 +438,22 @@ def build_classifier(
     spec = get_backbone(backbone)
     if image_size < spec.min_size:
         raise ValueError(f"{backbone} needs image_size >= {spec.min_size}, got {image_size}")
-    resolved = resolve_weights(spec, weights, image_size, alpha)
     kwargs = {"alpha": alpha} if spec.has_alpha else {}
-    base = getattr(keras.applications, spec.constructor)(
-        include_top=False, weights=resolved, input_shape=(image_size, image_size, 3), **kwargs
-    )
-    pretrained = resolved is not None
+    with weights_source(spec, weights, image_size, alpha) as path:
+        base = getattr(keras.applications, spec.constructor)(
+            include_top=False, weights=None, input_shape=(image_size, image_size, 3), **kwargs
+        )
+        if path is not None:
+            load_backbone_weights(base, spec, path, image_size, alpha, source=str(weights))
+    pretrained = path is not None
     base.trainable = not pretrained
     if not pretrained:
         set_batchnorm_momentum(base, scratch_bn_momentum)
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    x = normalisation_layer(spec.normalisation)(inputs)
+    x = inputs
+    for layer in preprocessing_layers(spec.normalisation):
+        x = layer(x)
     x = base(x, training=False) if pretrained else base(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.BatchNormalization()(x)

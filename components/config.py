@@ -134,16 +134,56 @@ class AugmentationConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
+    """One backbone to train (components/backbones.py has the registry).
+
+    - ``name``: DenseNet121, EfficientNetB0, InceptionV3, MobileNet, MobileNetV2,
+      ResNet50 or Xception. Each has its own preprocessing built into the model,
+      so every model takes raw 0..255 pixels.
+    - ``image_size``: default the backbone's own (299 for InceptionV3 and
+      Xception, 224 for the others); at least its minimum (75, 71, else 32).
+    - ``alpha``: width multiplier, MobileNet and MobileNetV2 only. ImageNet
+      weights exist for MobileNet alpha 0.25/0.5/0.75/1.0 and MobileNetV2
+      0.35/0.5/0.75/1.0/1.3/1.4.
+    - ``weights``, where the backbone's starting weights come from:
+
+      - ``imagenet``: Keras' ImageNet file, read only from the Keras cache
+        ``$KERAS_HOME/models`` (pre-seed it; nothing is downloaded at run time).
+      - ``none``: random initialisation, train from scratch.
+      - a local path: a backbone weights file (``.weights.h5`` / Keras ``.h5``),
+        or a ``.keras`` classifier whose backbone warm-starts this one.
+      - ``s3://bucket/key``: the same, read from S3.
+      - ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a
+        registered MLflow model of the same backbone and image_size; its
+        backbone weights warm-start this one.
+
+      Files and models are checked when the backbone is built (on the worker
+      that trains it), not here; only the URI forms are validated here.
+    """
+
     name: str
     image_size: int | None = None  # default: the backbone's own
-    alpha: float = Field(1.0, gt=0, le=1.0)
-    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    alpha: float = Field(1.0, gt=0, le=1.4)
+    weights: str = Field("imagenet", min_length=1)  # imagenet | none | path | s3://... | models:/...
 
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
         get_backbone(name)  # raises with the list of valid names
         return name
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: str) -> str:
+        from components.backbones import parse_models_uri, weights_kind
+
+        kind = weights_kind(weights)
+        if kind == "s3":
+            bucket, _, key = weights[len("s3://"):].partition("/")
+            if not bucket or not key or key.endswith("/"):
+                raise ValueError(f"{weights!r} names no object; expected s3://bucket/path/to/weights-file")
+        elif kind == "registered":
+            parse_models_uri(weights)  # ValueError naming both accepted forms
+        return weights
 
     @model_validator(mode="after")
     def _size(self) -> "BackboneConfig":
@@ -153,17 +193,55 @@ class BackboneConfig(_Strict):
         if self.image_size < spec.min_size:
             raise ValueError(f"{self.name} needs image_size >= {spec.min_size}, got {self.image_size}")
         if self.alpha != 1.0 and not spec.has_alpha:
-            raise ValueError(f"{self.name} has no alpha (width multiplier); only MobileNet does")
+            raise ValueError(f"{self.name} has no alpha (width multiplier); only MobileNet and MobileNetV2 do")
         return self
 
 
 class TrainingConfig(_Strict):
+    """Two phases (components.training.train_classifier).
+
+    Phase 1 trains the head for up to `epochs` with the backbone frozen (when
+    it is pretrained; from scratch everything trains and there is no phase 2).
+    Phase 2 unfreezes the top `fine_tune_layers` layers of the backbone
+    (BatchNorm layers stay frozen, in inference mode) and trains for up to
+    `fine_tune_epochs` more at `fine_tune_learning_rate`. Both phases stop
+    early on val_loss and restore the best weights; phase 2 keeps phase 1's
+    weights unless it beats phase 1's best val_loss.
+    """
+
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)  # per replica: with N GPUs the global batch is N x batch_size
     learning_rate: float = Field(1e-3, gt=0)
     patience: int = Field(5, ge=1)  # EarlyStopping on val_loss, best weights restored
-    # cosine: the learning rate decays to 0 over `epochs` (steadier end of training).
+    # cosine: the learning rate decays to 0 over each phase's epochs (steadier end of training).
     lr_schedule: Literal["constant", "cosine"] = "constant"
+    fine_tune_layers: int = Field(0, ge=0)  # 0: no phase 2
+    fine_tune_epochs: int = Field(10, ge=0)
+    fine_tune_learning_rate: float = Field(1e-5, gt=0)
+    # ReduceLROnPlateau on val_loss, off unless reduce_lr_patience is set. It
+    # changes a float learning rate, so it needs lr_schedule: constant, and it
+    # only acts if its patience is shorter than EarlyStopping's.
+    reduce_lr_patience: int | None = Field(None, ge=1)
+    reduce_lr_factor: float = Field(0.2, gt=0, lt=1)
+    min_learning_rate: float = Field(1e-7, ge=0)
+    # Save a checkpoint after every epoch in the artifact store; a re-run of the
+    # same training (same key) resumes from the last completed epoch.
+    checkpoints: bool = True
+
+    @model_validator(mode="after")
+    def _reduce_lr_combination(self) -> "TrainingConfig":
+        if self.reduce_lr_patience is not None:
+            if self.lr_schedule != "constant":
+                raise ValueError(
+                    "reduce_lr_patience (ReduceLROnPlateau) needs lr_schedule: constant; "
+                    f"{self.lr_schedule} already sets the learning rate every step"
+                )
+            if self.reduce_lr_patience >= self.patience:
+                raise ValueError(
+                    f"reduce_lr_patience ({self.reduce_lr_patience}) must be shorter than patience "
+                    f"({self.patience}), or EarlyStopping ends training before the learning rate drops"
+                )
+        return self
 
 
 class RegistryConfig(_Strict):

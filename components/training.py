@@ -7,12 +7,32 @@ and a twelfth of float32 RGB); a tf.data map turns each batch into the float32
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import tempfile
 import time
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import numpy as np
 
+from components.checkpoints import (
+    CheckpointFolder,
+    TrainingState,
+    best_weights_file,
+    optimizer_file,
+    weights_file,
+)
 from components.imaging import load_images, resize_grayscale
+
+logger = logging.getLogger(__name__)
+
+# Keras progress output: verbose=2 prints one line per epoch ("Epoch 3/30 - 12s -
+# loss: ... val_loss: ..."). verbose=1 redraws a bar with carriage returns, which
+# ZenML's step logs (a file, the dashboard) store as hundreds of partial lines
+# per epoch; one line per epoch reads well there and in `kubectl logs`.
+KERAS_VERBOSE = 2
 
 
 def resize_stack(grays: np.ndarray, size: int) -> np.ndarray:
@@ -61,11 +81,204 @@ def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int
     raise ValueError(f"unknown lr_schedule {schedule!r}; valid: constant, cosine")
 
 
-def compile_classifier(model, num_classes: int, learning_rate) -> None:
+def compile_classifier(model, num_classes: int, learning_rate, run_eagerly: bool = False) -> None:
     import keras
 
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"],
+                  run_eagerly=run_eagerly)
+
+
+# --- devices -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How to use the visible accelerators: dtype policy, distribution strategy, batch size."""
+
+    gpus: int
+    precision_policy: str  # "float32" or "mixed_float16"
+    strategy: str  # "default" (one device) or "mirrored" (data parallel over the GPUs)
+    replicas: int
+    global_batch_size: int  # batch_size per replica x replicas
+
+
+def device_plan(num_gpus: int, batch_size: int) -> DevicePlan:
+    """GPU: mixed float16 (tensor cores; the output layer stays float32). Several GPUs:
+    MirroredStrategy, each replica keeping `batch_size`, so the global batch grows with them."""
+    if num_gpus <= 0:
+        return DevicePlan(0, "float32", "default", 1, batch_size)
+    if num_gpus == 1:
+        return DevicePlan(1, "mixed_float16", "default", 1, batch_size)
+    return DevicePlan(num_gpus, "mixed_float16", "mirrored", num_gpus, batch_size * num_gpus)
+
+
+def visible_gpus() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+@contextlib.contextmanager
+def device_scope(plan: DevicePlan):
+    """Build, compile and fit inside this: sets the dtype policy (restored on exit, since
+    steps of the local orchestrator share one process) and the strategy scope."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(plan.precision_policy)
+    try:
+        if plan.strategy == "mirrored":
+            import tensorflow as tf
+
+            with tf.distribute.MirroredStrategy().scope():
+                yield
+        else:
+            yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+def find_backbone(model):
+    """The nested backbone model inside a build_classifier model (None if there is none)."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested[0] if nested else None
+
+
+def unfreeze_top_layers(backbone, count: int) -> int:
+    """Make the top `count` layers of the backbone trainable, BatchNorm layers excepted.
+
+    Layers are counted as `backbone.layers` lists them (activations and padding
+    included), as in the Keras transfer-learning guide. BatchNorm layers stay
+    frozen: with trainable=False a Keras 3 BatchNorm runs in inference mode and
+    keeps its ImageNet statistics, which small batches of X-rays would spoil.
+    Returns the number of layers with weights made trainable.
+    """
+    import keras
+
+    backbone.trainable = True
+    cut = max(0, len(backbone.layers) - count)
+    unfrozen = 0
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        unfrozen += int(layer.trainable and bool(layer.weights))
+    return unfrozen
+
+
+def _save_optimizer(optimizer, path: str) -> None:
+    np.savez(path, *[np.asarray(variable.numpy()) for variable in optimizer.variables])
+
+
+def _restore_optimizer(model, path: str) -> bool:
+    """Load saved optimizer variables (moments, iterations, learning rate); False if they do not fit."""
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    with np.load(path) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = list(optimizer.variables)
+    if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
+        logger.warning("checkpoint optimizer state does not fit this optimizer; starting it afresh")
+        return False
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return True
+
+
+def _reduce_lr_callback(settings: dict[str, Any], restored: dict[str, Any]):
+    import keras
+
+    class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for name in ("wait", "cooldown_counter", "best"):
+                if name in restored:
+                    setattr(self, name, restored[name])
+
+        def snapshot(self) -> dict[str, Any]:
+            best = None if self.best is None else float(self.best)
+            return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter), "best": best}
+
+    return ResumableReduceLROnPlateau(
+        monitor="val_loss", factor=settings["reduce_lr_factor"], patience=settings["reduce_lr_patience"],
+        min_lr=settings["min_learning_rate"], verbose=1,
+    )
+
+
+def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolder | None, scratch: str,
+                    best_weights, reduce_lr):
+    """EarlyStopping on val_loss that lives in `state`, plus a checkpoint after every epoch."""
+    import keras
+
+    class PhaseCallback(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best_weights = best_weights
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = dict(logs or {})
+            val_loss = logs.get("val_loss")
+            improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
+            state.record_epoch(logs, improved)
+            files: dict[str, str] = {}
+            if improved:
+                self.best_weights = self.model.get_weights()
+                if folder is not None:
+                    state.best_weights = best_weights_file(state.epoch)
+                    files[state.best_weights] = os.path.join(scratch, state.best_weights)
+                    self.model.save_weights(files[state.best_weights])
+            if state.wait >= patience:
+                self.model.stop_training = True
+            state.reduce_lr = reduce_lr.snapshot() if reduce_lr is not None else {}
+            if folder is not None:
+                state.weights, state.optimizer = weights_file(state.epoch), optimizer_file(state.epoch)
+                files[state.weights] = os.path.join(scratch, state.weights)
+                files[state.optimizer] = os.path.join(scratch, state.optimizer)
+                self.model.save_weights(files[state.weights])
+                _save_optimizer(self.model.optimizer, files[state.optimizer])
+                folder.save(state, files)
+                for local in files.values():
+                    os.remove(local)
+
+    return PhaseCallback()
+
+
+def _run_phase(model, state: TrainingState, *, train_data, val_data, class_weight, end_epoch: int,
+               patience: int, settings: dict[str, Any], folder: CheckpointFolder | None, scratch: str,
+               best_weights, callbacks: list, verbose: int):
+    """Fit from state.epoch to end_epoch (global numbering); leaves the best weights in the model.
+
+    Returns the best weights seen so far (kept in memory for the next phase).
+    """
+    reduce_lr = None
+    if settings.get("reduce_lr_patience") and settings.get("lr_schedule", "constant") == "constant":
+        reduce_lr = _reduce_lr_callback(settings, state.reduce_lr)
+    phase_callback = _phase_callback(state, patience, folder, scratch, best_weights, reduce_lr)
+    if state.epoch < end_epoch and state.wait < patience:
+        model.fit(
+            train_data, validation_data=val_data, initial_epoch=state.epoch, epochs=end_epoch,
+            class_weight=class_weight,
+            callbacks=[*([reduce_lr] if reduce_lr else []), phase_callback, *callbacks],
+            verbose=verbose,
+        )
+    if phase_callback.best_weights is not None:
+        model.set_weights(phase_callback.best_weights)
+    return phase_callback.best_weights
+
+
+def _summary(state: TrainingState, seconds: float, epochs_this_run: int, train_images: int) -> dict[str, Any]:
+    return {
+        "history": {key: [float(v) for v in values] for key, values in state.history.items()},
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch or 0,
+        "best_val_loss": float(state.best_val_loss) if state.best_val_loss is not None else float("nan"),
+        "seconds": seconds,
+        "images_per_second": epochs_this_run * train_images / seconds if seconds else 0.0,
+    }
 
 
 def fit_classifier(
@@ -81,38 +294,140 @@ def fit_classifier(
     lr_schedule: str = "constant",
     callbacks: list | None = None,
 ) -> dict[str, Any]:
-    """Compile and fit with EarlyStopping on val_loss (best weights restored).
+    """Compile and fit one phase with EarlyStopping on val_loss (best weights restored).
 
-    Returns the per-epoch history plus timing, for logging.
+    Returns the per-epoch history plus timing, for logging. The pipeline uses
+    train_classifier (two phases, checkpoints, devices); this is its single-phase core.
     """
     import keras
 
     keras.utils.set_random_seed(seed)
     steps_per_epoch = -(-len(train[0]) // batch_size)
     compile_classifier(model, num_classes, learning_rate_schedule(learning_rate, lr_schedule, epochs * steps_per_epoch))
-    early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=patience, restore_best_weights=True
-    )
+    state = TrainingState(key="")
     started = time.perf_counter()
-    history = model.fit(
-        make_dataset(*train, batch_size, shuffle_seed=seed),
-        validation_data=make_dataset(*val, batch_size),
-        epochs=epochs,
-        class_weight=balanced_class_weights(train[1], num_classes),
-        callbacks=[early_stopping, *(callbacks or [])],
-        verbose=2,
-    )
-    seconds = time.perf_counter() - started
-    epochs_run = len(history.history["loss"])
-    val_losses = history.history["val_loss"]
-    return {
-        "history": {key: [float(v) for v in values] for key, values in history.history.items()},
-        "epochs_run": epochs_run,
-        "best_epoch": int(np.argmin(val_losses)) + 1,
-        "best_val_loss": float(np.min(val_losses)),
-        "seconds": seconds,
-        "images_per_second": epochs_run * len(train[0]) / seconds if seconds else 0.0,
+    with tempfile.TemporaryDirectory() as scratch:
+        _run_phase(
+            model, state, train_data=make_dataset(*train, batch_size, shuffle_seed=seed),
+            val_data=make_dataset(*val, batch_size), class_weight=balanced_class_weights(train[1], num_classes),
+            end_epoch=epochs, patience=patience, settings={"lr_schedule": lr_schedule}, folder=None,
+            scratch=scratch, best_weights=None, callbacks=list(callbacks or []), verbose=KERAS_VERBOSE,
+        )
+    return _summary(state, time.perf_counter() - started, state.epoch, len(train[0]))
+
+
+def train_classifier(
+    build_model: Callable[[], Any],
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    training: dict[str, Any],
+    seed: int,
+    checkpoint_dir: str | None = None,
+    checkpoint_key: str = "",
+    filesystem: Any = None,
+    callbacks: list | None = None,
+    num_gpus: int | None = None,
+    verbose: int = KERAS_VERBOSE,
+    run_eagerly: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Seed, build the model for the visible devices, train it in one or two phases.
+
+    `build_model()` returns a build_classifier model; it is called after
+    seeding, under the dtype policy and the distribution strategy.
+    `training` holds TrainingConfig's keys. Phase 1 fits for up to `epochs`
+    (backbone frozen when pretrained); phase 2, when `fine_tune_layers` > 0 and
+    the backbone is pretrained, unfreezes its top layers and fits for up to
+    `fine_tune_epochs` more at `fine_tune_learning_rate`, epochs numbered on
+    from phase 1. EarlyStopping's best carries over, so phase 2 keeps phase
+    1's weights unless it beats them.
+
+    With `checkpoint_dir`, every epoch is checkpointed there (through
+    `filesystem`, zenml.io.fileio's interface; local by default) and a call
+    with the same folder and `checkpoint_key` resumes after the last completed
+    epoch. The caller removes the folder when it no longer needs it.
+    `run_eagerly` skips graph tracing (debugging; tiny test models, where
+    tracing costs more than the steps).
+
+    Returns the trained model (best weights) and a summary for logging.
+    """
+    import keras
+
+    settings = {
+        "fine_tune_layers": 0, "fine_tune_epochs": 0, "fine_tune_learning_rate": 1e-5, "reduce_lr_patience": None,
+        "reduce_lr_factor": 0.2, "min_learning_rate": 0.0, "lr_schedule": "constant", **training,
     }
+    plan = device_plan(visible_gpus() if num_gpus is None else num_gpus, settings["batch_size"])
+    keras.utils.set_random_seed(seed)  # Python, NumPy and backend RNGs: weight init, dropout
+    folder = CheckpointFolder(checkpoint_dir, filesystem) if checkpoint_dir else None
+    state = folder.load(checkpoint_key) if folder is not None else None
+    resumed_from = state.epoch if state is not None else 0
+    if state is None:
+        state = TrainingState(key=checkpoint_key)
+    else:
+        logger.info("resuming training from checkpoint %s after epoch %d (phase %d)", checkpoint_dir, state.epoch,
+                    state.phase)
+    batch = plan.global_batch_size
+    steps_per_epoch = -(-len(train[0]) // batch)
+    started = time.perf_counter()
+    with device_scope(plan), tempfile.TemporaryDirectory() as scratch:
+        model = build_model()
+        backbone = find_backbone(model)
+        pretrained = backbone is not None and not backbone.trainable
+        fine_tune = pretrained and settings["fine_tune_layers"] > 0 and settings["fine_tune_epochs"] > 0
+        train_data = make_dataset(*train, batch, shuffle_seed=seed)
+        val_data = make_dataset(*val, batch)
+        common = dict(
+            train_data=train_data, val_data=val_data, class_weight=balanced_class_weights(train[1], num_classes),
+            patience=settings["patience"], settings=settings, folder=folder, scratch=scratch,
+            callbacks=list(callbacks or []), verbose=verbose,
+        )
+
+        best_weights = None
+        if state.best_weights and folder is not None:
+            model.load_weights(folder.fetch(state.best_weights, scratch))
+            best_weights = model.get_weights()
+        if state.weights and folder is not None:
+            model.load_weights(folder.fetch(state.weights, scratch))
+
+        if state.phase == 1:
+            compile_classifier(model, num_classes, learning_rate_schedule(
+                settings["learning_rate"], settings["lr_schedule"], settings["epochs"] * steps_per_epoch), run_eagerly)
+            if state.optimizer and folder is not None:
+                _restore_optimizer(model, folder.fetch(state.optimizer, scratch))
+            best_weights = _run_phase(model, state, end_epoch=settings["epochs"], best_weights=best_weights, **common)
+            if fine_tune:
+                state.finish_phase1()
+                if folder is not None:  # phase 2 starts from phase 1's best weights
+                    state.weights = weights_file(state.epoch)
+                    local = os.path.join(scratch, state.weights)
+                    model.save_weights(local)
+                    folder.save(state, {state.weights: local})
+        unfrozen = 0
+        if fine_tune:
+            unfrozen = unfreeze_top_layers(backbone, settings["fine_tune_layers"])
+            logger.info("phase 2: fine-tuning the top %d layers of %s (%d trainable, BatchNorm frozen) at lr %g",
+                        settings["fine_tune_layers"], backbone.name, unfrozen, settings["fine_tune_learning_rate"])
+            compile_classifier(model, num_classes, learning_rate_schedule(
+                settings["fine_tune_learning_rate"], settings["lr_schedule"],
+                settings["fine_tune_epochs"] * steps_per_epoch), run_eagerly)
+            if state.optimizer and folder is not None:
+                _restore_optimizer(model, folder.fetch(state.optimizer, scratch))
+            _run_phase(model, state, end_epoch=state.phase_start + settings["fine_tune_epochs"],
+                       best_weights=best_weights, **common)
+    seconds = time.perf_counter() - started
+    phase1_epochs = state.phase1_epochs if state.phase1_epochs is not None else state.epoch
+    summary = {
+        **_summary(state, seconds, state.epoch - resumed_from, len(train[0])),
+        "phase1_epochs": phase1_epochs,
+        "phase2_epochs": state.epoch - phase1_epochs,
+        "fine_tuned_layers": unfrozen,
+        "pretrained": pretrained,
+        "resumed_from_epoch": resumed_from,
+        "seed": seed,
+        "device": asdict(plan),
+    }
+    return model, summary
 
 
 def predict_probabilities(model, grays: np.ndarray, num_classes: int, batch_size: int = 32) -> np.ndarray:

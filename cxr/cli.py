@@ -3,6 +3,7 @@
     cxr setup                          create the local ZenML stack (idempotent)
     cxr train --config FILE            run the training pipeline
     cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training)
+    cxr ablation --config FILE         the paper's ablation (Table 4) for one backbone
     cxr check-config --config FILE     validate a run config, run nothing
     cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
     cxr predict IMAGE...               label + probabilities from the champion
@@ -72,6 +73,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    config = load_run_config(args.config, _parse_overrides(args.set))
+    paths = _environment(args.workdir)
+    from cxr.runner import run_ablation
+
+    summary = run_ablation(config, paths, PROJECT_ROOT, backbone=args.backbone, task=args.task,
+                           zenml_overlays=args.zenml_config)
+    print(format_ablation(summary, paths))
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def format_ablation(summary: dict[str, Any], paths) -> str:
+    lines = ["", "=" * 72,
+             f"Ablation run '{summary['run_name']}' finished ({summary['backbone']}, {summary['task']}).", "",
+             summary["markdown"].rstrip(), "",
+             f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}', "
+             "artifacts ablation/ablation.md, ablation/ablation.csv)",
+             f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
+             "=" * 72]
+    return "\n".join(lines)
+
+
+def _add_ablation_parser(commands) -> None:
+    sub = commands.add_parser("ablation", help="the paper's ablation: augmentation x transfer for one backbone")
+    sub.add_argument("--config", required=True, help="run config YAML (see configs/ablation-quick.yaml)")
+    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set training.epochs=1")
+    sub.add_argument("--backbone", help="backbone to ablate (default: the config's first)")
+    sub.add_argument("--task", choices=["binary", "multiclass"], help="task (default: the config's)")
+    sub.add_argument("--summary-json", help="also write the table and run summary to this JSON file")
+    sub.add_argument("--zenml-config", action="append", default=[], metavar="YAML",
+                     help="ZenML run-config overlay merged over zenml_config.yaml")
+    sub.set_defaults(handler=cmd_ablation)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -184,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="ZenML run-config overlay merged over zenml_config.yaml "
                                   "(e.g. infra/zenml_kubernetes.yaml)")
 
+    _add_ablation_parser(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
 

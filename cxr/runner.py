@@ -126,3 +126,39 @@ def collect_summary(pipeline_run_id, config: RunConfig) -> dict[str, Any]:
         "mlflow_run_id": registration["mlflow_run_id"],
         "experiment": EXPERIMENT_NAME,
     }
+
+
+def run_ablation(
+    config: RunConfig, paths: LocalPaths, project_root: Path, backbone: str | None = None, task: str | None = None,
+    zenml_overlays: list[str] = (),
+) -> dict[str, Any]:
+    """The paper's ablation (Table 4) for one backbone (the config's first, or `backbone`) and
+    task (the config's, or `task`): four variants on one split, one table. Nothing is registered."""
+    from components.ablation import ablation_config
+
+    config = ablation_config(config, backbone=backbone, task=task)  # ConfigError before anything runs
+    _prepare(config, paths, project_root)
+    from pipelines.ablation import PIPELINE_NAME, ablation_pipeline
+
+    pipeline_run = _run_pipeline(ablation_pipeline, config, paths, project_root, zenml_overlays)
+    return collect_ablation(pipeline_run.id, PIPELINE_NAME)
+
+
+def collect_ablation(pipeline_run_id, experiment: str) -> dict[str, Any]:
+    """The ablation table (Markdown, CSV) and its rows from a finished ablation run."""
+    from zenml.client import Client
+
+    from steps.ablation import ABLATION_CSV, ABLATION_SUMMARY, ABLATION_TABLE
+
+    run = Client().get_pipeline_run(pipeline_run_id)
+    if run.status.value != "completed":
+        raise RuntimeError(f"pipeline run {run.name} ended with status {run.status.value}")
+    outputs = run.steps["ablation_report"].outputs
+    summary = outputs[ABLATION_SUMMARY][0].load()
+    return {
+        "run_name": run.name,
+        **summary,
+        "markdown": str(outputs[ABLATION_TABLE][0].load()),
+        "csv": str(outputs[ABLATION_CSV][0].load()),
+        "experiment": experiment,
+    }

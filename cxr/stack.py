@@ -18,6 +18,7 @@ MODEL_REGISTRY = "cxr_mlflow_registry"
 MODEL_DEPLOYER = "cxr_mlflow_deployer"
 EXPERIMENT_NAME = "cxr_training"  # = the training pipeline's name, which ZenML uses as experiment
 DATA_EXPERIMENT_NAME = "cxr_data_validation"  # = the data validation pipeline's name
+ABLATION_EXPERIMENT_NAME = "cxr_ablation"  # = the ablation pipeline's name
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
         existing = client.list_stack_components(name=name, type=component_type)
         if not existing.total:
             client.create_stack_component(name, flavor, component_type, configuration)
-    for experiment in (EXPERIMENT_NAME, DATA_EXPERIMENT_NAME):
+    for experiment in (EXPERIMENT_NAME, DATA_EXPERIMENT_NAME, ABLATION_EXPERIMENT_NAME):
         ensure_mlflow_experiment(paths.tracking_uri, paths.mlflow_artifacts, experiment)
     if not client.list_stacks(name=STACK_NAME).total:
         client.create_stack(

@@ -25,3 +25,8 @@ SPLIT_VALIDATION_REPORT = "split_validation_report"
 STEWARD_SUMMARY = "steward_summary"
 STEWARD_REPORT = "steward_report"
 EXCLUDED_ROWS = "excluded_rows"
+
+# The ablation (steps/ablation.py).
+ABLATION_TABLE = "ablation_table"
+ABLATION_CSV = "ablation_csv"
+ABLATION_SUMMARY = "ablation_summary"

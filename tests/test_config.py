@@ -32,7 +32,7 @@ def test_backbone_default_size_comes_from_registry():
     [
         ({"task": "trinary"}, "task", "'binary' or 'multiclass'"),
         ({"split.train": 0.9}, "split", "must be 1.0"),
-        ({"backbones.0.name": "ResNet9"}, "backbones.0.name", "valid backbones: InceptionV3, MobileNet, Xception"),
+        ({"backbones.0.name": "ResNet9"}, "backbones.0.name", "valid backbones: DenseNet121, EfficientNetB0, InceptionV3, MobileNet, MobileNetV2, ResNet50, Xception"),
         ({"backbones.0.image_size": 16}, "backbones.0", "needs image_size >= 32"),
         ({"training.epochs": 0}, "training.epochs", "greater than or equal to 1"),
         ({"training.epoch": 3}, "training.epoch", "Extra inputs are not permitted"),

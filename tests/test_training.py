@@ -2,10 +2,21 @@ import numpy as np
 import pytest
 
 from components.backbones import build_classifier
-from components.training import balanced_class_weights, fit_classifier, predict_probabilities, resize_stack
+from components.training import (
+    DevicePlan,
+    balanced_class_weights,
+    device_plan,
+    find_backbone,
+    fit_classifier,
+    predict_probabilities,
+    resize_stack,
+    train_classifier,
+)
 
 
-@pytest.mark.parametrize("num_classes", [2, 3])
+# Binary (Dense(1, sigmoid)) is fitted and predicted in the two-phase test below; one
+# traced (graph-mode) fit here keeps the tests fast on 2 shared cores.
+@pytest.mark.parametrize("num_classes", [3])
 def test_fit_and_predict_both_tasks(num_classes):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (12, 40, 40), dtype=np.uint8)
@@ -24,3 +35,94 @@ def test_fit_and_predict_both_tasks(num_classes):
 def test_rare_classes_weigh_more():
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights[1] > weights[0] and weights[2] == 1.0
+
+
+def tiny_data(num_classes=2, n=12, size=32):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
+    labels = np.arange(n) % num_classes
+    return (images, labels), (images[:6], labels[:6])
+
+
+class EpochRecorder:
+    """Collects the epoch indices Keras reports (what mlflow_epoch_logger logs as steps)."""
+
+    def __new__(cls):
+        import keras
+
+        class Recorder(keras.callbacks.Callback):
+            epochs: list = []
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.epochs.append(epoch)
+
+        recorder = Recorder()
+        recorder.epochs = []
+        return recorder
+
+
+@pytest.fixture(scope="module")
+def pretrained_weights(tmp_path_factory):
+    """A 'pretrained' MobileNet backbone weights file (random weights, saved locally)."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "mobilenet.weights.h5"
+    keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.25).save_weights(path)
+    return str(path)
+
+
+def test_two_phases_fine_tune_top_layers_with_batchnorm_frozen(pretrained_weights):
+    import keras
+
+    train, val = tiny_data()
+    training = {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "patience": 5, "lr_schedule": "constant",
+                "fine_tune_layers": 6, "fine_tune_epochs": 1, "fine_tune_learning_rate": 1e-5,
+                "reduce_lr_patience": 1, "reduce_lr_factor": 0.5, "min_learning_rate": 1e-7}
+    recorder = EpochRecorder()
+    model, summary = train_classifier(
+        lambda: build_classifier("MobileNet", 2, 32, weights=pretrained_weights, alpha=0.25),
+        train, val, num_classes=2, training=training, seed=0, callbacks=[recorder], num_gpus=0, run_eagerly=True,
+    )
+    assert summary["pretrained"] and summary["phase1_epochs"] == 2 and summary["phase2_epochs"] == 1
+    assert recorder.epochs == [0, 1, 2]  # phase 2 numbered after phase 1
+    assert len(summary["history"]["val_loss"]) == 3 and summary["seed"] == 0
+    backbone = find_backbone(model)
+    trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
+    assert 1 <= len(trainable) == summary["fine_tuned_layers"] <= 6
+    assert all(layer in backbone.layers[-6:] for layer in trainable)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    assert model.optimizer.learning_rate.numpy() <= 1e-5 + 1e-12  # recompiled at the fine-tuning rate
+    probabilities = predict_probabilities(model, train[0], 2)
+    assert probabilities.shape == (12, 2) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_scratch_model_trains_everything_and_skips_phase_2():
+    train, val = tiny_data(3)
+    training = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "patience": 2, "lr_schedule": "cosine",
+                "fine_tune_layers": 10, "fine_tune_epochs": 3}
+    model, summary = train_classifier(
+        lambda: build_classifier("MobileNet", 3, 32, weights="none", alpha=0.25),
+        train, val, num_classes=3, training=training, seed=1, num_gpus=0, run_eagerly=True,
+    )
+    assert not summary["pretrained"] and summary["phase2_epochs"] == 0 and summary["epochs_run"] == 1
+    assert find_backbone(model).trainable
+    assert summary["device"] == {"gpus": 0, "precision_policy": "float32", "strategy": "default", "replicas": 1,
+                                 "global_batch_size": 4}
+
+
+def test_device_plan():
+    assert device_plan(0, 16) == DevicePlan(0, "float32", "default", 1, 16)
+    assert device_plan(1, 16) == DevicePlan(1, "mixed_float16", "default", 1, 16)
+    assert device_plan(4, 16) == DevicePlan(4, "mixed_float16", "mirrored", 4, 64)
+
+
+def test_reduce_lr_needs_constant_schedule_and_shorter_patience():
+    from pydantic import ValidationError
+
+    from components.config import TrainingConfig
+
+    assert TrainingConfig(reduce_lr_patience=2, patience=5).reduce_lr_patience == 2
+    with pytest.raises(ValidationError, match="lr_schedule: constant"):
+        TrainingConfig(reduce_lr_patience=2, lr_schedule="cosine")
+    with pytest.raises(ValidationError, match="shorter than patience"):
+        TrainingConfig(reduce_lr_patience=5, patience=5)

@@ -1,0 +1,228 @@
+"""Training checkpoints: the key that names a training, and the state that lets it resume.
+
+A checkpoint folder holds one training in flight:
+
+    state.json                 the commit record (written last, renamed into place)
+    epoch-0003.weights.h5      the model's weights after the last completed epoch
+    epoch-0003.optimizer.npz   the optimizer's variables then (moments, iterations, learning rate)
+    best-0002.weights.h5       the weights of the best epoch so far (EarlyStopping restores them)
+
+Files are written first, `state.json` last, so a process killed at any moment
+leaves either the previous consistent state or the new one; files that no
+state refers to are removed on the next save. The folder may be on S3: all
+access goes through a small filesystem object with the signature of
+`zenml.io.fileio` (copy, exists, listdir, makedirs, remove, rename, rmtree,
+open); `LOCAL_FS` is the local one, so this module needs neither ZenML nor Keras.
+Keras files are written to a local temporary folder and copied in.
+
+Epochs are counted globally: phase 2 (fine-tuning) continues the numbering of
+phase 1, as in the logs and in MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+
+
+def checkpoint_key(*parts: Any) -> str:
+    """16 hex digits naming a training: the hash of its inputs as canonical JSON.
+
+    The step passes the backbone config, the training config, the seed, the
+    class names and the data digests; anything that changes the result must be
+    among them, anything that does not (run names, folders) must not.
+    """
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def split_digest(split_manifest) -> str:
+    """Content hash of a split manifest: dataset_version (files, labels, exclusions) plus each row's split."""
+    from components.manifest import dataset_version
+
+    pairs = sorted(zip(split_manifest["uri"].astype(str), split_manifest["split"].astype(str)))
+    digest = hashlib.sha256(dataset_version(split_manifest).encode())
+    for uri, split in pairs:
+        digest.update(f"\x1e{uri}\x1f{split}".encode())
+    return digest.hexdigest()[:16]
+
+
+def array_digest(*arrays) -> str:
+    """Hash of arrays' shapes, dtypes and bytes (the augmented training set is not in the manifest)."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class TrainingState:
+    """Where a training stands after its last completed epoch."""
+
+    key: str
+    phase: int = 1  # 1: head (backbone frozen when pretrained); 2: fine-tuning
+    epoch: int = 0  # completed epochs, both phases together
+    phase_start: int = 0  # global epoch at which the current phase began (phase 1: 0)
+    phase1_epochs: int | None = None  # set when phase 1 has finished (early stopping may end it before `epochs`)
+    best_val_loss: float | None = None
+    best_epoch: int | None = None  # 1-based global epoch of best_val_loss
+    wait: int = 0  # epochs since the last improvement (EarlyStopping)
+    reduce_lr: dict[str, Any] = field(default_factory=dict)  # ReduceLROnPlateau counters
+    weights: str | None = None  # file names inside the folder
+    optimizer: str | None = None
+    best_weights: str | None = None
+    history: dict[str, list[float]] = field(default_factory=dict)
+    version: int = STATE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainingState":
+        data = json.loads(text)
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"checkpoint state version {data.get('version')!r}, expected {STATE_VERSION}")
+        return cls(**data)
+
+    def record_epoch(self, logs: dict[str, float], improved: bool) -> None:
+        """Advance by one completed epoch (the caller decides what counts as an improvement)."""
+        self.epoch += 1
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(float(value))
+        if improved:
+            self.best_val_loss = float(logs["val_loss"])
+            self.best_epoch = self.epoch
+            self.wait = 0
+        else:
+            self.wait += 1
+
+    def finish_phase1(self) -> None:
+        """Phase 1 is over; phase 2 starts from its (best) weights with a fresh optimizer."""
+        self.phase1_epochs = self.epoch
+        self.phase = 2
+        self.phase_start = self.epoch
+        self.wait = 0
+        self.reduce_lr = {}
+        self.optimizer = None
+
+    def referenced_files(self) -> set[str]:
+        return {name for name in (self.weights, self.optimizer, self.best_weights) if name}
+
+
+def weights_file(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.weights.h5"
+
+
+def optimizer_file(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.optimizer.npz"
+
+
+def best_weights_file(epoch: int) -> str:
+    return f"best-{epoch:04d}.weights.h5"
+
+
+class _LocalFilesystem:
+    """The subset of zenml.io.fileio that checkpoints use, on local paths."""
+
+    @staticmethod
+    def copy(src: str, dst: str, overwrite: bool = False) -> None:
+        if not overwrite and os.path.exists(dst):
+            raise FileExistsError(dst)
+        shutil.copyfile(src, dst)
+
+    @staticmethod
+    def exists(path: str) -> bool:
+        return os.path.exists(path)
+
+    @staticmethod
+    def listdir(path: str) -> list[str]:
+        return os.listdir(path)
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    @staticmethod
+    def remove(path: str) -> None:
+        os.remove(path)
+
+    @staticmethod
+    def rename(src: str, dst: str, overwrite: bool = False) -> None:
+        if not overwrite and os.path.exists(dst):
+            raise FileExistsError(dst)
+        os.replace(src, dst)
+
+    @staticmethod
+    def rmtree(path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def open(path: str, mode: str = "r"):
+        return open(path, mode)
+
+
+LOCAL_FS = _LocalFilesystem()
+
+
+class CheckpointFolder:
+    """A checkpoint folder on any filesystem with zenml.io.fileio's interface."""
+
+    def __init__(self, path: str, fs: Any = None):
+        self.path = str(path)
+        self.fs = fs or LOCAL_FS
+
+    def _join(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+    def load(self, key: str) -> TrainingState | None:
+        """The saved state for this key, or None (no folder, another key, unreadable state)."""
+        path = self._join(STATE_FILE)
+        if not self.fs.exists(path):
+            return None
+        try:
+            with self.fs.open(path, "r") as handle:
+                state = TrainingState.from_json(handle.read())
+        except (ValueError, TypeError, OSError):
+            return None
+        if state.key != key or not all(self.fs.exists(self._join(name)) for name in state.referenced_files()):
+            return None
+        return state
+
+    def fetch(self, name: str, local_folder: str) -> str:
+        """Copy one file of the folder to a local folder; returns the local path."""
+        local = os.path.join(local_folder, name)
+        self.fs.copy(self._join(name), local, overwrite=True)
+        return local
+
+    def save(self, state: TrainingState, local_files: dict[str, str]) -> None:
+        """Copy the new files in, commit the state, then drop files no state refers to."""
+        self.fs.makedirs(self.path)
+        for name, local in local_files.items():
+            self.fs.copy(local, self._join(name), overwrite=True)
+        pending = self._join(STATE_FILE + ".tmp")
+        with self.fs.open(pending, "w") as handle:
+            handle.write(state.to_json())
+        self.fs.rename(pending, self._join(STATE_FILE), overwrite=True)
+        keep = state.referenced_files() | {STATE_FILE}
+        for name in self.fs.listdir(self.path):
+            name = os.path.basename(str(name).rstrip("/"))
+            if name not in keep:
+                try:
+                    self.fs.remove(self._join(name))
+                except OSError:
+                    pass
+
+    def clear(self) -> None:
+        if self.fs.exists(self.path):
+            self.fs.rmtree(self.path)

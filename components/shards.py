@@ -1,0 +1,200 @@
+"""Offline augmentation: expand a training set by a factor into sharded TFRecord files, streaming.
+
+The paper trains on 64 augmented copies of each image (7,800 x 64 = 499,200
+images); held in memory that is 45 GB at 299 px. Here originals are augmented
+in fixed-size chunks by worker processes and written to shards as they come
+back, so memory holds the originals plus a few chunks in flight, whatever the
+factor.
+
+Reproducible: a chunk's random stream depends only on (seed, chunk index),
+never on the number of workers, so 1 or 8 workers write identical shards.
+Shards are written to a local folder (tf.io writes no s3:// without
+tensorflow-io); the caller copies them to the artifact store.
+
+Record: ``image`` (raw uint8 bytes, H x W grayscale), ``height``, ``width``,
+``label`` (int64 class index).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.augmentation import augment_copies
+
+CHUNK_SIZE = 32  # originals per augmentation task (fixed: the seeds depend on it)
+INDEX_FILE = "shards.json"
+
+
+def _augment_chunk(task: tuple[np.ndarray, np.ndarray, dict[str, Any], int, int]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels, operations, copies_per_image, chunk_seed = task
+    augmented, origin = augment_copies(images, operations, copies_per_image, chunk_seed)
+    return augmented, labels[origin]
+
+
+def chunk_seed(seed: int, chunk_index: int) -> int:
+    return (seed * 1_000_003 + chunk_index) % (2**31 - 1)
+
+
+def augmented_chunks(
+    images: np.ndarray,
+    labels: np.ndarray,
+    operations: dict[str, Any],
+    copies_per_image: int,
+    seed: int,
+    workers: int = 1,
+    include_originals: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) chunks in a fixed order: each chunk's originals, then their copies.
+
+    At most 2 x workers chunks are in flight, so memory does not grow with the
+    number of copies.
+    """
+    tasks = (
+        (images[start:start + CHUNK_SIZE], labels[start:start + CHUNK_SIZE], operations, copies_per_image,
+         chunk_seed(seed, start // CHUNK_SIZE))
+        for start in range(0, len(images), CHUNK_SIZE)
+    )
+    if workers <= 1:
+        for task in tasks:
+            if include_originals:
+                yield task[0], task[1]
+            yield _augment_chunk(task)
+        return
+    import multiprocessing
+
+    # forkserver: forking a process that runs TensorFlow / ZenML threads can deadlock.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append((task[0], task[1], pool.submit(_augment_chunk, task)))
+            if len(pending) >= 2 * workers:
+                yield from _drain_one(pending, include_originals)
+        while pending:
+            yield from _drain_one(pending, include_originals)
+
+
+def _drain_one(pending: deque, include_originals: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    originals, labels, future = pending.popleft()
+    if include_originals:
+        yield originals, labels
+    yield future.result()
+
+
+def _example(image: np.ndarray, label: int) -> bytes:
+    import tensorflow as tf
+
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+        "height": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.shape[0]])),
+        "width": tf.train.Feature(int64_list=tf.train.Int64List(value=[image.shape[1]])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shards(
+    images: np.ndarray,
+    labels: np.ndarray,
+    operations: dict[str, Any],
+    copies_per_image: int,
+    seed: int,
+    out_dir: str | Path,
+    images_per_shard: int = 2048,
+    workers: int = 1,
+    include_originals: bool = True,
+) -> dict[str, Any]:
+    """Write originals + `copies_per_image` augmented copies each into TFRecord shards in `out_dir`.
+
+    Returns (and writes as shards.json) the index: shard file names, image count,
+    image shape, per-label counts.
+    """
+    import tensorflow as tf
+
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (N, H, W) grayscale images, got {images.dtype} {images.shape}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    writer, in_shard, total = None, 0, 0
+    label_counts: dict[int, int] = {}
+    try:
+        for chunk_images, chunk_labels in augmented_chunks(
+            images, labels, operations, copies_per_image, seed, workers, include_originals
+        ):
+            for image, label in zip(chunk_images, chunk_labels):
+                if writer is None or in_shard == images_per_shard:
+                    if writer is not None:
+                        writer.close()
+                    names.append(f"shard-{len(names):05d}.tfrecord")
+                    writer, in_shard = tf.io.TFRecordWriter(str(out / names[-1])), 0
+                writer.write(_example(image, label))
+                in_shard += 1
+                total += 1
+                label_counts[int(label)] = label_counts.get(int(label), 0) + 1
+    finally:
+        if writer is not None:
+            writer.close()
+    index = {
+        "shards": names,
+        "images": total,
+        "image_shape": list(images.shape[1:]),
+        "label_counts": {str(k): v for k, v in sorted(label_counts.items())},
+        "copies_per_image": copies_per_image,
+        "seed": seed,
+    }
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return index
+
+
+def read_index(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / INDEX_FILE).read_text())
+
+
+def shard_dataset(
+    folder: str | Path,
+    size: int,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    shuffle_buffer: int = 4096,
+):
+    """tf.data over a shard folder: parse, resize to `size`, gray -> 3-channel float32 raw pixels, batch.
+
+    Shards are read interleaved in parallel and, with `shuffle_seed`, shuffled
+    (shard order and a bounded record buffer, reshuffled each epoch).
+    """
+    import tensorflow as tf
+
+    folder = Path(folder)
+    index = read_index(folder)
+    files = [str(folder / name) for name in index["shards"]]
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "height": tf.io.FixedLenFeature([], tf.int64),
+        "width": tf.io.FixedLenFeature([], tf.int64),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    def parse(record):
+        example = tf.io.parse_single_example(record, spec)
+        gray = tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), [example["height"], example["width"], 1])
+        image = tf.image.resize(tf.cast(gray, tf.float32), [size, size], method="bilinear")
+        return tf.repeat(image, 3, axis=-1), example["label"]
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(4, len(files)) or 1, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=shuffle_seed is None,
+    )
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)

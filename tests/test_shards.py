@@ -1,0 +1,63 @@
+"""Offline expansion into TFRecord shards: counts, labels, worker-count independence, reading back."""
+
+import numpy as np
+import pytest
+
+from components.augmentation import resolve_operations
+from components.shards import read_index, shard_dataset, write_shards
+
+
+def _records(folder):
+    import tensorflow as tf
+
+    index = read_index(folder)
+    images, labels = [], []
+    for name in index["shards"]:
+        for record in tf.data.TFRecordDataset(str(folder / name)):
+            example = tf.train.Example.FromString(record.numpy())
+            feature = example.features.feature
+            shape = (feature["height"].int64_list.value[0], feature["width"].int64_list.value[0])
+            images.append(np.frombuffer(feature["image"].bytes_list.value[0], np.uint8).reshape(shape))
+            labels.append(feature["label"].int64_list.value[0])
+    return np.stack(images), np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def originals():
+    rng = np.random.default_rng(0)
+    images = (rng.random((40, 48, 48)) * 255).astype(np.uint8)
+    return images, np.arange(40) % 3
+
+
+def test_shards_hold_originals_and_copies_independent_of_workers(originals, tmp_path):
+    images, labels = originals
+    operations = resolve_operations("paper")
+    serial = write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "one", images_per_shard=50)
+    parallel = write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "two", images_per_shard=50,
+                            workers=2)
+    assert serial["images"] == 40 * 4 and len(serial["shards"]) == 4  # 160 records, 50 per shard
+    assert serial["label_counts"] == {"0": 14 * 4, "1": 13 * 4, "2": 13 * 4}
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
+    # Chunk order: the first 32 originals untouched, then their 3 x 32 copies.
+    assert np.array_equal(one[0][:32], images[:32])
+    assert not np.array_equal(one[0][32:64], images[:32])
+    other_seed = write_shards(images, labels, operations, 3, seed=6, out_dir=tmp_path / "six", images_per_shard=50)
+    assert other_seed["images"] == 160 and not np.array_equal(_records(tmp_path / "six")[0], one[0])
+
+
+def test_shard_dataset_feeds_model_input(originals, tmp_path):
+    images, labels = originals
+    write_shards(images, labels, resolve_operations("light"), 1, seed=0, out_dir=tmp_path, images_per_shard=16)
+    batches = list(shard_dataset(tmp_path, size=32, batch_size=8, shuffle_seed=1))
+    assert sum(len(batch[1]) for batch in batches) == 80
+    first_images, first_labels = batches[0]
+    assert first_images.shape == (8, 32, 32, 3) and first_images.dtype.name == "float32"
+    assert float(first_images.numpy().max()) <= 255.0 and set(first_labels.numpy()) <= {0, 1, 2}
+    ordered = np.concatenate([batch[1].numpy() for batch in shard_dataset(tmp_path, size=32, batch_size=8)])
+    assert sorted(ordered.tolist()) == sorted(np.concatenate([labels, labels]).tolist())
+
+
+def test_write_shards_rejects_color_input(tmp_path):
+    with pytest.raises(ValueError, match="grayscale"):
+        write_shards(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2, int), resolve_operations("none"), 1, 0, tmp_path)
