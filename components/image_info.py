@@ -75,9 +75,6 @@ NO_FILE: dict[str, Any] = {
 MODE_BIT_DEPTH = {"1": 1, "L": 8, "LA": 8, "P": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
                   "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 
-# Modes wider than 8 bits: min-max rescaled to 0..255 before hashing, as imaging does.
-_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
-
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
 
@@ -118,7 +115,7 @@ def _box_downscale(image: Image.Image) -> Image.Image:
 def _hash_input(image: Image.Image) -> np.ndarray:
     """32x32 float64 grayscale in 0..255: `image` as to_grayscale_array sees it, box-downscaled."""
     mode = image.mode
-    if mode in _WIDE_MODES:
+    if mode in imaging.WIDE_MODES:
         # Downscale in float, then apply to_grayscale_array's min-max rescaling with
         # the full image's extrema: equal to hashing to_grayscale_array(image) up to
         # rounding, without a float64 copy of a full-size 16-bit radiograph.
@@ -388,34 +385,10 @@ def _chunk_size(count: int, workers: int) -> int:
     return max(1, min(_CHUNK_SIZE, math.ceil(count / (4 * workers))))
 
 
-def _process_context():
-    """forkserver where there is one: forking a process that runs threads (ZenML, MLflow,
-    boto3 connection pools) can deadlock the child; spawn elsewhere.
-
-    The fork server preloads this module (besides __main__, its default) so that
-    each pool's workers start in milliseconds instead of importing numpy and PIL.
-    That takes effect only if no fork server is running yet in this process.
-    """
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__])
-    return context
-
-
-def _adopt_environment(environment: dict[str, str]) -> None:
-    """Pool initializer: the parent's environment as it is now. Fork-server workers
-    would otherwise see it as it was when the server started, missing e.g. AWS
-    variables set since."""
-    for name in set(os.environ) - set(environment):
-        del os.environ[name]
-    os.environ.update(environment)
-
-
 def _parallel(uris: list[str], workers: int, executor: str) -> Iterator[dict[str, Any]]:
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.workers import process_pool
 
     if executor == "thread":
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="describe_uri")
@@ -423,8 +396,7 @@ def _parallel(uris: list[str], workers: int, executor: str) -> Iterator[dict[str
     else:
         chunk = _chunk_size(len(uris), workers)
         workers = min(workers, math.ceil(len(uris) / chunk))
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
-                                   initializer=_adopt_environment, initargs=(dict(os.environ),))
+        pool = process_pool(workers, preload=[__name__])
         results = pool.map(describe_uri, uris, chunksize=chunk)
     try:
         yield from results

@@ -22,13 +22,17 @@ from PIL import Image
 Image.MAX_IMAGE_PIXELS = 40_000_000
 
 
+# Modes wider than 8 bits: min-max rescaled to 0..255 (components.image_info hashes them the same way).
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
 class ImageDecodeError(ValueError):
     """An input could not be decoded as an image; the message names it."""
 
 
 def to_grayscale_array(image: Image.Image) -> np.ndarray:
     """Convert any PIL image (L, RGB, RGBA, P, I;16, I, F) to uint8 grayscale HxW."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in WIDE_MODES:
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scale = 255.0 / (high - low) if high > low else 0.0

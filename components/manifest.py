@@ -24,9 +24,8 @@ import hashlib
 import inspect
 import io
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -49,11 +48,10 @@ from components.labels import (
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
     finding_to_label,
-    label_map_for_task,
     resolve_label,
 )
 from components.storage import (
-    MissingFileError, OutsideRootError, child_uri, is_s3_uri, list_files, read_bytes, root_is_dir,
+    MissingFileError, OutsideRootError, child_uri, is_s3_uri, read_text, root_is_dir,
 )
 
 __all__ = [
@@ -231,15 +229,10 @@ def read_metadata_text(uri: str, what: str) -> str:
     Windows-1252, then Latin-1 (spreadsheet exports: Figure1's metadata.csv).
     """
     try:
-        data = read_bytes(uri)
+        # latin-1 decodes any bytes, so this never fails on encoding.
+        return read_text(uri, fallback_encodings=("cp1252", "latin-1"))
     except MissingFileError:
         raise FileNotFoundError(f"{what} metadata {uri} does not exist") from None
-    for encoding in ("utf-8-sig", "cp1252"):
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1")
 
 
 def read_metadata_csv(uri: str, required: Iterable[str], what: str) -> pd.DataFrame:

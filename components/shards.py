@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +66,9 @@ def augmented_chunks(
                 yield task[0], task[1]
             yield _augment_chunk(task)
         return
-    import multiprocessing
+    from components.workers import process_pool
 
-    # forkserver: forking a process that runs TensorFlow / ZenML threads can deadlock.
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with process_pool(workers, preload=[__name__]) as pool:
         pending: deque = deque()
         for task in tasks:
             pending.append((task[0], task[1], pool.submit(_augment_chunk, task)))

@@ -134,10 +134,19 @@ def read_bytes(uri: str) -> bytes:
         raise StorageError(f"{uri}: permission denied ({error})") from None
 
 
-def read_text(uri: str) -> str:
-    """UTF-8 text with any byte-order mark removed (spreadsheet exports add one)."""
+def read_text(uri: str, fallback_encodings: tuple[str, ...] = ()) -> str:
+    """UTF-8 text with any byte-order mark removed (spreadsheet exports add one).
+
+    Text that is not UTF-8 is decoded with the first of `fallback_encodings`
+    that accepts it; when none does, StorageError.
+    """
     data = read_bytes(uri)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
+        for encoding in fallback_encodings:
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                continue
         raise StorageError(f"{uri} is not UTF-8 text ({error})") from None

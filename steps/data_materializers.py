@@ -3,8 +3,6 @@
 Kept apart from steps/materializers.py so that data-only pipelines do not import TensorFlow.
 """
 
-from typing import Any
-
 import pandas as pd
 from zenml.integrations.pandas.materializers.pandas_materializer import PandasMaterializer
 
@@ -21,12 +19,3 @@ class ManifestMaterializer(PandasMaterializer):
 
     def compute_content_hash(self, data: pd.DataFrame) -> str:
         return dataset_version(data)
-
-    def extract_metadata(self, data: pd.DataFrame) -> dict[str, Any]:
-        used = data[data["exclusion_reason"] == ""]
-        return {
-            **super().extract_metadata(data),
-            "dataset_version": dataset_version(data),
-            "images": len(data),
-            "used": len(used),
-        }

@@ -4,7 +4,7 @@ import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from components.manifest import build_manifest, dataset_version, exclusion_summary
+from components.manifest import build_manifest, dataset_version, exclusion_summary, included
 from components.splitting import limit_images
 from steps.data_materializers import ManifestMaterializer
 from steps.names import MANIFEST
@@ -20,7 +20,7 @@ def ingest_data(
 ) -> Annotated[pd.DataFrame, MANIFEST]:
     """Build the manifest (one row per image, excluded rows kept with a reason)."""
     manifest = limit_images(build_manifest(sources, task, workers=workers, progress=True), max_images, seed)
-    used = manifest[manifest["exclusion_reason"] == ""]
+    used = included(manifest)
     exclusions = exclusion_summary(manifest)
     version = dataset_version(manifest)
     logger.info(

@@ -5,6 +5,7 @@ from zenml import log_metadata, step
 from zenml.logger import get_logger
 
 from components.duplicates import near_duplicate_pairs
+from components.manifest import included
 from components.splitting import assign_splits, split_counts_table, split_groups
 from steps.names import SPLIT_MANIFEST
 
@@ -20,7 +21,7 @@ def split_data(
     Patient-grouped and label-stratified; patients sharing a near-duplicate
     image are kept in one split (components.splitting.split_groups).
     """
-    used = manifest[manifest["exclusion_reason"] == ""].reset_index(drop=True)
+    used = included(manifest)
     pairs = near_duplicate_pairs(used["phash"].tolist(), near_duplicate_max_distance)
     groups = split_groups(used, [(first, second) for first, second, _ in pairs])
     split = used.assign(split=assign_splits(used, tuple(fractions), seed, groups=groups), split_group=groups)

@@ -82,7 +82,8 @@ def rclone_binary() -> str:
 
 
 def start_rclone_s3(data_dir: Path, log: Path, access_key: str = "cxr-test-key",
-                    secret_key: str = "cxr-test-secret", timeout_s: float = 30) -> dict:
+                    secret_key: str = "cxr-test-secret", timeout_s: float = 30,
+                    dir_cache_time: str = "100ms") -> dict:
     """Start `rclone serve s3` over `data_dir` (each top-level folder is a bucket) on a free
     127.0.0.1 port, in its own process group. Returns {"process", "endpoint", "access_key",
     "secret_key", "dir", "log"}; stop it with stop_process_group(result["process"]).
@@ -91,13 +92,14 @@ def start_rclone_s3(data_dir: Path, log: Path, access_key: str = "cxr-test-key",
     so files written straight into `data_dir` are served after ``result["settle_s"]``
     seconds (uploads through S3 are visible at once). `--dir-cache-time 0s` is not used:
     with it every PUT re-reads the tree and gets slower and slower (0.3 s and more each).
+    Benchmarks that only read pass rclone's default, "5m".
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     command = [rclone_binary(), "serve", "s3", "--auth-key", f"{access_key},{secret_key}",
-               "--addr", f"127.0.0.1:{port}", "--dir-cache-time", "100ms", "--poll-interval", "0",
+               "--addr", f"127.0.0.1:{port}", "--dir-cache-time", dir_cache_time, "--poll-interval", "0",
                "--config", os.devnull, str(data_dir)]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -33,7 +33,7 @@ def test_shards_hold_originals_and_copies_independent_of_workers(originals, tmp_
     images, labels = originals
     operations = resolve_operations("paper")
     serial = write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "one", images_per_shard=50)
-    parallel = write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "two", images_per_shard=50,
+    write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "two", images_per_shard=50,
                             workers=2)
     assert serial["images"] == 40 * 4 and len(serial["shards"]) == 4  # 160 records, 50 per shard
     assert serial["label_counts"] == {"0": 14 * 4, "1": 13 * 4, "2": 13 * 4}
