@@ -130,6 +130,18 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
     assert SCRIPT not in html and "&lt;script&gt;" in html
     assert Path(summary["data_docs"]["index"]).is_file()
 
+    # The same report reached the MLflow run of the data validation pipeline.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(local_stack.tracking_uri)
+    experiment = client.get_experiment_by_name("cxr_data_validation")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    logged = {item.path for item in client.list_artifacts(run.info.run_id, "data_validation")}
+    assert {"data_validation/summary.html", "data_validation/summary.json",
+            "data_validation/excluded_rows.csv"} <= logged
+    downloaded = Path(client.download_artifacts(run.info.run_id, "data_validation/summary.json", str(tmp_path)))
+    assert json.loads(downloaded.read_text()) == summary
+
 
 def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path, capsys):
     from cxr.cli import main
