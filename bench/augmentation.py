@@ -6,6 +6,11 @@
    in a fresh process (the expansion streams: memory should not grow with the factor).
 
     python bench/augmentation.py --images 256 --size 224 --out bench/results/augmentation.md
+
+On a GPU node's CPUs (no TensorFlow needed without the expansion part):
+
+    python bench/augmentation.py --images 2048 --workers 1 2 4 8 16 --no-expansion \
+        --out bench/results/augmentation_16_cores.md
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from machine_info import cpu_model  # noqa: E402
 
 CHUNK = 32
 
@@ -79,6 +86,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--expansion-originals", type=int, default=500)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-expansion", action="store_true", help="skip the shard-writing memory part (needs TF)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -87,12 +96,12 @@ def main() -> None:
     rgb = np.repeat(gray[..., None], 3, axis=3)
     rows = []
     for name, images in (("grayscale", gray), ("RGB", rgb)):
-        for workers in (1, 2):
+        for workers in args.workers:
             rate = throughput(images, workers)
             rows.append({"images": name, "workers": workers, "images_per_s": round(rate, 1)})
             print(rows[-1], flush=True)
     expansions = []
-    for copies in (1, 10):
+    for copies in () if args.no_expansion else (1, 10):
         peak = expansion_peak(args.expansion_originals, args.size, copies)
         expansions.append({"copies_per_image": copies, **{k: round(v, 1) for k, v in peak.items()}})
         print(expansions[-1], flush=True)
@@ -102,13 +111,16 @@ def main() -> None:
         "# Augmentation throughput and offline-expansion memory",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs (shared; 1-min load average at the end {load:.1f})",
+        f"- machine: {cpu_model(platform.processor() or 'unknown CPU')}, {platform.platform()}, {os.cpu_count()} CPUs (shared; 1-min load average at the end {load:.1f})",
         f"- reproduce: `python bench/augmentation.py {' '.join(sys.argv[1:])}`",
         f"- `paper` preset (Table 2, all twelve operations), {args.images} random {args.size} px images, chunks of {CHUNK}",
         "",
         "| images | worker processes | augmented images/s |",
         "| --- | ---: | ---: |",
         *[f"| {r['images']} | {r['workers']} | {r['images_per_s']} |" for r in rows],
+    ]
+    if expansions:
+        lines += [
         "",
         f"Offline expansion (`components.shards.write_shards`, 2 workers) of {args.expansion_originals} "
         f"originals at {args.size} px, each in a fresh process:",
@@ -117,7 +129,7 @@ def main() -> None:
         "| ---: | ---: | ---: | ---: | ---: |",
         *[f"| {e['copies_per_image']} | {e['images_written']} | {e['seconds']} | {e['rss_before_mib']} "
           f"| {e['peak_rss_mib']} |" for e in expansions],
-    ]
+        ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -119,9 +119,25 @@ class SplitConfig(_Strict):
 
 
 class AugmentationConfig(_Strict):
+    """Training-split augmentation (never validation, test or serving inputs).
+
+    mode:
+      - ``in_memory``: originals and copies held as arrays and passed between
+        steps; fine for small sets (the quickstart, tests).
+      - ``offline``: originals and copies written, streaming, as TFRecord
+        shards into the artifact store by `workers` processes; train steps read
+        them from disk (the paper's x64 at any size; memory stays bounded).
+      - ``on_the_fly``: train steps keep only the originals; `workers`
+        processes make `copies_per_image` fresh copies of each every epoch.
+    """
+
     preset: Literal["paper", "light", "none"] = "paper"
     # Augmented copies added per training image (the paper's x64 is copies_per_image=63).
     copies_per_image: int = Field(1, ge=0, le=256)
+    mode: Literal["in_memory", "offline", "on_the_fly"] = "in_memory"
+    # Augmenting processes for offline and on_the_fly (0: one per available core).
+    workers: int = Field(0, ge=0, le=256)
+    images_per_shard: int = Field(2048, ge=16)
     # Per-operation overrides: {"rotate": {"enabled": false}, "gaussian_blur": {"sigma": [0, 1]}}
     operations: dict[str, dict[str, Any]] = {}
 

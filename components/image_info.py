@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -410,7 +409,7 @@ def describe_uris(
 ) -> list[dict[str, Any]]:
     """describe_uri for each URI, results in input order.
 
-    workers: 1 (or less) reads inline; 0 means os.cpu_count(); more runs a pool.
+    workers: 1 reads inline; 0 means one per available core; more runs a pool.
     executor: "process" (a process pool fed in chunks of up to 64 files: decoding
     and hashing are CPU-bound), "thread" (a thread pool: S3 reads are
     network-bound and boto3 clients are made lazily in each process), or "auto":
@@ -423,9 +422,9 @@ def describe_uris(
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
     uris = [str(uri) for uri in uris]
-    if workers == 0:
-        workers = os.cpu_count() or 1
-    workers = min(workers, len(uris))
+    from components.workers import resolve_workers
+
+    workers = min(resolve_workers(workers), len(uris))
     if executor == "auto":
         from components.storage import is_s3_uri
 

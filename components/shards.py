@@ -9,7 +9,9 @@ factor.
 Reproducible: a chunk's random stream depends only on (seed, chunk index),
 never on the number of workers, so 1 or 8 workers write identical shards.
 Shards are written to a local folder (tf.io writes no s3:// without
-tensorflow-io); the caller copies them to the artifact store.
+tensorflow-io); the ZenML materializer (steps/materializers.py) moves them
+into the artifact store, local or S3, and copies them back onto the training
+node's disk when the store is remote.
 
 Record: ``image`` (raw uint8 bytes, H x W grayscale), ``height``, ``width``,
 ``label`` (int64 class index).
@@ -17,9 +19,11 @@ Record: ``image`` (raw uint8 bytes, H x W grayscale), ``height``, ``width``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +115,8 @@ def write_shards(
     """Write originals + `copies_per_image` augmented copies each into TFRecord shards in `out_dir`.
 
     Returns (and writes as shards.json) the index: shard file names, image count,
-    image shape, per-label counts.
+    image shape, per-label counts, and a digest of every record in order (the
+    shard set's identity for caching and checkpoint keys).
     """
     import tensorflow as tf
 
@@ -122,6 +127,7 @@ def write_shards(
     names: list[str] = []
     writer, in_shard, total = None, 0, 0
     label_counts: dict[int, int] = {}
+    digest = hashlib.sha256()
     try:
         for chunk_images, chunk_labels in augmented_chunks(
             images, labels, operations, copies_per_image, seed, workers, include_originals
@@ -132,7 +138,9 @@ def write_shards(
                         writer.close()
                     names.append(f"shard-{len(names):05d}.tfrecord")
                     writer, in_shard = tf.io.TFRecordWriter(str(out / names[-1])), 0
-                writer.write(_example(image, label))
+                record = _example(image, label)
+                digest.update(record)
+                writer.write(record)
                 in_shard += 1
                 total += 1
                 label_counts[int(label)] = label_counts.get(int(label), 0) + 1
@@ -146,6 +154,7 @@ def write_shards(
         "label_counts": {str(k): v for k, v in sorted(label_counts.items())},
         "copies_per_image": copies_per_image,
         "seed": seed,
+        "digest": digest.hexdigest()[:16],
     }
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return index
@@ -153,6 +162,44 @@ def write_shards(
 
 def read_index(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / INDEX_FILE).read_text())
+
+
+@dataclass
+class ShardSet:
+    """A folder of shards on local disk and its index; a training.TrainingData.
+
+    `size` is the side the images are resized to when read (a backbone's input
+    size); None keeps the stored size. `scratch`: the folder is the writing
+    step's scratch space, which the materializer may move from and remove.
+    """
+
+    folder: str
+    index: dict[str, Any]
+    size: int | None = None
+    scratch: bool = False
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "ShardSet":
+        return cls(str(folder), read_index(folder))
+
+    def at_size(self, size: int) -> "ShardSet":
+        return replace(self, size=size)
+
+    @property
+    def count(self) -> int:
+        return int(self.index["images"])
+
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for label, count in self.index["label_counts"].items():
+            counts[int(label)] = count
+        return counts
+
+    def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0):
+        return shard_dataset(self.folder, self.size or self.index["image_shape"][0], batch_size, shuffle_seed)
+
+    def digest(self) -> str:
+        return self.index["digest"]
 
 
 def shard_dataset(

@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -64,11 +64,59 @@ def make_dataset(grays: np.ndarray, labels: np.ndarray | None, batch_size: int, 
     return dataset.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+class TrainingData(Protocol):
+    """What training needs from a training set, wherever its images live.
+
+    ArrayData (uint8 arrays in memory), shards.ShardData (offline-expanded
+    TFRecord shards on disk) and online_augmentation.OnTheFlyData (originals
+    augmented by worker processes every epoch) implement it.
+    """
+
+    count: int  # images per epoch
+
+    def label_counts(self, num_classes: int) -> np.ndarray: ...
+
+    def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0): ...
+
+    def digest(self) -> str: ...
+
+
+@dataclass
+class ArrayData:
+    """A training set held in memory: uint8 (N, S, S) grayscale images and integer labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+    def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0):
+        return make_dataset(self.images, self.labels, batch_size, shuffle_seed)
+
+    def digest(self) -> str:
+        from components.checkpoints import array_digest
+
+        return array_digest(self.images, self.labels)
+
+
+def as_training_data(train) -> TrainingData:
+    """(images, labels) arrays -> ArrayData; a TrainingData passes through."""
+    return ArrayData(*train) if isinstance(train, tuple) else train
+
+
+def class_weights_from_counts(counts: np.ndarray) -> dict[int, float]:
     """n / (k * count_c): rare classes weigh more; absent classes get weight 1."""
-    counts = np.bincount(labels, minlength=num_classes)
-    total = counts.sum()
+    total, num_classes = counts.sum(), len(counts)
     return {c: float(total / (num_classes * counts[c])) if counts[c] else 1.0 for c in range(num_classes)}
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    return class_weights_from_counts(np.bincount(labels, minlength=num_classes))
 
 
 def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int):
@@ -318,7 +366,7 @@ def fit_classifier(
 
 def train_classifier(
     build_model: Callable[[], Any],
-    train: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray] | TrainingData,
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
     training: dict[str, Any],
@@ -333,7 +381,8 @@ def train_classifier(
 ) -> tuple[Any, dict[str, Any]]:
     """Seed, build the model for the visible devices, train it in one or two phases.
 
-    `build_model()` returns a build_classifier model; it is called after
+    `train` is (images, labels) arrays or any TrainingData (shards, on-the-fly
+    augmentation). `build_model()` returns a build_classifier model; it is called after
     seeding, under the dtype policy and the distribution strategy.
     `training` holds TrainingConfig's keys. Phase 1 fits for up to `epochs`
     (backbone frozen when pretrained); phase 2, when `fine_tune_layers` > 0 and
@@ -358,6 +407,7 @@ def train_classifier(
         "reduce_lr_factor": 0.2, "min_learning_rate": 0.0, "lr_schedule": "constant", **training,
     }
     plan = device_plan(visible_gpus() if num_gpus is None else num_gpus, settings["batch_size"])
+    train = as_training_data(train)
     keras.utils.set_random_seed(seed)  # Python, NumPy and backend RNGs: weight init, dropout
     folder = CheckpointFolder(checkpoint_dir, filesystem) if checkpoint_dir else None
     state = folder.load(checkpoint_key) if folder is not None else None
@@ -368,17 +418,18 @@ def train_classifier(
         logger.info("resuming training from checkpoint %s after epoch %d (phase %d)", checkpoint_dir, state.epoch,
                     state.phase)
     batch = plan.global_batch_size
-    steps_per_epoch = -(-len(train[0]) // batch)
+    steps_per_epoch = -(-train.count // batch)
     started = time.perf_counter()
     with device_scope(plan), tempfile.TemporaryDirectory() as scratch:
         model = build_model()
         backbone = find_backbone(model)
         pretrained = backbone is not None and not backbone.trainable
         fine_tune = pretrained and settings["fine_tune_layers"] > 0 and settings["fine_tune_epochs"] > 0
-        train_data = make_dataset(*train, batch, shuffle_seed=seed)
+        train_data = train.dataset(batch, shuffle_seed=seed, first_epoch=state.epoch)
         val_data = make_dataset(*val, batch)
         common = dict(
-            train_data=train_data, val_data=val_data, class_weight=balanced_class_weights(train[1], num_classes),
+            train_data=train_data, val_data=val_data,
+            class_weight=class_weights_from_counts(train.label_counts(num_classes)),
             patience=settings["patience"], settings=settings, folder=folder, scratch=scratch,
             callbacks=list(callbacks or []), verbose=verbose,
         )
@@ -418,7 +469,7 @@ def train_classifier(
     seconds = time.perf_counter() - started
     phase1_epochs = state.phase1_epochs if state.phase1_epochs is not None else state.epoch
     summary = {
-        **_summary(state, seconds, state.epoch - resumed_from, len(train[0])),
+        **_summary(state, seconds, state.epoch - resumed_from, train.count),
         "phase1_epochs": phase1_epochs,
         "phase2_epochs": state.epoch - phase1_epochs,
         "fine_tuned_layers": unfrozen,

@@ -15,6 +15,19 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_workers(workers: int) -> int:
+    """A config's worker count: 0 means one per available core."""
+    return workers if workers > 0 else available_cores()
+
+
 def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
     """A pool of `workers` processes. `preload`: modules the fork server imports once,
     so that each pool's workers start in milliseconds (effective only if no fork

@@ -12,13 +12,11 @@ from typing import Any
 from zenml import pipeline
 
 from components.ablation import ablation_plan
-from components.augmentation import resolve_operations
 from components.labels import TASK_LABELS
 from pipelines.data import data_steps
+from pipelines.training_sets import train_on, training_set
 from steps.ablation import ablation_report
-from steps.augment import augment_training_data
 from steps.evaluate import evaluate_model
-from steps.train import train_backbone
 
 PIPELINE_NAME = "cxr_ablation"
 
@@ -29,23 +27,15 @@ def ablation_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> N
     seed, backbone, augmentation = run["seed"], run["backbones"][0], run["augmentation"]
     plan = ablation_plan(backbone, augmentation)
     split = data_steps(run, docs_dir, reports_dir)
-    training_sets = {}
-    for augmented, preset, copies in ((True, augmentation["preset"], augmentation["copies_per_image"]),
-                                      (False, "none", 0)):
-        overrides = augmentation["operations"] if augmented else {}
-        images, labels, _ = augment_training_data(
-            split, class_names=class_names, image_size=backbone["image_size"],
-            operations=resolve_operations(preset, overrides), copies_per_image=copies, seed=seed,
-            after="data_gate", id="augment_on" if augmented else "augment_off",
-        )
-        training_sets[augmented] = (images, labels)
+    training_sets = {
+        augmented: training_set(split, augmentation, class_names, backbone["image_size"], seed, augment=augmented,
+                                step_id="augment_on" if augmented else "augment_off")
+        for augmented in (True, False)
+    }
     evaluations = []
     for variant in plan:
-        images, labels = training_sets[variant["augmentation"]]
-        model, _ = train_backbone(
-            images, labels, split, backbone=variant["backbone"], class_names=class_names,
-            training=run["training"], seed=seed, id=f"train_{variant['key']}",
-        )
+        model, _ = train_on(training_sets[variant["augmentation"]], split, variant["backbone"], class_names,
+                            run["training"], seed, step_id=f"train_{variant['key']}")
         evaluations.append(
             evaluate_model(model, split, backbone=variant["backbone"], class_names=class_names,
                            id=f"evaluate_{variant['key']}")

@@ -1,5 +1,9 @@
 """The training pipeline: data steps (ingest, validate, split, report, gate) -> augment -> train xN -> evaluate -> register -> promote.
 
+The augment step follows `augmentation.mode` (pipelines/training_sets.py):
+in-memory arrays, offline shards in the artifact store, or originals that
+the train steps augment on the fly.
+
 It only connects steps. `run` is the validated run config as plain JSON
 (`RunConfig.model_dump(mode="json")`); the backbone loop unrolls at compile
 time into one train and one evaluate step per backbone.
@@ -9,14 +13,12 @@ from typing import Any
 
 from zenml import pipeline
 
-from components.augmentation import resolve_operations
 from components.labels import TASK_LABELS
-from steps.augment import augment_training_data
 from pipelines.data import data_steps
+from pipelines.training_sets import train_on, training_set
 from steps.evaluate import evaluate_model
 from steps.promote import promote_model
 from steps.register import register_best_model
-from steps.train import train_backbone
 
 PIPELINE_NAME = "cxr_training"
 
@@ -26,18 +28,12 @@ def training_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> N
     class_names = list(TASK_LABELS[run["task"]])
     seed = run["seed"]
     split = data_steps(run, docs_dir, reports_dir)
-    train_images, train_labels, _ = augment_training_data(
-        split, class_names=class_names,
-        image_size=max(backbone["image_size"] for backbone in run["backbones"]),
-        operations=resolve_operations(run["augmentation"]["preset"], run["augmentation"]["operations"]),
-        copies_per_image=run["augmentation"]["copies_per_image"], seed=seed, after="data_gate",
-    )
+    train_set = training_set(split, run["augmentation"], class_names,
+                             image_size=max(backbone["image_size"] for backbone in run["backbones"]), seed=seed)
     models, evaluations = [], []
     for backbone in run["backbones"]:
-        model, _ = train_backbone(
-            train_images, train_labels, split, backbone=backbone, class_names=class_names,
-            training=run["training"], seed=seed, id=f"train_{backbone['name']}",
-        )
+        model, _ = train_on(train_set, split, backbone, class_names, run["training"], seed,
+                            step_id=f"train_{backbone['name']}")
         models.append(model)
         evaluations.append(
             evaluate_model(model, split, backbone=backbone, class_names=class_names, id=f"evaluate_{backbone['name']}")

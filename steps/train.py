@@ -11,9 +11,12 @@ from zenml.io import fileio
 from zenml.logger import get_logger
 
 from components.backbones import build_classifier
-from components.checkpoints import CheckpointFolder, array_digest, checkpoint_key, split_digest
+from components.checkpoints import CheckpointFolder, checkpoint_key, split_digest
+from components.online_augmentation import OnTheFlyData
+from components.shards import ShardSet
 from components.tracking import log_params_flat, mlflow_epoch_logger
-from components.training import resize_stack, split_arrays, train_classifier
+from components.training import ArrayData, TrainingData, resize_stack, split_arrays, train_classifier
+from components.workers import resolve_workers
 from steps.materializers import KerasModelMaterializer
 from steps.names import EXPERIMENT_TRACKER, MODEL, TRAINING_SUMMARY
 
@@ -23,17 +26,11 @@ logger = get_logger(__name__)
 NESTED_RUN = {"experiment_tracker": MLFlowExperimentTrackerSettings(nested=True)}
 
 
-@step(experiment_tracker=EXPERIMENT_TRACKER, settings=NESTED_RUN, output_materializers={MODEL: KerasModelMaterializer})
-def train_backbone(
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    split_manifest: pd.DataFrame,
-    backbone: dict[str, Any],
-    class_names: list[str],
-    training: dict[str, Any],
-    seed: int,
-) -> tuple[Annotated[keras.Model, MODEL], Annotated[dict, TRAINING_SUMMARY]]:
-    """Train one backbone with the paper's head (head first, then optional fine-tuning).
+def _train_and_log(
+    training_data: TrainingData, split_manifest: pd.DataFrame, backbone: dict[str, Any], class_names: list[str],
+    training: dict[str, Any], seed: int,
+) -> tuple[keras.Model, dict]:
+    """Train one backbone on any training set, with checkpoints and MLflow logging.
 
     Checkpoints go to <artifact store>/training_checkpoints/<key> after every
     epoch; the key hashes everything that determines the result, so a re-run
@@ -42,16 +39,14 @@ def train_backbone(
     """
     size = backbone["image_size"]
     val_images, val_labels = split_arrays(split_manifest, "val", class_names, size)
-    train_images = resize_stack(train_images, size)
-    key = checkpoint_key(backbone, training, seed, class_names, split_digest(split_manifest),
-                         array_digest(train_images, train_labels))
+    key = checkpoint_key(backbone, training, seed, class_names, split_digest(split_manifest), training_data.digest())
     folder = f"{Client().active_stack.artifact_store.path.rstrip('/')}/training_checkpoints/{key}"
-    log_params_flat({"backbone": backbone, "training": training, "seed": seed, "train_images": len(train_images),
-                     "checkpoint_key": key})
+    log_params_flat({"backbone": backbone, "training": training, "seed": seed, "train_images": training_data.count,
+                     "training_data": type(training_data).__name__, "checkpoint_key": key})
     model, summary = train_classifier(
         lambda: build_classifier(backbone["name"], len(class_names), size, weights=backbone["weights"],
                                  alpha=backbone["alpha"]),
-        (train_images, train_labels), (val_images, val_labels), num_classes=len(class_names),
+        training_data, (val_images, val_labels), num_classes=len(class_names),
         training=training, seed=seed, callbacks=[mlflow_epoch_logger()],
         checkpoint_dir=folder if training.get("checkpoints", True) else None, checkpoint_key=key,
         filesystem=fileio,
@@ -64,4 +59,47 @@ def train_backbone(
                 backbone["name"], summary["best_epoch"], summary["epochs_run"], summary["phase1_epochs"],
                 summary["phase2_epochs"], summary["resumed_from_epoch"], summary["images_per_second"])
     CheckpointFolder(folder, fileio).clear()
-    return model, {"backbone": backbone, **summary}
+    return model, {"backbone": backbone, "training_data": type(training_data).__name__,
+                   "train_images": training_data.count, **summary}
+
+
+@step(experiment_tracker=EXPERIMENT_TRACKER, settings=NESTED_RUN, output_materializers={MODEL: KerasModelMaterializer})
+def train_backbone(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    split_manifest: pd.DataFrame,
+    backbone: dict[str, Any],
+    class_names: list[str],
+    training: dict[str, Any],
+    seed: int,
+    on_the_fly: dict[str, Any] | None = None,
+) -> tuple[Annotated[keras.Model, MODEL], Annotated[dict, TRAINING_SUMMARY]]:
+    """Train one backbone with the paper's head on in-memory images (head first, then optional fine-tuning).
+
+    on_the_fly ({operations, copies_per_image, workers}): the images are the
+    originals, augmented afresh every epoch by worker processes.
+    """
+    images = resize_stack(train_images, backbone["image_size"])
+    if on_the_fly:
+        training_data = OnTheFlyData(images, train_labels, on_the_fly["operations"], on_the_fly["copies_per_image"],
+                                     seed, workers=resolve_workers(on_the_fly["workers"]))
+    else:
+        training_data = ArrayData(images, train_labels)
+    # ZenML reads a tuple return from the source: unpack, then return both.
+    model, summary = _train_and_log(training_data, split_manifest, backbone, class_names, training, seed)
+    return model, summary
+
+
+@step(experiment_tracker=EXPERIMENT_TRACKER, settings=NESTED_RUN, output_materializers={MODEL: KerasModelMaterializer})
+def train_backbone_on_shards(
+    train_shards: ShardSet,
+    split_manifest: pd.DataFrame,
+    backbone: dict[str, Any],
+    class_names: list[str],
+    training: dict[str, Any],
+    seed: int,
+) -> tuple[Annotated[keras.Model, MODEL], Annotated[dict, TRAINING_SUMMARY]]:
+    """Train one backbone with the paper's head on offline-expanded shards, read from disk by tf.data."""
+    model, summary = _train_and_log(train_shards.at_size(backbone["image_size"]), split_manifest, backbone,
+                                    class_names, training, seed)
+    return model, summary

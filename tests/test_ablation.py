@@ -122,6 +122,8 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     config = tiny_config(
         tmp_path / "synthetic", name="ablation-test",
         backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": str(weights)}],
+        # On the fly: the augmented variants' train steps augment each epoch in 2 worker processes.
+        augmentation={"preset": "paper", "copies_per_image": 1, "mode": "on_the_fly", "workers": 2},
     )
     config_file, summary_file = tmp_path / "ablation.yaml", tmp_path / "summary.json"
     config_file.write_text(yaml.safe_dump(config))
@@ -152,10 +154,15 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     markdown, csv = outputs[ABLATION_TABLE][0].load(), outputs[ABLATION_CSV][0].load()
     assert isinstance(markdown, MarkdownString) and isinstance(csv, CSVString)
     assert csv.splitlines()[0].startswith("Variant,F1 (macro),")
-    # The augment_off step trained on originals only.
+    # Both augment steps pass the originals on; the augmented variants' train steps saw
+    # originals plus one fresh copy each per epoch, the others the originals only.
     on = run.steps["augment_on"].outputs["train_images"][0].load()
     off = run.steps["augment_off"].outputs["train_images"][0].load()
-    assert len(on) == 2 * len(off)
+    assert len(on) == len(off) > 0
+    trained_on = {key: run.steps[f"train_{key}"].outputs["training_summary"][0].load() for key in VARIANT_KEYS}
+    assert {key: value["training_data"] for key, value in trained_on.items()} == {
+        "full": "OnTheFlyData", "no_transfer": "OnTheFlyData", "no_augmentation": "ArrayData", "no_both": "ArrayData"}
+    assert trained_on["full"]["train_images"] == 2 * len(on) and trained_on["no_both"]["train_images"] == len(on)
 
     # MLflow: the pipeline's run holds the table and the F1 per variant.
     client = MlflowClient(local_stack.tracking_uri)

@@ -61,3 +61,40 @@ def test_shard_dataset_feeds_model_input(originals, tmp_path):
 def test_write_shards_rejects_color_input(tmp_path):
     with pytest.raises(ValueError, match="grayscale"):
         write_shards(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2, int), resolve_operations("none"), 1, 0, tmp_path)
+
+
+def test_shard_set_reports_count_labels_and_a_digest_independent_of_workers(originals, tmp_path):
+    from components.shards import ShardSet
+
+    images, labels = originals
+    operations = resolve_operations("light")
+    one = write_shards(images, labels, operations, 2, seed=1, out_dir=tmp_path / "one", images_per_shard=32)
+    two = write_shards(images, labels, operations, 2, seed=1, out_dir=tmp_path / "two", images_per_shard=32,
+                       workers=2)
+    other = write_shards(images, labels, operations, 2, seed=2, out_dir=tmp_path / "other", images_per_shard=32)
+    assert one["digest"] == two["digest"] != other["digest"]
+    shards = ShardSet.open(tmp_path / "one").at_size(24)
+    assert shards.count == 120
+    assert shards.label_counts(4).tolist() == [14 * 3, 13 * 3, 13 * 3, 0]
+    first = next(iter(shards.dataset(batch_size=5, shuffle_seed=None)))
+    assert tuple(first[0].shape) == (5, 24, 24, 3)
+
+
+def test_shards_from_a_remote_store_are_copied_to_the_node_once(originals, tmp_path):
+    from steps.shard_materializer import copy_shards_to_node
+
+    images, labels = originals
+    index = write_shards(images, labels, resolve_operations("light"), 1, seed=0, out_dir=tmp_path / "store",
+                         images_per_shard=32)
+    local = copy_shards_to_node(str(tmp_path / "store"), str(tmp_path / "cache"))
+    assert local.folder == str(tmp_path / "cache" / index["digest"]) and local.index == index
+    for name in index["shards"]:
+        assert (tmp_path / "cache" / index["digest"] / name).read_bytes() == (tmp_path / "store" / name).read_bytes()
+    # A complete copy is reused; a copy without its index (interrupted) is redone.
+    marker = tmp_path / "cache" / index["digest"] / index["shards"][0]
+    marker.write_bytes(b"stale")
+    copy_shards_to_node(str(tmp_path / "store"), str(tmp_path / "cache"))
+    assert marker.read_bytes() == b"stale"
+    (tmp_path / "cache" / index["digest"] / "shards.json").unlink()
+    copy_shards_to_node(str(tmp_path / "store"), str(tmp_path / "cache"))
+    assert marker.read_bytes() == (tmp_path / "store" / index["shards"][0]).read_bytes()

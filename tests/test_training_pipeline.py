@@ -40,6 +40,7 @@ def tiny_config(data_root: Path, **changes) -> dict:
 
 
 CXR = str(Path(sys.executable).with_name("cxr"))
+OFFLINE = {"preset": "paper", "copies_per_image": 2, "mode": "offline", "workers": 2, "images_per_shard": 16}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,9 @@ def trained(local_stack, tmp_path_factory):
     from cxr.runner import run_training
 
     data_root = tmp_path_factory.mktemp("data") / "synthetic"
-    config = parse_run_config(tiny_config(data_root))
+    # Offline expansion: the augment step writes shards (2 workers, 16 images each) into
+    # the artifact store and the train step reads them back through tf.data.
+    config = parse_run_config(tiny_config(data_root, augmentation=OFFLINE))
     return {"summary": run_training(config, local_stack, PROJECT_ROOT), "data_root": data_root}
 
 
@@ -77,6 +80,29 @@ def test_training_pipeline_registers_a_champion(trained, local_stack):
     docs = Path(summary["data_docs_index"])
     assert docs.is_file() and docs.stat().st_size > 0
     assert str(local_stack.reports) in str(docs)
+
+
+def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained, local_stack):
+    from zenml.client import Client
+
+    from components.shards import ShardSet
+
+    run = Client().get_pipeline_run(trained["summary"]["run_name"])
+    originals = run.steps["split_data"].outputs["split_manifest"][0].load()
+    n_train = int((originals["split"] == "train").sum())
+    artifact = run.steps["expand_training_data"].outputs["train_shards"][0]
+    shards = artifact.load()
+    assert isinstance(shards, ShardSet)
+    assert shards.count == 3 * n_train  # originals + 2 copies each
+    assert len(shards.index["shards"]) == -(-shards.count // OFFLINE["images_per_shard"])
+    # In the artifact store, every shard and the index; the scratch folder is gone.
+    assert Path(shards.folder) == Path(artifact.uri)
+    assert Path(artifact.uri).is_relative_to(local_stack.artifact_store)
+    assert sorted(path.name for path in Path(artifact.uri).iterdir()) == sorted(
+        [*shards.index["shards"], "shards.json"])
+    assert artifact.run_metadata["digest"] == shards.digest()
+    summary = run.steps["train_MobileNet"].outputs["training_summary"][0].load()
+    assert summary["training_data"] == "ShardSet" and summary["train_images"] == shards.count
 
 
 def _some_images(data_root: Path, count: int = 2) -> list[Path]:
