@@ -239,6 +239,8 @@ def shard_dataset(
         tf.data.TFRecordDataset, cycle_length=min(4, len(files)) or 1, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=shuffle_seed is None,
     )
+    # The index knows the count: Keras then sizes epochs and progress bars from the first one on.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(index["images"]))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)

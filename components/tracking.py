@@ -4,6 +4,7 @@ MLflow experiment tracker; outside a run these helpers do nothing)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import mlflow
@@ -14,9 +15,13 @@ def mlflow_epoch_logger(prefix: str = ""):
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
+        seconds = 0.0  # time spent logging (what the pipeline adds to training; see bench/pipeline_overhead.py)
+
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            started = time.perf_counter()
             if mlflow.active_run() and logs:
                 mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
+            self.seconds += time.perf_counter() - started
 
     return MlflowEpochLogger()
 

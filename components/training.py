@@ -258,8 +258,11 @@ def _reduce_lr_callback(settings: dict[str, Any], restored: dict[str, Any]):
 
 
 def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolder | None, scratch: str,
-                    best_weights, reduce_lr):
-    """EarlyStopping on val_loss that lives in `state`, plus a checkpoint after every epoch."""
+                    best_weights, reduce_lr, timings: dict[str, float]):
+    """EarlyStopping on val_loss that lives in `state`, plus a checkpoint after every epoch.
+
+    Adds its own time to timings["checkpoint_seconds"].
+    """
     import keras
 
     class PhaseCallback(keras.callbacks.Callback):
@@ -268,6 +271,11 @@ def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolde
             self.best_weights = best_weights
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            started = time.perf_counter()
+            self._end_epoch(logs)
+            timings["checkpoint_seconds"] = timings.get("checkpoint_seconds", 0.0) + time.perf_counter() - started
+
+        def _end_epoch(self, logs: dict[str, Any] | None) -> None:
             logs = dict(logs or {})
             val_loss = logs.get("val_loss")
             improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
@@ -297,7 +305,7 @@ def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolde
 
 def _run_phase(model, state: TrainingState, *, train_data, val_data, class_weight, end_epoch: int,
                patience: int, settings: dict[str, Any], folder: CheckpointFolder | None, scratch: str,
-               best_weights, callbacks: list, verbose: int):
+               best_weights, callbacks: list, verbose: int, timings: dict[str, float] | None = None):
     """Fit from state.epoch to end_epoch (global numbering); leaves the best weights in the model.
 
     Returns the best weights seen so far (kept in memory for the next phase).
@@ -305,7 +313,8 @@ def _run_phase(model, state: TrainingState, *, train_data, val_data, class_weigh
     reduce_lr = None
     if settings.get("reduce_lr_patience") and settings.get("lr_schedule", "constant") == "constant":
         reduce_lr = _reduce_lr_callback(settings, state.reduce_lr)
-    phase_callback = _phase_callback(state, patience, folder, scratch, best_weights, reduce_lr)
+    phase_callback = _phase_callback(state, patience, folder, scratch, best_weights, reduce_lr,
+                                     timings if timings is not None else {})
     if state.epoch < end_epoch and state.wait < patience:
         model.fit(
             train_data, validation_data=val_data, initial_epoch=state.epoch, epochs=end_epoch,
@@ -419,6 +428,7 @@ def train_classifier(
                     state.phase)
     batch = plan.global_batch_size
     steps_per_epoch = -(-train.count // batch)
+    timings = {"checkpoint_seconds": 0.0}
     started = time.perf_counter()
     with device_scope(plan), tempfile.TemporaryDirectory() as scratch:
         model = build_model()
@@ -431,7 +441,7 @@ def train_classifier(
             train_data=train_data, val_data=val_data,
             class_weight=class_weights_from_counts(train.label_counts(num_classes)),
             patience=settings["patience"], settings=settings, folder=folder, scratch=scratch,
-            callbacks=list(callbacks or []), verbose=verbose,
+            callbacks=list(callbacks or []), verbose=verbose, timings=timings,
         )
 
         best_weights = None
@@ -475,6 +485,7 @@ def train_classifier(
         "fine_tuned_layers": unfrozen,
         "pretrained": pretrained,
         "resumed_from_epoch": resumed_from,
+        "checkpoint_seconds": timings["checkpoint_seconds"],  # early stopping + checkpoint saving, all epochs
         "seed": seed,
         "device": asdict(plan),
     }

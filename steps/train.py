@@ -43,11 +43,12 @@ def _train_and_log(
     folder = f"{Client().active_stack.artifact_store.path.rstrip('/')}/training_checkpoints/{key}"
     log_params_flat({"backbone": backbone, "training": training, "seed": seed, "train_images": training_data.count,
                      "training_data": type(training_data).__name__, "checkpoint_key": key})
+    epoch_logger = mlflow_epoch_logger()
     model, summary = train_classifier(
         lambda: build_classifier(backbone["name"], len(class_names), size, weights=backbone["weights"],
                                  alpha=backbone["alpha"]),
         training_data, (val_images, val_labels), num_classes=len(class_names),
-        training=training, seed=seed, callbacks=[mlflow_epoch_logger()],
+        training=training, seed=seed, callbacks=[epoch_logger],
         checkpoint_dir=folder if training.get("checkpoints", True) else None, checkpoint_key=key,
         filesystem=fileio,
     )
@@ -60,7 +61,7 @@ def _train_and_log(
                 summary["phase2_epochs"], summary["resumed_from_epoch"], summary["images_per_second"])
     CheckpointFolder(folder, fileio).clear()
     return model, {"backbone": backbone, "training_data": type(training_data).__name__,
-                   "train_images": training_data.count, **summary}
+                   "train_images": training_data.count, "mlflow_logging_seconds": epoch_logger.seconds, **summary}
 
 
 @step(experiment_tracker=EXPERIMENT_TRACKER, settings=NESTED_RUN, output_materializers={MODEL: KerasModelMaterializer})

@@ -20,6 +20,7 @@ def test_paper_config_has_three_backbones_at_paper_sizes():
         ("InceptionV3", 299, "imagenet"), ("Xception", 299, "imagenet"), ("MobileNet", 224, "imagenet")
     }
     assert config.augmentation.copies_per_image == 63
+    assert config.augmentation.mode == "offline"  # x64 is streamed into shards, not held in memory
 
 
 def test_backbone_default_size_comes_from_registry():
@@ -37,6 +38,8 @@ def test_backbone_default_size_comes_from_registry():
         ({"training.epochs": 0}, "training.epochs", "greater than or equal to 1"),
         ({"training.epoch": 3}, "training.epoch", "Extra inputs are not permitted"),
         ({"augmentation.operations": {"rotation": {"enabled": False}}}, "augmentation", "unknown augmentation operation 'rotation'"),
+        ({"augmentation.mode": "streaming"}, "augmentation.mode", "'in_memory', 'offline' or 'on_the_fly'"),
+        ({"augmentation.images_per_shard": 4}, "augmentation.images_per_shard", "greater than or equal to 16"),
         ({"data.sources": []}, "data.sources", "at least 1 item"),
         ({"data.sources.0.kind": "dicom"}, "data.sources.0.kind", "'covidx' or 'manifest'"),
     ],

@@ -116,6 +116,56 @@ def test_device_plan():
     assert device_plan(4, 16) == DevicePlan(4, "mixed_float16", "mirrored", 4, 64)
 
 
+# The GPU plans' code path, run on CPU in a fresh process (the dtype policy and the
+# strategy are process-wide): mixed float16 with a float32 output layer, built, fitted
+# and saved under MirroredStrategy. With no GPU the strategy has one (CPU) replica, so
+# this checks the code path, not the speed-up.
+MIRRORED_ON_CPU = """
+import json, os, sys, tempfile
+import numpy as np
+import keras
+from components.backbones import build_classifier
+from components.training import find_backbone, predict_probabilities, train_classifier
+rng = np.random.default_rng(0)
+images, labels = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8), np.arange(24) % 2
+model, summary = train_classifier(
+    lambda: build_classifier("MobileNet", 2, 32, weights="none", alpha=0.25), (images, labels),
+    (images[:8], labels[:8]), num_classes=2, seed=0, num_gpus=2, verbose=0,
+    training={"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "patience": 1})
+path = os.path.join(tempfile.mkdtemp(), "m.keras")
+model.save(path)
+loaded = keras.models.load_model(path)
+print(json.dumps({
+    "device": summary["device"], "epochs": summary["epochs_run"],
+    "conv_dtype": find_backbone(model).layers[1].compute_dtype,
+    "output_dtype": model.get_layer("probability").compute_dtype,
+    "policy_after": keras.mixed_precision.global_policy().name,
+    "probabilities": predict_probabilities(loaded, images[:3], 2).tolist(),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_mixed_precision_under_mirrored_strategy_runs_on_cpu():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", MIRRORED_ON_CPU], cwd=root, capture_output=True, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["device"] == {"gpus": 2, "precision_policy": "mixed_float16", "strategy": "mirrored",
+                                "replicas": 2, "global_batch_size": 8}
+    assert report["epochs"] == 1
+    assert report["conv_dtype"] == "float16" and report["output_dtype"] == "float32"
+    assert report["policy_after"] == "float32"  # restored for the next step in the same process
+    probabilities = np.array(report["probabilities"])
+    assert probabilities.shape == (3, 2) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+
+
 def test_reduce_lr_needs_constant_schedule_and_shorter_patience():
     from pydantic import ValidationError
 
