@@ -5,7 +5,8 @@ A checkpoint folder holds one training in flight:
     state.json                 the commit record (written last, renamed into place)
     epoch-0003.weights.h5      the model's weights after the last completed epoch
     epoch-0003.optimizer.npz   the optimizer's variables then (moments, iterations, learning rate)
-    best-0002.weights.h5       the weights of the best epoch so far (EarlyStopping restores them)
+    epoch-0002.weights.h5      the best epoch's weights (EarlyStopping restores them), kept while
+                               it is the best; when the last epoch is the best, its file serves both
 
 Files are written first, `state.json` last, so a process killed at any moment
 leaves either the previous consistent state or the new one; files that no
@@ -126,10 +127,6 @@ def weights_file(epoch: int) -> str:
 
 def optimizer_file(epoch: int) -> str:
     return f"epoch-{epoch:04d}.optimizer.npz"
-
-
-def best_weights_file(epoch: int) -> str:
-    return f"best-{epoch:04d}.weights.h5"
 
 
 class _LocalFilesystem:

@@ -20,7 +20,6 @@ import numpy as np
 from components.checkpoints import (
     CheckpointFolder,
     TrainingState,
-    best_weights_file,
     optimizer_file,
     weights_file,
 )
@@ -283,15 +282,13 @@ def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolde
             files: dict[str, str] = {}
             if improved:
                 self.best_weights = self.model.get_weights()
-                if folder is not None:
-                    state.best_weights = best_weights_file(state.epoch)
-                    files[state.best_weights] = os.path.join(scratch, state.best_weights)
-                    self.model.save_weights(files[state.best_weights])
             if state.wait >= patience:
                 self.model.stop_training = True
             state.reduce_lr = reduce_lr.snapshot() if reduce_lr is not None else {}
             if folder is not None:
                 state.weights, state.optimizer = weights_file(state.epoch), optimizer_file(state.epoch)
+                if improved:  # this epoch's weights are the best so far: one file, referenced twice
+                    state.best_weights = state.weights
                 files[state.weights] = os.path.join(scratch, state.weights)
                 files[state.optimizer] = os.path.join(scratch, state.optimizer)
                 self.model.save_weights(files[state.weights])

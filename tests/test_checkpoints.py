@@ -35,14 +35,14 @@ def test_state_round_trip_commit_and_cleanup(tmp_path):
     state = TrainingState(key="k")
     state.record_epoch({"loss": 1.0, "val_loss": 0.9}, improved=True)
     state.record_epoch({"loss": 0.8, "val_loss": 1.1}, improved=False)
-    for name in ("epoch-0002.weights.h5", "best-0001.weights.h5"):
+    for name in ("epoch-0002.weights.h5", "epoch-0001.weights.h5"):
         (tmp_path / name).write_text(name)
-    state.weights, state.best_weights = "epoch-0002.weights.h5", "best-0001.weights.h5"
+    state.weights, state.best_weights = "epoch-0002.weights.h5", "epoch-0001.weights.h5"
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "epoch-0001.weights.h5").write_text("stale")
+    (tmp_path / "ckpt" / "epoch-0000.weights.h5").write_text("stale")
     folder.save(state, {name: str(tmp_path / name) for name in state.referenced_files()})
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "best-0001.weights.h5", "epoch-0002.weights.h5", "state.json"]
+        "epoch-0001.weights.h5", "epoch-0002.weights.h5", "state.json"]
     loaded = folder.load("k")
     assert loaded == state and (loaded.epoch, loaded.best_epoch, loaded.wait) == (2, 1, 1)
     assert folder.load("another key") is None
