@@ -72,12 +72,12 @@ class OnTheFlyData:
             epoch = first_epoch + epochs_started[0]
             epochs_started[0] += 1
             for chunk_images, chunk_labels in self.epoch_chunks(epoch):
-                yield from zip(chunk_images, chunk_labels)
+                yield chunk_images, chunk_labels.astype(np.int64)  # whole chunks: one Python call each
 
         side = self.images.shape[1:]
         dataset = tf.data.Dataset.from_generator(
-            one_epoch, output_signature=(tf.TensorSpec(side, tf.uint8), tf.TensorSpec((), tf.int64))
-        ).apply(tf.data.experimental.assert_cardinality(self.count))
+            one_epoch, output_signature=(tf.TensorSpec((None, *side), tf.uint8), tf.TensorSpec((None,), tf.int64))
+        ).unbatch().apply(tf.data.experimental.assert_cardinality(self.count))
         if shuffle_seed is not None:  # a chunk's originals and copies arrive together; mix them
             dataset = dataset.shuffle(min(SHUFFLE_BUFFER, self.count), seed=shuffle_seed)
 
