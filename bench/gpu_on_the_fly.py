@@ -90,15 +90,25 @@ def main() -> None:
         model.fit(batches(chunks, args.batch_size), steps_per_epoch=steps, epochs=1, verbose=0)
         return steps * args.batch_size / (time.perf_counter() - started)
 
+    def generator_alone(chunks) -> float:
+        """images/s of the batches without training: what the data path can deliver by itself."""
+        started, seen = time.perf_counter(), 0
+        for images, _ in batches(chunks, args.batch_size):
+            seen += len(images)
+        return seen / (time.perf_counter() - started)
+
     in_memory = lambda: ((memory[0][i:i + 32], memory[1][i:i + 32]) for i in range(0, count, 32))  # noqa: E731
     timed_epoch(in_memory())  # warm-up: compilation
     results = {"memory": timed_epoch(in_memory())}
-    print("memory", round(results["memory"]), flush=True)
+    alone = {"memory": generator_alone(in_memory())}
+    print("memory", round(results["memory"]), round(alone["memory"]), flush=True)
     for workers in args.workers:
         data = OnTheFlyData(originals, labels, operations, copies_per_image=args.copies, seed=0, workers=workers)
         timed_epoch(data.epoch_chunks(0))  # warm-up: the pool's fork server and imports
-        results[f"on_the_fly_{workers}"] = timed_epoch(data.epoch_chunks(1))
-        print(workers, round(results[f"on_the_fly_{workers}"]), flush=True)
+        name = f"on_the_fly_{workers}"
+        results[name] = timed_epoch(data.epoch_chunks(1))
+        alone[name] = generator_alone(data.epoch_chunks(2))
+        print(workers, round(results[name]), round(alone[name]), flush=True)
 
     device = "GPU (" + str(__import__("jax").devices()[0].device_kind) + ")" if gpu else "CPU"
     lines = [
@@ -112,11 +122,12 @@ def main() -> None:
         f"batch {args.batch_size}, "
         "random weights, one warm-up epoch per case",
         "",
-        "| training data | images/s | vs memory |",
-        "| --- | ---: | ---: |",
-        *[f"| {name} | {rate:,.0f} | {100 * rate / results['memory']:.0f} % |" for name, rate in results.items()],
+        "| training data | training images/s | vs memory | data path alone, images/s |",
+        "| --- | ---: | ---: | ---: |",
+        *[f"| {name} | {rate:,.0f} | {100 * rate / results['memory']:.0f} % | {alone[name]:,.0f} |"
+          for name, rate in results.items()],
     ]
-    text = "\n".join(lines) + "\n\n```json\n" + json.dumps(results, indent=2) + "\n```\n"
+    text = "\n".join(lines) + "\n\n```json\n" + json.dumps({"training": results, "data_path_alone": alone}, indent=2) + "\n```\n"
     print(text)
     if args.out:
         args.out.write_text(text)
