@@ -9,7 +9,7 @@ factor.
 Reproducible: a chunk's random stream depends only on (seed, chunk index),
 never on the number of workers, so 1 or 8 workers write identical shards.
 Shards are written to a local folder (tf.io writes no s3:// without
-tensorflow-io); the ZenML materializer (steps/materializers.py) moves them
+tensorflow-io); the ZenML materializer (steps/shard_materializer.py) moves them
 into the artifact store, local or S3, and copies them back onto the training
 node's disk when the store is remote.
 

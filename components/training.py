@@ -66,7 +66,7 @@ def make_dataset(grays: np.ndarray, labels: np.ndarray | None, batch_size: int, 
 class TrainingData(Protocol):
     """What training needs from a training set, wherever its images live.
 
-    ArrayData (uint8 arrays in memory), shards.ShardData (offline-expanded
+    ArrayData (uint8 arrays in memory), shards.ShardSet (offline-expanded
     TFRecord shards on disk) and online_augmentation.OnTheFlyData (originals
     augmented by worker processes every epoch) implement it.
     """
