@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from machine_info import cpu_model  # noqa: E402
-
-CLASSES = 3
+from training_data_path import CLASSES, originals as smooth_random_originals  # noqa: E402  (no TensorFlow at import)
 
 
 def batches(chunks, batch_size: int):
@@ -62,7 +61,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import keras
-    from PIL import Image
 
     from components.augmentation import augment_copies, resolve_operations
     from components.backbones import build_classifier
@@ -70,10 +68,7 @@ def main() -> None:
 
     gpu = keras.backend.backend() == "jax" and any(d.platform == "gpu" for d in __import__("jax").devices())
     keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "float32")
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, size=(args.originals, 16, 16), dtype=np.uint8)
-    originals = np.stack([np.asarray(Image.fromarray(s).resize((args.size, args.size), Image.BILINEAR)) for s in small])
-    labels = np.arange(args.originals) % CLASSES
+    originals, labels = smooth_random_originals(args.originals, args.size)
     operations = resolve_operations("paper")
     copies, origin = augment_copies(originals, operations, args.copies, seed=0)
     memory = (np.concatenate([originals, copies]), np.concatenate([labels, labels[origin]]))

@@ -64,22 +64,6 @@ def expand(images, labels, factor: int, folder: Path, workers: int) -> dict:
                         workers=workers)
 
 
-def shard_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The images of a shard folder, in memory, in stored order."""
-    import tensorflow as tf
-
-    from components.shards import read_index
-
-    images, labels = [], []
-    for name in read_index(folder)["shards"]:
-        for record in tf.data.TFRecordDataset(str(folder / name)):
-            feature = tf.train.Example.FromString(record.numpy()).features.feature
-            shape = (feature["height"].int64_list.value[0], feature["width"].int64_list.value[0])
-            images.append(np.frombuffer(feature["image"].bytes_list.value[0], np.uint8).reshape(shape))
-            labels.append(feature["label"].int64_list.value[0])
-    return np.stack(images), np.array(labels)
-
-
 def train(training_data, val, size: int, epochs: int, batch_size: int) -> list[float]:
     """train_classifier as the train step calls it; returns each epoch's seconds."""
     import keras
@@ -120,7 +104,7 @@ def input_only(folder: Path, size: int, batch_size: int) -> float:
 def run_throughput(args) -> dict:
     from components.augmentation import resolve_operations
     from components.online_augmentation import OnTheFlyData
-    from components.shards import ShardSet
+    from components.shards import ShardSet, read_records
     from components.training import ArrayData
 
     images, labels = originals(args.originals, args.size)
@@ -133,7 +117,7 @@ def run_throughput(args) -> dict:
         results["expand_images_per_s"] = index["images"] / (time.perf_counter() - started)
         results["input_only_images_per_s"] = input_only(folder, args.size, args.batch_size)
         cases = {
-            "arrays": lambda: ArrayData(*shard_arrays(folder)),
+            "arrays": lambda: ArrayData(*read_records(folder)),
             "shards": lambda: ShardSet.open(folder).at_size(args.size),
             "on_the_fly": lambda: OnTheFlyData(images, labels, resolve_operations("paper"), args.factor - 1, seed=0,
                                                workers=args.workers),
@@ -149,12 +133,12 @@ def run_throughput(args) -> dict:
 
 def memory_case(args) -> None:
     """One training run in this (fresh) process; prints its peak RSS as JSON."""
-    from components.shards import ShardSet
+    from components.shards import ShardSet, read_records
     from components.training import ArrayData
 
     folder = Path(args.folder)
     val = originals(64, args.size, seed=1)
-    data = ShardSet.open(folder).at_size(args.size) if args.case == "shards" else ArrayData(*shard_arrays(folder))
+    data = ShardSet.open(folder).at_size(args.size) if args.case == "shards" else ArrayData(*read_records(folder))
     seconds = train(data, val, args.size, epochs=1, batch_size=args.batch_size)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"case": args.case, "images": data.count, "peak_rss_mib": round(peak_mib, 1),

@@ -164,6 +164,22 @@ def read_index(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / INDEX_FILE).read_text())
 
 
+def read_records(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every image and label of a shard folder, in memory, in stored order (inspection, tests,
+    benchmarks; training reads shards through shard_dataset)."""
+    import tensorflow as tf
+
+    folder = Path(folder)
+    images, labels = [], []
+    for name in read_index(folder)["shards"]:
+        for record in tf.data.TFRecordDataset(str(folder / name)):
+            feature = tf.train.Example.FromString(record.numpy()).features.feature
+            shape = (feature["height"].int64_list.value[0], feature["width"].int64_list.value[0])
+            images.append(np.frombuffer(feature["image"].bytes_list.value[0], np.uint8).reshape(shape))
+            labels.append(feature["label"].int64_list.value[0])
+    return np.stack(images), np.array(labels)
+
+
 @dataclass
 class ShardSet:
     """A folder of shards on local disk and its index; a training.TrainingData.

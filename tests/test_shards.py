@@ -4,22 +4,7 @@ import numpy as np
 import pytest
 
 from components.augmentation import resolve_operations
-from components.shards import read_index, shard_dataset, write_shards
-
-
-def _records(folder):
-    import tensorflow as tf
-
-    index = read_index(folder)
-    images, labels = [], []
-    for name in index["shards"]:
-        for record in tf.data.TFRecordDataset(str(folder / name)):
-            example = tf.train.Example.FromString(record.numpy())
-            feature = example.features.feature
-            shape = (feature["height"].int64_list.value[0], feature["width"].int64_list.value[0])
-            images.append(np.frombuffer(feature["image"].bytes_list.value[0], np.uint8).reshape(shape))
-            labels.append(feature["label"].int64_list.value[0])
-    return np.stack(images), np.array(labels)
+from components.shards import read_records, shard_dataset, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +22,13 @@ def test_shards_hold_originals_and_copies_independent_of_workers(originals, tmp_
                             workers=2)
     assert serial["images"] == 40 * 4 and len(serial["shards"]) == 4  # 160 records, 50 per shard
     assert serial["label_counts"] == {"0": 14 * 4, "1": 13 * 4, "2": 13 * 4}
-    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    one, two = read_records(tmp_path / "one"), read_records(tmp_path / "two")
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
     # Chunk order: the first 32 originals untouched, then their 3 x 32 copies.
     assert np.array_equal(one[0][:32], images[:32])
     assert not np.array_equal(one[0][32:64], images[:32])
     other_seed = write_shards(images, labels, operations, 3, seed=6, out_dir=tmp_path / "six", images_per_shard=50)
-    assert other_seed["images"] == 160 and not np.array_equal(_records(tmp_path / "six")[0], one[0])
+    assert other_seed["images"] == 160 and not np.array_equal(read_records(tmp_path / "six")[0], one[0])
 
 
 def test_shard_dataset_feeds_model_input(originals, tmp_path):
