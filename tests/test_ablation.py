@@ -5,14 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from components.ablation import (
     COLUMNS, DELTA_COLUMN, F1_COLUMN, ablation_config, ablation_plan, ablation_table, to_csv,
 )
 from components.config import ConfigError, parse_run_config
-from tests.test_training_pipeline import tiny_config
+from tests.test_training_pipeline import run_cxr, tiny_config
 
 ROWS = ["Full model", "Without augmentation", "Without transfer learning", "Without both"]
 VARIANT_KEYS = ["full", "no_augmentation", "no_transfer", "no_both"]
@@ -114,7 +113,6 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     from zenml.client import Client
     from zenml.types import CSVString, MarkdownString
 
-    from cxr.cli import main
     from pipelines.ablation import PIPELINE_NAME
     from steps.ablation import ABLATION_CSV, ABLATION_TABLE
 
@@ -125,10 +123,8 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
         # On the fly: the augmented variants' train steps augment each epoch in 2 worker processes.
         augmentation={"preset": "paper", "copies_per_image": 1, "mode": "on_the_fly", "workers": 2},
     )
-    config_file, summary_file = tmp_path / "ablation.yaml", tmp_path / "summary.json"
-    config_file.write_text(yaml.safe_dump(config))
-    code = main(["--workdir", str(local_stack.workdir), "ablation", "--config", str(config_file),
-                 "--summary-json", str(summary_file)])
+    summary_file = tmp_path / "summary.json"
+    code = run_cxr(local_stack, "ablation", config, tmp_path, "--summary-json", str(summary_file))
     assert code == 0
     printed = capsys.readouterr().out
     summary = json.loads(summary_file.read_text())

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from components.labels import (
@@ -25,7 +24,7 @@ from components.labels import (
     EXCLUDE_TRUNCATED,
     EXCLUDE_UNKNOWN_FINDING,
 )
-from tests.test_training_pipeline import tiny_config
+from tests.test_training_pipeline import run_cxr, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -93,19 +92,13 @@ def write_bad_drop(root: Path) -> dict[str, str]:
 def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_path, capsys):
     import time
 
-    from cxr.cli import main
-
     expected = write_bad_drop(Path(s3_env["dir"]) / "drops" / "ieee")
     time.sleep(s3_env["settle_s"])
     config = tiny_config(tmp_path / "synthetic", name="steward-test")
     config["data"]["sources"].append({"kind": "ieee8023", "root": "s3://drops/ieee", "name": "drop"})
     config["data"]["workers"] = 2
     config["validation"]["near_duplicate_max_distance"] = 2
-    path = tmp_path / "drop.yaml"
-    path.write_text(yaml.safe_dump(config))
-
-    code = main(["--workdir", str(local_stack.workdir), "validate", "--config", str(path),
-                 "--summary-json", str(tmp_path / "summary.json")])
+    code = run_cxr(local_stack, "validate", config, tmp_path, "--summary-json", str(tmp_path / "summary.json"))
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "PASSED WITH WARNINGS" in out
@@ -144,12 +137,8 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
 
 
 def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path, capsys):
-    from cxr.cli import main
-
     config = tiny_config(tmp_path / "synthetic", name="blocked-test", validation={"min_images_per_class": 1000})
-    path = tmp_path / "strict.yaml"
-    path.write_text(yaml.safe_dump(config))
-    code = main(["--workdir", str(local_stack.workdir), "validate", "--config", str(path)])
+    code = run_cxr(local_stack, "validate", config, tmp_path)
     out = capsys.readouterr().out
     assert code == 1
     assert "BLOCKED" in out and "min_images_per_class" in out
@@ -160,17 +149,13 @@ def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path
 
 
 def test_missing_metadata_column_is_named_without_a_traceback(local_stack, tmp_path, capsys):
-    from cxr.cli import main
-
     drop = tmp_path / "drop"
     (drop / "images").mkdir(parents=True)
     (drop / "metadata.csv").write_text("filename,patientid,view,modality\na.png,1,PA,X-ray\n")
     config = tiny_config(tmp_path / "synthetic", name="bad-metadata")
     config["data"]["sources"] = [{"kind": "ieee8023", "root": str(drop), "name": "drop"}]
     del config["data"]["synthetic"]
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(config))
-    code = main(["--workdir", str(local_stack.workdir), "validate", "--config", str(path)])
+    code = run_cxr(local_stack, "validate", config, tmp_path)
     message = capsys.readouterr().err
     assert code == 1
     assert str(drop / "metadata.csv") in message and "missing required column(s) ['finding']" in message

@@ -39,6 +39,17 @@ def tiny_config(data_root: Path, **changes) -> dict:
     return config
 
 
+def run_cxr(local_stack, command: str, config: dict, folder: Path, *options: str) -> int:
+    """`cxr <command> --config <config as YAML in folder> [options]` on the test stack, in-process; its exit code."""
+    import yaml
+
+    from cxr.cli import main
+
+    path = folder / f"{command}-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return main(["--workdir", str(local_stack.workdir), command, "--config", str(path), *options])
+
+
 CXR = str(Path(sys.executable).with_name("cxr"))
 OFFLINE = {"preset": "paper", "copies_per_image": 2, "mode": "offline", "workers": 2, "images_per_shard": 16}
 
@@ -159,15 +170,9 @@ def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
 
 
 def test_blocking_validation_failure_stops_the_run_with_a_summary(trained, local_stack, tmp_path, capsys):
-    import yaml
-
-    from cxr.cli import main
-
     config = tiny_config(trained["data_root"], validation={"min_images_per_class": 1000})
     del config["data"]["synthetic"]
-    path = tmp_path / "too-strict.yaml"
-    path.write_text(yaml.safe_dump(config))
-    code = main(["--workdir", str(local_stack.workdir), "train", "--config", str(path)])
+    code = run_cxr(local_stack, "train", config, tmp_path)
     message = capsys.readouterr().err
     assert code == 1
     assert "BLOCKING FAILED" in message and "min_images_per_class" in message
@@ -176,15 +181,9 @@ def test_blocking_validation_failure_stops_the_run_with_a_summary(trained, local
 
 
 def test_missing_source_folder_is_named_without_a_traceback(local_stack, tmp_path, capsys):
-    import yaml
-
-    from cxr.cli import main
-
     config = tiny_config(tmp_path / "nowhere")
     del config["data"]["synthetic"]
-    path = tmp_path / "missing-data.yaml"
-    path.write_text(yaml.safe_dump(config))
-    code = main(["--workdir", str(local_stack.workdir), "train", "--config", str(path)])
+    code = run_cxr(local_stack, "train", config, tmp_path)
     message = capsys.readouterr().err
     assert code == 1
     assert str(tmp_path / "nowhere") in message and "not a directory" in message
