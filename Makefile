@@ -31,6 +31,13 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
+# Style and architecture: ruff (lint + format, configured in pyproject.toml) and
+# import-linter (layering and no import cycles, [tool.importlinter] there).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.cxr/mlflow/mlflow.db --port 5000
 

@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
 from machine_info import cpu_model  # noqa: E402
 
 CHUNK = 32
@@ -45,7 +44,7 @@ def _augment(task):
 
 
 def throughput(images: np.ndarray, workers: int) -> float:
-    tasks = [(images[start:start + CHUNK], start) for start in range(0, len(images), CHUNK)]
+    tasks = [(images[start : start + CHUNK], start) for start in range(0, len(images), CHUNK)]
     _augment(tasks[0])  # imports and first-call costs out of the timing
     if workers == 1:
         start = time.perf_counter()
@@ -121,14 +120,17 @@ def main() -> None:
     ]
     if expansions:
         lines += [
-        "",
-        f"Offline expansion (`components.shards.write_shards`, 2 workers) of {args.expansion_originals} "
-        f"originals at {args.size} px, each in a fresh process:",
-        "",
-        "| copies per image | images written | seconds | RSS before (MiB) | peak RSS (MiB) |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        *[f"| {e['copies_per_image']} | {e['images_written']} | {e['seconds']} | {e['rss_before_mib']} "
-          f"| {e['peak_rss_mib']} |" for e in expansions],
+            "",
+            f"Offline expansion (`components.shards.write_shards`, 2 workers) of {args.expansion_originals} "
+            f"originals at {args.size} px, each in a fresh process:",
+            "",
+            "| copies per image | images written | seconds | RSS before (MiB) | peak RSS (MiB) |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            *[
+                f"| {e['copies_per_image']} | {e['images_written']} | {e['seconds']} | {e['rss_before_mib']} "
+                f"| {e['peak_rss_mib']} |"
+                for e in expansions
+            ],
         ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

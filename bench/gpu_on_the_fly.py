@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
 from machine_info import cpu_model  # noqa: E402
-from training_data_path import CLASSES, originals as smooth_random_originals  # noqa: E402  (no TensorFlow at import)
+from training_data_path import CLASSES  # noqa: E402  (no TensorFlow at import)
+from training_data_path import originals as smooth_random_originals  # noqa: E402
 
 
 def batches(chunks, batch_size: int):
@@ -92,7 +92,7 @@ def main() -> None:
             seen += len(images)
         return seen / (time.perf_counter() - started)
 
-    in_memory = lambda: ((memory[0][i:i + 32], memory[1][i:i + 32]) for i in range(0, count, 32))  # noqa: E731
+    in_memory = lambda: ((memory[0][i : i + 32], memory[1][i : i + 32]) for i in range(0, count, 32))  # noqa: E731
     timed_epoch(in_memory())  # warm-up: compilation
     results = {"memory": timed_epoch(in_memory())}
     alone = {"memory": generator_alone(in_memory())}
@@ -119,10 +119,17 @@ def main() -> None:
         "",
         "| training data | training images/s | vs memory | data path alone, images/s |",
         "| --- | ---: | ---: | ---: |",
-        *[f"| {name} | {rate:,.0f} | {100 * rate / results['memory']:.0f} % | {alone[name]:,.0f} |"
-          for name, rate in results.items()],
+        *[
+            f"| {name} | {rate:,.0f} | {100 * rate / results['memory']:.0f} % | {alone[name]:,.0f} |"
+            for name, rate in results.items()
+        ],
     ]
-    text = "\n".join(lines) + "\n\n```json\n" + json.dumps({"training": results, "data_path_alone": alone}, indent=2) + "\n```\n"
+    text = (
+        "\n".join(lines)
+        + "\n\n```json\n"
+        + json.dumps({"training": results, "data_path_alone": alone}, indent=2)
+        + "\n```\n"
+    )
     print(text)
     if args.out:
         args.out.write_text(text)

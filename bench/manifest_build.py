@@ -52,7 +52,7 @@ def synthetic_png(seed: int, size: int) -> bytes:
         image[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1] += rng.uniform(-80, 80)
     for _ in range(3):
         x0, y0 = rng.integers(0, size - size // 8, 2)
-        image[y0:y0 + rng.integers(4, size // 4), x0:x0 + rng.integers(4, size // 4)] += rng.uniform(-60, 60)
+        image[y0 : y0 + rng.integers(4, size // 4), x0 : x0 + rng.integers(4, size // 4)] += rng.uniform(-60, 60)
     image += rng.normal(0, 5, image.shape)
     buffer = io.BytesIO()
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "PNG")
@@ -130,9 +130,13 @@ def stage_breakdown(paths: list[str], repeats: int) -> list[tuple[str, float]]:
 
 def s3_environment(server: dict) -> dict[str, str]:
     """AWS variables that point boto3 at a server from tests.servers.start_rclone_s3."""
-    return {"AWS_ENDPOINT_URL": server["endpoint"], "AWS_ACCESS_KEY_ID": server["access_key"],
-            "AWS_SECRET_ACCESS_KEY": server["secret_key"], "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        "AWS_ENDPOINT_URL": server["endpoint"],
+        "AWS_ACCESS_KEY_ID": server["access_key"],
+        "AWS_SECRET_ACCESS_KEY": server["secret_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -146,8 +150,15 @@ def machine() -> dict[str, str]:
     import numpy
     import PIL
 
-    return {"cpu": cpu, "nproc": nproc, "cpu_count": str(os.cpu_count()), "python": platform.python_version(),
-            "pillow": PIL.__version__, "numpy": numpy.__version__, "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "nproc": nproc,
+        "cpu_count": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def report(args, info, results, breakdown, s3_note) -> str:
@@ -181,8 +192,13 @@ def report(args, info, results, breakdown, s3_note) -> str:
             f"| {row['storage']} | {row['executor']} | {row['workers']} | {row['best']:.0f} | {row['median']:.0f} | "
             f"{row['best'] / row['workers']:.0f} | {row['speedup']:.2f}x | {row['load'][0]:.1f} -> {row['load'][1]:.1f} |"
         )
-    lines += ["", "Single-thread stage costs (µs per image, best of runs, bytes in memory):", "",
-              "| stage | µs/image |", "|---|---:|"]
+    lines += [
+        "",
+        "Single-thread stage costs (µs per image, best of runs, bytes in memory):",
+        "",
+        "| stage | µs/image |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {micros:.0f} |" for name, micros in breakdown]
     lines += ["", "## Goal", "", *results["verdict"]]
     if s3_note:
@@ -196,16 +212,20 @@ def verdict(rows: list[dict], cores: int) -> list[str]:
     notes = []
     if single:
         met = single["best"] >= GOAL_PER_CORE
-        notes.append(f"- >= {GOAL_PER_CORE} img/s per core: {'met' if met else 'NOT met'} "
-                     f"with 1 worker ({single['best']:.0f} img/s best, {single['median']:.0f} median).")
+        notes.append(
+            f"- >= {GOAL_PER_CORE} img/s per core: {'met' if met else 'NOT met'} "
+            f"with 1 worker ({single['best']:.0f} img/s best, {single['median']:.0f} median)."
+        )
     for row in local:
         if row["workers"] > 1 and single:
             efficiency = row["speedup"] / row["workers"]
             linear = "near-linear" if efficiency >= 0.8 else "NOT near-linear"
-            notes.append(f"- 1 -> {row['workers']} workers ({row['executor']}): {row['speedup']:.2f}x, "
-                         f"{efficiency:.0%} of linear: {linear}"
-                         + (f" (only {cores} cores, shared with other jobs)" if row["workers"] >= cores else "")
-                         + ".")
+            notes.append(
+                f"- 1 -> {row['workers']} workers ({row['executor']}): {row['speedup']:.2f}x, "
+                f"{efficiency:.0%} of linear: {linear}"
+                + (f" (only {cores} cores, shared with other jobs)" if row["workers"] >= cores else "")
+                + "."
+            )
     return notes
 
 
@@ -214,14 +234,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=2000, help="number of synthetic images (default 2000)")
     parser.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts (default 1 2)")
-    parser.add_argument("--executors", nargs="+", default=["process", "thread"], choices=["process", "thread"],
-                        help="pool kinds for local files when workers > 1 (default: process thread)")
+    parser.add_argument(
+        "--executors",
+        nargs="+",
+        default=["process", "thread"],
+        choices=["process", "thread"],
+        help="pool kinds for local files when workers > 1 (default: process thread)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (default 3)")
     parser.add_argument("--s3", action="store_true", help="also read the files from a local rclone S3 server")
-    parser.add_argument("--s3-workers", type=int, nargs="+", default=None,
-                        help="worker counts for S3 (threads; default: --workers plus 8)")
-    parser.add_argument("--s3-executors", nargs="+", default=["thread", "process"], choices=["process", "thread"],
-                        help="pool kinds for S3 when workers > 1 (default: thread process; auto picks thread)")
+    parser.add_argument(
+        "--s3-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="worker counts for S3 (threads; default: --workers plus 8)",
+    )
+    parser.add_argument(
+        "--s3-executors",
+        nargs="+",
+        default=["thread", "process"],
+        choices=["process", "thread"],
+        help="pool kinds for S3 when workers > 1 (default: thread process; auto picks thread)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "manifest_build.md")
     args = parser.parse_args(argv)
 
@@ -235,32 +270,49 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         paths = write_images(temp_path / "data" / BUCKET, args.images, args.size)
         mean_bytes = statistics.mean(os.path.getsize(path) for path in paths)
-        print(f"wrote {len(paths)} PNGs ({mean_bytes / 1e3:.1f} KB each) in {time.perf_counter() - start:.1f} s",
-              file=sys.stderr)
+        print(
+            f"wrote {len(paths)} PNGs ({mean_bytes / 1e3:.1f} KB each) in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
         describe_uris(paths[:50], workers=2, executor="process")  # start the fork server (untimed)
 
         def measure(storage: str, uris: list[str], workers: int, executor: str) -> None:
             load_before = os.getloadavg()[0]
             rates = time_describe(uris, workers, executor, args.repeats)
-            row = {"storage": storage, "executor": executor if workers > 1 else "inline", "workers": workers,
-                   "best": max(rates), "median": statistics.median(rates), "rates": rates,
-                   "load": (load_before, os.getloadavg()[0])}
+            row = {
+                "storage": storage,
+                "executor": executor if workers > 1 else "inline",
+                "workers": workers,
+                "best": max(rates),
+                "median": statistics.median(rates),
+                "rates": rates,
+                "load": (load_before, os.getloadavg()[0]),
+            }
             base = next((r for r in rows if r["storage"] == storage and r["workers"] == 1), None)
             row["speedup"] = row["best"] / base["best"] if base else 1.0
             rows.append(row)
-            print(f"{storage:6s} {row['executor']:8s} workers={workers}: "
-                  + ", ".join(f"{rate:.0f}" for rate in rates) + " img/s", file=sys.stderr)
+            print(
+                f"{storage:6s} {row['executor']:8s} workers={workers}: "
+                + ", ".join(f"{rate:.0f}" for rate in rates)
+                + " img/s",
+                file=sys.stderr,
+            )
 
         for workers in sorted(set(args.workers)):
-            for executor in (["process"] if workers <= 1 else args.executors):
+            for executor in ["process"] if workers <= 1 else args.executors:
                 measure("local", paths, workers, executor)
 
         if args.s3:
             from tests.servers import start_rclone_s3, stop_process_group
 
             # rclone's default directory cache (5 min): the files are all written before it starts.
-            server = start_rclone_s3(temp_path / "data", temp_path / "rclone.log", access_key="bench-key",
-                                     secret_key="bench-secret", dir_cache_time="5m")
+            server = start_rclone_s3(
+                temp_path / "data",
+                temp_path / "rclone.log",
+                access_key="bench-key",
+                secret_key="bench-secret",
+                dir_cache_time="5m",
+            )
             environment = s3_environment(server)
             saved = {name: os.environ.get(name) for name in environment}
             os.environ.update(environment)
@@ -271,13 +323,15 @@ def main(argv: list[str] | None = None) -> None:
                 uris = [f"s3://{BUCKET}/{Path(path).name}" for path in paths]
                 describe_uris(uris[:20], workers=2)  # warm the client and rclone's directory cache (untimed)
                 for workers in sorted(set(args.s3_workers or [*args.workers, 8])):
-                    for executor in (["thread"] if workers <= 1 else args.s3_executors):
+                    for executor in ["thread"] if workers <= 1 else args.s3_executors:
                         measure("s3", uris, workers, executor)
-                s3_note = ("S3 rows: `rclone serve s3` on 127.0.0.1 over the same folder, read through "
-                           "components.s3 (boto3, one client per process, threads share it); executor=\"auto\" "
-                           "picks threads for s3:// URIs. The rclone server runs on the same cores, so these rows "
-                           "measure client and server together: no network latency to hide, so threads gain "
-                           "little here; against real S3 (tens of ms per GET) they are what keeps the cores busy.")
+                s3_note = (
+                    "S3 rows: `rclone serve s3` on 127.0.0.1 over the same folder, read through "
+                    'components.s3 (boto3, one client per process, threads share it); executor="auto" '
+                    "picks threads for s3:// URIs. The rclone server runs on the same cores, so these rows "
+                    "measure client and server together: no network latency to hide, so threads gain "
+                    "little here; against real S3 (tens of ms per GET) they are what keeps the cores busy."
+                )
             finally:
                 stop_process_group(server["process"])
                 for name, value in saved.items():

@@ -50,10 +50,14 @@ def run_config(args) -> dict:
         "task": "multiclass",
         "seed": 0,
         "data": {
-            "synthetic": {"root": str(WORKDIR / "data"), "n_patients_per_class": args.patients,
-                          "images_per_patient": 2, "image_size": 256, "seed": 0},
-            "sources": [{"kind": "folder", "root": str(WORKDIR / "data"), "name": "synthetic",
-                         "default_view": "PA"}],
+            "synthetic": {
+                "root": str(WORKDIR / "data"),
+                "n_patients_per_class": args.patients,
+                "images_per_patient": 2,
+                "image_size": 256,
+                "seed": 0,
+            },
+            "sources": [{"kind": "folder", "root": str(WORKDIR / "data"), "name": "synthetic", "default_view": "PA"}],
         },
         "validation": {"near_duplicate_max_distance": 2},
         "augmentation": {"preset": "paper", "copies_per_image": args.copies},
@@ -104,16 +108,32 @@ def bare_keras(run_name: str, config) -> dict:
     keras.utils.set_random_seed(0)
     model = build_classifier("MobileNet", len(classes), backbone.image_size, weights="none", alpha=backbone.alpha)
     compile_classifier(model, len(classes), training.learning_rate)
-    model.fit(make_dataset(images, labels, training.batch_size, shuffle_seed=0),
-              validation_data=make_dataset(*val, training.batch_size), epochs=training.epochs,
-              class_weight=balanced_class_weights(labels, len(classes)), verbose=0)
+    model.fit(
+        make_dataset(images, labels, training.batch_size, shuffle_seed=0),
+        validation_data=make_dataset(*val, training.batch_size),
+        epochs=training.epochs,
+        class_weight=balanced_class_weights(labels, len(classes)),
+        verbose=0,
+    )
     return {"seconds": time.perf_counter() - started, "train_images": len(images)}
 
 
 def child(role: str, args, run_name: str | None) -> dict:
     """Run one pipeline or one bare training in a fresh process; its JSON result."""
-    command = [sys.executable, __file__, "--role", role, "--patients", str(args.patients), "--copies",
-               str(args.copies), "--size", str(args.size), "--epochs", str(args.epochs)]
+    command = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--patients",
+        str(args.patients),
+        "--copies",
+        str(args.copies),
+        "--size",
+        str(args.size),
+        "--epochs",
+        str(args.epochs),
+    ]
     if run_name:
         command += ["--run-name", run_name]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -154,10 +174,19 @@ def main() -> None:
         # inputs, saving the model), per-epoch checkpoints and early-stopping bookkeeping,
         # live MLflow metrics. Unlike the wall-clock difference, this is not buried in the
         # +-20 % run-to-run noise of a shared 2-core machine.
-        added = (step["step_seconds"] - step["fit_seconds"]) + step["checkpoint_seconds"] + step["mlflow_logging_seconds"]
-        rows.append({"repeat": repeat, **step, "bare_seconds": bare["seconds"],
-                     "overhead": step["step_seconds"] / bare["seconds"] - 1,
-                     "added_seconds": added, "added_fraction": added / (step["step_seconds"] - added)})
+        added = (
+            (step["step_seconds"] - step["fit_seconds"]) + step["checkpoint_seconds"] + step["mlflow_logging_seconds"]
+        )
+        rows.append(
+            {
+                "repeat": repeat,
+                **step,
+                "bare_seconds": bare["seconds"],
+                "overhead": step["step_seconds"] / bare["seconds"] - 1,
+                "added_seconds": added,
+                "added_fraction": added / (step["step_seconds"] - added),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
         write(rows, args)
@@ -184,9 +213,11 @@ def write(rows: list[dict], args) -> None:
     ]
     for row in rows:
         work = row["train_images"] * row["epochs"]
-        lines.append(f"| {row['repeat']} | {row['step_seconds']:.1f} | {row['fit_seconds']:.1f} | "
-                     f"{row['bare_seconds']:.1f} | {100 * row['overhead']:+.1f} % | {work / row['step_seconds']:.1f} | "
-                     f"{work / row['bare_seconds']:.1f} |")
+        lines.append(
+            f"| {row['repeat']} | {row['step_seconds']:.1f} | {row['fit_seconds']:.1f} | "
+            f"{row['bare_seconds']:.1f} | {100 * row['overhead']:+.1f} % | {work / row['step_seconds']:.1f} | "
+            f"{work / row['bare_seconds']:.1f} |"
+        )
     lines += [
         "",
         "What the pipeline adds, timed where it happens (step outside training: inputs loaded, model saved; "
@@ -196,9 +227,11 @@ def write(rows: list[dict], args) -> None:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row['repeat']} | {row['step_seconds'] - row['fit_seconds']:.2f} | "
-                     f"{row['checkpoint_seconds']:.2f} | {row['mlflow_logging_seconds']:.2f} | "
-                     f"{row['added_seconds']:.2f} s | {100 * row['added_fraction']:.1f} % |")
+        lines.append(
+            f"| {row['repeat']} | {row['step_seconds'] - row['fit_seconds']:.2f} | "
+            f"{row['checkpoint_seconds']:.2f} | {row['mlflow_logging_seconds']:.2f} | "
+            f"{row['added_seconds']:.2f} s | {100 * row['added_fraction']:.1f} % |"
+        )
     lines += ["", "```json", json.dumps(rows, indent=2), "```"]
     args.out.write_text("\n".join(lines) + "\n")
 

@@ -52,8 +52,13 @@ def measure(backbone: str, size: int, batch_size: int, steps: int, mode: str, mi
     seconds = time.perf_counter() - start
     keras.mixed_precision.set_global_policy("float32")
     return {
-        "backbone": backbone, "image_size": size, "mode": mode, "mixed_precision": mixed,
-        "batch_size": batch_size, "images": batch_size * steps, "seconds": round(seconds, 3),
+        "backbone": backbone,
+        "image_size": size,
+        "mode": mode,
+        "mixed_precision": mixed,
+        "batch_size": batch_size,
+        "images": batch_size * steps,
+        "seconds": round(seconds, 3),
         "images_per_s": round(batch_size * steps / seconds, 1),
     }
 

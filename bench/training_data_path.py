@@ -39,7 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
 from machine_info import cpu_model  # noqa: E402
 
 CLASSES = 3
@@ -60,8 +59,9 @@ def expand(images, labels, factor: int, folder: Path, workers: int) -> dict:
     from components.augmentation import resolve_operations
     from components.shards import write_shards
 
-    return write_shards(images, labels, resolve_operations("paper"), factor - 1, seed=0, out_dir=folder,
-                        workers=workers)
+    return write_shards(
+        images, labels, resolve_operations("paper"), factor - 1, seed=0, out_dir=folder, workers=workers
+    )
 
 
 def train(training_data, val, size: int, epochs: int, batch_size: int) -> list[float]:
@@ -82,7 +82,12 @@ def train(training_data, val, size: int, epochs: int, batch_size: int) -> list[f
 
     train_classifier(
         lambda: build_classifier(BACKBONE["name"], CLASSES, size, weights="none", alpha=BACKBONE["alpha"]),
-        training_data, val, num_classes=CLASSES, seed=0, callbacks=[EpochTimer()], verbose=0,
+        training_data,
+        val,
+        num_classes=CLASSES,
+        seed=0,
+        callbacks=[EpochTimer()],
+        verbose=0,
         training={"epochs": epochs, "batch_size": batch_size, "learning_rate": 1e-3, "patience": 100},
     )
     return seconds
@@ -119,13 +124,16 @@ def run_throughput(args) -> dict:
         cases = {
             "arrays": lambda: ArrayData(*read_records(folder)),
             "shards": lambda: ShardSet.open(folder).at_size(args.size),
-            "on_the_fly": lambda: OnTheFlyData(images, labels, resolve_operations("paper"), args.factor - 1, seed=0,
-                                               workers=args.workers),
+            "on_the_fly": lambda: OnTheFlyData(
+                images, labels, resolve_operations("paper"), args.factor - 1, seed=0, workers=args.workers
+            ),
         }
         for name in args.cases:
             seconds = train(cases[name](), val, args.size, epochs=2, batch_size=args.batch_size)
-            results[name] = {"epoch_seconds": [round(s, 2) for s in seconds],
-                             "images_per_s": index["images"] / seconds[-1]}
+            results[name] = {
+                "epoch_seconds": [round(s, 2) for s in seconds],
+                "images_per_s": index["images"] / seconds[-1],
+            }
             print(name, results[name], flush=True)
     results["images_per_epoch"] = index["images"]
     return results
@@ -141,8 +149,16 @@ def memory_case(args) -> None:
     data = ShardSet.open(folder).at_size(args.size) if args.case == "shards" else ArrayData(*read_records(folder))
     seconds = train(data, val, args.size, epochs=1, batch_size=args.batch_size)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"case": args.case, "images": data.count, "peak_rss_mib": round(peak_mib, 1),
-                      "epoch_seconds": round(seconds[0], 1)}))
+    print(
+        json.dumps(
+            {
+                "case": args.case,
+                "images": data.count,
+                "peak_rss_mib": round(peak_mib, 1),
+                "epoch_seconds": round(seconds[0], 1),
+            }
+        )
+    )
 
 
 def run_memory(args) -> list[dict]:
@@ -154,9 +170,22 @@ def run_memory(args) -> list[dict]:
             expand(images, labels, factor, folder, args.workers)
             for case in args.cases:
                 output = subprocess.run(
-                    [sys.executable, __file__, "memory-case", "--case", case, "--folder", str(folder),
-                     "--size", str(args.size), "--batch-size", str(args.batch_size)],
-                    check=True, capture_output=True, text=True,
+                    [
+                        sys.executable,
+                        __file__,
+                        "memory-case",
+                        "--case",
+                        case,
+                        "--folder",
+                        str(folder),
+                        "--size",
+                        str(args.size),
+                        "--batch-size",
+                        str(args.batch_size),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 ).stdout
                 row = {"factor": factor, **json.loads(output.strip().splitlines()[-1])}
                 print(row, flush=True)
@@ -216,8 +245,9 @@ def write_memory(rows: list[dict], args, out: Path) -> None:
     for row in rows:
         first = next(r for r in rows if r["case"] == row["case"] and r["factor"] == 1)
         growth = 100 * (row["peak_rss_mib"] / first["peak_rss_mib"] - 1)
-        lines.append(f"| {row['case']} | x{row['factor']} | {row['images']:,} | {row['peak_rss_mib']:,.0f} | "
-                     f"{growth:+.0f} % |")
+        lines.append(
+            f"| {row['case']} | x{row['factor']} | {row['images']:,} | {row['peak_rss_mib']:,.0f} | {growth:+.0f} % |"
+        )
     lines += ["", "```json", json.dumps(rows, indent=2), "```"]
     out.write_text("\n".join(lines) + "\n")
 

@@ -25,7 +25,7 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,13 @@ def _hex(rng: np.random.Generator, n: int, nbytes: int) -> np.ndarray:
 def generate_manifest(rows: int, seed: int = 0) -> pd.DataFrame:
     """A multiclass manifest of `rows` rows with planted problems (see module doc)."""
     from components.labels import (
-        COVID, EXCLUDE_DUPLICATE, EXCLUDE_LATERAL, EXCLUDE_MISSING_FILE, EXCLUDE_TRUNCATED, NORMAL, PNEUMONIA,
+        COVID,
+        EXCLUDE_DUPLICATE,
+        EXCLUDE_LATERAL,
+        EXCLUDE_MISSING_FILE,
+        EXCLUDE_TRUNCATED,
+        NORMAL,
+        PNEUMONIA,
     )
     from components.manifest import MANIFEST_COLUMNS
 
@@ -81,29 +87,31 @@ def generate_manifest(rows: int, seed: int = 0) -> pd.DataFrame:
     patient = np.arange(n) // 2  # two images per patient
     labels = np.array([COVID, NORMAL, PNEUMONIA], dtype=object)
     label = labels[patient % 3]
-    frame = pd.DataFrame({
-        "uri": [f"s3://bench-bucket/{s}/images/img{i:06d}.png" for i, s in enumerate(source)],
-        "source": source,
-        "sha256": _hex(rng, n, 32),
-        "phash": _hex(rng, n, 8),
-        "width": rng.integers(256, 4096, n),
-        "height": rng.integers(256, 4096, n),
-        "mode": np.array(["L", "RGB"], dtype=object)[rng.integers(0, 2, n)],
-        "bit_depth": 8,
-        "view": np.array(["PA", "AP", "AP Supine"], dtype=object)[rng.integers(0, 3, n)],
-        "patient_id": [f"{s}:p{p}" for s, p in zip(source, patient)],
-        "age_group": np.array(["adult", "pediatric", ""], dtype=object)[rng.integers(0, 3, n)],
-        "finding": label,
-        "label": label,
-        "exclusion_reason": "",
-        "exclusion_detail": "",
-    })
+    frame = pd.DataFrame(
+        {
+            "uri": [f"s3://bench-bucket/{s}/images/img{i:06d}.png" for i, s in enumerate(source)],
+            "source": source,
+            "sha256": _hex(rng, n, 32),
+            "phash": _hex(rng, n, 8),
+            "width": rng.integers(256, 4096, n),
+            "height": rng.integers(256, 4096, n),
+            "mode": np.array(["L", "RGB"], dtype=object)[rng.integers(0, 2, n)],
+            "bit_depth": 8,
+            "view": np.array(["PA", "AP", "AP Supine"], dtype=object)[rng.integers(0, 3, n)],
+            "patient_id": [f"{s}:p{p}" for s, p in zip(source, patient, strict=False)],
+            "age_group": np.array(["adult", "pediatric", ""], dtype=object)[rng.integers(0, 3, n)],
+            "finding": label,
+            "label": label,
+            "exclusion_reason": "",
+            "exclusion_detail": "",
+        }
+    )
     picks = rng.permutation(n)
     cursor = 0
 
     def take(k: int) -> np.ndarray:
         nonlocal cursor
-        chosen = picks[cursor:cursor + k]
+        chosen = picks[cursor : cursor + k]
         cursor += k
         return chosen
 
@@ -122,7 +130,7 @@ def generate_manifest(rows: int, seed: int = 0) -> pd.DataFrame:
     sha[b], phash[b], reason[b], label[b] = sha[a], phash[a], EXCLUDE_DUPLICATE, ""
     detail[b] = [f"same bytes as {u}" for u in uri[a]]
     # Near-duplicates: 1 to 4 bits flipped.
-    for a, b in zip(take(k), take(k)):
+    for a, b in zip(take(k), take(k), strict=False):
         value = int(phash[a], 16)
         for bit in rng.choice(64, int(rng.integers(1, 5)), replace=False):
             value ^= 1 << int(bit)
@@ -149,7 +157,7 @@ def split_by_patient(manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     draw = rng.random(len(patients))
     split = np.where(draw < 0.7, "train", np.where(draw < 0.85, "val", "test"))
-    return used.assign(split=used["patient_id"].map(dict(zip(patients, split))))
+    return used.assign(split=used["patient_id"].map(dict(zip(patients, split, strict=False))))
 
 
 def run_benchmark(rows: int) -> tuple[list[tuple[str, float, float]], dict]:
@@ -207,8 +215,9 @@ def real_phash_distances(datasets: Path, max_distance: int = 12) -> tuple[str, d
     from components.manifest import build_manifest, read_metadata_csv
 
     start = time.perf_counter()
-    ieee = build_manifest([{"kind": "ieee8023", "root": str(datasets / "covid-chestxray-dataset"), "name": "ieee"}],
-                          "multiclass")
+    ieee = build_manifest(
+        [{"kind": "ieee8023", "root": str(datasets / "covid-chestxray-dataset"), "name": "ieee"}], "multiclass"
+    )
     frame = ieee[["uri", "source", "patient_id", "sha256", "phash"]].copy()
     actualmed = datasets / "actualmed-covid-chestxray-dataset"
     if actualmed.is_dir():  # no adapter reads its `imagename` column yet: read the files directly
@@ -217,8 +226,15 @@ def real_phash_distances(datasets: Path, max_distance: int = 12) -> tuple[str, d
         for record in table.to_dict("records"):
             uri = str(actualmed / "images" / record["imagename"])
             info = describe_uri(uri)
-            rows.append({"uri": uri, "source": "actualmed", "patient_id": f"actualmed:{record['patientid']}",
-                         "sha256": info["sha256"], "phash": info["phash"]})
+            rows.append(
+                {
+                    "uri": uri,
+                    "source": "actualmed",
+                    "patient_id": f"actualmed:{record['patientid']}",
+                    "sha256": info["sha256"],
+                    "phash": info["phash"],
+                }
+            )
         frame = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
     frame = frame[frame["phash"] != ""].reset_index(drop=True)
     values = np.array([int(h, 16) for h in frame["phash"]], dtype=np.uint64)
@@ -228,20 +244,32 @@ def real_phash_distances(datasets: Path, max_distance: int = 12) -> tuple[str, d
     sha = frame["sha256"].to_numpy()
     source = frame["source"].to_numpy()
     same_patient = patient[i] == patient[j]
-    lines = ["| distance | pairs | same patient id | same bytes | across sources |", "| ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| distance | pairs | same patient id | same bytes | across sources |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
     for d in range(max_distance + 1):
         at = distance == d
-        lines.append(f"| {d} | {int(at.sum())} | {int((at & same_patient).sum())} | "
-                     f"{int((at & (sha[i] == sha[j])).sum())} | {int((at & (source[i] != source[j])).sum())} |")
+        lines.append(
+            f"| {d} | {int(at.sum())} | {int((at & same_patient).sum())} | "
+            f"{int((at & (sha[i] == sha[j])).sum())} | {int((at & (source[i] != source[j])).sum())} |"
+        )
     close = np.flatnonzero(distance <= LIST_UP_TO)
     close = close[np.argsort(distance[close], kind="stable")]
-    lines += ["", f"Pairs at distance <= {LIST_UP_TO} (file names, patient ids):", "",
-              "| distance | image A | patient A | image B | patient B |", "| ---: | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"Pairs at distance <= {LIST_UP_TO} (file names, patient ids):",
+        "",
+        "| distance | image A | patient A | image B | patient B |",
+        "| ---: | --- | --- | --- | --- |",
+    ]
     uri = frame["uri"].to_numpy()
     for k in close:
         a, b = i[k], j[k]
-        lines.append(f"| {int(distance[k])} | {Path(uri[a]).name[:48]} | {patient[a]} | "
-                     f"{Path(uri[b]).name[:48]} | {patient[b]} |")
+        lines.append(
+            f"| {int(distance[k])} | {Path(uri[a]).name[:48]} | {patient[a]} | "
+            f"{Path(uri[b]).name[:48]} | {patient[b]} |"
+        )
     facts = {
         "images": len(values),
         "pairs": len(distance),
@@ -265,9 +293,11 @@ def machine() -> str:
         memory = float("nan")
     import great_expectations as gx
 
-    return (f"{cpu}, {os.cpu_count()} CPUs visible (shared), {memory:.0f} GiB RAM; {platform.system()} "
-            f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
-            f"pandas {pd.__version__}, great_expectations {gx.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs visible (shared), {memory:.0f} GiB RAM; {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"pandas {pd.__version__}, great_expectations {gx.__version__}"
+    )
 
 
 def markdown(rows: int, phases, facts, real: tuple[str, dict] | None) -> str:
@@ -278,7 +308,7 @@ def markdown(rows: int, phases, facts, real: tuple[str, dict] | None) -> str:
     lines = [
         "# Validation benchmark",
         "",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}",
         f"- Reproduce: `{REPRODUCE}`" + ("" if rows == 100_000 else f" (this run: `--rows {rows}`)"),
         f"- Manifest: {facts['rows']} generated rows, {facts['used']} used; planted: exact duplicates among used "
@@ -326,8 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--out", type=Path, default=None, help="markdown file to write (default: print only)")
-    parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets",
-                        help="folder with the real datasets for the pHash distance table")
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        default=ROOT.parent / "shared" / "datasets",
+        help="folder with the real datasets for the pHash distance table",
+    )
     parser.add_argument("--no-real-data", action="store_true", help="skip the real pHash distance table")
     args = parser.parse_args(argv)
 

@@ -91,34 +91,73 @@ BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec(
-            "InceptionV3", "InceptionV3", 299, 75, "tf",
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "inception_v3",
+            "InceptionV3",
+            "InceptionV3",
+            299,
+            75,
+            "tf",
+            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "inception_v3",
         ),
         BackboneSpec(
-            "Xception", "Xception", 299, 71, "tf",
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception",
+            "Xception",
+            "Xception",
+            299,
+            71,
+            "tf",
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "xception",
         ),
         BackboneSpec(
-            "MobileNet", "MobileNet", 224, 32, "tf",
-            "mobilenet_{alpha}_{size}_tf_no_top.h5", "mobilenet", has_alpha=True,
-            imagenet_alphas=(0.25, 0.5, 0.75, 1.0), imagenet_sizes=(128, 160, 192, 224),
+            "MobileNet",
+            "MobileNet",
+            224,
+            32,
+            "tf",
+            "mobilenet_{alpha}_{size}_tf_no_top.h5",
+            "mobilenet",
+            has_alpha=True,
+            imagenet_alphas=(0.25, 0.5, 0.75, 1.0),
+            imagenet_sizes=(128, 160, 192, 224),
         ),
         BackboneSpec(
-            "MobileNetV2", "MobileNetV2", 224, 32, "tf",
-            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5", "mobilenet_v2",
-            has_alpha=True, imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+            "MobileNetV2",
+            "MobileNetV2",
+            224,
+            32,
+            "tf",
+            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
+            "mobilenet_v2",
+            has_alpha=True,
+            imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
             imagenet_sizes=(96, 128, 160, 192, 224),
         ),
         BackboneSpec(
-            "EfficientNetB0", "EfficientNetB0", 224, 32, "none", "efficientnetb0_notop.h5", "efficientnet",
+            "EfficientNetB0",
+            "EfficientNetB0",
+            224,
+            32,
+            "none",
+            "efficientnetb0_notop.h5",
+            "efficientnet",
         ),
         BackboneSpec(
-            "DenseNet121", "DenseNet121", 224, 32, "torch",
-            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "densenet",
+            "DenseNet121",
+            "DenseNet121",
+            224,
+            32,
+            "torch",
+            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "densenet",
         ),
         BackboneSpec(
-            "ResNet50", "ResNet50", 224, 32, "caffe",
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet50",
+            "ResNet50",
+            "ResNet50",
+            224,
+            32,
+            "caffe",
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+            "resnet50",
         ),
     )
 }
@@ -274,8 +313,10 @@ def preprocessing_layers(mode: str) -> list:
         std = np.asarray(IMAGENET_STD_RGB)
         return [
             keras.layers.Rescaling(
-                scale=(1.0 / (255.0 * std)).tolist(), offset=(-np.asarray(IMAGENET_MEAN_RGB) / std).tolist(),
-                name="preprocess_input", dtype="float32",
+                scale=(1.0 / (255.0 * std)).tolist(),
+                offset=(-np.asarray(IMAGENET_MEAN_RGB) / std).tolist(),
+                name="preprocess_input",
+                dtype="float32",
             )
         ]
     if mode == "caffe":
@@ -284,7 +325,10 @@ def preprocessing_layers(mode: str) -> list:
         permutation = np.eye(3, dtype=np.float32)[::-1]
         return [
             keras.layers.Dense(
-                3, name="preprocess_input", trainable=False, dtype="float32",
+                3,
+                name="preprocess_input",
+                trainable=False,
+                dtype="float32",
                 kernel_initializer=keras.initializers.Constant(permutation.tolist()),
                 bias_initializer=keras.initializers.Constant((-np.asarray(CAFFE_MEAN_BGR)).tolist()),
             )
@@ -319,8 +363,8 @@ def _finalize_states(model) -> None:
 def _fold_efficientnet_imagenet_std(base) -> None:
     """Keras' EfficientNet with weights="imagenet" divides by sqrt(std) after its Normalization
     layer, a layer it adds only then. Fold that into the variance: (x - m) / sqrt(v * std)."""
-    import numpy as np
     import keras
+    import numpy as np
 
     norm = next(layer for layer in base.layers if isinstance(layer, keras.layers.Normalization))
     variance = np.asarray(norm.adapt_variance.numpy())
@@ -344,7 +388,7 @@ def find_backbone(model):
 def _source_identity(model, contract: dict | None) -> tuple[str | None, int | None]:
     if contract and contract.get("backbone"):
         return contract.get("backbone"), contract.get("image_size")
-    name = model.name[len("cxr_"):] if model.name.startswith("cxr_") else None
+    name = model.name[len("cxr_") :] if model.name.startswith("cxr_") else None
     backbone = next((spec.name for spec in BACKBONES.values() if spec.name.lower() == name), None)
     shape = model.inputs[0].shape if model.inputs else None
     return backbone, (int(shape[1]) if shape is not None and shape[1] is not None else None)
@@ -376,7 +420,7 @@ def copy_backbone_weights(source_file: str | Path, base, spec: BackboneSpec, ima
     source_weights, target_weights = source_base.weights, base.weights
     mismatch = [
         (t.path, tuple(s.shape), tuple(t.shape))
-        for s, t in zip(source_weights, target_weights)
+        for s, t in zip(source_weights, target_weights, strict=False)
         if tuple(s.shape) != tuple(t.shape)
     ]
     if len(source_weights) != len(target_weights) or mismatch:
@@ -384,10 +428,9 @@ def copy_backbone_weights(source_file: str | Path, base, spec: BackboneSpec, ima
             f"first mismatch {mismatch[0]}" if mismatch else f"{len(source_weights)} vs {len(target_weights)} arrays"
         )
         raise IncompatibleWeightsError(
-            f"the backbone weights of {source} do not fit {spec.name} ({detail}); "
-            "was it trained with another alpha?"
+            f"the backbone weights of {source} do not fit {spec.name} ({detail}); was it trained with another alpha?"
         )
-    for s, t in zip(source_weights, target_weights):
+    for s, t in zip(source_weights, target_weights, strict=False):
         t.assign(s)
     _finalize_states(base)
 

@@ -48,7 +48,7 @@ def split_digest(split_manifest) -> str:
     """Content hash of a split manifest: dataset_version (files, labels, exclusions) plus each row's split."""
     from components.manifest import dataset_version
 
-    pairs = sorted(zip(split_manifest["uri"].astype(str), split_manifest["split"].astype(str)))
+    pairs = sorted(zip(split_manifest["uri"].astype(str), split_manifest["split"].astype(str), strict=False))
     digest = hashlib.sha256(dataset_version(split_manifest).encode())
     for uri, split in pairs:
         digest.update(f"\x1e{uri}\x1f{split}".encode())
@@ -90,7 +90,7 @@ class TrainingState:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainingState":
+    def from_json(cls, text: str) -> TrainingState:
         data = json.loads(text)
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"checkpoint state version {data.get('version')!r}, expected {STATE_VERSION}")

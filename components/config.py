@@ -70,7 +70,7 @@ class DataConfig(_Strict):
     workers: int = Field(0, ge=0, le=256)
 
     @model_validator(mode="after")
-    def _unique_source_names(self) -> "DataConfig":
+    def _unique_source_names(self) -> DataConfig:
         names = [source.name for source in self.sources]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -98,7 +98,7 @@ class ValidationConfig(_Strict):
     warning_only: list[str] = []  # shorthand for severity: warning
 
     @model_validator(mode="after")
-    def _known_checks(self) -> "ValidationConfig":
+    def _known_checks(self) -> ValidationConfig:
         from components.validation import resolve_severities
 
         resolve_severities(self.severity, self.warning_only)  # raises listing the valid check names
@@ -111,7 +111,7 @@ class SplitConfig(_Strict):
     test: float = Field(0.15, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> "SplitConfig":
+    def _sums_to_one(self) -> SplitConfig:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must be 1.0, got {total:g}")
@@ -142,7 +142,7 @@ class AugmentationConfig(_Strict):
     operations: dict[str, dict[str, Any]] = {}
 
     @model_validator(mode="after")
-    def _known_operations(self) -> "AugmentationConfig":
+    def _known_operations(self) -> AugmentationConfig:
         from components.augmentation import resolve_operations
 
         resolve_operations(self.preset, self.operations)  # raises naming the unknown op/parameter
@@ -194,7 +194,7 @@ class BackboneConfig(_Strict):
 
         kind = weights_kind(weights)
         if kind == "s3":
-            bucket, _, key = weights[len("s3://"):].partition("/")
+            bucket, _, key = weights[len("s3://") :].partition("/")
             if not bucket or not key or key.endswith("/"):
                 raise ValueError(f"{weights!r} names no object; expected s3://bucket/path/to/weights-file")
         elif kind == "registered":
@@ -202,7 +202,7 @@ class BackboneConfig(_Strict):
         return weights
 
     @model_validator(mode="after")
-    def _size(self) -> "BackboneConfig":
+    def _size(self) -> BackboneConfig:
         spec = BACKBONES[self.name]
         if self.image_size is None:
             self.image_size = spec.default_size
@@ -245,7 +245,7 @@ class TrainingConfig(_Strict):
     checkpoints: bool = True
 
     @model_validator(mode="after")
-    def _reduce_lr_combination(self) -> "TrainingConfig":
+    def _reduce_lr_combination(self) -> TrainingConfig:
         if self.reduce_lr_patience is not None:
             if self.lr_schedule != "constant":
                 raise ValueError(
@@ -280,7 +280,7 @@ class RunConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
-    def _unique_backbones(self) -> "RunConfig":
+    def _unique_backbones(self) -> RunConfig:
         names = [backbone.name for backbone in self.backbones]
         if len(set(names)) != len(names):
             raise ValueError(f"each backbone may appear once, got {names}")

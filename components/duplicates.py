@@ -154,7 +154,7 @@ def near_duplicate_pairs(phashes: Sequence[str], max_distance: int) -> list[tupl
         i, j, d = _multi_index(values, bands, max_distance)
     i, j = positions[i], positions[j]
     order = np.lexsort((j, i))
-    return [(int(a), int(b), int(c)) for a, b, c in zip(i[order], j[order], d[order])]
+    return [(int(a), int(b), int(c)) for a, b, c in zip(i[order], j[order], d[order], strict=False)]
 
 
 def exact_duplicate_groups(sha256s: Sequence[str]) -> list[list[int]]:

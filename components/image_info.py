@@ -71,8 +71,23 @@ NO_FILE: dict[str, Any] = {
 }
 
 # Bits per channel for PIL modes (PNG files use the bit depth of their header instead).
-MODE_BIT_DEPTH = {"1": 1, "L": 8, "LA": 8, "P": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8,
-                  "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+MODE_BIT_DEPTH = {
+    "1": 1,
+    "L": 8,
+    "LA": 8,
+    "P": 8,
+    "PA": 8,
+    "RGB": 8,
+    "RGBA": 8,
+    "CMYK": 8,
+    "YCbCr": 8,
+    "I;16": 16,
+    "I;16B": 16,
+    "I;16L": 16,
+    "I;16N": 16,
+    "I": 32,
+    "F": 32,
+}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
@@ -195,9 +210,9 @@ def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
             continue
         if index + 4 > end:
             return size, f"inside its header (marker 0xFF{marker:02X})"
-        segment_end = index + 2 + struct.unpack(">H", data[index + 2:index + 4])[0]
+        segment_end = index + 2 + struct.unpack(">H", data[index + 2 : index + 4])[0]
         if marker in _JPEG_SOF and size is None and index + 9 <= end:
-            height, width = struct.unpack(">HH", data[index + 5:index + 9])
+            height, width = struct.unpack(">HH", data[index + 5 : index + 9])
             size = (width, height)
         if segment_end > end:
             return size, f"inside its header (segment 0xFF{marker:02X} needs {segment_end:,} bytes)"
@@ -210,7 +225,7 @@ def _png_cut_off(data: bytes) -> str | None:
     """Where a PNG's chunk sequence runs past the end of the data, or None."""
     index, end = len(_PNG_SIGNATURE), len(data)
     while index + 8 <= end:
-        length, kind = struct.unpack(">I4s", data[index:index + 8])
+        length, kind = struct.unpack(">I4s", data[index : index + 8])
         chunk_end = index + 12 + length
         name = kind.decode("latin-1")
         if chunk_end > end:
@@ -242,8 +257,10 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
 def _too_large(width: int, height: int) -> str | None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit and width * height > limit:
-        return (f"declared size {width}x{height} = {width * height:,} pixels is above the "
-                f"{limit:,}-pixel limit (possible decompression bomb); not decoded")
+        return (
+            f"declared size {width}x{height} = {width * height:,} pixels is above the "
+            f"{limit:,}-pixel limit (possible decompression bomb); not decoded"
+        )
     return None
 
 
@@ -275,15 +292,18 @@ def _format_name(data: bytes) -> str:
 
 def _truncated(data: bytes, where: str, error: BaseException | None = None) -> _Unusable:
     cause = f" ({_error_text(error)})" if error is not None else ""
-    return _Unusable(EXCLUDE_TRUNCATED, f"{_format_name(data) or 'image'} file of {len(data):,} bytes ends {where}{cause}")
+    return _Unusable(
+        EXCLUDE_TRUNCATED, f"{_format_name(data) or 'image'} file of {len(data):,} bytes ends {where}{cause}"
+    )
 
 
 def _unidentified(data: bytes) -> _Unusable:
     """Why PIL identified no format: a PNG/JPEG cut off in its header, a corrupt header, or not an image."""
     kind = _format_name(data)
     if not kind:
-        return _Unusable(EXCLUDE_NOT_DECODABLE, f"not an image format PIL knows ({len(data):,} bytes starting "
-                                                f"{data[:16]!r})")
+        return _Unusable(
+            EXCLUDE_NOT_DECODABLE, f"not an image format PIL knows ({len(data):,} bytes starting {data[:16]!r})"
+        )
     if where := _cut_off(data):
         return _truncated(data, where)
     # Image.open hides the plugin's error: ask the plugin itself for the detail.
@@ -344,8 +364,10 @@ def _describe(data: bytes) -> dict[str, Any]:
 def describe_image_bytes(data: bytes) -> dict[str, Any]:
     """The manifest's file columns for these bytes; exclusion_reason/detail say why they are unusable."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
-                           "would decode as valid ones; whatever set it must not run while a manifest is built")
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
+            "would decode as valid ones; whatever set it must not run while a manifest is built"
+        )
     if not data:
         return {**NO_FILE, "exclusion_reason": EXCLUDE_EMPTY_FILE, "exclusion_detail": "empty file (0 bytes)"}
     try:
@@ -429,11 +451,16 @@ def describe_uris(
         from components.storage import is_s3_uri
 
         executor = "thread" if any(is_s3_uri(uri) for uri in uris) else "process"
-    results: Iterable[dict[str, Any]] = (
-        map(describe_uri, uris) if workers <= 1 else _parallel(uris, workers, executor)
-    )
+    results: Iterable[dict[str, Any]] = map(describe_uri, uris) if workers <= 1 else _parallel(uris, workers, executor)
     from tqdm import tqdm
 
-    with tqdm(results, total=len(uris), desc="reading images", unit="img", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        results,
+        total=len(uris),
+        desc="reading images",
+        unit="img",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
         return list(bar)

@@ -193,15 +193,11 @@ def label_map_for_task(task: str, overrides: Mapping[str, str | None] | None = N
         elif isinstance(value, str) and value.lower() in canonical:
             mapping[key] = canonical[value.lower()]
         else:
-            raise ValueError(
-                f"label_map[{raw_key!r}] = {value!r} is not a {task} label; valid: {list(labels)} or null"
-            )
+            raise ValueError(f"label_map[{raw_key!r}] = {value!r} is not a {task} label; valid: {list(labels)} or null")
     return mapping
 
 
-def finding_to_label(
-    finding: str, task: str, label_map: Mapping[str, str | None] | None = None
-) -> tuple[str, str]:
+def finding_to_label(finding: str, task: str, label_map: Mapping[str, str | None] | None = None) -> tuple[str, str]:
     """(label, exclusion_reason) for one finding; exactly one of them is non-empty.
 
     `label_map` holds overrides of the task's default map (see module doc).

@@ -35,15 +35,15 @@ from components.labels import (
     EXCLUDE_DUPLICATE,
     EXCLUDE_DUPLICATE_ROW,
     EXCLUDE_EMPTY_FILE,
-    EXCLUDE_NOT_DECODABLE,
-    EXCLUDE_OUTSIDE_ROOT,
-    EXCLUDE_TOO_LARGE,
-    EXCLUDE_TRUNCATED,
     EXCLUDE_LATERAL,
     EXCLUDE_MISSING_FILE,
+    EXCLUDE_NOT_DECODABLE,
     EXCLUDE_NOT_IMAGE,
     EXCLUDE_NOT_XRAY,
     EXCLUDE_OUT_OF_TASK,
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_TOO_LARGE,
+    EXCLUDE_TRUNCATED,
     EXCLUDE_UNKNOWN_FINDING,
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
@@ -51,7 +51,12 @@ from components.labels import (
     resolve_label,
 )
 from components.storage import (
-    MissingFileError, OutsideRootError, child_uri, is_s3_uri, read_text, root_is_dir,
+    MissingFileError,
+    OutsideRootError,
+    child_uri,
+    is_s3_uri,
+    read_text,
+    root_is_dir,
 )
 
 __all__ = [
@@ -69,6 +74,7 @@ __all__ = [
     "mark_duplicates",
 ]
 
+
 class SourceError(ValueError):
     """A source's configuration or metadata cannot be used; the message names the source or file."""
 
@@ -76,19 +82,19 @@ class SourceError(ValueError):
 # Column order of every manifest DataFrame. `exclusion_reason` is "" for rows
 # that are used; excluded rows stay in the manifest with their reason.
 MANIFEST_COLUMNS = [
-    "uri",          # absolute local path or s3://bucket/key of the image file
-    "source",       # source name from the run config
-    "sha256",       # hex digest of the file bytes ("" when not read / unreadable)
-    "phash",        # 64-bit perceptual hash, 16 hex digits ("" when not read / unreadable)
-    "width",        # pixels (0 when not read / unreadable)
+    "uri",  # absolute local path or s3://bucket/key of the image file
+    "source",  # source name from the run config
+    "sha256",  # hex digest of the file bytes ("" when not read / unreadable)
+    "phash",  # 64-bit perceptual hash, 16 hex digits ("" when not read / unreadable)
+    "width",  # pixels (0 when not read / unreadable)
     "height",
-    "mode",         # PIL mode: L, RGB, RGBA, P, I;16, ...
-    "bit_depth",    # bits per channel (8, 16; 0 when not read)
-    "view",         # PA, AP, AP Supine, L, unknown, ...
-    "patient_id",   # grouping key for splits, prefixed by source to stay unique across sources
-    "age_group",    # adult, pediatric, or "" when unknown
-    "finding",      # the source's own finding text, untouched
-    "label",        # task label (components.labels.TASK_LABELS[task]) or "" when excluded
+    "mode",  # PIL mode: L, RGB, RGBA, P, I;16, ...
+    "bit_depth",  # bits per channel (8, 16; 0 when not read)
+    "view",  # PA, AP, AP Supine, L, unknown, ...
+    "patient_id",  # grouping key for splits, prefixed by source to stay unique across sources
+    "age_group",  # adult, pediatric, or "" when unknown
+    "finding",  # the source's own finding text, untouched
+    "label",  # task label (components.labels.TASK_LABELS[task]) or "" when excluded
     "exclusion_reason",
     "exclusion_detail",  # free text behind the reason (decoder error, escaped path...)
 ]
@@ -266,6 +272,7 @@ def age_group_from_age(age: object) -> str:
 
 # ---------------------------------------------------------------- several sources
 
+
 def _adapters() -> dict[str, Callable[..., list[dict[str, Any]]]]:
     from components.sources import ADAPTERS  # the adapters import this module's helpers
 
@@ -350,11 +357,11 @@ def build_manifest(
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise SourceError(f"source names must be unique (they prefix patient ids), repeated: {repeated}")
-    per_source = [(name, source_candidates(spec, task)) for name, spec in zip(names, sources)]
+    per_source = [(name, source_candidates(spec, task)) for name, spec in zip(names, sources, strict=False)]
     # One parallel pass over every file of every source.
     everything = [found for _, found in per_source for found in found]
     to_read = sorted({found["uri"] for found in everything if found["read"]})
-    described = dict(zip(to_read, describe_uris(to_read, workers=workers, progress=progress)))
+    described = dict(zip(to_read, describe_uris(to_read, workers=workers, progress=progress), strict=False))
     rows = [
         _row(found, described[found["uri"]] if found["read"] else None, name)
         for name, candidates in per_source
@@ -371,7 +378,9 @@ def mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
     repeats = result.index[usable][result.loc[usable, "sha256"].duplicated(keep="first").to_numpy()]
     first_uri = result.loc[usable].drop_duplicates("sha256").set_index("sha256")["uri"]
     result.loc[repeats, "exclusion_reason"] = EXCLUDE_DUPLICATE
-    result.loc[repeats, "exclusion_detail"] = [f"same bytes as {first_uri[sha]}" for sha in result.loc[repeats, "sha256"]]
+    result.loc[repeats, "exclusion_detail"] = [
+        f"same bytes as {first_uri[sha]}" for sha in result.loc[repeats, "sha256"]
+    ]
     result.loc[repeats, "label"] = ""
     return result
 

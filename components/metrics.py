@@ -9,7 +9,9 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
-def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...] | list[str]
+) -> dict[str, Any]:
     """Integer labels + (N, C) probabilities -> a JSON-serialisable metrics dict.
 
     Top-level floats (accuracy, *_macro, ece) are what gets logged and compared;
@@ -19,9 +21,7 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, class_
     probabilities = np.asarray(probabilities, dtype=float)
     y_pred = probabilities.argmax(axis=1)
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "precision_macro": float(precision.mean()),

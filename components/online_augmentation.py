@@ -56,8 +56,14 @@ class OnTheFlyData:
     def epoch_chunks(self, epoch: int):
         """(images, labels) chunks of one epoch, originals in an epoch-specific order."""
         order = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(len(self.images))
-        return augmented_chunks(self.images[order], self.labels[order], self.operations, self.copies_per_image,
-                                epoch_seed(self.seed, epoch), self.workers)
+        return augmented_chunks(
+            self.images[order],
+            self.labels[order],
+            self.operations,
+            self.copies_per_image,
+            epoch_seed(self.seed, epoch),
+            self.workers,
+        )
 
     def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0):
         """tf.data that runs one epoch of epoch_chunks per iteration (Keras iterates once per epoch).
@@ -75,14 +81,21 @@ class OnTheFlyData:
                 yield chunk_images, chunk_labels.astype(np.int64)  # whole chunks: one Python call each
 
         side = self.images.shape[1:]
-        dataset = tf.data.Dataset.from_generator(
-            one_epoch, output_signature=(tf.TensorSpec((None, *side), tf.uint8), tf.TensorSpec((None,), tf.int64))
-        ).unbatch().apply(tf.data.experimental.assert_cardinality(self.count))
+        dataset = (
+            tf.data.Dataset.from_generator(
+                one_epoch, output_signature=(tf.TensorSpec((None, *side), tf.uint8), tf.TensorSpec((None,), tf.int64))
+            )
+            .unbatch()
+            .apply(tf.data.experimental.assert_cardinality(self.count))
+        )
         if shuffle_seed is not None:  # a chunk's originals and copies arrive together; mix them
             dataset = dataset.shuffle(min(SHUFFLE_BUFFER, self.count), seed=shuffle_seed)
 
         def to_model_input(gray, label):
             return tf.repeat(tf.cast(gray[..., None], tf.float32), 3, axis=-1), label
 
-        return dataset.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(
-            tf.data.AUTOTUNE)
+        return (
+            dataset.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )

@@ -40,7 +40,6 @@ TAG_REASON = "promotion_reason"
 TAG_SPLIT_MISMATCH = "split_mismatch"
 
 
-
 def split_fingerprint(keys: Iterable[str]) -> str:
     """Order-free fingerprint of a test split (pass image sha256s or stable ids)."""
     digest = hashlib.sha256("\n".join(sorted(set(keys))).encode("utf-8"))
@@ -96,9 +95,7 @@ def version_metric(client: MlflowClient, version: ModelVersion, metric_key: str)
     return None
 
 
-def champion_metric(
-    client: MlflowClient, model_name: str, metric_key: str, alias: str = CHAMPION
-) -> float | None:
+def champion_metric(client: MlflowClient, model_name: str, metric_key: str, alias: str = CHAMPION) -> float | None:
     champion = current_champion(client, model_name, alias)
     return None if champion is None else version_metric(client, champion, metric_key)
 

@@ -61,18 +61,28 @@ __all__ = [
     "reset_client",
 ]
 
-MAX_ATTEMPTS = 5            # requests per call in all (first try + 4 retries); AWS_MAX_ATTEMPTS overrides
-RETRY_MODE = "standard"     # botocore retry mode; AWS_RETRY_MODE overrides
+MAX_ATTEMPTS = 5  # requests per call in all (first try + 4 retries); AWS_MAX_ATTEMPTS overrides
+RETRY_MODE = "standard"  # botocore retry mode; AWS_RETRY_MODE overrides
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
-MAX_POOL_CONNECTIONS = 32   # parallel readers share the one client
+MAX_POOL_CONNECTIONS = 32  # parallel readers share the one client
 DEFAULT_REGION = "us-east-1"
-LIST_PAGE_SIZE = 1000       # the S3 maximum per ListObjectsV2 page
+LIST_PAGE_SIZE = 1000  # the S3 maximum per ListObjectsV2 page
 
-_ACCESS_DENIED_CODES = frozenset({
-    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-    "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "403", "Forbidden",
-})
+_ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "403",
+        "Forbidden",
+    }
+)
 _NO_SUCH_BUCKET_CODES = frozenset({"NoSuchBucket"})
 _NO_SUCH_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _MALFORMED_CODES = frozenset({"InvalidBucketName", "KeyTooLongError"})
@@ -197,12 +207,14 @@ def _translate(error: Exception, uri: str, bucket: str, action: str) -> StorageE
     """A StorageError for a botocore exception raised while `action`ing `uri`."""
     from botocore.exceptions import (
         ClientError,
-        ConnectionError as BotoConnectionError,
         CredentialRetrievalError,
         HTTPClientError,
         NoCredentialsError,
         ParamValidationError,
         PartialCredentialsError,
+    )
+    from botocore.exceptions import (
+        ConnectionError as BotoConnectionError,
     )
 
     if isinstance(error, StorageError):
@@ -251,7 +263,7 @@ def _prefix(key: str) -> str:
 def relative_key(prefix: str, key: str) -> str | None:
     """`key` relative to the listing `prefix` ("" or "a/b/"), or None for a directory marker
     ("a/b/", "a/b/c/": zero-byte keys that consoles create for folders) or the prefix itself."""
-    relative = key[len(prefix):] if key.startswith(prefix) else key
+    relative = key[len(prefix) :] if key.startswith(prefix) else key
     relative = relative.lstrip("/")
     if not relative or relative.endswith("/"):
         return None

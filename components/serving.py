@@ -56,10 +56,7 @@ def build_contract(
     task: str,
     backbone: str,
     image_size: int,
-    intended_use: str = (
-        "Research and MLOps demonstration only. Not a medical device; "
-        "not for diagnosis or triage."
-    ),
+    intended_use: str = ("Research and MLOps demonstration only. Not a medical device; not for diagnosis or triage."),
     **extra: Any,
 ) -> dict[str, Any]:
     """The model contract for a trained classifier (MONAI-bundle-like metadata)."""

@@ -60,8 +60,13 @@ def augmented_chunks(
     number of copies.
     """
     tasks = (
-        (images[start:start + CHUNK_SIZE], labels[start:start + CHUNK_SIZE], operations, copies_per_image,
-         chunk_seed(seed, start // CHUNK_SIZE))
+        (
+            images[start : start + CHUNK_SIZE],
+            labels[start : start + CHUNK_SIZE],
+            operations,
+            copies_per_image,
+            chunk_seed(seed, start // CHUNK_SIZE),
+        )
         for start in range(0, len(images), CHUNK_SIZE)
     )
     if workers <= 1:
@@ -132,7 +137,7 @@ def write_shards(
         for chunk_images, chunk_labels in augmented_chunks(
             images, labels, operations, copies_per_image, seed, workers, include_originals
         ):
-            for image, label in zip(chunk_images, chunk_labels):
+            for image, label in zip(chunk_images, chunk_labels, strict=False):
                 if writer is None or in_shard == images_per_shard:
                     if writer is not None:
                         writer.close()
@@ -195,10 +200,10 @@ class ShardSet:
     scratch: bool = False
 
     @classmethod
-    def open(cls, folder: str | Path) -> "ShardSet":
+    def open(cls, folder: str | Path) -> ShardSet:
         return cls(str(folder), read_index(folder))
 
-    def at_size(self, size: int) -> "ShardSet":
+    def at_size(self, size: int) -> ShardSet:
         return replace(self, size=size)
 
     @property
@@ -252,7 +257,9 @@ def shard_dataset(
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
     dataset = dataset.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(4, len(files)) or 1, num_parallel_calls=tf.data.AUTOTUNE,
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(files)) or 1,
+        num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=shuffle_seed is None,
     )
     # The index knows the count: Keras then sizes epochs and progress bars from the first one on.

@@ -112,10 +112,10 @@ from components.labels import (
     normalize_finding,
 )
 from components.manifest import (
+    ADULT,
     DEFAULT_PATIENT_ID_PATTERN,
     IEEE8023_DEFAULT_IMAGE_FOLDER,
     IEEE8023_REQUIRED_COLUMNS,
-    ADULT,
     PEDIATRIC,
     UNKNOWN_VIEW,
     SourceError,
@@ -130,7 +130,9 @@ from components.storage import MissingFileError, OutsideRootError, child_uri, is
 # ---------------------------------------------------------------- shared helpers
 
 
-def _task_map(task: str, label_map: Mapping[str, str | None] | None, layout: str | None = None) -> dict[str, str | None]:
+def _task_map(
+    task: str, label_map: Mapping[str, str | None] | None, layout: str | None = None
+) -> dict[str, str | None]:
     """The task's map for one source: defaults, then the layout's own findings, then the source's overrides."""
     mapping = label_map_for_task(task, label_map)
     overridden = {normalize_finding(key) for key in (label_map or {})}
@@ -196,8 +198,14 @@ def folder_candidates(
     if not in_classes:
         raise SourceError(f"folder source root {root}: no files in class subfolders")
     return [
-        candidate(root, relative, relative.split("/")[0], _patient_id_from_stem(PurePosixPath(relative).stem, pattern),
-                  mapping, view=default_view)
+        candidate(
+            root,
+            relative,
+            relative.split("/")[0],
+            _patient_id_from_stem(PurePosixPath(relative).stem, pattern),
+            mapping,
+            view=default_view,
+        )
         for relative in in_classes
     ]
 
@@ -223,10 +231,15 @@ def ieee8023_candidates(
         xray = _is_xray(record["modality"])
         found.append(
             candidate(
-                root, f"{folder}/{filename}" if filename else "", record["finding"],
-                record["patientid"].strip() or f"file:{filename}", mapping,
-                view=_clean_view(record["view"]), age_group=age_group_from_age(record.get("age", "")),
-                reasons=["" if xray else EXCLUDE_NOT_XRAY], read=xray,
+                root,
+                f"{folder}/{filename}" if filename else "",
+                record["finding"],
+                record["patientid"].strip() or f"file:{filename}",
+                mapping,
+                view=_clean_view(record["view"]),
+                age_group=age_group_from_age(record.get("age", "")),
+                reasons=["" if xray else EXCLUDE_NOT_XRAY],
+                read=xray,
             )
         )
     return found
@@ -242,7 +255,10 @@ _FIGURE1_CASE = re.compile(r"^(?P<case>COVID-\d+)[a-z]$", re.IGNORECASE)
 
 
 def _agchung_candidates(
-    root: str, task: str, label_map: Mapping[str, str | None] | None, what: str,
+    root: str,
+    task: str,
+    label_map: Mapping[str, str | None] | None,
+    what: str,
     patient_group: Callable[[str], str] = lambda patient: patient,
 ) -> list[dict[str, Any]]:
     table = read_metadata_csv(child_uri(root, "metadata.csv"), AGCHUNG_REQUIRED_COLUMNS, what)
@@ -257,14 +273,24 @@ def _agchung_candidates(
         modality = record["modality"].strip()
         xray = not modality or _is_xray(modality)
         finding = record["finding"]
-        options = dict(
-            view=_clean_view(record["view"]), age_group=age_group_from_age(record.get("age", "")),
-            reasons=["" if xray else EXCLUDE_NOT_XRAY], read=xray,
-        )
+        options = {
+            "view": _clean_view(record["view"]),
+            "age_group": age_group_from_age(record.get("age", "")),
+            "reasons": ["" if xray else EXCLUDE_NOT_XRAY],
+            "read": xray,
+        }
         group = patient_group(patient) if patient else ""
         if image_name:
-            rows = [candidate(root, f"{AGCHUNG_IMAGE_FOLDER}/{image_name}", finding, group or f"file:{image_name}",
-                              mapping, **options)]
+            rows = [
+                candidate(
+                    root,
+                    f"{AGCHUNG_IMAGE_FOLDER}/{image_name}",
+                    finding,
+                    group or f"file:{image_name}",
+                    mapping,
+                    **options,
+                )
+            ]
         else:
             if by_stem is None:
                 by_stem = {}
@@ -277,11 +303,18 @@ def _agchung_candidates(
             if not rows:
                 expected = f"{AGCHUNG_IMAGE_FOLDER}/{patient}" if patient else AGCHUNG_IMAGE_FOLDER
                 detail = (
-                    f"metadata.csv row {number}: no {name_column or 'imagename'} and no PNG/JPEG named "
-                    f"{expected}.*" if patient else f"metadata.csv row {number}: names neither an image nor a patient"
+                    f"metadata.csv row {number}: no {name_column or 'imagename'} and no PNG/JPEG named {expected}.*"
+                    if patient
+                    else f"metadata.csv row {number}: names neither an image nor a patient"
                 )
-                rows = [_missing_file(candidate(root, "", finding, group or f"row:{number}", mapping, **options),
-                                      root, expected, detail)]
+                rows = [
+                    _missing_file(
+                        candidate(root, "", finding, group or f"row:{number}", mapping, **options),
+                        root,
+                        expected,
+                        detail,
+                    )
+                ]
         notes = " ".join(str(record.get("notes", "")).split())
         if not normalize_finding(finding) and notes:
             for row in rows:
@@ -302,9 +335,7 @@ def _figure1_case(patient: str) -> str:
     return match.group("case") if match else patient
 
 
-def figure1_candidates(
-    root: str, task: str, label_map: Mapping[str, str | None] | None = None
-) -> list[dict[str, Any]]:
+def figure1_candidates(root: str, task: str, label_map: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
     """Candidates of a Figure1 COVID-19 chest X-ray dataset folder (metadata.csv + images/<patientid>.<ext>)."""
     return _agchung_candidates(root, task, label_map, "figure1", patient_group=_figure1_case)
 
@@ -352,8 +383,9 @@ def kaggle_pneumonia_candidates(
     mapping = _task_map(task, label_map)
     files = list_files(root)
     for prefix in _KAGGLE_PREFIXES:
-        chosen = [relative for relative in files
-                  if relative.startswith(prefix) and _kaggle_class(relative[len(prefix):])]
+        chosen = [
+            relative for relative in files if relative.startswith(prefix) and _kaggle_class(relative[len(prefix) :])
+        ]
         if chosen:
             break
     else:
@@ -363,10 +395,19 @@ def kaggle_pneumonia_candidates(
         )
     found = []
     for relative in chosen:
-        class_folder = _kaggle_class(relative[len(prefix):])
+        class_folder = _kaggle_class(relative[len(prefix) :])
         stem = PurePosixPath(relative).stem
-        found.append(candidate(root, relative, _kaggle_finding(class_folder, stem), _kaggle_patient(stem), mapping,
-                               view=default_view, age_group=PEDIATRIC))
+        found.append(
+            candidate(
+                root,
+                relative,
+                _kaggle_finding(class_folder, stem),
+                _kaggle_patient(stem),
+                mapping,
+                view=default_view,
+                age_group=PEDIATRIC,
+            )
+        )
     return found
 
 
@@ -386,10 +427,10 @@ def covid_radiography_candidates(
     prefix = ""
     if len(tops) == 1 and "radiography" in next(iter(tops)).lower():  # root is the download folder
         prefix = next(iter(tops)) + "/"
-        files = [relative for relative in files if "/" in relative[len(prefix):]]
+        files = [relative for relative in files if "/" in relative[len(prefix) :]]
     found = []
     for relative in files:
-        parts = relative[len(prefix):].split("/")
+        parts = relative[len(prefix) :].split("/")
         if len(parts) > 2 and parts[1].lower() in _RADIOGRAPHY_IGNORED_FOLDERS:
             continue
         if PurePosixPath(relative).suffix.lower() in _RADIOGRAPHY_IGNORED_SUFFIXES:
@@ -472,8 +513,11 @@ def covidx_candidates(
                 patient, filename, label = tokens
             else:
                 patient, filename, label = tokens[0], " ".join(tokens[1:-2]), tokens[-2]
-            found.append(candidate(root, f"{folder}/{filename}" if folder else filename, label, patient, mapping,
-                                   view=default_view))
+            found.append(
+                candidate(
+                    root, f"{folder}/{filename}" if folder else filename, label, patient, mapping, view=default_view
+                )
+            )
     return found
 
 
@@ -505,7 +549,7 @@ def _inside_root(value: str, root: str) -> str | None:
     """`value` relative to root when it is an absolute path/URI under root; None when it is absolute elsewhere."""
     if "://" in value:
         base = root.rstrip("/") + "/"
-        return value[len(base):] if is_s3_uri(root) and value.startswith(base) else None
+        return value[len(base) :] if is_s3_uri(root) and value.startswith(base) else None
     if value.startswith("/") and not is_s3_uri(root):
         normalised = os.path.normpath(value)
         return os.path.relpath(normalised, root) if normalised.startswith(root.rstrip("/") + "/") else value
@@ -524,8 +568,11 @@ def manifest_candidates(
     table = _read_manifest_table(uri)
     path_column = next((column for column in _MANIFEST_PATH_COLUMNS if column in table.columns), None)
     finding_column = next((column for column in _MANIFEST_FINDING_COLUMNS if column in table.columns), None)
-    missing = [" or ".join(repr(c) for c in group) for group, column in
-               ((_MANIFEST_PATH_COLUMNS, path_column), (_MANIFEST_FINDING_COLUMNS, finding_column)) if column is None]
+    missing = [
+        " or ".join(repr(c) for c in group)
+        for group, column in ((_MANIFEST_PATH_COLUMNS, path_column), (_MANIFEST_FINDING_COLUMNS, finding_column))
+        if column is None
+    ]
     if missing:
         raise SourceError(f"{uri}: missing required column(s) {', '.join(missing)}; found {list(table.columns)}")
     mapping = _task_map(task, label_map)
@@ -538,8 +585,16 @@ def manifest_candidates(
         stem = PurePosixPath(value.replace("\\", "/")).stem
         patient = str(record.get("patient_id", "")).strip() or stem
         if relative is None:  # an absolute URI elsewhere: never opened
-            row = candidate(root, "", record[finding_column], patient, mapping, view=view, age_group=age_group,
-                            reasons=[EXCLUDE_OUTSIDE_ROOT])
+            row = candidate(
+                root,
+                "",
+                record[finding_column],
+                patient,
+                mapping,
+                view=view,
+                age_group=age_group,
+                reasons=[EXCLUDE_OUTSIDE_ROOT],
+            )
             row.update(uri=value, detail=f"{value!r} is not inside the source root {root}")
         else:
             row = candidate(root, relative, record[finding_column], patient, mapping, view=view, age_group=age_group)
@@ -553,8 +608,9 @@ def _manifest_age_group(record: Mapping[str, Any], uri: str, number: int) -> str
     if "age_group" in record:
         value = str(record["age_group"]).strip().lower()
         if value not in ("", ADULT, PEDIATRIC):
-            raise SourceError(f"{uri} row {number}: age_group {record['age_group']!r} is not {ADULT!r}, "
-                             f"{PEDIATRIC!r} or blank")
+            raise SourceError(
+                f"{uri} row {number}: age_group {record['age_group']!r} is not {ADULT!r}, {PEDIATRIC!r} or blank"
+            )
         if value:
             return value
     return age_group_from_age(record.get("age", ""))

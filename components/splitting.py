@@ -54,8 +54,9 @@ def split_groups(manifest: pd.DataFrame, linked_rows: Iterable[tuple[int, int]] 
     cluster = duplicate_clusters(len(names), patient_pairs)
     # Clusters are numbered by their first (smallest) member: name each after it.
     first_member = {int(c): names[index] for index, c in reversed(list(enumerate(cluster)))}
-    return pd.Series([first_member[int(cluster[position[p]])] for p in patients], index=manifest.index,
-                     name="split_group")
+    return pd.Series(
+        [first_member[int(cluster[position[p]])] for p in patients], index=manifest.index, name="split_group"
+    )
 
 
 def assign_splits(
@@ -75,9 +76,7 @@ def assign_splits(
         rng.shuffle(patients)
         n_train, n_val, _ = _split_counts(len(patients), fractions)
         for position, patient in enumerate(patients):
-            patient_split[patient] = (
-                "train" if position < n_train else "val" if position < n_train + n_val else "test"
-            )
+            patient_split[patient] = "train" if position < n_train else "val" if position < n_train + n_val else "test"
     splits = manifest["patient_id"].map(patient_split)
     assert_no_patient_leak(manifest.assign(split=splits))
     return splits.rename("split")
@@ -104,7 +103,7 @@ def limit_images(manifest: pd.DataFrame, max_images: int | None, seed: int) -> p
     kept: set[str] = set()
     included = manifest[usable]
     share = max_images / len(included)
-    for label, rows in included.groupby("label"):
+    for _label, rows in included.groupby("label"):
         patients = sorted(rows["patient_id"].unique())
         rng.shuffle(patients)
         counts = rows.groupby("patient_id").size()
@@ -126,4 +125,3 @@ def split_counts_table(manifest_with_splits: pd.DataFrame) -> pd.DataFrame:
     return pd.crosstab(manifest_with_splits["label"], manifest_with_splits["split"]).reindex(
         columns=list(SPLITS), fill_value=0
     )
-

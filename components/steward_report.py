@@ -29,7 +29,7 @@ import html
 import io
 import os
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +40,13 @@ from components.labels import EXCLUDE_OUT_OF_TASK, EXCLUDE_UNKNOWN_FINDING, EXCL
 from components.validation import SPLITS, ValidationReport, used_rows
 
 EXCLUDED_COLUMNS: tuple[str, ...] = (
-    "uri", "source", "patient_id", "finding", "view", "exclusion_reason", "exclusion_detail",
+    "uri",
+    "source",
+    "patient_id",
+    "finding",
+    "view",
+    "exclusion_reason",
+    "exclusion_detail",
 )
 AGE_GROUPS: tuple[str, ...] = ("adult", "pediatric", "unknown")
 # Rows shown per table in the HTML page (the JSON summary and CSV keep more).
@@ -95,14 +101,17 @@ def _report(report: ValidationReport | Mapping[str, Any] | None) -> ValidationRe
     return ValidationReport.from_dict(report)
 
 
-def _crosstab(frame: pd.DataFrame, rows: str, columns: str, row_order: Sequence[str],
-              column_order: Sequence[str] | None = None) -> dict:
+def _crosstab(
+    frame: pd.DataFrame, rows: str, columns: str, row_order: Sequence[str], column_order: Sequence[str] | None = None
+) -> dict:
     """{"columns": [...], "rows": [{"label", "counts": {column: n}, "total"}], "totals": {...}}."""
     counts = frame.groupby([rows, columns]).size() if len(frame) else pd.Series(dtype="int64")
     present = sorted({str(c) for _, c in counts.index}) if len(counts) else []
     column_order = list(column_order) if column_order is not None else present
     column_order += [c for c in present if c not in column_order]
-    row_order = list(row_order) + sorted({str(r) for r, _ in counts.index} - set(row_order)) if len(counts) else list(row_order)
+    row_order = (
+        list(row_order) + sorted({str(r) for r, _ in counts.index} - set(row_order)) if len(counts) else list(row_order)
+    )
     table_rows = []
     for label in row_order:
         cells = {column: int(counts.get((label, column), 0)) for column in column_order}
@@ -148,29 +157,37 @@ def build_summary(
     warnings = [c for c in checks if not c["passed"] and c["severity"] != "blocking"]
     verdict = "BLOCKED" if blocked else "PASSED WITH WARNINGS" if warnings else "PASSED"
 
-    frame = pd.DataFrame({
-        "label": used["label"].fillna("").astype(str).to_numpy(),
-        "source": used["source"].fillna("").astype(str).to_numpy(),
-        "age_group": used["age_group"].fillna("").astype(str).replace("", "unknown").to_numpy(),
-    })
+    frame = pd.DataFrame(
+        {
+            "label": used["label"].fillna("").astype(str).to_numpy(),
+            "source": used["source"].fillna("").astype(str).to_numpy(),
+            "age_group": used["age_group"].fillna("").astype(str).replace("", "unknown").to_numpy(),
+        }
+    )
     class_counts = frame["label"].value_counts()
     classes = [
-        {"label": label, "count": int(class_counts.get(label, 0)),
-         "fraction": round(int(class_counts.get(label, 0)) / len(used), 4) if len(used) else 0.0}
+        {
+            "label": label,
+            "count": int(class_counts.get(label, 0)),
+            "fraction": round(int(class_counts.get(label, 0)) / len(used), 4) if len(used) else 0.0,
+        }
         for label in labels
     ]
     classes += [  # labels outside the task (label_in_task fails on them)
         {"label": str(label), "count": int(n), "fraction": round(int(n) / len(used), 4)}
-        for label, n in class_counts.items() if label not in labels
+        for label, n in class_counts.items()
+        if label not in labels
     ]
 
     class_by_split = None
     split_counts = None
     if split_manifest is not None:
-        split_frame = pd.DataFrame({
-            "label": split_manifest["label"].fillna("").astype(str).to_numpy(),
-            "split": split_manifest["split"].fillna("").astype(str).to_numpy(),
-        })
+        split_frame = pd.DataFrame(
+            {
+                "label": split_manifest["label"].fillna("").astype(str).to_numpy(),
+                "split": split_manifest["split"].fillna("").astype(str).to_numpy(),
+            }
+        )
         class_by_split = _crosstab(split_frame, "label", "split", labels, SPLITS)
         split_counts = {split: int(n) for split, n in split_frame["split"].value_counts().items()}
 
@@ -183,15 +200,17 @@ def build_summary(
 
     manifest_listings = manifest_report.listings if manifest_report else {}
     split_listings = split_report.listings if split_report else {}
-    data_docs = {"index": manifest_report.data_docs_index if manifest_report else None,
-                 "manifest": manifest_report.data_docs_index if manifest_report else None,
-                 "split": split_report.data_docs_index if split_report else None}
+    data_docs = {
+        "index": manifest_report.data_docs_index if manifest_report else None,
+        "manifest": manifest_report.data_docs_index if manifest_report else None,
+        "split": split_report.data_docs_index if split_report else None,
+    }
     return {
         "title": "Data steward report",
         "task": task,
         "labels": labels,
         "dataset_version": dataset_version,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "success": not blocked,
         "verdict": verdict,
         "split_checked": split_report is not None,
@@ -262,8 +281,13 @@ def _link(path: str | None, link_base: str | Path | None) -> str:
     return f'<a href="{_e(href)}">{_e(path)}</a>'
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (),
-           row_classes: Sequence[str] | None = None, total: int | None = None) -> str:
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    numeric: Sequence[int] = (),
+    row_classes: Sequence[str] | None = None,
+    total: int | None = None,
+) -> str:
     if not rows:
         return '<p class="muted">None.</p>'
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
@@ -297,8 +321,14 @@ def _pairs_html(pairs: list[dict], with_split: bool = False, exact: bool = False
         headers.append("B already excluded")
     rows = []
     for pair in pairs:
-        row = [pair.get("uri_a"), pair.get("uri_b"), pair.get("distance"), "yes" if pair.get("same_patient") else "no",
-               f"{pair.get('patient_a')} / {pair.get('patient_b')}", f"{pair.get('source_a')} / {pair.get('source_b')}"]
+        row = [
+            pair.get("uri_a"),
+            pair.get("uri_b"),
+            pair.get("distance"),
+            "yes" if pair.get("same_patient") else "no",
+            f"{pair.get('patient_a')} / {pair.get('patient_b')}",
+            f"{pair.get('source_a')} / {pair.get('source_b')}",
+        ]
         if with_split:
             row.append(f"{pair.get('split_a')} / {pair.get('split_b')}")
         if exact:
@@ -331,16 +361,25 @@ def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None)
     ]
     if summary["blocked_by"]:
         parts.append("<h2>What blocked the run</h2><ul>")
-        parts += [f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["blocked_by"]]
+        parts += [
+            f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["blocked_by"]
+        ]
         parts.append("</ul>")
     if summary["warnings"]:
         parts.append("<h2>Warnings</h2><ul>")
-        parts += [f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["warnings"]]
+        parts += [
+            f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["warnings"]
+        ]
         parts.append("</ul>")
 
     parts.append("<h2>Counts</h2>")
-    count_rows = [["rows in manifest", counts["total"]], ["used", counts["used"]], ["excluded", counts["excluded"]],
-                  ["patients (used rows)", counts["patients"]], ["sources (used rows)", counts["sources"]]]
+    count_rows = [
+        ["rows in manifest", counts["total"]],
+        ["used", counts["used"]],
+        ["excluded", counts["excluded"]],
+        ["patients (used rows)", counts["patients"]],
+        ["sources (used rows)", counts["sources"]],
+    ]
     for split, n in (counts.get("splits") or {}).items():
         count_rows.append([f"split {split}", n])
     parts.append(_table(["", "count"], count_rows, numeric=(1,)))
@@ -348,15 +387,26 @@ def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None)
     parts.append(_table(["reason", "rows"], list(summary["exclusions_by_reason"].items()), numeric=(1,)))
 
     parts.append("<h2>Findings left out (most frequent first)</h2>")
-    parts.append(_table(["finding", "reason", "rows"],
-                        [[f["finding"] or "(blank)", f["reason"], f["rows"]] for f in summary["excluded_findings"]],
-                        numeric=(2,)))
+    parts.append(
+        _table(
+            ["finding", "reason", "rows"],
+            [[f["finding"] or "(blank)", f["reason"], f["rows"]] for f in summary["excluded_findings"]],
+            numeric=(2,),
+        )
+    )
     parts.append("<h2>Classes</h2>")
-    parts.append(_table(["class", "images", "fraction"],
-                        [[c["label"], c["count"], f"{c['fraction']:.1%}"] for c in summary["classes"]], numeric=(1, 2)))
+    parts.append(
+        _table(
+            ["class", "images", "fraction"],
+            [[c["label"], c["count"], f"{c['fraction']:.1%}"] for c in summary["classes"]],
+            numeric=(1, 2),
+        )
+    )
     parts.append("<h2>Class &times; source</h2>")
-    parts.append('<p class="muted">A class that comes from one source while there are several lets a model '
-                 "learn the source instead of the disease.</p>")
+    parts.append(
+        '<p class="muted">A class that comes from one source while there are several lets a model '
+        "learn the source instead of the disease.</p>"
+    )
     parts.append(_crosstab_html(summary["class_by_source"], "class"))
     parts.append("<h2>Class &times; age group</h2>")
     parts.append(_crosstab_html(summary["class_by_age_group"], "class"))
@@ -376,9 +426,13 @@ def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None)
     parts.append("<h2>Near-duplicates (pHash)</h2>")
     parts.append(_pairs_html(summary["near_duplicates"]))
     parts.append("<h2>Leaks across splits</h2><h3>Patients in several splits</h3>")
-    parts.append(_table(["patient", "splits", "images"],
-                        [[p.get("patient_id"), p.get("splits"), p.get("n_images")] for p in summary["patient_leaks"]],
-                        numeric=(2,)))
+    parts.append(
+        _table(
+            ["patient", "splits", "images"],
+            [[p.get("patient_id"), p.get("splits"), p.get("n_images")] for p in summary["patient_leaks"]],
+            numeric=(2,),
+        )
+    )
     parts.append("<h3>Near-duplicate pairs across splits</h3>")
     parts.append(_pairs_html(summary["near_duplicate_leaks"], with_split=True))
 

@@ -53,7 +53,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     uri = str(uri)
     if not is_s3_uri(uri):
         raise StorageError(f"{uri!r} is not an S3 URI; expected s3://bucket/prefix")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket or any(character.isspace() for character in bucket):
         raise StorageError(f"malformed S3 URI {uri!r}: it names no valid bucket; expected s3://bucket/prefix")
     return bucket, key

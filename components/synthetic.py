@@ -97,30 +97,34 @@ def sample_lesions(rng: np.random.Generator, finding: str, anatomy: dict) -> lis
         return []
     if finding == PNEUMONIA:
         # One lobar consolidation: dense, fairly large, any zone, one side.
-        return [{
-            "side": int(rng.choice([-1, 1])),
-            "u": rng.uniform(0.25, 0.65),
-            "v": rng.uniform(0.2, 0.8),
-            "ru": rng.uniform(0.30, 0.45),
-            "rv": rng.uniform(0.14, 0.24),
-            "strength": rng.uniform(0.40, 0.55),  # denser than the heart shadow
-            "edge": 0.5,  # fairly sharp margin
-            "mottle": 0.08,
-        }]
+        return [
+            {
+                "side": int(rng.choice([-1, 1])),
+                "u": rng.uniform(0.25, 0.65),
+                "v": rng.uniform(0.2, 0.8),
+                "ru": rng.uniform(0.30, 0.45),
+                "rv": rng.uniform(0.14, 0.24),
+                "strength": rng.uniform(0.40, 0.55),  # denser than the heart shadow
+                "edge": 0.5,  # fairly sharp margin
+                "mottle": 0.08,
+            }
+        ]
     # Ground glass: several hazy patches per lung, peripheral and basal.
     lesions = []
     for side in (-1, 1):
         for _ in range(int(rng.integers(3, 5))):
-            lesions.append({
-                "side": side,
-                "u": rng.uniform(0.6, 0.95),
-                "v": rng.uniform(0.55, 0.9),
-                "ru": rng.uniform(0.30, 0.45),
-                "rv": rng.uniform(0.13, 0.22),
-                "strength": rng.uniform(0.19, 0.30),  # hazy: vessels and ribs stay visible
-                "edge": 1.2,  # soft, ill-defined margin
-                "mottle": 0.25,
-            })
+            lesions.append(
+                {
+                    "side": side,
+                    "u": rng.uniform(0.6, 0.95),
+                    "v": rng.uniform(0.55, 0.9),
+                    "ru": rng.uniform(0.30, 0.45),
+                    "rv": rng.uniform(0.13, 0.22),
+                    "strength": rng.uniform(0.19, 0.30),  # hazy: vessels and ribs stay visible
+                    "edge": 1.2,  # soft, ill-defined margin
+                    "mottle": 0.25,
+                }
+            )
     return lesions
 
 
@@ -318,7 +322,9 @@ def generate_dataset(
             anatomy = sample_anatomy(patient_rng)
             lesions = sample_lesions(patient_rng, finding, anatomy)
             for k in range(images_per_patient):
-                pixels = render_radiograph(_rng(seed, class_index, patient, k + 1), finding, image_size, anatomy, lesions)
+                pixels = render_radiograph(
+                    _rng(seed, class_index, patient, k + 1), finding, image_size, anatomy, lesions
+                )
                 filename = f"{finding}/{patient_id}_{k}.png"
                 Image.fromarray(pixels).save(root / filename, format="PNG")
                 rows.append((filename, patient_id, finding, VIEW, SOURCE_NAME))

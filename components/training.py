@@ -12,8 +12,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,7 +39,11 @@ def resize_stack(grays: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, H, W) -> uint8 (N, size, size) with the shared (PIL bilinear) resize."""
     if grays.shape[1:] == (size, size):
         return grays
-    return np.stack([resize_grayscale(gray, size) for gray in grays]) if len(grays) else np.zeros((0, size, size), np.uint8)
+    return (
+        np.stack([resize_grayscale(gray, size) for gray in grays])
+        if len(grays)
+        else np.zeros((0, size, size), np.uint8)
+    )
 
 
 def split_arrays(split_manifest, split: str, class_names: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,8 +137,9 @@ def compile_classifier(model, num_classes: int, learning_rate, run_eagerly: bool
     import keras
 
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"],
-                  run_eagerly=run_eagerly)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"], run_eagerly=run_eagerly
+    )
 
 
 # --- devices -------------------------------------------------------------------------------
@@ -228,10 +234,10 @@ def _restore_optimizer(model, path: str) -> bool:
     with np.load(path) as saved:
         values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     variables = list(optimizer.variables)
-    if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values)):
+    if len(values) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, values, strict=False)):
         logger.warning("checkpoint optimizer state does not fit this optimizer; starting it afresh")
         return False
-    for variable, value in zip(variables, values):
+    for variable, value in zip(variables, values, strict=False):
         variable.assign(value)
     return True
 
@@ -251,13 +257,23 @@ def _reduce_lr_callback(settings: dict[str, Any], restored: dict[str, Any]):
             return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter), "best": best}
 
     return ResumableReduceLROnPlateau(
-        monitor="val_loss", factor=settings["reduce_lr_factor"], patience=settings["reduce_lr_patience"],
-        min_lr=settings["min_learning_rate"], verbose=1,
+        monitor="val_loss",
+        factor=settings["reduce_lr_factor"],
+        patience=settings["reduce_lr_patience"],
+        min_lr=settings["min_learning_rate"],
+        verbose=1,
     )
 
 
-def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolder | None, scratch: str,
-                    best_weights, reduce_lr, timings: dict[str, float]):
+def _phase_callback(
+    state: TrainingState,
+    patience: int,
+    folder: CheckpointFolder | None,
+    scratch: str,
+    best_weights,
+    reduce_lr,
+    timings: dict[str, float],
+):
     """EarlyStopping on val_loss that lives in `state`, plus a checkpoint after every epoch.
 
     Adds its own time to timings["checkpoint_seconds"].
@@ -300,9 +316,23 @@ def _phase_callback(state: TrainingState, patience: int, folder: CheckpointFolde
     return PhaseCallback()
 
 
-def _run_phase(model, state: TrainingState, *, train_data, val_data, class_weight, end_epoch: int,
-               patience: int, settings: dict[str, Any], folder: CheckpointFolder | None, scratch: str,
-               best_weights, callbacks: list, verbose: int, timings: dict[str, float] | None = None):
+def _run_phase(
+    model,
+    state: TrainingState,
+    *,
+    train_data,
+    val_data,
+    class_weight,
+    end_epoch: int,
+    patience: int,
+    settings: dict[str, Any],
+    folder: CheckpointFolder | None,
+    scratch: str,
+    best_weights,
+    callbacks: list,
+    verbose: int,
+    timings: dict[str, float] | None = None,
+):
     """Fit from state.epoch to end_epoch (global numbering); leaves the best weights in the model.
 
     Returns the best weights seen so far (kept in memory for the next phase).
@@ -310,11 +340,15 @@ def _run_phase(model, state: TrainingState, *, train_data, val_data, class_weigh
     reduce_lr = None
     if settings.get("reduce_lr_patience") and settings.get("lr_schedule", "constant") == "constant":
         reduce_lr = _reduce_lr_callback(settings, state.reduce_lr)
-    phase_callback = _phase_callback(state, patience, folder, scratch, best_weights, reduce_lr,
-                                     timings if timings is not None else {})
+    phase_callback = _phase_callback(
+        state, patience, folder, scratch, best_weights, reduce_lr, timings if timings is not None else {}
+    )
     if state.epoch < end_epoch and state.wait < patience:
         model.fit(
-            train_data, validation_data=val_data, initial_epoch=state.epoch, epochs=end_epoch,
+            train_data,
+            validation_data=val_data,
+            initial_epoch=state.epoch,
+            epochs=end_epoch,
             class_weight=class_weight,
             callbacks=[*([reduce_lr] if reduce_lr else []), phase_callback, *callbacks],
             verbose=verbose,
@@ -362,10 +396,19 @@ def fit_classifier(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         _run_phase(
-            model, state, train_data=make_dataset(*train, batch_size, shuffle_seed=seed),
-            val_data=make_dataset(*val, batch_size), class_weight=balanced_class_weights(train[1], num_classes),
-            end_epoch=epochs, patience=patience, settings={"lr_schedule": lr_schedule}, folder=None,
-            scratch=scratch, best_weights=None, callbacks=list(callbacks or []), verbose=KERAS_VERBOSE,
+            model,
+            state,
+            train_data=make_dataset(*train, batch_size, shuffle_seed=seed),
+            val_data=make_dataset(*val, batch_size),
+            class_weight=balanced_class_weights(train[1], num_classes),
+            end_epoch=epochs,
+            patience=patience,
+            settings={"lr_schedule": lr_schedule},
+            folder=None,
+            scratch=scratch,
+            best_weights=None,
+            callbacks=list(callbacks or []),
+            verbose=KERAS_VERBOSE,
         )
     return _summary(state, time.perf_counter() - started, state.epoch, len(train[0]))
 
@@ -409,8 +452,14 @@ def train_classifier(
     import keras
 
     settings = {
-        "fine_tune_layers": 0, "fine_tune_epochs": 0, "fine_tune_learning_rate": 1e-5, "reduce_lr_patience": None,
-        "reduce_lr_factor": 0.2, "min_learning_rate": 0.0, "lr_schedule": "constant", **training,
+        "fine_tune_layers": 0,
+        "fine_tune_epochs": 0,
+        "fine_tune_learning_rate": 1e-5,
+        "reduce_lr_patience": None,
+        "reduce_lr_factor": 0.2,
+        "min_learning_rate": 0.0,
+        "lr_schedule": "constant",
+        **training,
     }
     plan = device_plan(visible_gpus() if num_gpus is None else num_gpus, settings["batch_size"])
     train = as_training_data(train)
@@ -421,8 +470,9 @@ def train_classifier(
     if state is None:
         state = TrainingState(key=checkpoint_key)
     else:
-        logger.info("resuming training from checkpoint %s after epoch %d (phase %d)", checkpoint_dir, state.epoch,
-                    state.phase)
+        logger.info(
+            "resuming training from checkpoint %s after epoch %d (phase %d)", checkpoint_dir, state.epoch, state.phase
+        )
     batch = plan.global_batch_size
     steps_per_epoch = -(-train.count // batch)
     timings = {"checkpoint_seconds": 0.0}
@@ -434,12 +484,18 @@ def train_classifier(
         fine_tune = pretrained and settings["fine_tune_layers"] > 0 and settings["fine_tune_epochs"] > 0
         train_data = train.dataset(batch, shuffle_seed=seed, first_epoch=state.epoch)
         val_data = make_dataset(*val, batch)
-        common = dict(
-            train_data=train_data, val_data=val_data,
-            class_weight=class_weights_from_counts(train.label_counts(num_classes)),
-            patience=settings["patience"], settings=settings, folder=folder, scratch=scratch,
-            callbacks=list(callbacks or []), verbose=verbose, timings=timings,
-        )
+        common = {
+            "train_data": train_data,
+            "val_data": val_data,
+            "class_weight": class_weights_from_counts(train.label_counts(num_classes)),
+            "patience": settings["patience"],
+            "settings": settings,
+            "folder": folder,
+            "scratch": scratch,
+            "callbacks": list(callbacks or []),
+            "verbose": verbose,
+            "timings": timings,
+        }
 
         best_weights = None
         if state.best_weights and folder is not None:
@@ -449,8 +505,14 @@ def train_classifier(
             model.load_weights(folder.fetch(state.weights, scratch))
 
         if state.phase == 1:
-            compile_classifier(model, num_classes, learning_rate_schedule(
-                settings["learning_rate"], settings["lr_schedule"], settings["epochs"] * steps_per_epoch), run_eagerly)
+            compile_classifier(
+                model,
+                num_classes,
+                learning_rate_schedule(
+                    settings["learning_rate"], settings["lr_schedule"], settings["epochs"] * steps_per_epoch
+                ),
+                run_eagerly,
+            )
             if state.optimizer and folder is not None:
                 _restore_optimizer(model, folder.fetch(state.optimizer, scratch))
             best_weights = _run_phase(model, state, end_epoch=settings["epochs"], best_weights=best_weights, **common)
@@ -464,15 +526,32 @@ def train_classifier(
         unfrozen = 0
         if fine_tune:
             unfrozen = unfreeze_top_layers(backbone, settings["fine_tune_layers"])
-            logger.info("phase 2: fine-tuning the top %d layers of %s (%d trainable, BatchNorm frozen) at lr %g",
-                        settings["fine_tune_layers"], backbone.name, unfrozen, settings["fine_tune_learning_rate"])
-            compile_classifier(model, num_classes, learning_rate_schedule(
-                settings["fine_tune_learning_rate"], settings["lr_schedule"],
-                settings["fine_tune_epochs"] * steps_per_epoch), run_eagerly)
+            logger.info(
+                "phase 2: fine-tuning the top %d layers of %s (%d trainable, BatchNorm frozen) at lr %g",
+                settings["fine_tune_layers"],
+                backbone.name,
+                unfrozen,
+                settings["fine_tune_learning_rate"],
+            )
+            compile_classifier(
+                model,
+                num_classes,
+                learning_rate_schedule(
+                    settings["fine_tune_learning_rate"],
+                    settings["lr_schedule"],
+                    settings["fine_tune_epochs"] * steps_per_epoch,
+                ),
+                run_eagerly,
+            )
             if state.optimizer and folder is not None:
                 _restore_optimizer(model, folder.fetch(state.optimizer, scratch))
-            _run_phase(model, state, end_epoch=state.phase_start + settings["fine_tune_epochs"],
-                       best_weights=best_weights, **common)
+            _run_phase(
+                model,
+                state,
+                end_epoch=state.phase_start + settings["fine_tune_epochs"],
+                best_weights=best_weights,
+                **common,
+            )
     seconds = time.perf_counter() - started
     phase1_epochs = state.phase1_epochs if state.phase1_epochs is not None else state.epoch
     summary = {

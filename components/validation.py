@@ -134,7 +134,7 @@ def resolve_severities(severity: Mapping[str, str] | None = None, warning_only: 
     if conflicting:
         raise ValueError(f"checks {conflicting} are in warning_only and set to 'blocking' in severity")
     resolved = dict(DEFAULT_SEVERITY)
-    resolved.update({name: WARNING for name in warning_only})
+    resolved.update(dict.fromkeys(warning_only, WARNING))
     resolved.update(severity)
     return resolved
 
@@ -325,20 +325,42 @@ def class_table(used: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     shares = [row["pediatric_share"] for row in rows]
     for row in rows:
         own = row["pediatric_share"]
-        others = [share for other, share in zip(rows, shares) if other is not row and share is not None]
+        others = [share for other, share in zip(rows, shares, strict=False) if other is not row and share is not None]
         row["age_gap"] = round(max(abs(own - share) for share in others), 4) if own is not None and others else None
-    columns = ["label", "count", "fraction", "n_sources", "sources", "adult", "pediatric", "unknown_age",
-               "pediatric_share", "age_gap"]
+    columns = [
+        "label",
+        "count",
+        "fraction",
+        "n_sources",
+        "sources",
+        "adult",
+        "pediatric",
+        "unknown_age",
+        "pediatric_share",
+        "age_gap",
+    ]
     nullable = ("n_sources", "pediatric_share", "age_gap")  # None stays None (GX skips nulls), not NaN
-    return pd.DataFrame({
-        column: pd.Series([row[column] for row in rows], dtype=object if column in nullable else None)
-        for column in columns
-    })
+    return pd.DataFrame(
+        {
+            column: pd.Series([row[column] for row in rows], dtype=object if column in nullable else None)
+            for column in columns
+        }
+    )
 
 
 _PAIR_COLUMNS = [
-    "uri_a", "uri_b", "distance", "source_a", "source_b", "patient_a", "patient_b", "label_a", "label_b",
-    "same_patient", "same_source", "same_bytes",
+    "uri_a",
+    "uri_b",
+    "distance",
+    "source_a",
+    "source_b",
+    "patient_a",
+    "patient_b",
+    "label_a",
+    "label_b",
+    "same_patient",
+    "same_source",
+    "same_bytes",
 ]
 
 
@@ -398,26 +420,51 @@ def exact_duplicate_listing(manifest: pd.DataFrame) -> list[dict]:
             if other == kept:
                 continue
             paired.add(other)
-            listing.append(_exact_pair(uris[kept], uris[other], digests[other], sources[kept], sources[other],
-                                       patients[kept], patients[other], reasons[other] != ""))
+            listing.append(
+                _exact_pair(
+                    uris[kept],
+                    uris[other],
+                    digests[other],
+                    sources[kept],
+                    sources[other],
+                    patients[kept],
+                    patients[other],
+                    reasons[other] != "",
+                )
+            )
     prefix = "same bytes as "
     details = relevant["exclusion_detail"].fillna("").astype(str).to_numpy()
     by_uri = {uri: i for i, uri in enumerate(uris)}
     for i in np.flatnonzero(reasons == EXCLUDE_DUPLICATE):
         if i in paired or not details[i].startswith(prefix):
             continue
-        original = details[i][len(prefix):]
+        original = details[i][len(prefix) :]
         j = by_uri.get(original)
-        listing.append(_exact_pair(original, uris[i], digests[i], sources[j] if j is not None else "", sources[i],
-                                   patients[j] if j is not None else "", patients[i], True))
+        listing.append(
+            _exact_pair(
+                original,
+                uris[i],
+                digests[i],
+                sources[j] if j is not None else "",
+                sources[i],
+                patients[j] if j is not None else "",
+                patients[i],
+                True,
+            )
+        )
     return listing
 
 
 def _exact_pair(uri_a, uri_b, digest, source_a, source_b, patient_a, patient_b, excluded) -> dict:
     return {
-        "uri_a": str(uri_a), "uri_b": str(uri_b), "sha256": str(digest), "distance": 0,
-        "source_a": str(source_a), "source_b": str(source_b),
-        "patient_a": str(patient_a), "patient_b": str(patient_b),
+        "uri_a": str(uri_a),
+        "uri_b": str(uri_b),
+        "sha256": str(digest),
+        "distance": 0,
+        "source_a": str(source_a),
+        "source_b": str(source_b),
+        "patient_a": str(patient_a),
+        "patient_b": str(patient_b),
         "same_patient": bool(patient_a and patient_a == patient_b),
         "same_source": bool(source_a == source_b),
         "excluded": bool(excluded),
@@ -426,19 +473,23 @@ def _exact_pair(uri_a, uri_b, digest, source_a, source_b, patient_a, patient_b, 
 
 def split_patients_table(split_manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per patient: how many splits and which (sorted), and how many images."""
-    frame = pd.DataFrame({
-        "patient_id": split_manifest["patient_id"].fillna("").astype(str).to_numpy(dtype=object),
-        "split": split_manifest["split"].fillna("").astype(str).to_numpy(dtype=object),
-    })
+    frame = pd.DataFrame(
+        {
+            "patient_id": split_manifest["patient_id"].fillna("").astype(str).to_numpy(dtype=object),
+            "split": split_manifest["split"].fillna("").astype(str).to_numpy(dtype=object),
+        }
+    )
     grouped = frame.groupby("patient_id", sort=True)["split"]
     n_splits = grouped.nunique()
     images = grouped.size()
     splits = grouped.agg(lambda values: ", ".join(sorted(set(values)))) if (n_splits > 1).any() else None
-    table = pd.DataFrame({
-        "patient_id": n_splits.index.to_numpy(dtype=object),
-        "n_splits": n_splits.to_numpy(dtype=np.int64),
-        "n_images": images.to_numpy(dtype=np.int64),
-    })
+    table = pd.DataFrame(
+        {
+            "patient_id": n_splits.index.to_numpy(dtype=object),
+            "n_splits": n_splits.to_numpy(dtype=np.int64),
+            "n_images": images.to_numpy(dtype=np.int64),
+        }
+    )
     if splits is None:  # the common case: no leak, skip the slow per-group join
         table["splits"] = frame.groupby("patient_id", sort=True)["split"].first().to_numpy(dtype=object)
     else:
@@ -451,7 +502,8 @@ def split_class_table(split_manifest: pd.DataFrame, labels: Sequence[str]) -> pd
     counts = split_manifest.groupby(["split", "label"]).size()
     rows = [
         {"split": split, "label": label, "count": int(counts.get((split, label), 0))}
-        for split in SPLITS for label in labels
+        for split in SPLITS
+        for label in labels
     ]
     return pd.DataFrame(rows, columns=["split", "label", "count"])
 
@@ -488,10 +540,15 @@ def _rows_checks(severity: dict[str, str]) -> list[_Check]:
     return [
         _Check(
             FILES_READABLE,
-            _expectation(gxe.ExpectColumnValuesToNotBeInSet, FILES_READABLE, severity[FILES_READABLE],
-                         "no manifest row was excluded because its file is missing or broken "
-                         "(such rows are excluded from training and listed for the steward).",
-                         column="exclusion_reason", value_set=list(FILE_REASONS)),
+            _expectation(
+                gxe.ExpectColumnValuesToNotBeInSet,
+                FILES_READABLE,
+                severity[FILES_READABLE],
+                "no manifest row was excluded because its file is missing or broken "
+                "(such rows are excluded from training and listed for the steward).",
+                column="exclusion_reason",
+                value_set=list(FILE_REASONS),
+            ),
             "rows excluded for a file problem",
             example="{uri} ({exclusion_reason})",
         )
@@ -501,39 +558,85 @@ def _rows_checks(severity: dict[str, str]) -> list[_Check]:
 def _image_checks(labels: Sequence[str], settings: ValidationSettings, severity: dict[str, str]) -> list[_Check]:
     import great_expectations.expectations as gxe
 
-    def check(name: str, cls: type, why: str, problem: str, example: str = "{uri}", quote: bool = True,
-              **kw: Any) -> _Check:
+    def check(
+        name: str, cls: type, why: str, problem: str, example: str = "{uri}", quote: bool = True, **kw: Any
+    ) -> _Check:
         return _Check(name, _expectation(cls, name, severity[name], why, **kw), problem, example, quote)
 
     checks = [
-        check(not_null_check(column), gxe.ExpectColumnValuesToNotBeNull,
-              f"every used image has a {column} (blank text counts as missing).",
-              f"rows without a {column}", example="row {row}" if column == "uri" else "{uri}", quote=False,
-              column=column)
+        check(
+            not_null_check(column),
+            gxe.ExpectColumnValuesToNotBeNull,
+            f"every used image has a {column} (blank text counts as missing).",
+            f"rows without a {column}",
+            example="row {row}" if column == "uri" else "{uri}",
+            quote=False,
+            column=column,
+        )
         for column in REQUIRED_COLUMNS
     ]
     checks += [
-        check(LABEL_IN_TASK, gxe.ExpectColumnValuesToBeInSet, "every used image has a label of the task.",
-              f"rows with a label outside {list(labels)}", column="label", value_set=list(labels)),
-        check(MIN_WIDTH, gxe.ExpectColumnValuesToBeBetween, f"width >= {settings.min_width} px.",
-              f"rows narrower than {settings.min_width} px", column="width", min_value=settings.min_width),
-        check(MIN_HEIGHT, gxe.ExpectColumnValuesToBeBetween, f"height >= {settings.min_height} px.",
-              f"rows shorter than {settings.min_height} px", column="height", min_value=settings.min_height),
-        check(MODE_ALLOWED, gxe.ExpectColumnValuesToBeInSet, "PIL modes the decoder handles.",
-              f"rows with a mode outside {list(settings.allowed_modes)}", column="mode",
-              value_set=list(settings.allowed_modes)),
-        check(BIT_DEPTH_ALLOWED, gxe.ExpectColumnValuesToBeInSet, "bits per channel the decoder handles.",
-              f"rows with a bit depth outside {list(settings.allowed_bit_depths)}", column="bit_depth",
-              value_set=list(settings.allowed_bit_depths)),
+        check(
+            LABEL_IN_TASK,
+            gxe.ExpectColumnValuesToBeInSet,
+            "every used image has a label of the task.",
+            f"rows with a label outside {list(labels)}",
+            column="label",
+            value_set=list(labels),
+        ),
+        check(
+            MIN_WIDTH,
+            gxe.ExpectColumnValuesToBeBetween,
+            f"width >= {settings.min_width} px.",
+            f"rows narrower than {settings.min_width} px",
+            column="width",
+            min_value=settings.min_width,
+        ),
+        check(
+            MIN_HEIGHT,
+            gxe.ExpectColumnValuesToBeBetween,
+            f"height >= {settings.min_height} px.",
+            f"rows shorter than {settings.min_height} px",
+            column="height",
+            min_value=settings.min_height,
+        ),
+        check(
+            MODE_ALLOWED,
+            gxe.ExpectColumnValuesToBeInSet,
+            "PIL modes the decoder handles.",
+            f"rows with a mode outside {list(settings.allowed_modes)}",
+            column="mode",
+            value_set=list(settings.allowed_modes),
+        ),
+        check(
+            BIT_DEPTH_ALLOWED,
+            gxe.ExpectColumnValuesToBeInSet,
+            "bits per channel the decoder handles.",
+            f"rows with a bit depth outside {list(settings.allowed_bit_depths)}",
+            column="bit_depth",
+            value_set=list(settings.allowed_bit_depths),
+        ),
     ]
     if settings.frontal_only:
-        checks.append(check(
-            FRONTAL_VIEWS_ONLY, gxe.ExpectColumnValuesToNotBeInSet,
-            "frontal_only: no lateral view among used images (view compared case-insensitively).",
-            "rows with a lateral view", column="view_normalised", value_set=sorted(LATERAL_VIEWS)))
-    checks.append(check(SHA256_UNIQUE, gxe.ExpectColumnValuesToBeUnique,
-                        "the same bytes twice would leak across splits (pairs listed in the report).",
-                        "rows sharing a sha256 with another row", column="sha256"))
+        checks.append(
+            check(
+                FRONTAL_VIEWS_ONLY,
+                gxe.ExpectColumnValuesToNotBeInSet,
+                "frontal_only: no lateral view among used images (view compared case-insensitively).",
+                "rows with a lateral view",
+                column="view_normalised",
+                value_set=sorted(LATERAL_VIEWS),
+            )
+        )
+    checks.append(
+        check(
+            SHA256_UNIQUE,
+            gxe.ExpectColumnValuesToBeUnique,
+            "the same bytes twice would leak across splits (pairs listed in the report).",
+            "rows sharing a sha256 with another row",
+            column="sha256",
+        )
+    )
     return checks
 
 
@@ -542,29 +645,64 @@ def _class_checks(settings: ValidationSettings, severity: dict[str, str], n_sour
 
     min_sources = min(2, n_sources) if n_sources else 1
     return [
-        _Check(MIN_IMAGES_PER_CLASS, _expectation(
-            gxe.ExpectColumnValuesToBeBetween, MIN_IMAGES_PER_CLASS, severity[MIN_IMAGES_PER_CLASS],
-            f"each task label has at least {settings.min_images_per_class} used images.",
-            column="count", min_value=settings.min_images_per_class),
-            f"classes with fewer than {settings.min_images_per_class} images", "{label}={count}", False),
-        _Check(CLASS_BALANCE, _expectation(
-            gxe.ExpectColumnValuesToBeBetween, CLASS_BALANCE, severity[CLASS_BALANCE],
-            f"each task label holds at least {settings.min_class_fraction:.0%} of the used images.",
-            column="fraction", min_value=settings.min_class_fraction),
-            f"classes under {settings.min_class_fraction:.0%} of the images", "{label}={fraction}", False),
-        _Check(CLASS_SOURCE_DIVERSITY, _expectation(
-            gxe.ExpectColumnValuesToBeBetween, CLASS_SOURCE_DIVERSITY, severity[CLASS_SOURCE_DIVERSITY],
-            f"with several sources ({n_sources} here), no class comes from a single source: a model "
-            "would learn the source, not the disease (shortcut learning).",
-            column="n_sources", min_value=min_sources),
-            f"classes from a single source while there are {n_sources} sources", "{label} only from {sources}", False),
-        _Check(AGE_GROUP_CONSISTENCY, _expectation(
-            gxe.ExpectColumnValuesToBeBetween, AGE_GROUP_CONSISTENCY, severity[AGE_GROUP_CONSISTENCY],
-            f"the pediatric share (among images of known age group) differs by at most "
-            f"{settings.max_age_group_gap:.0%} between classes: otherwise age predicts the class.",
-            column="age_gap", max_value=settings.max_age_group_gap),
-            f"classes whose pediatric share differs from another class's by more than "
-            f"{settings.max_age_group_gap:.0%}", "{label}: {pediatric_share:.0%} pediatric", False),
+        _Check(
+            MIN_IMAGES_PER_CLASS,
+            _expectation(
+                gxe.ExpectColumnValuesToBeBetween,
+                MIN_IMAGES_PER_CLASS,
+                severity[MIN_IMAGES_PER_CLASS],
+                f"each task label has at least {settings.min_images_per_class} used images.",
+                column="count",
+                min_value=settings.min_images_per_class,
+            ),
+            f"classes with fewer than {settings.min_images_per_class} images",
+            "{label}={count}",
+            False,
+        ),
+        _Check(
+            CLASS_BALANCE,
+            _expectation(
+                gxe.ExpectColumnValuesToBeBetween,
+                CLASS_BALANCE,
+                severity[CLASS_BALANCE],
+                f"each task label holds at least {settings.min_class_fraction:.0%} of the used images.",
+                column="fraction",
+                min_value=settings.min_class_fraction,
+            ),
+            f"classes under {settings.min_class_fraction:.0%} of the images",
+            "{label}={fraction}",
+            False,
+        ),
+        _Check(
+            CLASS_SOURCE_DIVERSITY,
+            _expectation(
+                gxe.ExpectColumnValuesToBeBetween,
+                CLASS_SOURCE_DIVERSITY,
+                severity[CLASS_SOURCE_DIVERSITY],
+                f"with several sources ({n_sources} here), no class comes from a single source: a model "
+                "would learn the source, not the disease (shortcut learning).",
+                column="n_sources",
+                min_value=min_sources,
+            ),
+            f"classes from a single source while there are {n_sources} sources",
+            "{label} only from {sources}",
+            False,
+        ),
+        _Check(
+            AGE_GROUP_CONSISTENCY,
+            _expectation(
+                gxe.ExpectColumnValuesToBeBetween,
+                AGE_GROUP_CONSISTENCY,
+                severity[AGE_GROUP_CONSISTENCY],
+                f"the pediatric share (among images of known age group) differs by at most "
+                f"{settings.max_age_group_gap:.0%} between classes: otherwise age predicts the class.",
+                column="age_gap",
+                max_value=settings.max_age_group_gap,
+            ),
+            f"classes whose pediatric share differs from another class's by more than {settings.max_age_group_gap:.0%}",
+            "{label}: {pediatric_share:.0%} pediatric",
+            False,
+        ),
     ]
 
 
@@ -614,8 +752,9 @@ def _context(docs_dir: Path, data_docs: bool = True) -> Any:
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
-def _run_suite(context: Any, source: Any, asset: str, suite_name: str, checks: list[_Check],
-               frame: pd.DataFrame) -> list[Any]:
+def _run_suite(
+    context: Any, source: Any, asset: str, suite_name: str, checks: list[_Check], frame: pd.DataFrame
+) -> list[Any]:
     """Validate `frame` with one suite; the result lands in the context's store for Data Docs."""
     import great_expectations as gx
 
@@ -633,8 +772,12 @@ def _run_suite(context: Any, source: Any, asset: str, suite_name: str, checks: l
     return definition.run(batch_parameters={"dataframe": frame}, result_format=result_format).results
 
 
-def _run_suites(docs_dir: str | Path, source_name: str, suites: list[tuple[str, str, list[_Check], pd.DataFrame]],
-                data_docs: bool = True) -> tuple[dict[str, dict], str]:
+def _run_suites(
+    docs_dir: str | Path,
+    source_name: str,
+    suites: list[tuple[str, str, list[_Check], pd.DataFrame]],
+    data_docs: bool = True,
+) -> tuple[dict[str, dict], str]:
     """Run every (asset, suite, checks, frame), build Data Docs; ({check: result}, index path or "")."""
     # GX logs hundreds of INFO lines per run.
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -740,8 +883,15 @@ def _result_dict(check: _Check, gx_result: Any, frame: pd.DataFrame) -> dict:
 
 def _skipped(name: str, severity: str, why: str) -> dict:
     return {
-        "name": name, "severity": severity, "blocking": severity == BLOCKING, "success": True, "skipped": True,
-        "expectation": None, "column": None, "observed": {}, "details": f"[{name}]: skipped: {why}",
+        "name": name,
+        "severity": severity,
+        "blocking": severity == BLOCKING,
+        "success": True,
+        "skipped": True,
+        "expectation": None,
+        "column": None,
+        "observed": {},
+        "details": f"[{name}]: skipped: {why}",
     }
 
 
@@ -813,15 +963,27 @@ def validate_manifest(
         ("rows", f"{suite_name}_rows", _rows_checks(severity), rows_table(manifest)),
         ("images", suite_name, _image_checks(labels, config, severity), images_table(used)),
         ("classes", f"{suite_name}_classes", _class_checks(config, severity, n_sources), classes),
-        ("near_duplicates", f"{suite_name}_near_duplicates", [_pairs_check(
-            NO_NEAR_DUPLICATES, severity,
-            f"no two used images have pHashes within {config.near_duplicate_max_distance} bits "
-            "(re-encoded, resized or slightly edited copies), within a source or across sources.",
-            near_problem, _pair_examples(near))], near),
+        (
+            "near_duplicates",
+            f"{suite_name}_near_duplicates",
+            [
+                _pairs_check(
+                    NO_NEAR_DUPLICATES,
+                    severity,
+                    f"no two used images have pHashes within {config.near_duplicate_max_distance} bits "
+                    "(re-encoded, resized or slightly edited copies), within a source or across sources.",
+                    near_problem,
+                    _pair_examples(near),
+                )
+            ],
+            near,
+        ),
     ]
     by_name, index = _run_suites(docs_dir, "manifest", suites, data_docs)
     if not config.frontal_only:
-        by_name[FRONTAL_VIEWS_ONLY] = _skipped(FRONTAL_VIEWS_ONLY, severity[FRONTAL_VIEWS_ONLY], "frontal_only is false")
+        by_name[FRONTAL_VIEWS_ONLY] = _skipped(
+            FRONTAL_VIEWS_ONLY, severity[FRONTAL_VIEWS_ONLY], "frontal_only is false"
+        )
     results = [by_name[name] for name in MANIFEST_CHECK_NAMES]  # GX does not keep the suite's order
     facts = f"{len(used)} used rows ({len(manifest) - len(used)} excluded)"
     return ValidationReport(
@@ -859,10 +1021,12 @@ def validate_split(
     _require(split_manifest, ("uri", "source", "sha256", "phash", "patient_id", "label", "split"), "split manifest")
     frame = split_manifest.reset_index(drop=True)
 
-    images = pd.DataFrame({
-        "uri": frame["uri"].fillna("").astype(str).to_numpy(dtype=object),
-        "split": _text(frame["split"]),
-    })
+    images = pd.DataFrame(
+        {
+            "uri": frame["uri"].fillna("").astype(str).to_numpy(dtype=object),
+            "split": _text(frame["split"]),
+        }
+    )
     patients = split_patients_table(frame)
     split_classes = split_class_table(frame, labels)
     near = near_duplicate_table(frame, config.near_duplicate_max_distance, extra=("split",))
@@ -876,28 +1040,79 @@ def validate_split(
 
     m = config.min_images_per_split_class
     suites = [
-        ("split_images", f"{suite_name}_images", [_Check(
-            SPLIT_VALUES_KNOWN,
-            expect(SPLIT_VALUES_KNOWN, gxe.ExpectColumnValuesToBeInSet, f"every image is in one of {list(SPLITS)}.",
-                   column="split", value_set=list(SPLITS)),
-            f"rows outside the splits {list(SPLITS)}")], images),
-        ("split_patients", f"{suite_name}_patients", [_Check(
-            NO_PATIENT_IN_TWO_SPLITS,
-            expect(NO_PATIENT_IN_TWO_SPLITS, gxe.ExpectColumnValuesToBeBetween,
-                   "all images of a patient are in one split (patient leakage inflates test scores).",
-                   column="n_splits", max_value=1),
-            "patients in several splits", "{patient_id} in {splits}", False)], patients),
-        ("split_classes", f"{suite_name}_classes", [_Check(
-            MIN_IMAGES_PER_SPLIT_CLASS,
-            expect(MIN_IMAGES_PER_SPLIT_CLASS, gxe.ExpectColumnValuesToBeBetween,
-                   f"every split has at least {m} image(s) of every task label.", column="count", min_value=m),
-            f"(split, class) cells with fewer than {m} image(s)", "{split}/{label}={count}", False)], split_classes),
-        ("split_near_duplicates", f"{suite_name}_near_duplicates", [_pairs_check(
-            NO_NEAR_DUPLICATES_ACROSS_SPLITS, severity,
-            f"no near-duplicate pair (pHash distance <= {config.near_duplicate_max_distance}) has its two "
-            "images in different splits: that is leakage, even between different patient ids.",
-            f"near-duplicate pairs across splits (pHash distance <= {config.near_duplicate_max_distance})",
-            _pair_examples(leaks, with_split=True))], leaks),
+        (
+            "split_images",
+            f"{suite_name}_images",
+            [
+                _Check(
+                    SPLIT_VALUES_KNOWN,
+                    expect(
+                        SPLIT_VALUES_KNOWN,
+                        gxe.ExpectColumnValuesToBeInSet,
+                        f"every image is in one of {list(SPLITS)}.",
+                        column="split",
+                        value_set=list(SPLITS),
+                    ),
+                    f"rows outside the splits {list(SPLITS)}",
+                )
+            ],
+            images,
+        ),
+        (
+            "split_patients",
+            f"{suite_name}_patients",
+            [
+                _Check(
+                    NO_PATIENT_IN_TWO_SPLITS,
+                    expect(
+                        NO_PATIENT_IN_TWO_SPLITS,
+                        gxe.ExpectColumnValuesToBeBetween,
+                        "all images of a patient are in one split (patient leakage inflates test scores).",
+                        column="n_splits",
+                        max_value=1,
+                    ),
+                    "patients in several splits",
+                    "{patient_id} in {splits}",
+                    False,
+                )
+            ],
+            patients,
+        ),
+        (
+            "split_classes",
+            f"{suite_name}_classes",
+            [
+                _Check(
+                    MIN_IMAGES_PER_SPLIT_CLASS,
+                    expect(
+                        MIN_IMAGES_PER_SPLIT_CLASS,
+                        gxe.ExpectColumnValuesToBeBetween,
+                        f"every split has at least {m} image(s) of every task label.",
+                        column="count",
+                        min_value=m,
+                    ),
+                    f"(split, class) cells with fewer than {m} image(s)",
+                    "{split}/{label}={count}",
+                    False,
+                )
+            ],
+            split_classes,
+        ),
+        (
+            "split_near_duplicates",
+            f"{suite_name}_near_duplicates",
+            [
+                _pairs_check(
+                    NO_NEAR_DUPLICATES_ACROSS_SPLITS,
+                    severity,
+                    f"no near-duplicate pair (pHash distance <= {config.near_duplicate_max_distance}) has its two "
+                    "images in different splits: that is leakage, even between different patient ids.",
+                    f"near-duplicate pairs across splits (pHash distance <= {config.near_duplicate_max_distance})",
+                    _pair_examples(leaks, with_split=True),
+                )
+            ],
+            leaks,
+        ),
     ]
     by_name, index = _run_suites(docs_dir, "split", suites, data_docs)
     results = [by_name[name] for name in SPLIT_CHECK_NAMES]

@@ -80,8 +80,9 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     paths = _environment(args.workdir)
     from cxr.runner import run_ablation
 
-    summary = run_ablation(config, paths, PROJECT_ROOT, backbone=args.backbone, task=args.task,
-                           zenml_overlays=args.zenml_config)
+    summary = run_ablation(
+        config, paths, PROJECT_ROOT, backbone=args.backbone, task=args.task, zenml_overlays=args.zenml_config
+    )
     print(format_ablation(summary, paths))
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
@@ -89,26 +90,41 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def format_ablation(summary: dict[str, Any], paths) -> str:
-    lines = ["", "=" * 72,
-             f"Ablation run '{summary['run_name']}' finished ({summary['backbone']}, {summary['task']}).", "",
-             summary["markdown"].rstrip(), "",
-             f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}', "
-             "artifacts ablation/ablation.md, ablation/ablation.csv)",
-             f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
-             "=" * 72]
+    lines = [
+        "",
+        "=" * 72,
+        f"Ablation run '{summary['run_name']}' finished ({summary['backbone']}, {summary['task']}).",
+        "",
+        summary["markdown"].rstrip(),
+        "",
+        f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}', "
+        "artifacts ablation/ablation.md, ablation/ablation.csv)",
+        f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
+        "=" * 72,
+    ]
     return "\n".join(lines)
 
 
 def _add_ablation_parser(commands) -> None:
     sub = commands.add_parser("ablation", help="the paper's ablation: augmentation x transfer for one backbone")
     sub.add_argument("--config", required=True, help="run config YAML (see configs/ablation-quick.yaml)")
-    sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field, e.g. --set training.epochs=1")
+    sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set training.epochs=1",
+    )
     sub.add_argument("--backbone", help="backbone to ablate (default: the config's first)")
     sub.add_argument("--task", choices=["binary", "multiclass"], help="task (default: the config's)")
     sub.add_argument("--summary-json", help="also write the table and run summary to this JSON file")
-    sub.add_argument("--zenml-config", action="append", default=[], metavar="YAML",
-                     help="ZenML run-config overlay merged over zenml_config.yaml")
+    sub.add_argument(
+        "--zenml-config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="ZenML run-config overlay merged over zenml_config.yaml",
+    )
     sub.set_defaults(handler=cmd_ablation)
 
 
@@ -137,10 +153,12 @@ def format_validation(outputs: dict[str, Any]) -> str:
     if summary is None:
         return f"Data validation run '{outputs['run_name']}' ended ({outputs['status']}) before its report was written."
     lines = ["", "=" * 72, summary_text(summary), ""]
-    lines += [f"Steward report:    {Path(folder) / 'summary.html'}",
-              f"Summary (JSON):    {Path(folder) / 'summary.json'}",
-              f"Excluded rows:     {Path(folder) / 'excluded_rows.csv'}",
-              "=" * 72]
+    lines += [
+        f"Steward report:    {Path(folder) / 'summary.html'}",
+        f"Summary (JSON):    {Path(folder) / 'summary.json'}",
+        f"Excluded rows:     {Path(folder) / 'excluded_rows.csv'}",
+        "=" * 72,
+    ]
     return "\n".join(lines)
 
 
@@ -152,10 +170,10 @@ def format_summary(summary: dict[str, Any], paths) -> str:
         "=" * 72,
         f"Training run '{summary['run_name']}' finished ({summary['task']}).",
         f"Best backbone:     {summary['backbone']}",
-        f"Registered model:  {promotion['model_name']} version {promotion['version']} "
-        f"-> alias '{promotion['alias']}'",
+        f"Registered model:  {promotion['model_name']} version {promotion['version']} -> alias '{promotion['alias']}'",
         f"Why:               {promotion['reason']}",
-        "Test metrics:      " + ", ".join(
+        "Test metrics:      "
+        + ", ".join(
             f"{key}={test[key]:.3f}" for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
         ),
         f"Data validation:   {summary['data_docs_index']}",
@@ -173,13 +191,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _environment(args.workdir)
     uri = f"models:/{args.model_name}@{args.alias}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    command = [str(mlflow_bin), "models", "serve", "-m", uri, "--env-manager", "local",
-               "-h", args.host, "-p", str(args.port)]
+    command = [
+        str(mlflow_bin),
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
     print(f"Serving {uri} on http://{args.host}:{args.port}/invocations", flush=True)
     # The served model imports `components` from its code path; keep the project importable too.
     # `mlflow models serve --env-manager local` execs a bare `uvicorn`: the venv's bin must be on PATH.
-    env = {**os.environ, "PATH": os.pathsep.join([str(mlflow_bin.parent), os.environ.get("PATH", "")]),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(mlflow_bin.parent), os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     return subprocess.call(command, env=env)
 
 
@@ -189,8 +221,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     uri = f"models:/{args.model_name}@{args.alias}"
     frame = predict_files(uri, args.images)
-    for path, (_, row) in zip(args.images, frame.iterrows()):
-        probabilities = {key[len("prob_"):]: round(float(value), 4) for key, value in row.items() if key.startswith("prob_")}
+    for path, (_, row) in zip(args.images, frame.iterrows(), strict=False):
+        probabilities = {
+            key[len("prob_") :]: round(float(value), 4) for key, value in row.items() if key.startswith("prob_")
+        }
         print(f"{path}\t{row['label']}\t{json.dumps(probabilities)}")
     return 0
 
@@ -213,21 +247,32 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True, help="run config YAML (see configs/)")
-        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config field, e.g. --set training.epochs=1")
+        sub.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set training.epochs=1",
+        )
         sub.set_defaults(handler=handler)
         if name in ("train", "validate"):
             sub.add_argument("--summary-json", help="also write the run summary to this JSON file")
-            sub.add_argument("--zenml-config", action="append", default=[], metavar="YAML",
-                             help="ZenML run-config overlay merged over zenml_config.yaml "
-                                  "(e.g. infra/zenml_kubernetes.yaml)")
+            sub.add_argument(
+                "--zenml-config",
+                action="append",
+                default=[],
+                metavar="YAML",
+                help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml)",
+            )
 
     _add_ablation_parser(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
 
-    for name, handler, help_text in (("serve", cmd_serve, "serve the champion over HTTP"),
-                                     ("predict", cmd_predict, "predict image files with the champion")):
+    for name, handler, help_text in (
+        ("serve", cmd_serve, "serve the champion over HTTP"),
+        ("predict", cmd_predict, "predict image files with the champion"),
+    ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--model-name", default="cxr-classifier")
         sub.add_argument("--alias", default="champion")
@@ -266,8 +311,15 @@ def _is_user_facing(error: Exception) -> bool:
     # SourceError / StorageError: bad metadata (missing column...), S3 bucket missing or access denied.
     return isinstance(
         error,
-        (ManifestValidationError, WeightsUnavailableError, UnknownBackboneError, ImageDecodeError, FileNotFoundError,
-         SourceError, StorageError),
+        (
+            ManifestValidationError,
+            WeightsUnavailableError,
+            UnknownBackboneError,
+            ImageDecodeError,
+            FileNotFoundError,
+            SourceError,
+            StorageError,
+        ),
     )
 
 

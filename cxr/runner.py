@@ -129,7 +129,11 @@ def collect_summary(pipeline_run_id, config: RunConfig) -> dict[str, Any]:
 
 
 def run_ablation(
-    config: RunConfig, paths: LocalPaths, project_root: Path, backbone: str | None = None, task: str | None = None,
+    config: RunConfig,
+    paths: LocalPaths,
+    project_root: Path,
+    backbone: str | None = None,
+    task: str | None = None,
     zenml_overlays: list[str] = (),
 ) -> dict[str, Any]:
     """The paper's ablation (Table 4) for one backbone (the config's first, or `backbone`) and

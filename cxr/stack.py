@@ -75,7 +75,13 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
     for key, value in defaults.items():
         if not os.environ.get(key):  # unset or empty (ZenML's MLflow tracker blanks MLFLOW_TRACKING_URI)
             os.environ[key] = value
-    for folder in (paths.zenml_config, paths.artifact_store, paths.mlflow_db.parent, paths.mlflow_artifacts, paths.reports):
+    for folder in (
+        paths.zenml_config,
+        paths.artifact_store,
+        paths.mlflow_db.parent,
+        paths.mlflow_artifacts,
+        paths.reports,
+    ):
         folder.mkdir(parents=True, exist_ok=True)
     return paths
 

@@ -28,17 +28,33 @@ def ablation_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> N
     plan = ablation_plan(backbone, augmentation)
     split = data_steps(run, docs_dir, reports_dir)
     training_sets = {
-        augmented: training_set(split, augmentation, class_names, backbone["image_size"], seed, augment=augmented,
-                                step_id="augment_on" if augmented else "augment_off")
+        augmented: training_set(
+            split,
+            augmentation,
+            class_names,
+            backbone["image_size"],
+            seed,
+            augment=augmented,
+            step_id="augment_on" if augmented else "augment_off",
+        )
         for augmented in (True, False)
     }
     evaluations = []
     for variant in plan:
-        model, _ = train_on(training_sets[variant["augmentation"]], split, variant["backbone"], class_names,
-                            run["training"], seed, step_id=f"train_{variant['key']}")
-        evaluations.append(
-            evaluate_model(model, split, backbone=variant["backbone"], class_names=class_names,
-                           id=f"evaluate_{variant['key']}")
+        model, _ = train_on(
+            training_sets[variant["augmentation"]],
+            split,
+            variant["backbone"],
+            class_names,
+            run["training"],
+            seed,
+            step_id=f"train_{variant['key']}",
         )
-    ablation_report(evaluations, variants=[variant["key"] for variant in plan], backbone=backbone["name"],
-                    task=run["task"])
+        evaluations.append(
+            evaluate_model(
+                model, split, backbone=variant["backbone"], class_names=class_names, id=f"evaluate_{variant['key']}"
+            )
+        )
+    ablation_report(
+        evaluations, variants=[variant["key"] for variant in plan], backbone=backbone["name"], task=run["task"]
+    )

@@ -19,12 +19,17 @@ def data_steps(run: dict[str, Any], docs_dir: str, reports_dir: str) -> Any:
     """Call inside a pipeline; returns the split manifest. Steps that train must run `after="data_gate"`."""
     task, seed, checks = run["task"], run["seed"], run["validation"]
     manifest = ingest_data(
-        sources=run["data"]["sources"], task=task, max_images=run["data"]["max_images"], seed=seed,
+        sources=run["data"]["sources"],
+        task=task,
+        max_images=run["data"]["max_images"],
+        seed=seed,
         workers=run["data"]["workers"],
     )
     manifest_report, _ = validate_data(manifest, task=task, docs_dir=docs_dir, checks=checks)
     split = split_data(
-        manifest, fractions=[run["split"][name] for name in ("train", "val", "test")], seed=seed,
+        manifest,
+        fractions=[run["split"][name] for name in ("train", "val", "test")],
+        seed=seed,
         near_duplicate_max_distance=checks["near_duplicate_max_distance"],
     )
     split_report = validate_data_split(split, task=task, docs_dir=docs_dir, checks=checks)

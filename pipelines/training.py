@@ -1,4 +1,6 @@
-"""The training pipeline: data steps (ingest, validate, split, report, gate) -> augment -> train xN -> evaluate -> register -> promote.
+"""The training pipeline.
+
+Data steps (ingest, validate, split, report, gate) -> augment -> train xN -> evaluate -> register -> promote.
 
 The augment step follows `augmentation.mode` (pipelines/training_sets.py):
 in-memory arrays, offline shards in the artifact store, or originals that
@@ -28,15 +30,23 @@ def training_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> N
     class_names = list(TASK_LABELS[run["task"]])
     seed = run["seed"]
     split = data_steps(run, docs_dir, reports_dir)
-    train_set = training_set(split, run["augmentation"], class_names,
-                             image_size=max(backbone["image_size"] for backbone in run["backbones"]), seed=seed)
+    train_set = training_set(
+        split,
+        run["augmentation"],
+        class_names,
+        image_size=max(backbone["image_size"] for backbone in run["backbones"]),
+        seed=seed,
+    )
     models, evaluations = [], []
     for backbone in run["backbones"]:
-        model, _ = train_on(train_set, split, backbone, class_names, run["training"], seed,
-                            step_id=f"train_{backbone['name']}")
+        model, _ = train_on(
+            train_set, split, backbone, class_names, run["training"], seed, step_id=f"train_{backbone['name']}"
+        )
         models.append(model)
         evaluations.append(
             evaluate_model(model, split, backbone=backbone, class_names=class_names, id=f"evaluate_{backbone['name']}")
         )
-    registration = register_best_model(models, evaluations, task=run["task"], registry=run["registry"], run_name=run["name"])
+    registration = register_best_model(
+        models, evaluations, task=run["task"], registry=run["registry"], run_name=run["name"]
+    )
     promote_model(registration, registry=run["registry"])

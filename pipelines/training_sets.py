@@ -12,24 +12,46 @@ from steps.augment import augment_training_data, expand_training_data
 from steps.train import train_backbone, train_backbone_on_shards
 
 
-def training_set(split, augmentation: dict[str, Any], class_names: list[str], image_size: int, seed: int,
-                 augment: bool = True, step_id: str | None = None) -> dict[str, Any]:
+def training_set(
+    split,
+    augmentation: dict[str, Any],
+    class_names: list[str],
+    image_size: int,
+    seed: int,
+    augment: bool = True,
+    step_id: str | None = None,
+) -> dict[str, Any]:
     """Call the augment step for `augmentation["mode"]`; augment=False: the originals only."""
-    operations = resolve_operations(augmentation["preset"] if augment else "none",
-                                    augmentation["operations"] if augment else {})
+    operations = resolve_operations(
+        augmentation["preset"] if augment else "none", augmentation["operations"] if augment else {}
+    )
     copies = augmentation["copies_per_image"] if augment else 0
     mode = augmentation["mode"] if augment else "in_memory"
     ids = {"id": step_id} if step_id else {}
     if mode == "offline":
         shards, _ = expand_training_data(
-            split, class_names=class_names, image_size=image_size, operations=operations, copies_per_image=copies,
-            seed=seed, workers=augmentation["workers"], images_per_shard=augmentation["images_per_shard"],
-            after="data_gate", **ids,
+            split,
+            class_names=class_names,
+            image_size=image_size,
+            operations=operations,
+            copies_per_image=copies,
+            seed=seed,
+            workers=augmentation["workers"],
+            images_per_shard=augmentation["images_per_shard"],
+            after="data_gate",
+            **ids,
         )
         return {"shards": shards}
     images, labels, _ = augment_training_data(
-        split, class_names=class_names, image_size=image_size, operations=operations, copies_per_image=copies,
-        seed=seed, expand=mode == "in_memory", after="data_gate", **ids,
+        split,
+        class_names=class_names,
+        image_size=image_size,
+        operations=operations,
+        copies_per_image=copies,
+        seed=seed,
+        expand=mode == "in_memory",
+        after="data_gate",
+        **ids,
     )
     on_the_fly = None
     if mode == "on_the_fly":
@@ -37,12 +59,35 @@ def training_set(split, augmentation: dict[str, Any], class_names: list[str], im
     return {"arrays": (images, labels), "on_the_fly": on_the_fly}
 
 
-def train_on(training_set: dict[str, Any], split, backbone: dict[str, Any], class_names: list[str],
-             training: dict[str, Any], seed: int, step_id: str):
+def train_on(
+    training_set: dict[str, Any],
+    split,
+    backbone: dict[str, Any],
+    class_names: list[str],
+    training: dict[str, Any],
+    seed: int,
+    step_id: str,
+):
     """The train step for a training_set(); returns its (model, summary) outputs."""
     if "shards" in training_set:
-        return train_backbone_on_shards(training_set["shards"], split, backbone=backbone, class_names=class_names,
-                                        training=training, seed=seed, id=step_id)
+        return train_backbone_on_shards(
+            training_set["shards"],
+            split,
+            backbone=backbone,
+            class_names=class_names,
+            training=training,
+            seed=seed,
+            id=step_id,
+        )
     images, labels = training_set["arrays"]
-    return train_backbone(images, labels, split, backbone=backbone, class_names=class_names, training=training,
-                          seed=seed, on_the_fly=training_set["on_the_fly"], id=step_id)
+    return train_backbone(
+        images,
+        labels,
+        split,
+        backbone=backbone,
+        class_names=class_names,
+        training=training,
+        seed=seed,
+        on_the_fly=training_set["on_the_fly"],
+        id=step_id,
+    )

@@ -6,8 +6,7 @@ from zenml.logger import get_logger
 from zenml.types import CSVString, MarkdownString
 
 from components.ablation import ablation_table, to_csv
-from steps.names import ABLATION_CSV, ABLATION_SUMMARY, ABLATION_TABLE
-from steps.names import EXPERIMENT_TRACKER
+from steps.names import ABLATION_CSV, ABLATION_SUMMARY, ABLATION_TABLE, EXPERIMENT_TRACKER
 
 logger = get_logger(__name__)
 
@@ -34,7 +33,10 @@ def ablation_report(
     mlflow.set_tags({"ablation_backbone": backbone, "task": task})
     logger.info("Ablation (%s, %s):\n%s", backbone, task, table)
     summary = {
-        "backbone": backbone, "task": task, "split": split, "n_images": n_images,
+        "backbone": backbone,
+        "task": task,
+        "split": split,
+        "n_images": n_images,
         "rows": frame.reset_index().to_dict(orient="records"),
         "mlflow_run_id": mlflow.active_run().info.run_id if mlflow.active_run() else None,
     }

@@ -61,7 +61,9 @@ def augment_training_data(
     augmented, origin = augment_copies(originals, operations, copies_per_image, seed)
     images = np.concatenate([originals, augmented])
     logger.info(
-        "Augmented %d training images into %d (ops: %s)", len(originals), len(images),
+        "Augmented %d training images into %d (ops: %s)",
+        len(originals),
+        len(images),
         ", ".join(enabled_operations(operations)) or "none",
     )
     preview = Image.fromarray(preview_grid(originals, augmented, origin))
@@ -88,12 +90,32 @@ def expand_training_data(
     originals, labels = split_arrays(split_manifest, "train", class_names, image_size)
     workers = resolve_workers(workers)
     folder = tempfile.mkdtemp(prefix="cxr-shards-")
-    index = write_shards(originals, labels, operations, copies_per_image, seed, folder,
-                         images_per_shard=images_per_shard, workers=workers)
-    logger.info("Expanded %d training images into %d in %d shards with %d workers (ops: %s)", len(originals),
-                index["images"], len(index["shards"]), workers, ", ".join(enabled_operations(operations)) or "none")
-    mlflow.log_params({"augmentation.mode": "offline", "augmentation.images": index["images"],
-                       "augmentation.shards": len(index["shards"]), "augmentation.workers": workers})
+    index = write_shards(
+        originals,
+        labels,
+        operations,
+        copies_per_image,
+        seed,
+        folder,
+        images_per_shard=images_per_shard,
+        workers=workers,
+    )
+    logger.info(
+        "Expanded %d training images into %d in %d shards with %d workers (ops: %s)",
+        len(originals),
+        index["images"],
+        len(index["shards"]),
+        workers,
+        ", ".join(enabled_operations(operations)) or "none",
+    )
+    mlflow.log_params(
+        {
+            "augmentation.mode": "offline",
+            "augmentation.images": index["images"],
+            "augmentation.shards": len(index["shards"]),
+            "augmentation.workers": workers,
+        }
+    )
     preview = _sample_preview(originals, operations, seed)
     _log_preview(preview, operations)
     return ShardSet(folder, index, scratch=True), preview

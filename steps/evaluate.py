@@ -21,8 +21,10 @@ def evaluate_model(
     model: keras.Model, split_manifest: pd.DataFrame, backbone: dict[str, Any], class_names: list[str]
 ) -> Annotated[dict, EVALUATION]:
     """Metrics on the validation split (used to pick a backbone) and the test split (reported)."""
-    evaluation: dict[str, Any] = {"backbone": backbone, "test_fingerprint": split_fingerprint(
-        split_manifest.loc[split_manifest["split"] == "test", "sha256"])}
+    evaluation: dict[str, Any] = {
+        "backbone": backbone,
+        "test_fingerprint": split_fingerprint(split_manifest.loc[split_manifest["split"] == "test", "sha256"]),
+    }
     for split in ("val", "test"):
         images, y_true = split_arrays(split_manifest, split, class_names, backbone["image_size"])
         metrics = classification_metrics(y_true, predict_probabilities(model, images, len(class_names)), class_names)

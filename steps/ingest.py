@@ -25,14 +25,23 @@ def ingest_data(
     version = dataset_version(manifest)
     logger.info(
         "Manifest %s: %d images, %d used, per label %s",
-        version, len(manifest), len(used), used["label"].value_counts().to_dict(),
+        version,
+        len(manifest),
+        len(used),
+        used["label"].value_counts().to_dict(),
     )
     for reason, count in exclusions.items():
         logger.info("Excluded %d image(s): %s", count, reason)
     log_metadata(
-        metadata={"dataset_version": version, "images": len(manifest), "used": len(used), "exclusions": exclusions,
-                  "per_label": {k: int(v) for k, v in used["label"].value_counts().items()},
-                  "per_source": {k: int(v) for k, v in used["source"].value_counts().items()}},
-        artifact_name=MANIFEST, infer_artifact=True,
+        metadata={
+            "dataset_version": version,
+            "images": len(manifest),
+            "used": len(used),
+            "exclusions": exclusions,
+            "per_label": {k: int(v) for k, v in used["label"].value_counts().items()},
+            "per_source": {k: int(v) for k, v in used["source"].value_counts().items()},
+        },
+        artifact_name=MANIFEST,
+        infer_artifact=True,
     )
     return manifest

@@ -39,4 +39,3 @@ class KerasModelMaterializer(BaseMaterializer):
             "input_shape": str(model.input_shape),
             "output_shape": str(model.output_shape),
         }
-

@@ -15,10 +15,18 @@ logger = get_logger(__name__)
 def promote_model(registration: dict, registry: dict[str, Any]) -> Annotated[dict, PROMOTION]:
     """Give the new version `champion` if it beats the current champion, else `challenger`."""
     promotion = promote_version(
-        MlflowClient(), registration["model_name"], registration["version"],
-        metric_key=registry["primary_metric"], min_improvement=registry["min_improvement"],
+        MlflowClient(),
+        registration["model_name"],
+        registration["version"],
+        metric_key=registry["primary_metric"],
+        min_improvement=registry["min_improvement"],
     )
     mlflow.set_tags({"registered_version": promotion["version"], "alias": promotion["alias"]})
-    logger.info("%s version %s -> %s: %s", promotion["model_name"], promotion["version"], promotion["alias"],
-                promotion["reason"])
+    logger.info(
+        "%s version %s -> %s: %s",
+        promotion["model_name"],
+        promotion["version"],
+        promotion["alias"],
+        promotion["reason"],
+    )
     return promotion

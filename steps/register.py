@@ -25,8 +25,12 @@ def register_best_model(
     evaluation = evaluations[best]
     backbone = evaluation["backbone"]
     contract = build_contract(
-        task, backbone["name"], backbone["image_size"], weights=backbone["weights"], run_name=run_name,
-        test_metrics={key: value for key, value in flat_metrics(evaluation["test"]).items()},
+        task,
+        backbone["name"],
+        backbone["image_size"],
+        weights=backbone["weights"],
+        run_name=run_name,
+        test_metrics=dict(flat_metrics(evaluation["test"]).items()),
     )
     mlflow.log_metrics(flat_metrics(evaluation["test"], prefix="test_"))
     mlflow.log_metrics(flat_metrics(evaluation["val"], prefix="val_"))
@@ -38,8 +42,14 @@ def register_best_model(
     version = register_version(
         model_info.model_uri, registry["model_name"], metric, evaluation["test"][metric], evaluation["test_fingerprint"]
     )
-    logger.info("Registered %s version %s (%s, test %s=%.4f)", registry["model_name"], version.version,
-                backbone["name"], metric, evaluation["test"][metric])
+    logger.info(
+        "Registered %s version %s (%s, test %s=%.4f)",
+        registry["model_name"],
+        version.version,
+        backbone["name"],
+        metric,
+        evaluation["test"][metric],
+    )
     return {
         "model_name": registry["model_name"],
         "version": str(version.version),

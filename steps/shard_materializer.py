@@ -79,5 +79,10 @@ class ShardSetMaterializer(BaseMaterializer):
 
     def extract_metadata(self, shards: ShardSet) -> dict[str, Any]:
         index = shards.index
-        return {"images": index["images"], "shards": len(index["shards"]), "image_shape": str(index["image_shape"]),
-                "copies_per_image": index["copies_per_image"], "digest": index["digest"]}
+        return {
+            "images": index["images"],
+            "shards": len(index["shards"]),
+            "image_shape": str(index["image_shape"]),
+            "copies_per_image": index["copies_per_image"],
+            "digest": index["digest"],
+        }

@@ -27,8 +27,14 @@ def split_data(
     split = used.assign(split=assign_splits(used, tuple(fractions), seed, groups=groups), split_group=groups)
     table = split_counts_table(split)
     merged = int(used["patient_id"].nunique() - groups.nunique())
-    logger.info("Images per label and split (%d patient(s) merged with a near-duplicate's group):\n%s",
-                merged, table.to_string())
-    log_metadata(metadata={"label_x_split": table.to_dict(), "patients_merged_by_near_duplicates": merged},
-                 artifact_name=SPLIT_MANIFEST, infer_artifact=True)
+    logger.info(
+        "Images per label and split (%d patient(s) merged with a near-duplicate's group):\n%s",
+        merged,
+        table.to_string(),
+    )
+    log_metadata(
+        metadata={"label_x_split": table.to_dict(), "patients_merged_by_near_duplicates": merged},
+        artifact_name=SPLIT_MANIFEST,
+        infer_artifact=True,
+    )
     return split

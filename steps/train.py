@@ -27,8 +27,12 @@ NESTED_RUN = {"experiment_tracker": MLFlowExperimentTrackerSettings(nested=True)
 
 
 def _train_and_log(
-    training_data: TrainingData, split_manifest: pd.DataFrame, backbone: dict[str, Any], class_names: list[str],
-    training: dict[str, Any], seed: int,
+    training_data: TrainingData,
+    split_manifest: pd.DataFrame,
+    backbone: dict[str, Any],
+    class_names: list[str],
+    training: dict[str, Any],
+    seed: int,
 ) -> tuple[keras.Model, dict]:
     """Train one backbone on any training set, with checkpoints and MLflow logging.
 
@@ -41,27 +45,59 @@ def _train_and_log(
     val_images, val_labels = split_arrays(split_manifest, "val", class_names, size)
     key = checkpoint_key(backbone, training, seed, class_names, split_digest(split_manifest), training_data.digest())
     folder = f"{Client().active_stack.artifact_store.path.rstrip('/')}/training_checkpoints/{key}"
-    log_params_flat({"backbone": backbone, "training": training, "seed": seed, "train_images": training_data.count,
-                     "training_data": type(training_data).__name__, "checkpoint_key": key})
+    log_params_flat(
+        {
+            "backbone": backbone,
+            "training": training,
+            "seed": seed,
+            "train_images": training_data.count,
+            "training_data": type(training_data).__name__,
+            "checkpoint_key": key,
+        }
+    )
     epoch_logger = mlflow_epoch_logger()
     model, summary = train_classifier(
-        lambda: build_classifier(backbone["name"], len(class_names), size, weights=backbone["weights"],
-                                 alpha=backbone["alpha"]),
-        training_data, (val_images, val_labels), num_classes=len(class_names),
-        training=training, seed=seed, callbacks=[epoch_logger],
-        checkpoint_dir=folder if training.get("checkpoints", True) else None, checkpoint_key=key,
+        lambda: build_classifier(
+            backbone["name"], len(class_names), size, weights=backbone["weights"], alpha=backbone["alpha"]
+        ),
+        training_data,
+        (val_images, val_labels),
+        num_classes=len(class_names),
+        training=training,
+        seed=seed,
+        callbacks=[epoch_logger],
+        checkpoint_dir=folder if training.get("checkpoints", True) else None,
+        checkpoint_key=key,
         filesystem=fileio,
     )
     mlflow.log_params({"device." + name: value for name, value in summary["device"].items()})
-    mlflow.log_metrics({"best_epoch": summary["best_epoch"], "train_images_per_second": summary["images_per_second"],
-                        "phase1_epochs": summary["phase1_epochs"], "phase2_epochs": summary["phase2_epochs"],
-                        "resumed_from_epoch": summary["resumed_from_epoch"]})
-    logger.info("%s: best epoch %d of %d (%d head + %d fine-tuning, resumed after %d), %.1f images/s",
-                backbone["name"], summary["best_epoch"], summary["epochs_run"], summary["phase1_epochs"],
-                summary["phase2_epochs"], summary["resumed_from_epoch"], summary["images_per_second"])
+    mlflow.log_metrics(
+        {
+            "best_epoch": summary["best_epoch"],
+            "train_images_per_second": summary["images_per_second"],
+            "phase1_epochs": summary["phase1_epochs"],
+            "phase2_epochs": summary["phase2_epochs"],
+            "resumed_from_epoch": summary["resumed_from_epoch"],
+        }
+    )
+    logger.info(
+        "%s: best epoch %d of %d (%d head + %d fine-tuning, resumed after %d), %.1f images/s",
+        backbone["name"],
+        summary["best_epoch"],
+        summary["epochs_run"],
+        summary["phase1_epochs"],
+        summary["phase2_epochs"],
+        summary["resumed_from_epoch"],
+        summary["images_per_second"],
+    )
     CheckpointFolder(folder, fileio).clear()
-    return model, {"backbone": backbone, "training_data": type(training_data).__name__,
-                   "train_images": training_data.count, "mlflow_logging_seconds": epoch_logger.seconds, **summary}
+    return model, {
+        "backbone": backbone,
+        "training_data": type(training_data).__name__,
+        "train_images": training_data.count,
+        "mlflow_logging_seconds": epoch_logger.seconds,
+        **summary,
+    }
 
 
 @step(experiment_tracker=EXPERIMENT_TRACKER, settings=NESTED_RUN, output_materializers={MODEL: KerasModelMaterializer})
@@ -82,8 +118,14 @@ def train_backbone(
     """
     images = resize_stack(train_images, backbone["image_size"])
     if on_the_fly:
-        training_data = OnTheFlyData(images, train_labels, on_the_fly["operations"], on_the_fly["copies_per_image"],
-                                     seed, workers=resolve_workers(on_the_fly["workers"]))
+        training_data = OnTheFlyData(
+            images,
+            train_labels,
+            on_the_fly["operations"],
+            on_the_fly["copies_per_image"],
+            seed,
+            workers=resolve_workers(on_the_fly["workers"]),
+        )
     else:
         training_data = ArrayData(images, train_labels)
     # ZenML reads a tuple return from the source: unpack, then return both.
@@ -101,6 +143,7 @@ def train_backbone_on_shards(
     seed: int,
 ) -> tuple[Annotated[keras.Model, MODEL], Annotated[dict, TRAINING_SUMMARY]]:
     """Train one backbone with the paper's head on offline-expanded shards, read from disk by tf.data."""
-    model, summary = _train_and_log(train_shards.at_size(backbone["image_size"]), split_manifest, backbone,
-                                    class_names, training, seed)
+    model, summary = _train_and_log(
+        train_shards.at_size(backbone["image_size"]), split_manifest, backbone, class_names, training, seed
+    )
     return model, summary

@@ -84,7 +84,12 @@ def steward_report(
     """One page for data stewards (HTML + JSON) and the excluded rows (CSV), as artifacts,
     in MLflow and in `reports_dir/<pipeline run>/`."""
     summary = build_summary(
-        manifest, task, manifest_report, split_manifest, split_report, dataset_version=dataset_version(manifest),
+        manifest,
+        task,
+        manifest_report,
+        split_manifest,
+        split_report,
+        dataset_version=dataset_version(manifest),
     )
     html = render_html(summary)
     excluded_csv = excluded_rows_csv(manifest)  # spreadsheet-safe (no formula injection)
@@ -95,8 +100,11 @@ def steward_report(
         (folder / name).write_text(text, encoding="utf-8")
         mlflow.log_text(text, f"data_validation/{name}")
     mlflow.log_artifacts(str(Path(manifest_report["data_docs_index"]).parent), "data_validation/data_docs")
-    log_metadata(metadata={"reports_folder": str(folder.resolve()), "blocked": not summary["success"]},
-                 artifact_name=STEWARD_SUMMARY, infer_artifact=True)
+    log_metadata(
+        metadata={"reports_folder": str(folder.resolve()), "blocked": not summary["success"]},
+        artifact_name=STEWARD_SUMMARY,
+        infer_artifact=True,
+    )
     logger.info("Steward report: %s", (folder / "summary.html").resolve())
     return summary, HTMLString(html), CSVString(excluded_csv)
 

@@ -60,7 +60,10 @@ def sqlite_mlflow(root: Path, experiment: str):
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         try:
-            yield {"uri": uri, "experiment_id": mlflow.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri())}
+            yield {
+                "uri": uri,
+                "experiment_id": mlflow.create_experiment(experiment, artifact_location=(root / "artifacts").as_uri()),
+            }
         finally:
             mlflow.set_tracking_uri(None)
 
@@ -81,9 +84,14 @@ def rclone_binary() -> str:
     return found
 
 
-def start_rclone_s3(data_dir: Path, log: Path, access_key: str = "cxr-test-key",
-                    secret_key: str = "cxr-test-secret", timeout_s: float = 30,
-                    dir_cache_time: str = "100ms") -> dict:
+def start_rclone_s3(
+    data_dir: Path,
+    log: Path,
+    access_key: str = "cxr-test-key",
+    secret_key: str = "cxr-test-secret",
+    timeout_s: float = 30,
+    dir_cache_time: str = "100ms",
+) -> dict:
     """Start `rclone serve s3` over `data_dir` (each top-level folder is a bucket) on a free
     127.0.0.1 port, in its own process group. Returns {"process", "endpoint", "access_key",
     "secret_key", "dir", "log"}; stop it with stop_process_group(result["process"]).
@@ -98,12 +106,26 @@ def start_rclone_s3(data_dir: Path, log: Path, access_key: str = "cxr-test-key",
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    command = [rclone_binary(), "serve", "s3", "--auth-key", f"{access_key},{secret_key}",
-               "--addr", f"127.0.0.1:{port}", "--dir-cache-time", dir_cache_time, "--poll-interval", "0",
-               "--config", os.devnull, str(data_dir)]
+    command = [
+        rclone_binary(),
+        "serve",
+        "s3",
+        "--auth-key",
+        f"{access_key},{secret_key}",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--dir-cache-time",
+        dir_cache_time,
+        "--poll-interval",
+        "0",
+        "--config",
+        os.devnull,
+        str(data_dir),
+    ]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     start = time.perf_counter()
     while True:
         if process.poll() is not None:
@@ -117,5 +139,12 @@ def start_rclone_s3(data_dir: Path, log: Path, access_key: str = "cxr-test-key",
             stop_process_group(process)
             pytest.fail(f"rclone serve s3 not ready after {timeout_s} s:\n{Path(log).read_text()[-3000:]}")
         time.sleep(0.05)
-    return {"process": process, "endpoint": endpoint, "access_key": access_key, "secret_key": secret_key,
-            "dir": data_dir, "log": Path(log), "settle_s": 0.25}
+    return {
+        "process": process,
+        "endpoint": endpoint,
+        "access_key": access_key,
+        "secret_key": secret_key,
+        "dir": data_dir,
+        "log": Path(log),
+        "settle_s": 0.25,
+    }

@@ -8,7 +8,13 @@ import pytest
 from mlflow import MlflowClient
 
 from components.ablation import (
-    COLUMNS, DELTA_COLUMN, F1_COLUMN, ablation_config, ablation_plan, ablation_table, to_csv,
+    COLUMNS,
+    DELTA_COLUMN,
+    F1_COLUMN,
+    ablation_config,
+    ablation_plan,
+    ablation_table,
+    to_csv,
 )
 from components.config import ConfigError, parse_run_config
 from tests.test_training_pipeline import run_cxr, tiny_config
@@ -18,14 +24,24 @@ VARIANT_KEYS = ["full", "no_augmentation", "no_transfer", "no_both"]
 
 
 def _metrics(f1: float) -> dict:
-    return {"f1_macro": f1, "accuracy": f1 + 0.01, "precision_macro": f1 + 0.02, "recall_macro": f1 - 0.01,
-            "per_class": {}, "confusion_matrix": [[1]]}
+    return {
+        "f1_macro": f1,
+        "accuracy": f1 + 0.01,
+        "precision_macro": f1 + 0.02,
+        "recall_macro": f1 - 0.01,
+        "per_class": {},
+        "confusion_matrix": [[1]],
+    }
 
 
 def test_ablation_table_has_the_papers_rows_and_differences_from_full():
     # Given out of order: the table follows the paper's order.
-    metrics = {"no_both": _metrics(0.5), "full": _metrics(0.9), "no_transfer": _metrics(0.7),
-               "no_augmentation": _metrics(0.8)}
+    metrics = {
+        "no_both": _metrics(0.5),
+        "full": _metrics(0.9),
+        "no_transfer": _metrics(0.7),
+        "no_augmentation": _metrics(0.8),
+    }
     frame, markdown = ablation_table(metrics)
     assert list(frame.index) == ROWS
     assert tuple(frame.columns) == COLUMNS
@@ -54,17 +70,25 @@ def test_ablation_table_needs_the_full_model_and_known_variants():
 def test_ablation_plan_and_config(tmp_path):
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"")
-    config = parse_run_config(tiny_config(
-        tmp_path / "data",
-        backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": str(weights)},
-                   {"name": "Xception", "image_size": 71, "weights": "imagenet"}]))
+    config = parse_run_config(
+        tiny_config(
+            tmp_path / "data",
+            backbones=[
+                {"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": str(weights)},
+                {"name": "Xception", "image_size": 71, "weights": "imagenet"},
+            ],
+        )
+    )
     narrowed = ablation_config(config, task="binary")
     assert narrowed.task == "binary" and [b.name for b in narrowed.backbones] == ["MobileNet"]
     assert ablation_config(config, backbone="Xception").backbones[0].name == "Xception"
     with pytest.raises(ConfigError, match="configured: MobileNet, Xception"):
         ablation_config(config, backbone="InceptionV3")
-    missing = parse_run_config(tiny_config(
-        tmp_path / "data", backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": "no.h5"}]))
+    missing = parse_run_config(
+        tiny_config(
+            tmp_path / "data", backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": "no.h5"}]
+        )
+    )
     with pytest.raises(ConfigError, match="'no.h5' for MobileNet .* does not exist"):
         ablation_config(missing)
 
@@ -76,9 +100,13 @@ def test_ablation_plan_and_config(tmp_path):
     scratch = parse_run_config(tiny_config(tmp_path / "data"))  # weights: none
     with pytest.raises(ConfigError, match="needs transfer weights"):
         ablation_config(scratch)
-    no_augmentation = parse_run_config(tiny_config(
-        tmp_path / "data", augmentation={"preset": "none", "copies_per_image": 1},
-        backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": str(weights)}]))
+    no_augmentation = parse_run_config(
+        tiny_config(
+            tmp_path / "data",
+            augmentation={"preset": "none", "copies_per_image": 1},
+            backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": str(weights)}],
+        )
+    )
     with pytest.raises(ConfigError, match="needs augmentation on"):
         ablation_config(no_augmentation)
 
@@ -118,7 +146,8 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
 
     weights = _backbone_weights_file(tmp_path / "mobilenet_0.25_64.weights.h5")
     config = tiny_config(
-        tmp_path / "synthetic", name="ablation-test",
+        tmp_path / "synthetic",
+        name="ablation-test",
         backbones=[{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": str(weights)}],
         # On the fly: the augmented variants' train steps augment each epoch in 2 worker processes.
         augmentation={"preset": "paper", "copies_per_image": 1, "mode": "on_the_fly", "workers": 2},
@@ -143,8 +172,13 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     # One pipeline run: shared data steps, two augmentations, 4 x train/evaluate, the report; no registration.
     run = Client().get_pipeline_run(summary["run_name"])
     assert run.pipeline.name == PIPELINE_NAME
-    expected = {"data_gate", "augment_on", "augment_off", "ablation_report",
-                *(f"{stage}_{key}" for stage in ("train", "evaluate") for key in VARIANT_KEYS)}
+    expected = {
+        "data_gate",
+        "augment_on",
+        "augment_off",
+        "ablation_report",
+        *(f"{stage}_{key}" for stage in ("train", "evaluate") for key in VARIANT_KEYS),
+    }
     assert expected <= set(run.steps) and "register_best_model" not in run.steps
     outputs = run.steps["ablation_report"].outputs
     markdown, csv = outputs[ABLATION_TABLE][0].load(), outputs[ABLATION_CSV][0].load()
@@ -157,7 +191,11 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     assert len(on) == len(off) > 0
     trained_on = {key: run.steps[f"train_{key}"].outputs["training_summary"][0].load() for key in VARIANT_KEYS}
     assert {key: value["training_data"] for key, value in trained_on.items()} == {
-        "full": "OnTheFlyData", "no_transfer": "OnTheFlyData", "no_augmentation": "ArrayData", "no_both": "ArrayData"}
+        "full": "OnTheFlyData",
+        "no_transfer": "OnTheFlyData",
+        "no_augmentation": "ArrayData",
+        "no_both": "ArrayData",
+    }
     assert trained_on["full"]["train_images"] == 2 * len(on) and trained_on["no_both"]["train_images"] == len(on)
 
     # MLflow: the pipeline's run holds the table and the F1 per variant.
@@ -165,7 +203,9 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     mlflow_run = client.get_run(summary["mlflow_run_id"])
     assert client.get_experiment(mlflow_run.info.experiment_id).name == PIPELINE_NAME
     assert {item.path for item in client.list_artifacts(mlflow_run.info.run_id, "ablation")} == {
-        "ablation/ablation.md", "ablation/ablation.csv"}
+        "ablation/ablation.md",
+        "ablation/ablation.csv",
+    }
     logged = Path(client.download_artifacts(mlflow_run.info.run_id, "ablation/ablation.md", str(tmp_path)))
     assert logged.read_text() == str(markdown)
     assert mlflow_run.data.metrics["test_f1_macro_full"] == pytest.approx(rows["Full model"][F1_COLUMN])

@@ -61,7 +61,13 @@ def marked_base(size=32, alpha=0.25):
 
 def test_registry_entries_match_keras():
     assert set(BACKBONES) == {
-        "InceptionV3", "Xception", "MobileNet", "MobileNetV2", "EfficientNetB0", "DenseNet121", "ResNet50"
+        "InceptionV3",
+        "Xception",
+        "MobileNet",
+        "MobileNetV2",
+        "EfficientNetB0",
+        "DenseNet121",
+        "ResNet50",
     }
     for spec in BACKBONES.values():
         assert callable(getattr(keras.applications, spec.constructor))
@@ -70,18 +76,25 @@ def test_registry_entries_match_keras():
     # The cache names Keras itself uses (keras/src/applications/*.py).
     assert imagenet_weights_file(BACKBONES["MobileNet"], 128, 0.25) == "mobilenet_2_5_128_tf_no_top.h5"
     assert imagenet_weights_file(BACKBONES["MobileNet"], 300, 1.0) == "mobilenet_1_0_224_tf_no_top.h5"
-    assert (imagenet_weights_file(BACKBONES["MobileNetV2"], 96, 0.35)
-            == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5")
+    assert (
+        imagenet_weights_file(BACKBONES["MobileNetV2"], 96, 0.35)
+        == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5"
+    )
     assert imagenet_weights_file(BACKBONES["EfficientNetB0"], 224, 1.0) == "efficientnetb0_notop.h5"
-    assert (imagenet_weights_file(BACKBONES["DenseNet121"], 224, 1.0)
-            == "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    assert (imagenet_weights_file(BACKBONES["ResNet50"], 224, 1.0)
-            == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+    assert (
+        imagenet_weights_file(BACKBONES["DenseNet121"], 224, 1.0)
+        == "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )
+    assert (
+        imagenet_weights_file(BACKBONES["ResNet50"], 224, 1.0) == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )
 
 
 def test_unknown_backbone_lists_valid_names():
-    with pytest.raises(UnknownBackboneError, match="DenseNet121, EfficientNetB0, InceptionV3, MobileNet, "
-                                                   "MobileNetV2, ResNet50, Xception"):
+    with pytest.raises(
+        UnknownBackboneError,
+        match="DenseNet121, EfficientNetB0, InceptionV3, MobileNet, MobileNetV2, ResNet50, Xception",
+    ):
         build_classifier("ResNet50x", 2, 64)
 
 
@@ -113,7 +126,7 @@ def test_preprocessing_layers_are_plain_keras_and_reload_in_safe_mode(mode, tmp_
 def test_paper_head_shape(classes, units, activation):
     model = build_classifier("MobileNet", classes, 32, weights="none", alpha=0.25)
     names = [layer.__class__.__name__ for layer in model.layers]
-    head = names[names.index("Functional") + 1:]
+    head = names[names.index("Functional") + 1 :]
     assert head == ["GlobalAveragePooling2D", "BatchNormalization", "Flatten", "Dense", "Dropout", "Dense"]
     assert model.layers[-3].units == 128 and model.layers[-2].rate == 0.5
     assert model.layers[-1].units == units and model.layers[-1].activation.__name__ == activation
@@ -124,8 +137,9 @@ def test_paper_head_shape(classes, units, activation):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, alpha", [("MobileNetV2", 0.35), ("EfficientNetB0", 1.0),
-                                         ("DenseNet121", 1.0), ("ResNet50", 1.0)])
+@pytest.mark.parametrize(
+    "name, alpha", [("MobileNetV2", 0.35), ("EfficientNetB0", 1.0), ("DenseNet121", 1.0), ("ResNet50", 1.0)]
+)
 def test_new_backbones_build_at_their_minimum_size(name, alpha):
     spec = BACKBONES[name]
     model = build_classifier(name, 3, spec.min_size, weights="none", alpha=alpha)
@@ -213,8 +227,10 @@ def test_weights_from_s3(s3_env, registered):
     marked_base().save_weights(folder / "mobilenet_025.weights.h5")
     (folder / "classifier.keras").write_bytes(registered["keras_file"].read_bytes())
     time.sleep(s3_env["settle_s"])
-    for uri in ("s3://weights-bucket/backbones/mobilenet_025.weights.h5",  # backbone weights
-                "s3://weights-bucket/backbones/classifier.keras"):  # a whole classifier: warm start
+    for uri in (
+        "s3://weights-bucket/backbones/mobilenet_025.weights.h5",  # backbone weights
+        "s3://weights-bucket/backbones/classifier.keras",
+    ):  # a whole classifier: warm start
         model = tiny(uri)
         assert np.allclose(first_kernel(model).numpy(), MARK), uri
     missing = "s3://weights-bucket/backbones/nope.weights.h5"
@@ -246,8 +262,9 @@ def registered(session_paths, tmp_path_factory):
         path = tmp_path_factory.mktemp("warm") / "warm.keras"
         model.save(path)
         with mlflow.start_run(experiment_id=experiment_id):
-            serving.log_pyfunc_model(str(path), serving.build_contract("binary", "MobileNet", 32),
-                                     registered_model_name="cxr-warm")
+            serving.log_pyfunc_model(
+                str(path), serving.build_contract("binary", "MobileNet", 32), registered_model_name="cxr-warm"
+            )
         MlflowClient().set_registered_model_alias("cxr-warm", "champion", "1")
         yield {"keras_file": path}
 
@@ -283,8 +300,17 @@ def test_warm_start_from_a_local_keras_file(registered):
 # ------------------------------------------------------------ run config
 
 
-@pytest.mark.parametrize("weights", ["imagenet", "none", "weights/b.weights.h5", "s3://bucket/w/b.weights.h5",
-                                     "models:/cxr-classifier@champion", "models:/cxr-classifier/3"])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        "imagenet",
+        "none",
+        "weights/b.weights.h5",
+        "s3://bucket/w/b.weights.h5",
+        "models:/cxr-classifier@champion",
+        "models:/cxr-classifier/3",
+    ],
+)
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_backbone_config_accepts_every_backbone_and_weights_source(name, weights):
     from components.config import BackboneConfig
@@ -293,15 +319,18 @@ def test_backbone_config_accepts_every_backbone_and_weights_source(name, weights
     assert config.image_size == BACKBONES[name].default_size and config.weights == weights
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"weights": "s3://bucket"}, "names no object"),
-    ({"weights": "s3://bucket/folder/"}, "names no object"),
-    ({"weights": "models:/cxr-classifier"}, "models:/<name>@<alias> or models:/<name>/<version>"),
-    ({"weights": ""}, "at least 1 character"),
-    ({"name": "ResNet50", "alpha": 0.5}, "only MobileNet and MobileNetV2"),
-    ({"name": "DenseNet121", "image_size": 16}, "needs image_size >= 32"),
-    ({"name": "ResNet", "weights": "none"}, "valid backbones: DenseNet121, EfficientNetB0"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"weights": "s3://bucket"}, "names no object"),
+        ({"weights": "s3://bucket/folder/"}, "names no object"),
+        ({"weights": "models:/cxr-classifier"}, "models:/<name>@<alias> or models:/<name>/<version>"),
+        ({"weights": ""}, "at least 1 character"),
+        ({"name": "ResNet50", "alpha": 0.5}, "only MobileNet and MobileNetV2"),
+        ({"name": "DenseNet121", "image_size": 16}, "needs image_size >= 32"),
+        ({"name": "ResNet", "weights": "none"}, "valid backbones: DenseNet121, EfficientNetB0"),
+    ],
+)
 def test_backbone_config_rejects(fields, message):
     from pydantic import ValidationError
 

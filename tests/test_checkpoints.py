@@ -14,10 +14,18 @@ from components.checkpoints import CheckpointFolder, TrainingState, checkpoint_k
 def test_key_changes_with_any_input_and_ignores_dict_order():
     base = checkpoint_key({"name": "MobileNet", "alpha": 0.25}, {"epochs": 3}, 42, "abc")
     assert base == checkpoint_key({"alpha": 0.25, "name": "MobileNet"}, {"epochs": 3}, 42, "abc")
-    assert len({base, checkpoint_key({"name": "MobileNet", "alpha": 0.5}, {"epochs": 3}, 42, "abc"),
+    assert (
+        len(
+            {
+                base,
+                checkpoint_key({"name": "MobileNet", "alpha": 0.5}, {"epochs": 3}, 42, "abc"),
                 checkpoint_key({"name": "MobileNet", "alpha": 0.25}, {"epochs": 4}, 42, "abc"),
                 checkpoint_key({"name": "MobileNet", "alpha": 0.25}, {"epochs": 3}, 43, "abc"),
-                checkpoint_key({"name": "MobileNet", "alpha": 0.25}, {"epochs": 3}, 42, "abd")}) == 5
+                checkpoint_key({"name": "MobileNet", "alpha": 0.25}, {"epochs": 3}, 42, "abd"),
+            }
+        )
+        == 5
+    )
 
 
 def test_split_digest_sees_split_changes_not_row_order():
@@ -42,7 +50,10 @@ def test_state_round_trip_commit_and_cleanup(tmp_path):
     (tmp_path / "ckpt" / "epoch-0000.weights.h5").write_text("stale")
     folder.save(state, {name: str(tmp_path / name) for name in state.referenced_files()})
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "epoch-0001.weights.h5", "epoch-0002.weights.h5", "state.json"]
+        "epoch-0001.weights.h5",
+        "epoch-0002.weights.h5",
+        "state.json",
+    ]
     loaded = folder.load("k")
     assert loaded == state and (loaded.epoch, loaded.best_epoch, loaded.wait) == (2, 1, 1)
     assert folder.load("another key") is None
@@ -84,7 +95,9 @@ def test_training_killed_after_epoch_2_resumes_at_epoch_3(tmp_path):
     folder = str(tmp_path / "checkpoints")
     killed = subprocess.run(
         [sys.executable, "-c", TRAIN + f"\ntrain({folder!r}, [KillAfterEpoch2()])\n"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert killed.returncode == 1, killed.stderr[-3000:]
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())

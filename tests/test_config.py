@@ -17,7 +17,9 @@ def test_shipped_configs_validate(name):
 def test_paper_config_has_three_backbones_at_paper_sizes():
     config = load_run_config(CONFIGS / "paper.yaml")
     assert {(b.name, b.image_size, b.weights) for b in config.backbones} == {
-        ("InceptionV3", 299, "imagenet"), ("Xception", 299, "imagenet"), ("MobileNet", 224, "imagenet")
+        ("InceptionV3", 299, "imagenet"),
+        ("Xception", 299, "imagenet"),
+        ("MobileNet", 224, "imagenet"),
     }
     assert config.augmentation.copies_per_image == 63
     assert config.augmentation.mode == "offline"  # x64 is streamed into shards, not held in memory
@@ -33,11 +35,19 @@ def test_backbone_default_size_comes_from_registry():
     [
         ({"task": "trinary"}, "task", "'binary' or 'multiclass'"),
         ({"split.train": 0.9}, "split", "must be 1.0"),
-        ({"backbones.0.name": "ResNet9"}, "backbones.0.name", "valid backbones: DenseNet121, EfficientNetB0, InceptionV3, MobileNet, MobileNetV2, ResNet50, Xception"),
+        (
+            {"backbones.0.name": "ResNet9"},
+            "backbones.0.name",
+            "valid backbones: DenseNet121, EfficientNetB0, InceptionV3, MobileNet, MobileNetV2, ResNet50, Xception",
+        ),
         ({"backbones.0.image_size": 16}, "backbones.0", "needs image_size >= 32"),
         ({"training.epochs": 0}, "training.epochs", "greater than or equal to 1"),
         ({"training.epoch": 3}, "training.epoch", "Extra inputs are not permitted"),
-        ({"augmentation.operations": {"rotation": {"enabled": False}}}, "augmentation", "unknown augmentation operation 'rotation'"),
+        (
+            {"augmentation.operations": {"rotation": {"enabled": False}}},
+            "augmentation",
+            "unknown augmentation operation 'rotation'",
+        ),
         ({"augmentation.mode": "streaming"}, "augmentation.mode", "'in_memory', 'offline' or 'on_the_fly'"),
         ({"augmentation.images_per_shard": 4}, "augmentation.images_per_shard", "greater than or equal to 16"),
         ({"data.sources": []}, "data.sources", "at least 1 item"),

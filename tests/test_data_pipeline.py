@@ -44,11 +44,14 @@ def _radiograph(seed: int, size: int = 96) -> np.ndarray:
 
 def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid PNG header declaring 10^10 pixels (no pixel data needed to trip the guard)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def write_bad_drop(root: Path) -> dict[str, str]:
@@ -71,10 +74,17 @@ def write_bad_drop(root: Path) -> dict[str, str]:
     for name, data in files.items():
         (images / name).write_bytes(data)
     rows = [  # filename, finding, view
-        ("gray16.png", "COVID-19", "PA"), ("rgba.png", "Pneumonia/Viral/SARS", "AP"),
-        ("palette.png", "No Finding", "PA"), ("empty.png", "COVID-19", "PA"), ("truncated.jpg", "COVID-19", "PA"),
-        ("text.png", "COVID-19", "PA"), ("bomb.png", "COVID-19", "PA"), ("lateral.png", "COVID-19", "L"),
-        ("script.png", SCRIPT, "PA"), ("../../etc/passwd.png", "COVID-19", "PA"), ("absent.png", "COVID-19", "PA"),
+        ("gray16.png", "COVID-19", "PA"),
+        ("rgba.png", "Pneumonia/Viral/SARS", "AP"),
+        ("palette.png", "No Finding", "PA"),
+        ("empty.png", "COVID-19", "PA"),
+        ("truncated.jpg", "COVID-19", "PA"),
+        ("text.png", "COVID-19", "PA"),
+        ("bomb.png", "COVID-19", "PA"),
+        ("lateral.png", "COVID-19", "L"),
+        ("script.png", SCRIPT, "PA"),
+        ("../../etc/passwd.png", "COVID-19", "PA"),
+        ("absent.png", "COVID-19", "PA"),
         ("gray16.png", "COVID-19", "PA"),  # listed twice
     ]
     lines = ["filename,patientid,finding,view,modality,age"]
@@ -82,10 +92,17 @@ def write_bad_drop(root: Path) -> dict[str, str]:
     # A spreadsheet export: UTF-8 with a byte-order mark.
     (root / "metadata.csv").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig"))
     return {
-        "gray16.png": "", "rgba.png": "", "palette.png": "",
-        "empty.png": EXCLUDE_EMPTY_FILE, "truncated.jpg": EXCLUDE_TRUNCATED, "text.png": EXCLUDE_NOT_DECODABLE,
-        "bomb.png": EXCLUDE_TOO_LARGE, "lateral.png": EXCLUDE_LATERAL, "script.png": EXCLUDE_UNKNOWN_FINDING,
-        "passwd.png": EXCLUDE_OUTSIDE_ROOT, "absent.png": EXCLUDE_MISSING_FILE,
+        "gray16.png": "",
+        "rgba.png": "",
+        "palette.png": "",
+        "empty.png": EXCLUDE_EMPTY_FILE,
+        "truncated.jpg": EXCLUDE_TRUNCATED,
+        "text.png": EXCLUDE_NOT_DECODABLE,
+        "bomb.png": EXCLUDE_TOO_LARGE,
+        "lateral.png": EXCLUDE_LATERAL,
+        "script.png": EXCLUDE_UNKNOWN_FINDING,
+        "passwd.png": EXCLUDE_OUTSIDE_ROOT,
+        "absent.png": EXCLUDE_MISSING_FILE,
     }
 
 
@@ -108,8 +125,11 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
         excluded = list(csv.DictReader(handle))
     duplicates = [row for row in excluded if row["exclusion_reason"] == EXCLUDE_DUPLICATE_ROW]
     assert [row["uri"] for row in duplicates] == ["s3://drops/ieee/images/gray16.png"]
-    reasons = {row["uri"].rsplit("/", 1)[-1]: row["exclusion_reason"] for row in excluded
-               if row["source"] == "drop" and row not in duplicates}
+    reasons = {
+        row["uri"].rsplit("/", 1)[-1]: row["exclusion_reason"]
+        for row in excluded
+        if row["source"] == "drop" and row not in duplicates
+    }
     for name, reason in expected.items():
         if reason:
             assert reasons.get(name) == reason, (name, reasons)
@@ -130,8 +150,11 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
     experiment = client.get_experiment_by_name("cxr_data_validation")
     run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     logged = {item.path for item in client.list_artifacts(run.info.run_id, "data_validation")}
-    assert {"data_validation/summary.html", "data_validation/summary.json",
-            "data_validation/excluded_rows.csv"} <= logged
+    assert {
+        "data_validation/summary.html",
+        "data_validation/summary.json",
+        "data_validation/excluded_rows.csv",
+    } <= logged
     downloaded = Path(client.download_artifacts(run.info.run_id, "data_validation/summary.json", str(tmp_path)))
     assert json.loads(downloaded.read_text()) == summary
 

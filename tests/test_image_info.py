@@ -7,6 +7,7 @@ import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,12 @@ def radiograph(seed: int = 0, size: tuple[int, int] = (256, 256)) -> np.ndarray:
     angle = rng.uniform(0, 2 * np.pi)
     image = 60 + 100 * (np.cos(angle) * x + np.sin(angle) * y)
     for _ in range(5):
-        cx, cy, rx, ry = rng.uniform(0.15, 0.85), rng.uniform(0.15, 0.85), rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3)
+        cx, cy, rx, ry = (
+            rng.uniform(0.15, 0.85),
+            rng.uniform(0.15, 0.85),
+            rng.uniform(0.05, 0.3),
+            rng.uniform(0.05, 0.3),
+        )
         image[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1] += rng.uniform(-90, 90)
     image += rng.normal(0, 4, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
@@ -76,7 +82,8 @@ def excluded(data: bytes) -> tuple[str, str]:
     row = describe_image_bytes(data)
     # An unusable file has no hash, size or mode.
     assert {k: row[k] for k in ("sha256", "phash", "width", "height", "mode", "bit_depth")} == {
-        k: image_info.NO_FILE[k] for k in ("sha256", "phash", "width", "height", "mode", "bit_depth")}
+        k: image_info.NO_FILE[k] for k in ("sha256", "phash", "width", "height", "mode", "bit_depth")
+    }
     return row["exclusion_reason"], row["exclusion_detail"]
 
 
@@ -156,7 +163,7 @@ def test_decompression_bomb_png_refused_from_its_header():
 def test_decompression_bomb_jpeg_refused_from_its_header(jpeg):
     # Rewrite the start-of-frame dimensions of a real JPEG to 20000 x 30000.
     sof = jpeg.index(b"\xff\xc0")
-    bomb = jpeg[: sof + 5] + struct.pack(">HH", 30_000, 20_000) + jpeg[sof + 9:]
+    bomb = jpeg[: sof + 5] + struct.pack(">HH", 30_000, 20_000) + jpeg[sof + 9 :]
     reason, detail = excluded(bomb)
     assert reason == EXCLUDE_TOO_LARGE
     assert "20000x30000" in detail
@@ -181,7 +188,7 @@ def test_corrupt_header_checksum_is_unreadable(png):
 
 def test_corrupt_compressed_data_is_unreadable(png):
     middle = len(png) // 2
-    reason, detail = excluded(png[:middle] + b"\x00" * 64 + png[middle + 64:])
+    reason, detail = excluded(png[:middle] + b"\x00" * 64 + png[middle + 64 :])
     assert reason == EXCLUDE_UNREADABLE
     assert detail  # the decoder's own error text, e.g. "OSError: broken data stream ..."
 
@@ -237,7 +244,10 @@ def test_alpha_is_composited_over_black(gray):
     image.putalpha(Image.fromarray(np.where(np.arange(256)[None, :] < 128, 0, 255).astype(np.uint8).repeat(256, 0)))
     left_black = gray.copy()
     left_black[:, :128] = 0
-    assert describe_image_bytes(encode(image))["phash"] == describe_image_bytes(encode(Image.fromarray(left_black)))["phash"]
+    assert (
+        describe_image_bytes(encode(image))["phash"]
+        == describe_image_bytes(encode(Image.fromarray(left_black)))["phash"]
+    )
 
 
 def test_one_bit_image():
@@ -291,7 +301,9 @@ def test_hamming_distance():
 
 def _copies(image: Image.Image) -> dict[str, bytes]:
     width, height = image.size
-    noisy = np.clip(np.asarray(image, dtype=np.float64) + np.random.default_rng(9).normal(0, 5, (height, width)), 0, 255)
+    noisy = np.clip(
+        np.asarray(image, dtype=np.float64) + np.random.default_rng(9).normal(0, 5, (height, width)), 0, 255
+    )
     return {
         "jpeg q75": encode(image, "JPEG", quality=75),
         "half size": encode(image.resize((width // 2, height // 2), Image.Resampling.BILINEAR)),
@@ -358,14 +370,14 @@ def image_folder(tmp_path_factory, png, jpeg):
 
 def test_describe_uris_serial_rows(image_folder):
     rows = describe_uris(image_folder)
-    by_name = {os.path.basename(uri): row for uri, row in zip(image_folder, rows)}
+    by_name = {os.path.basename(uri): row for uri, row in zip(image_folder, rows, strict=False)}
     assert by_name["empty.png"]["exclusion_reason"] == EXCLUDE_EMPTY_FILE
     assert by_name["text.png"]["exclusion_reason"] == EXCLUDE_NOT_DECODABLE
     assert by_name["cut.png"]["exclusion_reason"] == EXCLUDE_TRUNCATED
     assert by_name["missing.png"]["exclusion_reason"] == EXCLUDE_MISSING_FILE
     assert "missing.png" in by_name["missing.png"]["exclusion_detail"]
     assert by_name["photo.jpg"]["exclusion_reason"] == "" and by_name["scan000.png"]["width"] == 96
-    assert rows[:-1] == [describe_image_bytes(open(uri, "rb").read()) for uri in image_folder[:-1]]
+    assert rows[:-1] == [describe_image_bytes(Path(uri).read_bytes()) for uri in image_folder[:-1]]
 
 
 @pytest.mark.parametrize("executor", ["process", "thread", "auto"])

@@ -108,7 +108,7 @@ def reasons(frame: pd.DataFrame) -> dict[str, str]:
     """file name -> exclusion reason (file reasons shown as "file")."""
     return {
         Path(uri).name: ("file" if reason in FILE_REASONS else reason)
-        for uri, reason in zip(frame["uri"], frame["exclusion_reason"])
+        for uri, reason in zip(frame["uri"], frame["exclusion_reason"], strict=False)
     }
 
 
@@ -122,7 +122,7 @@ def assert_manifest_contract(frame: pd.DataFrame, task: str) -> None:
     assert (frame.loc[~excluded, "sha256"].str.len() == 64).all()
     assert (frame.loc[~excluded, "width"] > 0).all()
     assert frame["exclusion_reason"].isin(("", *EXCLUSION_PRECEDENCE)).all()
-    assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"]))
+    assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"], strict=False))
 
 
 # ---------------------------------------------------------------- labels
@@ -321,8 +321,13 @@ def test_ieee8023_manifest_multiclass(tmp_path: Path) -> None:
     frame = build(write_ieee8023(tmp_path), "multiclass", kind="ieee8023")
     assert_manifest_contract(frame, "multiclass")
     assert len(frame) == len(IEEE_ROWS)
-    assert list(zip(frame["uri"].map(lambda uri: Path(uri).name), frame["exclusion_reason"].map(
-        lambda reason: "file" if reason in FILE_REASONS else reason))) == [
+    assert list(
+        zip(
+            frame["uri"].map(lambda uri: Path(uri).name),
+            frame["exclusion_reason"].map(lambda reason: "file" if reason in FILE_REASONS else reason),
+            strict=False,
+        )
+    ) == [
         ("a.jpg", ""),
         ("b.png", ""),
         ("c.png", ""),
@@ -442,8 +447,11 @@ def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
 
 
 def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
-    with pytest.raises(ValueError, match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'figure1', "
-                                         r"'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'figure1', "
+        r"'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]",
+    ):
         build_manifest([{"kind": "s3", "root": "x", "name": "x"}], "binary")
     with pytest.raises(ValueError, match="unknown option 'lable_map'"):
         build_manifest([{"kind": "folder", "root": str(image_folder), "lable_map": {}}], "binary")
@@ -508,7 +516,7 @@ def decode_once():
 
     def describe_uris(uris, workers: int = 1, progress: bool = False):
         missing = [uri for uri in uris if uri not in cache]
-        cache.update(zip(missing, image_info.describe_uris(missing, workers=workers, progress=progress)))
+        cache.update(zip(missing, image_info.describe_uris(missing, workers=workers, progress=progress), strict=False))
         return [cache[uri] for uri in uris]
 
     with pytest.MonkeyPatch.context() as patch:

@@ -26,9 +26,10 @@ from PIL import Image
 
 from components import serving
 from components.imaging import encode_png
-from tests.servers import sqlite_mlflow
 from components.labels import TASK_LABELS
-from tests.servers import free_port as _free_port, stop_process_group as _stop, wait_ready
+from tests.servers import free_port as _free_port
+from tests.servers import sqlite_mlflow, wait_ready
+from tests.servers import stop_process_group as _stop
 
 pytestmark = pytest.mark.slow
 
@@ -207,14 +208,27 @@ def test_served_model_answers_rest_from_its_own_code(logged, tracking, tmp_path)
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     command = [
-        str(VENV_BIN / "mlflow"), "models", "serve", "-m", logged["multiclass"].model_uri,
-        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+        str(VENV_BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        logged["multiclass"].model_uri,
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
     ]
     with log.open("w") as sink:
         # New session: the CLI and its uvicorn worker form one process group to kill.
         process = subprocess.Popen(
-            command, cwd=cwd, env=_server_env(tracking, tmp_path),
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            cwd=cwd,
+            env=_server_env(tracking, tmp_path),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         startup = wait_ready(process, url, log, SERVE_READY_TIMEOUT_S)

@@ -18,8 +18,7 @@ def test_shards_hold_originals_and_copies_independent_of_workers(originals, tmp_
     images, labels = originals
     operations = resolve_operations("paper")
     serial = write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "one", images_per_shard=50)
-    write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "two", images_per_shard=50,
-                            workers=2)
+    write_shards(images, labels, operations, 3, seed=5, out_dir=tmp_path / "two", images_per_shard=50, workers=2)
     assert serial["images"] == 40 * 4 and len(serial["shards"]) == 4  # 160 records, 50 per shard
     assert serial["label_counts"] == {"0": 14 * 4, "1": 13 * 4, "2": 13 * 4}
     one, two = read_records(tmp_path / "one"), read_records(tmp_path / "two")
@@ -54,8 +53,7 @@ def test_shard_set_reports_count_labels_and_a_digest_independent_of_workers(orig
     images, labels = originals
     operations = resolve_operations("light")
     one = write_shards(images, labels, operations, 2, seed=1, out_dir=tmp_path / "one", images_per_shard=32)
-    two = write_shards(images, labels, operations, 2, seed=1, out_dir=tmp_path / "two", images_per_shard=32,
-                       workers=2)
+    two = write_shards(images, labels, operations, 2, seed=1, out_dir=tmp_path / "two", images_per_shard=32, workers=2)
     other = write_shards(images, labels, operations, 2, seed=2, out_dir=tmp_path / "other", images_per_shard=32)
     assert one["digest"] == two["digest"] != other["digest"]
     shards = ShardSet.open(tmp_path / "one").at_size(24)
@@ -69,8 +67,9 @@ def test_shards_from_a_remote_store_are_copied_to_the_node_once(originals, tmp_p
     from steps.shard_materializer import copy_shards_to_node
 
     images, labels = originals
-    index = write_shards(images, labels, resolve_operations("light"), 1, seed=0, out_dir=tmp_path / "store",
-                         images_per_shard=32)
+    index = write_shards(
+        images, labels, resolve_operations("light"), 1, seed=0, out_dir=tmp_path / "store", images_per_shard=32
+    )
     local = copy_shards_to_node(str(tmp_path / "store"), str(tmp_path / "cache"))
     assert local.folder == str(tmp_path / "cache" / index["digest"]) and local.index == index
     for name in index["shards"]:

@@ -48,7 +48,9 @@ def image(path: Path, fmt: str | None = None) -> Path:
     """A tiny grayscale image with bytes no other call produces."""
     n = next(_distinct)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", (4 + n // 250, 4), n % 250).save(path, format=fmt or ("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"))
+    Image.new("L", (4 + n // 250, 4), n % 250).save(
+        path, format=fmt or ("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG")
+    )
     return path
 
 
@@ -70,7 +72,7 @@ def check_contract(frame: pd.DataFrame, task: str) -> None:
     assert frame.loc[used, "label"].isin(TASK_LABELS[task]).all()
     assert (frame.loc[~used, "label"] == "").all()
     assert (frame.loc[used, "sha256"].str.len() == 64).all()
-    assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"]))
+    assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"], strict=False))
 
 
 # ---------------------------------------------------------------- config schema <-> adapters
@@ -93,8 +95,11 @@ def test_config_schema_lists_every_kind_and_option_with_the_adapter_default() ->
 
 
 def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown source kind 'covidx2'; valid kinds: \['actualmed', 'covid_radiography', "
-                                         r"'covidx', 'figure1', 'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown source kind 'covidx2'; valid kinds: \['actualmed', 'covid_radiography', "
+        r"'covidx', 'figure1', 'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]",
+    ):
         build(tmp_path, "binary", "covidx2")
     image(tmp_path / "images" / "a.png")
     (tmp_path / "train.txt").write_text("1 a.png COVID-19\n")
@@ -102,16 +107,32 @@ def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> No
         build(tmp_path, "binary", "actualmed", split_files=["train.txt"])
     with pytest.raises(ValueError, match="option 'manifest_file' does not apply to kind 'covidx'"):
         build(tmp_path, "binary", "covidx", manifest_file="m.csv")
-    with pytest.raises(ValueError, match=r"unknown option 'split_file'; valid: \['default_view', 'image_folders', "
-                                         r"'label_map', 'split_files'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option 'split_file'; valid: \['default_view', 'image_folders', "
+        r"'label_map', 'split_files'\]",
+    ):
         build(tmp_path, "binary", "covidx", split_file=["train.txt"])
 
 
 # ---------------------------------------------------------------- actualmed
 
 
-ACTUALMED_COLUMNS = ["patientid", "offset", "sex", "age", "finding", "survival", "temperature", "pO2 saturation",
-                     "view", "modality", "imagename", "artifacts/distortion", "notes"]
+ACTUALMED_COLUMNS = [
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "survival",
+    "temperature",
+    "pO2 saturation",
+    "view",
+    "modality",
+    "imagename",
+    "artifacts/distortion",
+    "notes",
+]
 
 
 def write_metadata(root: Path, rows: list[dict[str, str]], columns: list[str], encoding: str = "utf-8-sig") -> None:
@@ -124,19 +145,56 @@ def write_metadata(root: Path, rows: list[dict[str, str]], columns: list[str], e
 def actualmed(tmp_path: Path) -> Path:
     root = tmp_path / "actualmed"
     rows = [
-        dict(patientid="A1", age="45", finding="COVID-19", view="AP", modality="X-ray", imagename="a1.png"),
-        dict(patientid="A1", finding="COVID-19", view="PA", modality="X-ray", imagename="a1b.png"),
-        dict(patientid="A2", finding="No finding", view="PA", modality="X-ray", imagename="a2.png",
-             notes="Negative (covid-19 viral infection is excluded)"),
-        dict(patientid="A3", finding="", view="PA", modality="X-ray", imagename="a3.png",
-             notes="Inconclusive, date taken (YYYYMMDD): 20200321"),
-        dict(patientid="A4", finding="COVID-19", view="L", modality="X-ray", imagename="a4.png"),
-        dict(patientid="A5", finding="COVID-19", view="AP", modality="CT", imagename="a5.png"),
-        dict(patientid="A6", finding="No finding", view="AP", modality="", imagename="a6.png"),  # blank: X-ray
-        dict(patientid="A7", finding="COVID-19", view="AP", modality="X-ray", imagename="absent.png"),
-        dict(patientid="A8", finding="Lung cancer", view="PA", modality="X-ray", imagename="a8.png"),
-        dict(patientid="A9", finding="COVID-19", view="PA", modality="X-ray", imagename="a1.png"),  # listed twice
-        dict(patientid="A10", finding="COVID-19", view="PA", modality="X-ray", imagename=""),  # images/A10.jpg
+        {
+            "patientid": "A1",
+            "age": "45",
+            "finding": "COVID-19",
+            "view": "AP",
+            "modality": "X-ray",
+            "imagename": "a1.png",
+        },
+        {"patientid": "A1", "finding": "COVID-19", "view": "PA", "modality": "X-ray", "imagename": "a1b.png"},
+        {
+            "patientid": "A2",
+            "finding": "No finding",
+            "view": "PA",
+            "modality": "X-ray",
+            "imagename": "a2.png",
+            "notes": "Negative (covid-19 viral infection is excluded)",
+        },
+        {
+            "patientid": "A3",
+            "finding": "",
+            "view": "PA",
+            "modality": "X-ray",
+            "imagename": "a3.png",
+            "notes": "Inconclusive, date taken (YYYYMMDD): 20200321",
+        },
+        {"patientid": "A4", "finding": "COVID-19", "view": "L", "modality": "X-ray", "imagename": "a4.png"},
+        {"patientid": "A5", "finding": "COVID-19", "view": "AP", "modality": "CT", "imagename": "a5.png"},
+        {
+            "patientid": "A6",
+            "finding": "No finding",
+            "view": "AP",
+            "modality": "",
+            "imagename": "a6.png",
+        },  # blank: X-ray
+        {"patientid": "A7", "finding": "COVID-19", "view": "AP", "modality": "X-ray", "imagename": "absent.png"},
+        {"patientid": "A8", "finding": "Lung cancer", "view": "PA", "modality": "X-ray", "imagename": "a8.png"},
+        {
+            "patientid": "A9",
+            "finding": "COVID-19",
+            "view": "PA",
+            "modality": "X-ray",
+            "imagename": "a1.png",
+        },  # listed twice
+        {
+            "patientid": "A10",
+            "finding": "COVID-19",
+            "view": "PA",
+            "modality": "X-ray",
+            "imagename": "",
+        },  # images/A10.jpg
     ]
     for name in ("a1.png", "a1b.png", "a2.png", "a3.png", "a4.png", "a5.png", "a6.png", "a8.png", "A10.jpg"):
         image(root / "images" / name)
@@ -145,21 +203,30 @@ def actualmed(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("task", "expected"), [
-    ("multiclass", {COVID: 3, NORMAL: 2}),
-    ("binary", {COVID: 3, NON_COVID: 2}),
-])
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("multiclass", {COVID: 3, NORMAL: 2}),
+        ("binary", {COVID: 3, NON_COVID: 2}),
+    ],
+)
 def test_actualmed(actualmed: Path, task: str, expected: dict[str, int]) -> None:
     frame = build(actualmed, task, "actualmed")
     check_contract(frame, task)
     assert len(frame) == 11
     assert labels(frame) == expected
     assert exclusion_summary(frame) == {
-        EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_NOT_XRAY: 1, EXCLUDE_MISSING_FILE: 1, EXCLUDE_LATERAL: 1,
-        EXCLUDE_UNLABELLED: 1, EXCLUDE_UNKNOWN_FINDING: 1,
+        EXCLUDE_DUPLICATE_ROW: 1,
+        EXCLUDE_NOT_XRAY: 1,
+        EXCLUDE_MISSING_FILE: 1,
+        EXCLUDE_LATERAL: 1,
+        EXCLUDE_UNLABELLED: 1,
+        EXCLUDE_UNKNOWN_FINDING: 1,
     }
     rows = by_name(frame)
-    assert rows.loc["a3.png", "exclusion_detail"] == "blank finding; notes: Inconclusive, date taken (YYYYMMDD): 20200321"
+    assert (
+        rows.loc["a3.png", "exclusion_detail"] == "blank finding; notes: Inconclusive, date taken (YYYYMMDD): 20200321"
+    )
     assert rows.loc["a5.png", "sha256"] == ""  # a CT row's file is not read
     assert rows.loc["A10.jpg", ["patient_id", "label"]].tolist() == ["actualmed:A10", COVID]
     assert rows.loc["a6.png", "exclusion_reason"] == ""
@@ -179,10 +246,13 @@ def test_actualmed_missing_column_names_file_and_column(actualmed: Path) -> None
 
 
 @pytest.mark.skipif(not REAL_ACTUALMED.is_dir(), reason=f"{REAL_ACTUALMED} not present")
-@pytest.mark.parametrize(("task", "expected"), [
-    ("multiclass", {COVID: 15, NORMAL: 8}),
-    ("binary", {COVID: 15, NON_COVID: 8}),
-])
+@pytest.mark.parametrize(
+    ("task", "expected"),
+    [
+        ("multiclass", {COVID: 15, NORMAL: 8}),
+        ("binary", {COVID: 15, NON_COVID: 8}),
+    ],
+)
 def test_real_actualmed(task: str, expected: dict[str, int]) -> None:
     frame = build(REAL_ACTUALMED, task, "actualmed")
     check_contract(frame, task)
@@ -204,13 +274,19 @@ def figure1(tmp_path: Path) -> Path:
     root = tmp_path / "figure1"
     columns = ["patientid", "offset", "sex", "age", "finding", "survival", "view", "modality", "notes"]
     rows = [
-        dict(patientid="COVID-00001", finding="COVID-19", view="PA", modality="X-ray", age="71"),
-        dict(patientid="COVID-00003a", finding="COVID-19", view="AP", modality="X-ray"),
-        dict(patientid="COVID-00003b", finding="COVID-19", view="AP", modality="X-ray"),
-        dict(patientid="COVID-00004", finding="COVID-19", view="PA", modality="X-ray"),  # no image
-        dict(patientid="COVID-00005", finding="Pneumonia", view="PA", modality="X-ray", notes="Café-au-lait"),
-        dict(patientid="COVID-00006", finding="No finding", view="PA", modality="X-ray"),
-        dict(patientid="COVID-00007", finding="", view="PA", modality="X-ray", notes="Inconclusive"),
+        {"patientid": "COVID-00001", "finding": "COVID-19", "view": "PA", "modality": "X-ray", "age": "71"},
+        {"patientid": "COVID-00003a", "finding": "COVID-19", "view": "AP", "modality": "X-ray"},
+        {"patientid": "COVID-00003b", "finding": "COVID-19", "view": "AP", "modality": "X-ray"},
+        {"patientid": "COVID-00004", "finding": "COVID-19", "view": "PA", "modality": "X-ray"},  # no image
+        {
+            "patientid": "COVID-00005",
+            "finding": "Pneumonia",
+            "view": "PA",
+            "modality": "X-ray",
+            "notes": "Café-au-lait",
+        },
+        {"patientid": "COVID-00006", "finding": "No finding", "view": "PA", "modality": "X-ray"},
+        {"patientid": "COVID-00007", "finding": "", "view": "PA", "modality": "X-ray", "notes": "Inconclusive"},
     ]
     image(root / "images" / "COVID-00001.jpg")
     image(root / "images" / "COVID-00003a.png")
@@ -268,10 +344,14 @@ def test_kaggle_pneumonia(kaggle: Path, subfolder: str) -> None:
     assert rows.loc["IM-0115-0001.jpeg", ["patient_id", "finding"]].tolist() == ["kermany:IM-0115", "normal"]
     assert rows.loc["IM-0115-0002.jpeg", "patient_id"] == "kermany:IM-0115"
     assert rows.loc["NORMAL2-IM-1427-0001.jpeg", "patient_id"] == "kermany:NORMAL2-IM-1427"
-    assert rows.loc["person1_bacteria_1.jpeg", ["patient_id", "finding"]].tolist() == ["kermany:person1",
-                                                                                      "pneumonia/bacterial"]
-    assert rows.loc["person1_virus_6.jpeg", ["patient_id", "finding"]].tolist() == ["kermany:person1",
-                                                                                   "pneumonia/viral"]
+    assert rows.loc["person1_bacteria_1.jpeg", ["patient_id", "finding"]].tolist() == [
+        "kermany:person1",
+        "pneumonia/bacterial",
+    ]
+    assert rows.loc["person1_virus_6.jpeg", ["patient_id", "finding"]].tolist() == [
+        "kermany:person1",
+        "pneumonia/viral",
+    ]
     assert (frame["age_group"] == "pediatric").all()
     assert not frame["uri"].str.contains("IM-9999|__MACOSX").any()
 
@@ -303,10 +383,13 @@ def radiography(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("task", "expected", "exclusions"), [
-    ("multiclass", {COVID: 2, NORMAL: 1, PNEUMONIA: 1}, {EXCLUDE_NOT_IMAGE: 1, EXCLUDE_OUT_OF_TASK: 1}),
-    ("binary", {COVID: 2, NON_COVID: 3}, {EXCLUDE_NOT_IMAGE: 1}),
-])
+@pytest.mark.parametrize(
+    ("task", "expected", "exclusions"),
+    [
+        ("multiclass", {COVID: 2, NORMAL: 1, PNEUMONIA: 1}, {EXCLUDE_NOT_IMAGE: 1, EXCLUDE_OUT_OF_TASK: 1}),
+        ("binary", {COVID: 2, NON_COVID: 3}, {EXCLUDE_NOT_IMAGE: 1}),
+    ],
+)
 def test_covid_radiography(radiography: Path, task: str, expected: dict, exclusions: dict) -> None:
     for root in (radiography, radiography.parent):  # the dataset folder, or the download folder holding it
         frame = build(root, task, "covid_radiography", name="radiography")
@@ -358,12 +441,21 @@ def covidx(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("task", "expected", "exclusions"), [
-    ("multiclass", {COVID: 3, NORMAL: 1, PNEUMONIA: 1}, {EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_MISSING_FILE: 1,
-                                                         EXCLUDE_UNKNOWN_FINDING: 1, EXCLUDE_OUT_OF_TASK: 2}),
-    ("binary", {COVID: 3, NON_COVID: 4}, {EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_MISSING_FILE: 1,
-                                          EXCLUDE_UNKNOWN_FINDING: 1}),
-])
+@pytest.mark.parametrize(
+    ("task", "expected", "exclusions"),
+    [
+        (
+            "multiclass",
+            {COVID: 3, NORMAL: 1, PNEUMONIA: 1},
+            {EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_MISSING_FILE: 1, EXCLUDE_UNKNOWN_FINDING: 1, EXCLUDE_OUT_OF_TASK: 2},
+        ),
+        (
+            "binary",
+            {COVID: 3, NON_COVID: 4},
+            {EXCLUDE_DUPLICATE_ROW: 1, EXCLUDE_MISSING_FILE: 1, EXCLUDE_UNKNOWN_FINDING: 1},
+        ),
+    ],
+)
 def test_covidx(covidx: Path, task: str, expected: dict, exclusions: dict) -> None:
     frame = build(covidx, task, "covidx")
     check_contract(frame, task)
@@ -384,8 +476,13 @@ def test_covidx_options(covidx: Path) -> None:
     (covidx / "images").mkdir()
     (covidx / "test" / "t1.png").rename(covidx / "images" / "t1.png")
     (covidx / "labels_test_COVIDx9B.txt").write_text("T1 t1.png negative rsna\n")
-    frame = build(covidx, "binary", "covidx", split_files=["labels_test_COVIDx9B.txt"],
-                  image_folders={"labels_test_COVIDx9B.txt": "images"})
+    frame = build(
+        covidx,
+        "binary",
+        "covidx",
+        split_files=["labels_test_COVIDx9B.txt"],
+        image_folders={"labels_test_COVIDx9B.txt": "images"},
+    )
     assert frame["uri"].tolist() == [str(covidx / "images" / "t1.png")]
     assert labels(frame) == {NON_COVID: 1}
     with pytest.raises(ValueError, match="cannot tell the image folder of split file 'labels_test_COVIDx9B.txt'"):
@@ -399,13 +496,19 @@ def test_covidx_options(covidx: Path) -> None:
 def test_covidx_errors_name_the_line(covidx: Path) -> None:
     with (covidx / "test.txt").open("a") as handle:
         handle.write("T3 t3.png\n")
-    with pytest.raises(ValueError, match=r"covidx/test\.txt:3: expected 'patientId filename label \[source\]', "
-                                         r"got 'T3 t3.png'"):
+    with pytest.raises(
+        ValueError,
+        match=r"covidx/test\.txt:3: expected 'patientId filename label \[source\]', "
+        r"got 'T3 t3.png'",
+    ):
         build(covidx, "binary", "covidx")
     for name in ("train.txt", "test.txt"):
         (covidx / name).rename(covidx / f"{name}.bak.txt")
-    with pytest.raises(ValueError, match=r"none of \['train.txt', 'val.txt', 'test.txt'\] found; set split_files "
-                                         r"\(text files here: \['test.txt.bak.txt', 'train.txt.bak.txt'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"none of \['train.txt', 'val.txt', 'test.txt'\] found; set split_files "
+        r"\(text files here: \['test.txt.bak.txt', 'train.txt.bak.txt'\]\)",
+    ):
         build(covidx, "binary", "covidx")
 
 
@@ -431,13 +534,24 @@ def manifest_root(tmp_path: Path) -> Path:
         ("", "normal", "", "", ""),
         ("images/x5.png", "Lung cancer", "", "L", ""),  # lateral beats unknown finding
     ]
-    pd.DataFrame(rows, columns=["path", "label", "patient_id", "view", "age"]).to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame(rows, columns=["path", "label", "patient_id", "view", "age"]).to_csv(
+        root / "manifest.csv", index=False
+    )
     return root
 
 
 MANIFEST_REASONS = [
-    "", "", EXCLUDE_OUTSIDE_ROOT, EXCLUDE_OUTSIDE_ROOT, "", EXCLUDE_OUTSIDE_ROOT, EXCLUDE_DUPLICATE_ROW,
-    EXCLUDE_MISSING_FILE, EXCLUDE_OUTSIDE_ROOT, EXCLUDE_MISSING_FILE, EXCLUDE_LATERAL,
+    "",
+    "",
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_OUTSIDE_ROOT,
+    "",
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_DUPLICATE_ROW,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_LATERAL,
 ]
 
 
@@ -521,10 +635,18 @@ def test_several_sources_in_one_run(
     frame = build_manifest([spec.model_dump(mode="json") for spec in specs], "multiclass")
     check_contract(frame, "multiclass")
     assert frame["source"].value_counts(sort=False).to_dict() == {
-        "actualmed": 11, "figure1": 7, "kermany": 7, "radiography": 6, "covidx": 10, "mine": 11,
+        "actualmed": 11,
+        "figure1": 7,
+        "kermany": 7,
+        "radiography": 6,
+        "covidx": 10,
+        "mine": 11,
     }
-    assert labels(frame) == {COVID: 3 + 3 + 0 + 2 + 3 + 1, NORMAL: 2 + 1 + 3 + 1 + 1 + 1,
-                             PNEUMONIA: 0 + 1 + 3 + 1 + 1 + 1}
+    assert labels(frame) == {
+        COVID: 3 + 3 + 0 + 2 + 3 + 1,
+        NORMAL: 2 + 1 + 3 + 1 + 1 + 1,
+        PNEUMONIA: 0 + 1 + 3 + 1 + 1 + 1,
+    }
     # Same raw ids in two sources ("P1" / "A1"...) stay apart: ids are prefixed by the source name.
     assert (frame.groupby("patient_id")["source"].nunique() == 1).all()
     assert EXCLUDE_DUPLICATE not in exclusion_summary(frame)
@@ -534,10 +656,13 @@ def test_duplicate_bytes_across_sources(actualmed: Path, tmp_path: Path) -> None
     copy = tmp_path / "copy"
     (copy / "COVID-19").mkdir(parents=True)
     (copy / "COVID-19" / "same_as_a1.png").write_bytes((actualmed / "images" / "a1.png").read_bytes())
-    frame = build_manifest([
-        {"kind": "actualmed", "root": str(actualmed), "name": "actualmed"},
-        {"kind": "folder", "root": str(copy), "name": "copy"},
-    ], "binary")
+    frame = build_manifest(
+        [
+            {"kind": "actualmed", "root": str(actualmed), "name": "actualmed"},
+            {"kind": "folder", "root": str(copy), "name": "copy"},
+        ],
+        "binary",
+    )
     last = frame.iloc[-1]
     assert (last["source"], last["exclusion_reason"]) == ("copy", EXCLUDE_DUPLICATE)
     assert last["exclusion_detail"] == f"same bytes as {actualmed / 'images' / 'a1.png'}"

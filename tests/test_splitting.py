@@ -15,8 +15,15 @@ def manifest(n_patients_per_label=10, images_per_patient=3):
     for label in ("COVID-19", "normal", "pneumonia"):
         for p in range(n_patients_per_label):
             for i in range(images_per_patient):
-                rows.append({"path": f"{label}/{p}_{i}.png", "label": label, "patient_id": f"{label}-{p}",
-                             "exclusion_reason": "", "sha256": f"{label}{p}{i}"})
+                rows.append(
+                    {
+                        "path": f"{label}/{p}_{i}.png",
+                        "label": label,
+                        "patient_id": f"{label}-{p}",
+                        "exclusion_reason": "",
+                        "sha256": f"{label}{p}{i}",
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -31,10 +31,21 @@ NASTY_NAME = '/data/a&b"c<d>e.png'
 
 def _row(uri: str, label: str, source: str = "ieee", **changes) -> dict:
     row = {
-        "uri": uri, "source": source, "sha256": hashlib.sha256(uri.encode()).hexdigest(),
+        "uri": uri,
+        "source": source,
+        "sha256": hashlib.sha256(uri.encode()).hexdigest(),
         "phash": hashlib.sha256(b"p" + uri.encode()).hexdigest()[:16],
-        "width": 256, "height": 256, "mode": "L", "bit_depth": 8, "view": "PA", "patient_id": f"{source}:{uri}",
-        "age_group": "adult", "finding": label, "label": label, "exclusion_reason": "", "exclusion_detail": "",
+        "width": 256,
+        "height": 256,
+        "mode": "L",
+        "bit_depth": 8,
+        "view": "PA",
+        "patient_id": f"{source}:{uri}",
+        "age_group": "adult",
+        "finding": label,
+        "label": label,
+        "exclusion_reason": "",
+        "exclusion_detail": "",
     }
     row.update(changes)
     return row
@@ -42,16 +53,25 @@ def _row(uri: str, label: str, source: str = "ieee", **changes) -> dict:
 
 @pytest.fixture
 def manifest() -> pd.DataFrame:
-    rows = [_row(f"/data/{label}/{i}.png", label, "ieee" if i % 2 else "actualmed")
-            for label in (COVID, NORMAL, PNEUMONIA) for i in range(6)]
+    rows = [
+        _row(f"/data/{label}/{i}.png", label, "ieee" if i % 2 else "actualmed")
+        for label in (COVID, NORMAL, PNEUMONIA)
+        for i in range(6)
+    ]
     rows[0]["uri"] = NASTY_NAME  # a COVID-19 image from actualmed
     rows[13]["age_group"] = "pediatric"  # a pneumonia image
     rows += [
         _row("/data/x/script.png", "", finding=SCRIPT, exclusion_reason=EXCLUDE_UNKNOWN_FINDING),
         _row("/data/x/lateral.png", "", view="L", exclusion_reason=EXCLUDE_LATERAL),
-        _row("/data/x/copy.png", "", sha256=rows[0]["sha256"], phash=rows[0]["phash"],
-             patient_id=rows[0]["patient_id"], exclusion_reason=EXCLUDE_DUPLICATE,
-             exclusion_detail=f"same bytes as {NASTY_NAME}"),
+        _row(
+            "/data/x/copy.png",
+            "",
+            sha256=rows[0]["sha256"],
+            phash=rows[0]["phash"],
+            patient_id=rows[0]["patient_id"],
+            exclusion_reason=EXCLUDE_DUPLICATE,
+            exclusion_detail=f"same bytes as {NASTY_NAME}",
+        ),
     ]
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     frame.loc[1, "phash"] = f"{int(frame.loc[0, 'phash'], 16) ^ 0b11:016x}"  # near-duplicate of the nasty name
@@ -76,8 +96,14 @@ def test_summary_holds_what_a_steward_reads(manifest, validated):
 
     json.loads(json.dumps(summary))  # JSON-serialisable, strictly (no NaN)
     assert summary["dataset_version"] == "v1.2" and summary["task"] == "multiclass"
-    assert summary["counts"] == {"total": 21, "used": 18, "excluded": 3, "patients": 18, "sources": 2,
-                                 "splits": {"train": 6, "test": 6, "val": 6}}
+    assert summary["counts"] == {
+        "total": 21,
+        "used": 18,
+        "excluded": 3,
+        "patients": 18,
+        "sources": 2,
+        "splits": {"train": 6, "test": 6, "val": 6},
+    }
     assert summary["exclusions_by_reason"] == {EXCLUDE_UNKNOWN_FINDING: 1, EXCLUDE_LATERAL: 1, EXCLUDE_DUPLICATE: 1}
     assert summary["excluded_findings"] == [{"finding": SCRIPT, "reason": EXCLUDE_UNKNOWN_FINDING, "rows": 1}]
     assert summary["classes"][0] == {"label": COVID, "count": 6, "fraction": round(6 / 18, 4)}
@@ -92,10 +118,12 @@ def test_summary_holds_what_a_steward_reads(manifest, validated):
 
     # Duplicates: the excluded copy of the nasty name, and its near-duplicate (same for the split leak).
     assert [(p["uri_a"], p["uri_b"], p["excluded"], p["same_patient"]) for p in summary["exact_duplicates"]] == [
-        (NASTY_NAME, "/data/x/copy.png", True, True)]
+        (NASTY_NAME, "/data/x/copy.png", True, True)
+    ]
     near = summary["near_duplicates"]
     assert [(p["uri_a"], p["uri_b"], p["distance"], p["same_patient"]) for p in near] == [
-        (NASTY_NAME, f"/data/{COVID}/1.png", 2, False)]
+        (NASTY_NAME, f"/data/{COVID}/1.png", 2, False)
+    ]
     leaks = summary["near_duplicate_leaks"]
     assert [(p["split_a"], p["split_b"]) for p in leaks] == [("train", "test")]
     assert summary["patient_leaks"] == []
@@ -122,20 +150,34 @@ def test_summary_accepts_report_dicts_and_a_missing_split(manifest, validated):
 
 
 def _report(stage: str, results: list[dict], docs: str = "/site/index.html") -> ValidationReport:
-    return ValidationReport(success=all(r["success"] for r in results if r["blocking"]), results=results,
-                            data_docs_index=docs, summary="", stage=stage)
+    return ValidationReport(
+        success=all(r["success"] for r in results if r["blocking"]),
+        results=results,
+        data_docs_index=docs,
+        summary="",
+        stage=stage,
+    )
 
 
 def _check(name: str, success: bool, severity: str = "blocking", details: str = "") -> dict:
-    return {"name": name, "severity": severity, "blocking": severity == "blocking", "success": success,
-            "skipped": False, "details": details or f"[{name}]: {'passed' if success else 'failed'}"}
+    return {
+        "name": name,
+        "severity": severity,
+        "blocking": severity == "blocking",
+        "success": success,
+        "skipped": False,
+        "details": details or f"[{name}]: {'passed' if success else 'failed'}",
+    }
 
 
-@pytest.mark.parametrize(("results", "verdict", "css"), [
-    ([_check("min_width", True)], "PASSED", "PASSED"),
-    ([_check("min_width", True), _check("class_balance", False, "warning")], "PASSED WITH WARNINGS", "WARN"),
-    ([_check("min_width", False), _check("class_balance", False, "warning")], "BLOCKED", "BLOCKED"),
-])
+@pytest.mark.parametrize(
+    ("results", "verdict", "css"),
+    [
+        ([_check("min_width", True)], "PASSED", "PASSED"),
+        ([_check("min_width", True), _check("class_balance", False, "warning")], "PASSED WITH WARNINGS", "WARN"),
+        ([_check("min_width", False), _check("class_balance", False, "warning")], "BLOCKED", "BLOCKED"),
+    ],
+)
 def test_verdict_banner(manifest, results, verdict, css):
     summary = build_summary(manifest, "multiclass", _report("manifest", results))
 
@@ -145,8 +187,9 @@ def test_verdict_banner(manifest, results, verdict, css):
 
 def test_html_escapes_every_value_and_is_self_contained(manifest, validated, tmp_path):
     manifest_report, split, split_report = validated
-    summary = build_summary(manifest, "multiclass", manifest_report, split, split_report,
-                            dataset_version='<b onmouseover="x">v1</b>')
+    summary = build_summary(
+        manifest, "multiclass", manifest_report, split, split_report, dataset_version='<b onmouseover="x">v1</b>'
+    )
     summary["blocked_by"][0]["details"] += f" {SCRIPT}"  # check details quote data too
 
     page = render_html(summary)
@@ -159,9 +202,19 @@ def test_html_escapes_every_value_and_is_self_contained(manifest, validated, tmp
     assert "<script" not in page.lower() and "<link" not in page.lower() and "<img" not in page.lower()
     assert not re.search(r"(src=|url\(|@import|https?://)", page)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    for heading in ("Counts", "Exclusions by reason", "Class &times; source", "Class &times; age group",
-                    "Class &times; split", "Checks", "Exact duplicates", "Near-duplicates", "Leaks across splits",
-                    "What blocked the run", "Great Expectations Data Docs"):
+    for heading in (
+        "Counts",
+        "Exclusions by reason",
+        "Class &times; source",
+        "Class &times; age group",
+        "Class &times; split",
+        "Checks",
+        "Exact duplicates",
+        "Near-duplicates",
+        "Leaks across splits",
+        "What blocked the run",
+        "Great Expectations Data Docs",
+    ):
         assert heading in page
 
 
@@ -173,17 +226,32 @@ def test_data_docs_links_are_local_and_never_scripts(manifest):
     report = _report("manifest", [_check("min_width", True)], docs="/runs/docs & more/index.html")
     page = render_html(build_summary(manifest, "multiclass", report))
     assert 'href="file:///runs/docs%20%26%20more/index.html"' in page
-    assert render_html(build_summary(manifest, "multiclass", report), link_base="/runs").count(
-        'href="docs%20%26%20more/index.html"') == 1
+    assert (
+        render_html(build_summary(manifest, "multiclass", report), link_base="/runs").count(
+            'href="docs%20%26%20more/index.html"'
+        )
+        == 1
+    )
 
     evil = _report("manifest", [_check("min_width", True)], docs="javascript:alert(1)")
     page = render_html(build_summary(manifest, "multiclass", evil))
-    assert "href=\"javascript" not in page and "javascript:alert(1)" in page  # shown as text, not linked
+    assert 'href="javascript' not in page and "javascript:alert(1)" in page  # shown as text, not linked
 
 
 def test_long_tables_are_cut_in_html_but_kept_in_the_summary(manifest):
-    pairs = [{"uri_a": f"/a/{i}.png", "uri_b": f"/b/{i}.png", "distance": 2, "same_patient": False,
-              "patient_a": "p", "patient_b": "q", "source_a": "s", "source_b": "s"} for i in range(HTML_MAX_ROWS + 7)]
+    pairs = [
+        {
+            "uri_a": f"/a/{i}.png",
+            "uri_b": f"/b/{i}.png",
+            "distance": 2,
+            "same_patient": False,
+            "patient_a": "p",
+            "patient_b": "q",
+            "source_a": "s",
+            "source_b": "s",
+        }
+        for i in range(HTML_MAX_ROWS + 7)
+    ]
     report = _report("manifest", [_check("no_near_duplicates", False, "warning")])
     report.listings = {"near_duplicates": pairs, "exact_duplicates": []}
 
@@ -208,8 +276,12 @@ def test_excluded_rows_lists_the_left_out_rows_with_their_reason(manifest):
 
 def test_csv_neutralises_formula_injection(manifest):
     formulas = {
-        "uri": "=HYPERLINK(\"http://evil\",\"click\")", "finding": "+cmd|' /C calc'!A0", "patient_id": "@SUM(A1)",
-        "exclusion_detail": "-2+3", "view": "\tPA", "source": "\r=1",
+        "uri": '=HYPERLINK("http://evil","click")',
+        "finding": "+cmd|' /C calc'!A0",
+        "patient_id": "@SUM(A1)",
+        "exclusion_detail": "-2+3",
+        "view": "\tPA",
+        "source": "\r=1",
     }
     bad = _row("/data/x/bad.png", "", exclusion_reason=EXCLUDE_LATERAL)
     bad.update(formulas)
@@ -233,9 +305,14 @@ def test_summary_text_for_the_terminal(manifest, validated):
     manifest_report, split, split_report = validated
     text = summary_text(build_summary(manifest, "multiclass", manifest_report, split, split_report, "v3"))
 
-    assert text.startswith("Data validation BLOCKED (task multiclass, dataset version v3): 21 rows, 18 used, 3 excluded")
+    assert text.startswith(
+        "Data validation BLOCKED (task multiclass, dataset version v3): 21 rows, 18 used, 3 excluded"
+    )
     assert f"Classes:    {COVID} 6 (33.3%)" in text
-    assert "Duplicates: 1 exact pair(s), 1 near-duplicate pair(s); leaks: 0 patient(s) and 1 near-duplicate pair(s)" in text
+    assert (
+        "Duplicates: 1 exact pair(s), 1 near-duplicate pair(s); leaks: 0 patient(s) and 1 near-duplicate pair(s)"
+        in text
+    )
     assert "BLOCKING    split/no_near_duplicates_across_splits: " in text
     assert "WARNING     manifest/no_near_duplicates: " in text
     assert text.endswith("Data Docs:  not built")

@@ -61,11 +61,11 @@ IEEE_ROWS = [
     ("p1_a.png", "p1", "COVID-19", "PA", "X-ray", "54"),
     ("p2_a.png", "p2", "Pneumonia/Viral/SARS", "AP", "X-ray", "8"),
     ("p3_a.png", "p3", "No Finding", "PA", "X-ray", ""),
-    ("p3_b.png", "p3", "No Finding", "L", "X-ray", "40"),           # lateral view
-    ("ct_1.png", "p4", "COVID-19", "Axial", "CT", "61"),            # not an X-ray, not read
-    ("missing.png", "p5", "COVID-19", "PA", "X-ray", "33"),         # file absent
+    ("p3_b.png", "p3", "No Finding", "L", "X-ray", "40"),  # lateral view
+    ("ct_1.png", "p4", "COVID-19", "Axial", "CT", "61"),  # not an X-ray, not read
+    ("missing.png", "p5", "COVID-19", "PA", "X-ray", "33"),  # file absent
     ("p6_copy.png", "p6", "COVID-19", "AP Supine", "X-ray", "70"),  # same bytes as p1_a
-    ("../../outside.png", "p7", "COVID-19", "PA", "X-ray", "20"),   # escapes the root
+    ("../../outside.png", "p7", "COVID-19", "PA", "X-ray", "20"),  # escapes the root
     ("p8_rgb.png", "p8", "Pneumonia", "PA", "X-ray", "12"),
 ]
 
@@ -93,12 +93,27 @@ def comparable(manifest, root: str) -> list[dict]:
     rows = []
     for row in manifest.to_dict("records"):
         assert row["uri"].startswith(prefix), row["uri"]
-        rows.append({
-            "relative": row["uri"][len(prefix):],
-            "patient": row["patient_id"].split(":", 1)[1],
-            **{key: row[key] for key in ("sha256", "phash", "width", "height", "mode", "view", "age_group",
-                                         "finding", "label", "exclusion_reason")},
-        })
+        rows.append(
+            {
+                "relative": row["uri"][len(prefix) :],
+                "patient": row["patient_id"].split(":", 1)[1],
+                **{
+                    key: row[key]
+                    for key in (
+                        "sha256",
+                        "phash",
+                        "width",
+                        "height",
+                        "mode",
+                        "view",
+                        "age_group",
+                        "finding",
+                        "label",
+                        "exclusion_reason",
+                    )
+                },
+            }
+        )
     return sorted(rows, key=lambda row: row["relative"])
 
 
@@ -109,8 +124,16 @@ def test_child_uri_refuses_paths_outside_the_root(tmp_path):
     root = tmp_path / "root"
     write(root / "images" / "a.png", b"x")
     outside = write(tmp_path / "secret" / "passwd", b"secret")
-    for bad in ("../../etc/passwd", "images/../../x.png", "..", "/etc/passwd", "\\etc\\passwd", "C:\\Windows\\x",
-                "", "."):
+    for bad in (
+        "../../etc/passwd",
+        "images/../../x.png",
+        "..",
+        "/etc/passwd",
+        "\\etc\\passwd",
+        "C:\\Windows\\x",
+        "",
+        ".",
+    ):
         with pytest.raises(OutsideRootError):
             storage.child_uri(str(root), bad)
     with pytest.raises(OutsideRootError, match="outside the source root"):
@@ -241,8 +264,7 @@ def test_s3_list_files_sorted_relative_paginated(s3_env):
     random.Random(0).shuffle(expected)
     for name in expected:
         write(base / "data" / name, name)
-    for name in ("data/.DS_Store", "data/sub/._x.jpg", "data/.git/config", "data2/not-below-prefix.png",
-                 "other.png"):
+    for name in ("data/.DS_Store", "data/sub/._x.jpg", "data/.git/config", "data2/not-below-prefix.png", "other.png"):
         write(base / name, b"x")
     settle(s3_env)
 
@@ -256,7 +278,8 @@ def test_s3_list_files_sorted_relative_paginated(s3_env):
     assert len(pages) == 8
     assert sorted(keys) == sorted([*expected, ".DS_Store", "sub/._x.jpg", ".git/config"])
     assert storage.list_files(f"s3://{bucket}") == sorted(
-        [*(f"data/{name}" for name in expected), "data2/not-below-prefix.png", "other.png"])
+        [*(f"data/{name}" for name in expected), "data2/not-below-prefix.png", "other.png"]
+    )
     assert storage.root_is_dir(root) and storage.root_is_dir(f"s3://{bucket}")
     assert not storage.root_is_dir(f"s3://{bucket}/dat")  # a prefix is a folder, not a string prefix
     assert not storage.root_is_dir(f"s3://{bucket}/nothing-here")
@@ -269,8 +292,13 @@ def test_s3_read_bytes_and_text_uploaded_and_on_disk(s3_env):
     bucket = new_bucket(s3_env)
     image = png_bytes(7)
     write(Path(s3_env["dir"]) / bucket / "images" / "a.png", image)
-    uploader = boto3.client("s3", endpoint_url=s3_env["endpoint"], aws_access_key_id=s3_env["access_key"],
-                            aws_secret_access_key=s3_env["secret_key"], region_name="us-east-1")
+    uploader = boto3.client(
+        "s3",
+        endpoint_url=s3_env["endpoint"],
+        aws_access_key_id=s3_env["access_key"],
+        aws_secret_access_key=s3_env["secret_key"],
+        region_name="us-east-1",
+    )
     uploader.put_object(Bucket=bucket, Key="meta/metadata.csv", Body="\ufeffa,b\n1,2\n".encode())
     settle(s3_env)
 
@@ -316,7 +344,6 @@ def test_s3_missing_bucket_and_malformed_uri(s3_env):
         storage.list_files("s3://Bad_Bucket!/x")
 
 
-
 def test_s3_endpoint_without_scheme_is_a_clear_error(s3_env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "localhost:9000")
     s3.reset_client()
@@ -324,10 +351,13 @@ def test_s3_endpoint_without_scheme_is_a_clear_error(s3_env, monkeypatch):
         storage.list_files("s3://somebucket/x")
 
 
-@pytest.mark.parametrize("variable, value, code", [
-    ("AWS_SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch"),
-    ("AWS_ACCESS_KEY_ID", "unknown-key", "InvalidAccessKeyId"),
-])
+@pytest.mark.parametrize(
+    "variable, value, code",
+    [
+        ("AWS_SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch"),
+        ("AWS_ACCESS_KEY_ID", "unknown-key", "InvalidAccessKeyId"),
+    ],
+)
 def test_s3_bad_credentials(s3_env, monkeypatch, variable, value, code):
     bucket = new_bucket(s3_env)
     write(Path(s3_env["dir"]) / bucket / "x.png", b"x")
@@ -386,13 +416,25 @@ def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
     assert comparable(remote, s3_root) == comparable(local, str(local_root))
     assert (remote["source"] == "s3ieee").all() and remote["patient_id"].str.startswith("s3ieee:").all()
 
-    reasons = dict(zip(remote["uri"].str.rsplit("/", n=1).str[-1], remote["exclusion_reason"]))
-    assert reasons == {"p1_a.png": "", "p2_a.png": "", "p3_a.png": "", "p3_b.png": "lateral view",
-                       "ct_1.png": "not an X-ray", "missing.png": "missing file", "p6_copy.png": "duplicate image",
-                       "outside.png": "path outside the source root", "p8_rgb.png": ""}
+    reasons = dict(zip(remote["uri"].str.rsplit("/", n=1).str[-1], remote["exclusion_reason"], strict=False))
+    assert reasons == {
+        "p1_a.png": "",
+        "p2_a.png": "",
+        "p3_a.png": "",
+        "p3_b.png": "lateral view",
+        "ct_1.png": "not an X-ray",
+        "missing.png": "missing file",
+        "p6_copy.png": "duplicate image",
+        "outside.png": "path outside the source root",
+        "p8_rgb.png": "",
+    }
     used = included(remote)
-    assert dict(zip(used["uri"].str.rsplit("/", n=1).str[-1], used["label"])) == {
-        "p1_a.png": "COVID-19", "p2_a.png": "pneumonia", "p3_a.png": "normal", "p8_rgb.png": "pneumonia"}
+    assert dict(zip(used["uri"].str.rsplit("/", n=1).str[-1], used["label"], strict=False)) == {
+        "p1_a.png": "COVID-19",
+        "p2_a.png": "pneumonia",
+        "p3_a.png": "normal",
+        "p8_rgb.png": "pneumonia",
+    }
     assert (used["sha256"].str.len() == 64).all()
 
     stack = load_images(list(used["uri"]), 32)
@@ -409,12 +451,21 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     files = {
-        "COVID-19/p1_a.png": png_bytes(1), "COVID-19/p2_a.png": png_bytes(2),
-        "normal/p3_a.png": png_bytes(3), "Pneumonia/p4_a.png": png_bytes(4, mode="RGB"),
-        "Pneumonia/notes.txt": b"not an image", "README.md": b"# ignored", "normal/.DS_Store": b"x",
+        "COVID-19/p1_a.png": png_bytes(1),
+        "COVID-19/p2_a.png": png_bytes(2),
+        "normal/p3_a.png": png_bytes(3),
+        "Pneumonia/p4_a.png": png_bytes(4, mode="RGB"),
+        "Pneumonia/notes.txt": b"not an image",
+        "README.md": b"# ignored",
+        "normal/.DS_Store": b"x",
     }
-    uploader = boto3.client("s3", endpoint_url=s3_env["endpoint"], aws_access_key_id=s3_env["access_key"],
-                            aws_secret_access_key=s3_env["secret_key"], region_name="us-east-1")
+    uploader = boto3.client(
+        "s3",
+        endpoint_url=s3_env["endpoint"],
+        aws_access_key_id=s3_env["access_key"],
+        aws_secret_access_key=s3_env["secret_key"],
+        region_name="us-east-1",
+    )
     uploader.create_bucket(Bucket=bucket)
     assert (Path(s3_env["dir"]) / bucket).is_dir()
     for name, data in files.items():
@@ -424,10 +475,12 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
     remote = build_manifest([{"kind": "folder", "root": f"s3://{bucket}/folder", "name": "s3folder"}], "multiclass")
     local = build_manifest([{"kind": "folder", "root": str(tmp_path / "folder"), "name": "s3folder"}], "multiclass")
     assert comparable(remote, f"s3://{bucket}/folder") == comparable(local, str(tmp_path / "folder"))
-    labels = dict(zip(remote["uri"], remote["label"]))
+    labels = dict(zip(remote["uri"], remote["label"], strict=False))
     assert labels == {
-        f"s3://{bucket}/folder/COVID-19/p1_a.png": "COVID-19", f"s3://{bucket}/folder/COVID-19/p2_a.png": "COVID-19",
-        f"s3://{bucket}/folder/Pneumonia/notes.txt": "", f"s3://{bucket}/folder/Pneumonia/p4_a.png": "pneumonia",
+        f"s3://{bucket}/folder/COVID-19/p1_a.png": "COVID-19",
+        f"s3://{bucket}/folder/COVID-19/p2_a.png": "COVID-19",
+        f"s3://{bucket}/folder/Pneumonia/notes.txt": "",
+        f"s3://{bucket}/folder/Pneumonia/p4_a.png": "pneumonia",
         f"s3://{bucket}/folder/normal/p3_a.png": "normal",
     }
     assert len(included(remote)) == 4

@@ -88,7 +88,10 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
 def test_images_of_one_patient_vary_but_resemble_each_other(dataset):
     root, metadata = dataset
     normal = metadata[metadata["finding"] == "normal"]
-    images = {pid: [load(root, f).astype(np.float64) for f in group["filename"]] for pid, group in normal.groupby("patient_id")}
+    images = {
+        pid: [load(root, f).astype(np.float64) for f in group["filename"]]
+        for pid, group in normal.groupby("patient_id")
+    }
     within, across = [], []
     pids = sorted(images)
     for index, pid in enumerate(pids):

@@ -23,8 +23,18 @@ def test_fit_and_predict_both_tasks(num_classes):
     labels = np.arange(12) % num_classes
     model = build_classifier("MobileNet", num_classes, 32, weights="none", alpha=0.25)
     small = resize_stack(images, 32)
-    summary = fit_classifier(model, (small, labels), (small[:6], labels[:6]), num_classes=num_classes, epochs=2,
-                             batch_size=4, learning_rate=1e-3, patience=1, seed=0, lr_schedule="cosine")
+    summary = fit_classifier(
+        model,
+        (small, labels),
+        (small[:6], labels[:6]),
+        num_classes=num_classes,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        patience=1,
+        seed=0,
+        lr_schedule="cosine",
+    )
     assert summary["epochs_run"] >= 1 and 1 <= summary["best_epoch"] <= summary["epochs_run"]
     assert set(summary["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
     probabilities = predict_probabilities(model, small, num_classes)
@@ -67,7 +77,9 @@ def pretrained_weights(tmp_path_factory):
     import keras
 
     path = tmp_path_factory.mktemp("weights") / "mobilenet.weights.h5"
-    keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.25).save_weights(path)
+    keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.25).save_weights(
+        path
+    )
     return str(path)
 
 
@@ -75,13 +87,30 @@ def test_two_phases_fine_tune_top_layers_with_batchnorm_frozen(pretrained_weight
     import keras
 
     train, val = tiny_data()
-    training = {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "patience": 5, "lr_schedule": "constant",
-                "fine_tune_layers": 6, "fine_tune_epochs": 1, "fine_tune_learning_rate": 1e-5,
-                "reduce_lr_patience": 1, "reduce_lr_factor": 0.5, "min_learning_rate": 1e-7}
+    training = {
+        "epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "patience": 5,
+        "lr_schedule": "constant",
+        "fine_tune_layers": 6,
+        "fine_tune_epochs": 1,
+        "fine_tune_learning_rate": 1e-5,
+        "reduce_lr_patience": 1,
+        "reduce_lr_factor": 0.5,
+        "min_learning_rate": 1e-7,
+    }
     recorder = EpochRecorder()
     model, summary = train_classifier(
         lambda: build_classifier("MobileNet", 2, 32, weights=pretrained_weights, alpha=0.25),
-        train, val, num_classes=2, training=training, seed=0, callbacks=[recorder], num_gpus=0, run_eagerly=True,
+        train,
+        val,
+        num_classes=2,
+        training=training,
+        seed=0,
+        callbacks=[recorder],
+        num_gpus=0,
+        run_eagerly=True,
     )
     assert summary["pretrained"] and summary["phase1_epochs"] == 2 and summary["phase2_epochs"] == 1
     assert recorder.epochs == [0, 1, 2]  # phase 2 numbered after phase 1
@@ -98,16 +127,34 @@ def test_two_phases_fine_tune_top_layers_with_batchnorm_frozen(pretrained_weight
 
 def test_scratch_model_trains_everything_and_skips_phase_2():
     train, val = tiny_data(3)
-    training = {"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "patience": 2, "lr_schedule": "cosine",
-                "fine_tune_layers": 10, "fine_tune_epochs": 3}
+    training = {
+        "epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "patience": 2,
+        "lr_schedule": "cosine",
+        "fine_tune_layers": 10,
+        "fine_tune_epochs": 3,
+    }
     model, summary = train_classifier(
         lambda: build_classifier("MobileNet", 3, 32, weights="none", alpha=0.25),
-        train, val, num_classes=3, training=training, seed=1, num_gpus=0, run_eagerly=True,
+        train,
+        val,
+        num_classes=3,
+        training=training,
+        seed=1,
+        num_gpus=0,
+        run_eagerly=True,
     )
     assert not summary["pretrained"] and summary["phase2_epochs"] == 0 and summary["epochs_run"] == 1
     assert find_backbone(model).trainable
-    assert summary["device"] == {"gpus": 0, "precision_policy": "float32", "strategy": "default", "replicas": 1,
-                                 "global_batch_size": 4}
+    assert summary["device"] == {
+        "gpus": 0,
+        "precision_policy": "float32",
+        "strategy": "default",
+        "replicas": 1,
+        "global_batch_size": 4,
+    }
 
 
 def test_device_plan():
@@ -153,12 +200,23 @@ def test_mixed_precision_under_mirrored_strategy_runs_on_cpu():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-c", MIRRORED_ON_CPU], cwd=root, capture_output=True, text=True,
-                            env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_ON_CPU],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["device"] == {"gpus": 2, "precision_policy": "mixed_float16", "strategy": "mirrored",
-                                "replicas": 2, "global_batch_size": 8}
+    assert report["device"] == {
+        "gpus": 2,
+        "precision_policy": "mixed_float16",
+        "strategy": "mirrored",
+        "replicas": 2,
+        "global_batch_size": 8,
+    }
     assert report["epochs"] == 1
     assert report["conv_dtype"] == "float16" and report["output_dtype"] == "float32"
     assert report["policy_after"] == "float32"  # restored for the next step in the same process

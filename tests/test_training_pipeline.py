@@ -24,8 +24,13 @@ def tiny_config(data_root: Path, **changes) -> dict:
         "task": "multiclass",
         "seed": 3,
         "data": {
-            "synthetic": {"root": str(data_root), "n_patients_per_class": 6, "images_per_patient": 2,
-                          "image_size": 96, "seed": 1},
+            "synthetic": {
+                "root": str(data_root),
+                "n_patients_per_class": 6,
+                "images_per_patient": 2,
+                "image_size": 96,
+                "seed": 1,
+            },
             "sources": [{"kind": "folder", "root": str(data_root), "name": "synthetic", "default_view": "PA"}],
         },
         # Synthetic patients are drawn from one template: keep near-duplicate grouping tight.
@@ -110,7 +115,8 @@ def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained
     assert Path(shards.folder) == Path(artifact.uri)
     assert Path(artifact.uri).is_relative_to(local_stack.artifact_store)
     assert sorted(path.name for path in Path(artifact.uri).iterdir()) == sorted(
-        [*shards.index["shards"], "shards.json"])
+        [*shards.index["shards"], "shards.json"]
+    )
     assert artifact.run_metadata["digest"] == shards.digest()
     summary = run.steps["train_MobileNet"].outputs["training_summary"][0].load()
     assert summary["training_data"] == "ShardSet" and summary["train_images"] == shards.count
@@ -132,13 +138,19 @@ def test_cxr_serve_answers_with_the_champion(trained, local_stack, tmp_path):
     with log.open("w") as sink:
         process = subprocess.Popen(
             [CXR, "--workdir", str(local_stack.workdir), "serve", "--model-name", MODEL_NAME, "--port", str(port)],
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ),
         )
     try:
         wait_ready(process, url, log, timeout_s=120)
         images = [encode_image_file(path) for path in _some_images(trained["data_root"])]
-        answer = requests.post(f"{url}/invocations", timeout=60,
-                               json={"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}})
+        answer = requests.post(
+            f"{url}/invocations",
+            timeout=60,
+            json={"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}},
+        )
         assert answer.status_code == 200, answer.text
         rows = answer.json()["predictions"]
         assert len(rows) == 2
@@ -146,8 +158,11 @@ def test_cxr_serve_answers_with_the_champion(trained, local_stack, tmp_path):
             probabilities = [value for key, value in row.items() if key.startswith("prob_")]
             assert len(probabilities) == 3 and sum(probabilities) == pytest.approx(1.0, abs=1e-6)
             assert row["label"] in ("COVID-19", "normal", "pneumonia")
-        malformed = requests.post(f"{url}/invocations", timeout=60,
-                                  json={"dataframe_split": {"columns": ["image"], "data": [["not base64 !!"]]}})
+        malformed = requests.post(
+            f"{url}/invocations",
+            timeout=60,
+            json={"dataframe_split": {"columns": ["image"], "data": [["not base64 !!"]]}},
+        )
         assert 400 <= malformed.status_code < 500
     finally:
         stop_process_group(process)
@@ -159,7 +174,10 @@ def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
     paths = _some_images(trained["data_root"])
     result = subprocess.run(
         [CXR, "--workdir", str(local_stack.workdir), "predict", "--model-name", MODEL_NAME, *map(str, paths)],
-        capture_output=True, text=True, timeout=180, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(str(paths[0].parent.parent))]

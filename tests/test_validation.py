@@ -41,9 +41,21 @@ def _hex(text: str, digits: int) -> str:
 def _row(name: str, label: str, source: str, **changes) -> dict:
     """A used manifest row; hashes derived from the name (random-looking, far apart)."""
     row = {
-        "uri": f"/data/{source}/{name}.png", "source": source, "sha256": _hex(name, 64), "phash": _hex("p" + name, 16),
-        "width": 128, "height": 128, "mode": "L", "bit_depth": 8, "view": "PA", "patient_id": f"{source}:{name}",
-        "age_group": "adult", "finding": label, "label": label, "exclusion_reason": "", "exclusion_detail": "",
+        "uri": f"/data/{source}/{name}.png",
+        "source": source,
+        "sha256": _hex(name, 64),
+        "phash": _hex("p" + name, 16),
+        "width": 128,
+        "height": 128,
+        "mode": "L",
+        "bit_depth": 8,
+        "view": "PA",
+        "patient_id": f"{source}:{name}",
+        "age_group": "adult",
+        "finding": label,
+        "label": label,
+        "exclusion_reason": "",
+        "exclusion_detail": "",
     }
     row.update(changes)
     return row
@@ -107,7 +119,11 @@ def test_clean_manifest_passes_every_check_and_builds_data_docs(manifest, tmp_pa
 def test_default_severities():
     warnings = {name for name, severity in DEFAULT_SEVERITY.items() if severity == WARNING}
     assert warnings == {
-        "files_readable", "no_near_duplicates", "class_balance", "class_source_diversity", "age_group_consistency",
+        "files_readable",
+        "no_near_duplicates",
+        "class_balance",
+        "class_source_diversity",
+        "age_group_consistency",
     }
     assert set(DEFAULT_SEVERITY) == set(CHECK_NAMES) == set(MANIFEST_CHECK_NAMES) | set(SPLIT_CHECK_NAMES)
     assert DEFAULT_SEVERITY["no_near_duplicates_across_splits"] == BLOCKING
@@ -117,14 +133,29 @@ def test_default_severities():
 
 
 def _file_row_excluded(m):
-    return _add(m, **_row("broken", "", "src_a", exclusion_reason=EXCLUDE_TRUNCATED, sha256="", phash="",
-                          width=0, height=0, mode="", bit_depth=0, exclusion_detail="image file is truncated"))
+    return _add(
+        m,
+        **_row(
+            "broken",
+            "",
+            "src_a",
+            exclusion_reason=EXCLUDE_TRUNCATED,
+            sha256="",
+            phash="",
+            width=0,
+            height=0,
+            mode="",
+            bit_depth=0,
+            exclusion_detail="image file is truncated",
+        ),
+    )
 
 
 def _set(index: int, column: str, value):
     def corrupt(m):
         m.loc[index, column] = value
         return m
+
     return corrupt
 
 
@@ -156,8 +187,13 @@ def _ages_by_class(m):
 
 FAILURES = [
     # (corrupt, check, text in the details, extra settings)
-    (_file_row_excluded, "files_readable", "1 of 17 rows excluded for a file problem; "
-     f"unexpected values ['{EXCLUDE_TRUNCATED}']; e.g. /data/src_a/broken.png ({EXCLUDE_TRUNCATED})", {}),
+    (
+        _file_row_excluded,
+        "files_readable",
+        "1 of 17 rows excluded for a file problem; "
+        f"unexpected values ['{EXCLUDE_TRUNCATED}']; e.g. /data/src_a/broken.png ({EXCLUDE_TRUNCATED})",
+        {},
+    ),
     (_set(0, "uri", ""), "uri_not_null", "1 of 16 rows without a uri; e.g. row 0", {}),
     (_set(2, "sha256", " "), "sha256_not_null", "1 of 16 rows without a sha256", {}),
     (_set(0, "label", ""), "label_not_null", "1 of 16 rows without a label; e.g. /data/src_b/non0.png", {}),
@@ -170,15 +206,27 @@ FAILURES = [
     (_set(0, "bit_depth", 32), "bit_depth_allowed", "bit depth outside [1, 8, 16]; unexpected values [32]", {}),
     (_set(3, "view", " Lateral"), "frontal_views_only", "1 of 16 rows with a lateral view", {}),
     (_duplicate_sha, "sha256_unique", "2 of 16 rows sharing a sha256", {}),
-    (_near_duplicate, "no_near_duplicates", "1 near-duplicate pairs (pHash distance <= 4); "
-     "e.g. /data/src_b/non0.png ~ /data/src_a/non1.png (distance 2)", {}),
+    (
+        _near_duplicate,
+        "no_near_duplicates",
+        "1 near-duplicate pairs (pHash distance <= 4); e.g. /data/src_b/non0.png ~ /data/src_a/non1.png (distance 2)",
+        {},
+    ),
     (_too_few_covid, "min_images_per_class", f"fewer than {PER_CLASS} images; e.g. {COVID}=2", {}),
     (lambda m: m, "class_balance", "2 of 2 classes under 60% of the images", {"min_class_fraction": 0.6}),
-    (_covid_from_one_source, "class_source_diversity",
-     f"1 of 2 classes from a single source while there are 2 sources; e.g. {COVID} only from src_a", {}),
-    (_ages_by_class, "age_group_consistency",
-     f"2 of 2 classes whose pediatric share differs from another class's by more than 50%; "
-     f"e.g. {NON_COVID}: 100% pediatric, {COVID}: 0% pediatric", {}),
+    (
+        _covid_from_one_source,
+        "class_source_diversity",
+        f"1 of 2 classes from a single source while there are 2 sources; e.g. {COVID} only from src_a",
+        {},
+    ),
+    (
+        _ages_by_class,
+        "age_group_consistency",
+        f"2 of 2 classes whose pediatric share differs from another class's by more than 50%; "
+        f"e.g. {NON_COVID}: 100% pediatric, {COVID}: 0% pediatric",
+        {},
+    ),
 ]
 
 
@@ -211,8 +259,19 @@ def test_failure_quotes_offending_uris(manifest, tmp_path):
 
 
 def test_excluded_rows_are_not_held_to_the_contract(manifest, tmp_path):
-    bad = _row("gone", "", "src_a", width=1, height=1, mode="CMYK", bit_depth=32, view="L",
-               sha256=manifest.loc[0, "sha256"], phash=manifest.loc[0, "phash"], exclusion_reason="lateral view")
+    bad = _row(
+        "gone",
+        "",
+        "src_a",
+        width=1,
+        height=1,
+        mode="CMYK",
+        bit_depth=32,
+        view="L",
+        sha256=manifest.loc[0, "sha256"],
+        phash=manifest.loc[0, "phash"],
+        exclusion_reason="lateral view",
+    )
     report = _validate(_add(manifest, **bad), tmp_path)
 
     assert report.success and not _failed(report), report.summary
@@ -259,11 +318,24 @@ def test_check_that_cannot_run_fails_with_its_error(manifest, tmp_path):
 
 def test_exact_duplicates_are_listed_including_those_already_excluded(manifest, tmp_path):
     manifest.loc[1, ["sha256", "phash"]] = manifest.loc[0, ["sha256", "phash"]].to_numpy()  # used twice
-    copy = _row("copy", "", "src_a", sha256=manifest.loc[2, "sha256"], phash=manifest.loc[2, "phash"],
-                patient_id=manifest.loc[2, "patient_id"], exclusion_reason=EXCLUDE_DUPLICATE,
-                exclusion_detail=f"same bytes as {manifest.loc[2, 'uri']}")
-    orphan = _row("orphan", "", "src_b", sha256="", exclusion_reason=EXCLUDE_DUPLICATE,
-                  exclusion_detail="same bytes as /elsewhere/original.png")
+    copy = _row(
+        "copy",
+        "",
+        "src_a",
+        sha256=manifest.loc[2, "sha256"],
+        phash=manifest.loc[2, "phash"],
+        patient_id=manifest.loc[2, "patient_id"],
+        exclusion_reason=EXCLUDE_DUPLICATE,
+        exclusion_detail=f"same bytes as {manifest.loc[2, 'uri']}",
+    )
+    orphan = _row(
+        "orphan",
+        "",
+        "src_b",
+        sha256="",
+        exclusion_reason=EXCLUDE_DUPLICATE,
+        exclusion_detail="same bytes as /elsewhere/original.png",
+    )
     manifest = _add(_add(manifest, **copy), **orphan)
 
     report = _validate(manifest, tmp_path)
@@ -296,7 +368,9 @@ def test_near_duplicates_are_listed_within_and_across_sources(manifest, tmp_path
 
     tighter = _validate(manifest, tmp_path, near_duplicate_max_distance=2)  # rows 1 and 2 differ in 2 bits
     assert [(p["uri_a"], p["uri_b"]) for p in tighter.listings["near_duplicates"]] == [
-        (uris[0], uris[1]), (uris[1], uris[2])]
+        (uris[0], uris[1]),
+        (uris[1], uris[2]),
+    ]
 
 
 # ---------------------------------------------------------------- severities
@@ -361,8 +435,11 @@ def test_config_has_the_settings_defaults_and_rejects_unknown_checks():
         ValidationConfig(warning_only=["no_such_check"])
     with pytest.raises(ValueError):
         ValidationConfig(severity={"min_width": "fatal"})
-    run = {"data": {"sources": [{"kind": "folder", "root": "x", "name": "x"}]},
-           "backbones": [{"name": "mobilenet"}], "validation": {"severity": {"min_widht": "warning"}}}
+    run = {
+        "data": {"sources": [{"kind": "folder", "root": "x", "name": "x"}]},
+        "backbones": [{"name": "mobilenet"}],
+        "validation": {"severity": {"min_widht": "warning"}},
+    }
     with pytest.raises(ConfigError, match="validation: .*min_widht"):
         parse_run_config(run)
 
@@ -421,8 +498,9 @@ def test_patient_in_two_splits_blocks_and_is_listed(split_manifest, tmp_path):
 
     assert not report.success and _failed(report) == ["no_patient_in_two_splits"]
     patient = split_manifest.loc[0, "patient_id"]
-    assert report.listings["patient_leaks"] == [{"patient_id": patient, "n_splits": 2, "n_images": 2,
-                                                 "splits": "test, train"}]
+    assert report.listings["patient_leaks"] == [
+        {"patient_id": patient, "n_splits": 2, "n_images": 2, "splits": "test, train"}
+    ]
     assert f"1 of 15 patients in several splits; e.g. {patient} in test, train" in report.summary
     with pytest.raises(SplitValidationError):
         raise_if_blocking(report)
@@ -441,7 +519,8 @@ def test_near_duplicates_across_splits_block_but_not_within_a_split(split_manife
     leaks = report.listings["near_duplicate_leaks"]
     uris = split_manifest["uri"]
     assert {(p["uri_a"], p["uri_b"], p["split_a"], p["split_b"], p["distance"]) for p in leaks} == {
-        (uris[0], uris[4], "train", "val", 2), (uris[1], uris[4], "train", "val", 4),
+        (uris[0], uris[4], "train", "val", 2),
+        (uris[1], uris[4], "train", "val", 4),
     }
     assert "2 near-duplicate pairs across splits" in report.summary
     relaxed = _validate_split(split_manifest, tmp_path, severity={"no_near_duplicates_across_splits": "warning"})
