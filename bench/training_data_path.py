@@ -69,6 +69,7 @@ def train(training_data, val, size: int, epochs: int, batch_size: int) -> list[f
     import keras
 
     from components.backbones import build_classifier
+    from components.config import TrainingConfig
     from components.training import train_classifier
 
     seconds: list[float] = []
@@ -88,7 +89,7 @@ def train(training_data, val, size: int, epochs: int, batch_size: int) -> list[f
         seed=0,
         callbacks=[EpochTimer()],
         verbose=0,
-        training={"epochs": epochs, "batch_size": batch_size, "learning_rate": 1e-3, "patience": 100},
+        training=TrainingConfig(epochs=epochs, batch_size=batch_size, learning_rate=1e-3, patience=100),
     )
     return seconds
 

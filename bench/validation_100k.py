@@ -197,9 +197,9 @@ def run_benchmark(rows: int) -> tuple[list[tuple[str, float, float]], dict]:
         "rows": len(manifest),
         "used": len(used),
         "near_pairs": len(pairs),
-        "manifest_failed": [r["name"] for r in manifest_report.results if not r["success"]],
-        "split_failed": [r["name"] for r in split_report.results if not r["success"]],
-        "exact_pairs": len(summary["exact_duplicates"]),
+        "manifest_failed": [r.name for r in manifest_report.results if not r.success],
+        "split_failed": [r.name for r in split_report.results if not r.success],
+        "exact_pairs": len(summary.exact_duplicates),
         "html_kib": len(page.encode()) / 1024,
         "csv_kib": len(csv_text.encode()) / 1024,
     }
@@ -213,11 +213,10 @@ def real_phash_distances(datasets: Path, max_distance: int = 12) -> tuple[str, d
     """Pairwise pHash distances of the readable real images; a markdown table 0..max_distance."""
     from components.image_info import describe_uri
     from components.manifest import build_manifest, read_metadata_csv
+    from components.sources import Ieee8023Options
 
     start = time.perf_counter()
-    ieee = build_manifest(
-        [{"kind": "ieee8023", "root": str(datasets / "covid-chestxray-dataset"), "name": "ieee"}], "multiclass"
-    )
+    ieee = build_manifest([Ieee8023Options(root=str(datasets / "covid-chestxray-dataset"), name="ieee")], "multiclass")
     frame = ieee[["uri", "source", "patient_id", "sha256", "phash"]].copy()
     actualmed = datasets / "actualmed-covid-chestxray-dataset"
     if actualmed.is_dir():  # no adapter reads its `imagename` column yet: read the files directly

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel
 
 from components.augmentation import enabled_operations, resolve_operations
-from components.config import ConfigError, RunConfig, parse_run_config
+from components.config import AugmentationConfig, BackboneConfig, ConfigError, RunConfig, parse_run_config
+from components.labels import Task
 
 
 @dataclass(frozen=True)
@@ -77,32 +79,61 @@ def ablation_config(config: RunConfig, backbone: str | None = None, task: str | 
     if task is not None:
         data["task"] = task
     narrowed = parse_run_config(data, origin="(ablation)")
-    ablation_plan(narrowed.backbones[0].model_dump(mode="json"), narrowed.augmentation.model_dump(mode="json"))
+    ablation_plan(narrowed.backbones[0], narrowed.augmentation)
     return narrowed
 
 
-def ablation_plan(backbone: dict[str, Any], augmentation: dict[str, Any]) -> list[dict[str, Any]]:
-    """The four variants in the paper's order, each with the backbone config it trains
-    ({"key", "label", "augmentation", "transfer", "backbone"})."""
-    if backbone["weights"] in ("none", "None", "", None):
+class PlannedVariant(BaseModel):
+    """One variant of the ablation and the backbone config it trains (weights `none` when transfer is off)."""
+
+    key: str  # used in step ids: train_<key>, evaluate_<key>
+    label: str  # the row label in the paper's table
+    augmentation: bool
+    transfer: bool
+    backbone: BackboneConfig
+
+
+class AblationSummary(BaseModel):
+    """The ablation's result (the ZenML artifact `ablation_summary`): one row per variant, on one split.
+
+    Each row maps ``Variant`` to the paper's row label and every column of
+    COLUMNS to its value (NaN where a metric is missing).
+    """
+
+    backbone: str
+    task: Task
+    split: str
+    n_images: int
+    rows: list[dict[str, str | float]]
+    mlflow_run_id: str | None
+
+
+def ablation_plan(backbone: BackboneConfig, augmentation: AugmentationConfig) -> list[PlannedVariant]:
+    """The four variants in the paper's order, each with the backbone config it trains.
+
+    Raises:
+        ConfigError: the backbone has no transfer weights (`weights: none`) or
+            augmentation is off, so two variants would coincide.
+    """
+    if backbone.weights in ("none", "None", ""):
         raise ConfigError(
-            f"the ablation needs transfer weights for {backbone['name']} (weights: imagenet or a weights file); "
+            f"the ablation needs transfer weights for {backbone.name} (weights: imagenet or a weights file); "
             "it has `weights: none`, so 'with transfer' would equal 'without transfer'"
         )
-    operations = resolve_operations(augmentation["preset"], augmentation.get("operations") or {})
-    if augmentation["copies_per_image"] < 1 or not enabled_operations(operations):
+    operations = resolve_operations(augmentation.preset, augmentation.operations)
+    if augmentation.copies_per_image < 1 or not enabled_operations(operations):
         raise ConfigError(
             "the ablation needs augmentation on in the run config (preset other than none, copies_per_image >= 1); "
             "otherwise 'with augmentation' would equal 'without augmentation'"
         )
     return [
-        {
-            "key": variant.key,
-            "label": variant.label,
-            "augmentation": variant.augmentation,
-            "transfer": variant.transfer,
-            "backbone": {**backbone, "weights": backbone["weights"] if variant.transfer else "none"},
-        }
+        PlannedVariant(
+            key=variant.key,
+            label=variant.label,
+            augmentation=variant.augmentation,
+            transfer=variant.transfer,
+            backbone=backbone if variant.transfer else backbone.model_copy(update={"weights": "none"}),
+        )
         for variant in VARIANTS
     ]
 

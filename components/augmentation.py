@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from components.errors import CxrError
+
 # Geometric ops share one Affine warp (scale, rotate, shear) to warp each image once.
 PAPER_OPERATIONS: dict[str, dict[str, Any]] = {
     "fliplr": {"enabled": True, "p": 0.5},
@@ -58,12 +60,26 @@ LIGHT_OVERRIDES = {
 COMPOSITION_KEY = "composition"
 
 
-class AugmentationConfigError(ValueError):
-    pass
+class AugmentationConfigError(CxrError, ValueError):
+    """An augmentation preset, operation or parameter in the run config does not exist or cannot be used."""
 
 
 def resolve_operations(preset: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Preset + per-operation overrides -> the full operation table (JSON-serialisable)."""
+    """Build the full operation table from a preset and per-operation overrides.
+
+    Args:
+        preset: "paper" (the paper's Table 2: PAPER_OPERATIONS), "light" (fewer, milder
+            operations: LIGHT_OVERRIDES) or "none" (every operation disabled).
+        overrides: {operation: {parameter: value}} merged over the preset, e.g.
+            ``{"rotate": {"range": [-5, 5]}}``; the ``composition`` entry overrides PAPER_COMPOSITION.
+
+    Returns:
+        {operation: {"enabled": bool, parameters...}, "composition": {...}}, JSON-serialisable
+        (ranges are [low, high] lists; angles in degrees, scales as factors, sigmas in pixels).
+
+    Raises:
+        AugmentationConfigError: an unknown preset, operation or parameter.
+    """
     if preset == "paper":
         operations = copy.deepcopy(PAPER_OPERATIONS)
     elif preset == "light":
@@ -92,11 +108,26 @@ def _merge(operations: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> 
 
 
 def enabled_operations(operations: dict[str, Any]) -> list[str]:
+    """The names of the enabled operations of a table from resolve_operations, in table order."""
     return [name for name, params in operations.items() if name != COMPOSITION_KEY and params["enabled"]]
 
 
 def build_augmenter(operations: dict[str, Any]):
-    """Operation table -> an imgaug Sequential (unseeded; see `augment_copies`)."""
+    """Build the imgaug pipeline of an operation table (unseeded: augment_copies seeds it per copy).
+
+    Flips first; scale, rotate and shear share one Affine warp (applied with probability
+    ``geometric_p``); then elastic and perspective (each with its probability); then
+    0..3 (``pixel_ops``) of: one blur, sharpen, emboss, Gaussian noise, in random order.
+
+    Args:
+        operations: a table from resolve_operations.
+
+    Returns:
+        An ``imgaug.augmenters.Sequential`` for (N, H, W, 1) uint8 batches.
+
+    Raises:
+        AugmentationConfigError: a median_blur kernel range holds no odd size.
+    """
     import imgaug.augmenters as iaa
 
     ops = {name: params for name, params in operations.items() if name != COMPOSITION_KEY}
@@ -163,9 +194,24 @@ def _odd_kernel_sizes(k_range: list[int]) -> list[int]:
 def augment_copies(
     images: np.ndarray, operations: dict[str, Any], copies_per_image: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, H, W) -> (copies*N, H, W) augmented images and the index of each copy's original.
+    """Make augmented copies of a batch of grayscale images, reproducibly.
 
-    Deterministic for (images, operations, copies_per_image, seed).
+    Copy c of every image draws from the seed ``seed * 100003 + c`` (the pipeline is
+    re-seeded before each copy, see the module docstring).
+
+    Args:
+        images: uint8 (N, H, W) grayscale images.
+        operations: a table from resolve_operations.
+        copies_per_image: copies of each image (0: none).
+        seed: the augmentation seed.
+
+    Returns:
+        (augmented, origin): uint8 (copies_per_image * N, H, W), copy-major (all first
+        copies, then all second copies...), and int64 (copies_per_image * N,) the index in
+        `images` of each copy's original. Empty when no operation is enabled.
+
+    Raises:
+        ValueError: `images` is not a uint8 (N, H, W) array.
     """
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 (N, H, W) grayscale images, got {images.dtype} {images.shape}")
@@ -183,13 +229,60 @@ def augment_copies(
 def expand_training_set(
     images: np.ndarray, labels: np.ndarray, operations: dict[str, Any], copies_per_image: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Originals followed by their augmented copies, with labels carried over."""
+    """Expand a training set in memory: the originals followed by their augmented copies.
+
+    Args:
+        images: uint8 (N, H, W) grayscale originals.
+        labels: (N,) class indices.
+        operations: a table from resolve_operations.
+        copies_per_image: augmented copies of each original.
+        seed: the augmentation seed.
+
+    Returns:
+        (images, labels) of length N * (1 + copies_per_image) (N when no operation is
+        enabled); each copy carries its original's label.
+
+    Raises:
+        ValueError: `images` is not a uint8 (N, H, W) array.
+    """
     augmented, origin = augment_copies(images, operations, copies_per_image, seed)
     return np.concatenate([images, augmented]), np.concatenate([labels, labels[origin]])
 
 
+PREVIEW_ORIGINALS = 6
+PREVIEW_COPIES = 4
+
+
+def preview_sample(originals: np.ndarray, operations: dict[str, Any], seed: int) -> np.ndarray:
+    """What the augmentation makes of the first few originals: a preview grid (see preview_grid).
+
+    Args:
+        originals: uint8 (N, H, W) grayscale training originals.
+        operations: resolved operations (resolve_operations).
+        seed: the augmentation seed.
+
+    Returns:
+        uint8 (rows*H, (1 + PREVIEW_COPIES)*W) grid: each row one of the first
+        PREVIEW_ORIGINALS originals followed by PREVIEW_COPIES augmented copies.
+    """
+    sample = originals[:PREVIEW_ORIGINALS]
+    augmented, origin = augment_copies(sample, operations, PREVIEW_COPIES, seed)
+    return preview_grid(sample, augmented, origin)
+
+
 def preview_grid(originals: np.ndarray, augmented: np.ndarray, origin: np.ndarray, max_rows: int = 6) -> np.ndarray:
-    """A uint8 image: each row is one original followed by its augmented copies."""
+    """Lay originals and their copies out as one image, a row per original.
+
+    Args:
+        originals: uint8 (N, H, W).
+        augmented: uint8 (M, H, W) copies, as augment_copies returns them.
+        origin: int (M,) index in `originals` of each copy's original.
+        max_rows: at most this many originals are shown.
+
+    Returns:
+        uint8 (rows * H, width) grid, each row one original then its copies, right-padded
+        with black to the widest row; an 8x8 black image when there are no originals.
+    """
     rows = []
     for index in range(min(max_rows, len(originals))):
         copies = augmented[origin == index]

@@ -1,10 +1,12 @@
 """Backbone registry and the paper's classification head.
 
-Each entry knows its Keras constructor, its default and minimum input size,
+Each entry, added by ``register_backbone`` (keyword-only; ``cxr backbones``
+lists them), knows its Keras constructor, its default and minimum input size,
 the file Keras caches its ImageNet no-top weights in, and how it normalises
-pixels. Normalisation is built into the model as plain Keras layers (no
-Lambda), so a saved `.keras` model takes raw 0..255 RGB pixels (grayscale
-repeated to 3 channels upstream) and loads without unsafe deserialisation.
+pixels (its ``preprocessing``, a key of PREPROCESSING_MODES). Normalisation
+is built into the model as plain Keras layers (no Lambda), so a saved
+`.keras` model takes raw 0..255 RGB pixels (grayscale repeated to 3 channels
+upstream) and loads without unsafe deserialisation.
 
 Weights sources (`build_classifier(..., weights=...)`, the run config's
 `backbones[].weights`):
@@ -41,16 +43,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.errors import CxrError
 
-class UnknownBackboneError(ValueError):
+
+class UnknownBackboneError(CxrError, ValueError):
     pass
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(CxrError, RuntimeError):
     pass
 
 
-class IncompatibleWeightsError(ValueError):
+class IncompatibleWeightsError(CxrError, ValueError):
     """A warm-start model's backbone does not fit the model being built."""
 
 
@@ -69,13 +73,19 @@ PREPROCESSING_MODES = {
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
-@dataclass(frozen=True)
+# The name of the Keras model among a registered pyfunc model's artifacts (components.serving).
+KERAS_ARTIFACT = "keras_model"
+
+
+@dataclass(frozen=True, kw_only=True)
 class BackboneSpec:
+    """One registered backbone (see `register_backbone` for the fields)."""
+
     name: str
     constructor: str  # attribute of keras.applications
     default_size: int
     min_size: int
-    normalisation: str  # a key of PREPROCESSING_MODES
+    preprocessing: str  # a key of PREPROCESSING_MODES
     imagenet_file: str  # file name Keras caches under $KERAS_HOME/models ({alpha}, {size} filled in)
     module: str  # keras.applications.<module>.preprocess_input is the reference preprocessing
     has_alpha: bool = False
@@ -83,93 +93,197 @@ class BackboneSpec:
     imagenet_sizes: tuple[int, ...] = ()  # sizes with their own ImageNet file; others use 224's
 
     def preprocess_input(self, images):
-        """The backbone's preprocessing (the layers built into its models) on 0..255 RGB pixels."""
+        """The backbone's preprocessing (the layers built into its models) on 0..255 RGB pixels.
+
+        Args:
+            images: Batch (N, H, W, 3) of RGB pixels in 0..255, float32.
+
+        Returns:
+            The batch as the backbone expects it, (N, H, W, 3) float32.
+        """
         return preprocess(self, images)
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        BackboneSpec(
-            "InceptionV3",
-            "InceptionV3",
-            299,
-            75,
-            "tf",
-            "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "inception_v3",
-        ),
-        BackboneSpec(
-            "Xception",
-            "Xception",
-            299,
-            71,
-            "tf",
-            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "xception",
-        ),
-        BackboneSpec(
-            "MobileNet",
-            "MobileNet",
-            224,
-            32,
-            "tf",
-            "mobilenet_{alpha}_{size}_tf_no_top.h5",
-            "mobilenet",
-            has_alpha=True,
-            imagenet_alphas=(0.25, 0.5, 0.75, 1.0),
-            imagenet_sizes=(128, 160, 192, 224),
-        ),
-        BackboneSpec(
-            "MobileNetV2",
-            "MobileNetV2",
-            224,
-            32,
-            "tf",
-            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
-            "mobilenet_v2",
-            has_alpha=True,
-            imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
-            imagenet_sizes=(96, 128, 160, 192, 224),
-        ),
-        BackboneSpec(
-            "EfficientNetB0",
-            "EfficientNetB0",
-            224,
-            32,
-            "none",
-            "efficientnetb0_notop.h5",
-            "efficientnet",
-        ),
-        BackboneSpec(
-            "DenseNet121",
-            "DenseNet121",
-            224,
-            32,
-            "torch",
-            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "densenet",
-        ),
-        BackboneSpec(
-            "ResNet50",
-            "ResNet50",
-            224,
-            32,
-            "caffe",
-            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            "resnet50",
-        ),
+# name -> spec; filled by register_backbone below. `cxr backbones` lists it.
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(
+    *,
+    name: str,
+    constructor: str,
+    default_size: int,
+    min_size: int,
+    preprocessing: str,
+    imagenet_file: str,
+    module: str,
+    has_alpha: bool = False,
+    imagenet_alphas: tuple[float, ...] = (),
+    imagenet_sizes: tuple[int, ...] = (),
+) -> BackboneSpec:
+    """Register a backbone that the run config (``backbones[].name``) may name.
+
+    Args:
+        name: The name in the run config.
+        constructor: The ``keras.applications`` attribute that builds it.
+        default_size: Input side in pixels when the config gives no image_size.
+        min_size: Smallest input side in pixels the architecture accepts.
+        preprocessing: How it normalises 0..255 RGB pixels: a key of PREPROCESSING_MODES.
+        imagenet_file: The file name Keras caches its ImageNet no-top weights under
+            ``$KERAS_HOME/models`` (``{alpha}`` and ``{size}`` filled in).
+        module: ``keras.applications.<module>.preprocess_input`` is the reference preprocessing.
+        has_alpha: Whether it has a width multiplier (alpha).
+        imagenet_alphas: Alphas with published ImageNet weights.
+        imagenet_sizes: Input sizes with an ImageNet file of their own (others use 224's).
+
+    Returns:
+        The registered spec.
+
+    Raises:
+        ValueError: The name is taken, the preprocessing is unknown, or min_size > default_size.
+    """
+    if name in BACKBONES:
+        raise ValueError(f"backbone {name!r} is already registered")
+    if preprocessing not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"backbone {name!r}: unknown preprocessing {preprocessing!r}; known: {list(PREPROCESSING_MODES)}"
+        )
+    if not 0 < min_size <= default_size:
+        raise ValueError(f"backbone {name!r}: needs 0 < min_size <= default_size, got {min_size} and {default_size}")
+    spec = BackboneSpec(
+        name=name,
+        constructor=constructor,
+        default_size=default_size,
+        min_size=min_size,
+        preprocessing=preprocessing,
+        imagenet_file=imagenet_file,
+        module=module,
+        has_alpha=has_alpha,
+        imagenet_alphas=tuple(imagenet_alphas),
+        imagenet_sizes=tuple(imagenet_sizes),
     )
-}
+    BACKBONES[name] = spec
+    return spec
+
+
+register_backbone(
+    name="InceptionV3",
+    constructor="InceptionV3",
+    default_size=299,
+    min_size=75,
+    preprocessing="tf",
+    imagenet_file="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    module="inception_v3",
+)
+register_backbone(
+    name="Xception",
+    constructor="Xception",
+    default_size=299,
+    min_size=71,
+    preprocessing="tf",
+    imagenet_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    module="xception",
+)
+register_backbone(
+    name="MobileNet",
+    constructor="MobileNet",
+    default_size=224,
+    min_size=32,
+    preprocessing="tf",
+    imagenet_file="mobilenet_{alpha}_{size}_tf_no_top.h5",
+    module="mobilenet",
+    has_alpha=True,
+    imagenet_alphas=(0.25, 0.5, 0.75, 1.0),
+    imagenet_sizes=(128, 160, 192, 224),
+)
+register_backbone(
+    name="MobileNetV2",
+    constructor="MobileNetV2",
+    default_size=224,
+    min_size=32,
+    preprocessing="tf",
+    imagenet_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5",
+    module="mobilenet_v2",
+    has_alpha=True,
+    imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+    imagenet_sizes=(96, 128, 160, 192, 224),
+)
+register_backbone(
+    name="EfficientNetB0",
+    constructor="EfficientNetB0",
+    default_size=224,
+    min_size=32,
+    preprocessing="none",
+    imagenet_file="efficientnetb0_notop.h5",
+    module="efficientnet",
+)
+register_backbone(
+    name="DenseNet121",
+    constructor="DenseNet121",
+    default_size=224,
+    min_size=32,
+    preprocessing="torch",
+    imagenet_file="densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    module="densenet",
+)
+register_backbone(
+    name="ResNet50",
+    constructor="ResNet50",
+    default_size=224,
+    min_size=32,
+    preprocessing="caffe",
+    imagenet_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    module="resnet50",
+)
 
 
 def get_backbone(name: str) -> BackboneSpec:
+    """The registered backbone of a name.
+
+    Args:
+        name: A backbone name (``backbones[].name`` in the run config).
+
+    Returns:
+        Its spec.
+
+    Raises:
+        UnknownBackboneError: No backbone has that name (the message lists the valid ones).
+    """
     try:
         return BACKBONES[name]
     except KeyError:
         raise UnknownBackboneError(
             f"unknown backbone {name!r}; valid backbones: {', '.join(sorted(BACKBONES))}"
         ) from None
+
+
+def describe_backbones() -> str:
+    """What ``cxr backbones`` prints: every registered backbone, read from the registry.
+
+    Returns:
+        Text: a table of name, default and minimum input size (pixels), whether it
+        has an alpha (width multiplier) and its preprocessing, then the alphas with
+        ImageNet weights and what each preprocessing does.
+    """
+    header = ("name", "default size", "min size", "alpha", "preprocessing")
+    rows = [
+        (spec.name, str(spec.default_size), str(spec.min_size), "yes" if spec.has_alpha else "no", spec.preprocessing)
+        for spec in sorted(BACKBONES.values(), key=lambda spec: spec.name)
+    ]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    lines = ["Backbones (backbones[].name in a run config); sizes are input sides in pixels.", ""]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+    alphas = [spec for spec in sorted(BACKBONES.values(), key=lambda spec: spec.name) if spec.has_alpha]
+    if alphas:
+        lines += ["", "ImageNet weights exist for alpha:"]
+        lines += [f"  {spec.name}: {', '.join(f'{alpha:g}' for alpha in spec.imagenet_alphas)}" for spec in alphas]
+    used = sorted({spec.preprocessing for spec in BACKBONES.values()})
+    lines += ["", "Preprocessing (built into each model, which takes raw 0..255 RGB pixels):"]
+    lines += [f"  {mode}: {PREPROCESSING_MODES[mode]}" for mode in used]
+    return "\n".join(lines)
 
 
 def keras_cache_dir() -> Path:
@@ -287,8 +401,6 @@ def download_registered_keras_model(uri: str, dst: str | Path) -> Path:
     if (local / "MLmodel").is_file():
         flavor = Model.load(str(local / "MLmodel")).flavors.get("python_function", {})
         artifacts = flavor.get("artifacts") or {}
-    from components.serving import KERAS_ARTIFACT  # noqa: PLC0415  (serving imports this module)
-
     entry = artifacts.get(KERAS_ARTIFACT)
     if entry and (local / entry["path"]).is_file():
         return local / entry["path"]
@@ -338,17 +450,11 @@ def preprocessing_layers(mode: str) -> list:
     raise ValueError(f"unknown normalisation {mode!r}; known: {', '.join(PREPROCESSING_MODES)}")
 
 
-def normalisation_layer(mode: str):
-    """The single preprocessing layer for `mode` (see `preprocessing_layers`)."""
-    (layer,) = preprocessing_layers(mode)
-    return layer
-
-
 def preprocess(spec_or_name: BackboneSpec | str, images):
     """Apply the backbone's built-in preprocessing to a batch (N, H, W, 3) of 0..255 pixels."""
     spec = get_backbone(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
     x = images
-    for layer in preprocessing_layers(spec.normalisation):
+    for layer in preprocessing_layers(spec.preprocessing):
         x = layer(x)
     return x
 
@@ -495,7 +601,7 @@ def build_classifier(
 
     inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = inputs
-    for layer in preprocessing_layers(spec.normalisation):
+    for layer in preprocessing_layers(spec.preprocessing):
         x = layer(x)
     x = base(x, training=False) if pretrained else base(x)
     x = keras.layers.GlobalAveragePooling2D()(x)

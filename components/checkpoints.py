@@ -34,18 +34,32 @@ STATE_VERSION = 1
 
 
 def checkpoint_key(*parts: Any) -> str:
-    """16 hex digits naming a training: the hash of its inputs as canonical JSON.
+    """Name a training by the hash of its inputs, as canonical JSON.
 
     The step passes the backbone config, the training config, the seed, the
     class names and the data digests; anything that changes the result must be
     among them, anything that does not (run names, folders) must not.
+
+    Args:
+        *parts: JSON-serialisable values (anything else is hashed as its ``str``).
+
+    Returns:
+        16 hex digits (the first 64 bits of a sha256), the same for equal inputs in any process.
     """
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def split_digest(split_manifest) -> str:
-    """Content hash of a split manifest: dataset_version (files, labels, exclusions) plus each row's split."""
+    """Hash the content of a split manifest: its dataset version plus each row's split.
+
+    Args:
+        split_manifest: a manifest DataFrame with a ``split`` column (components.splitting).
+
+    Returns:
+        16 hex digits: manifest.dataset_version (files, labels, exclusions) and every
+        (uri, split), in an order-free way.
+    """
     from components.manifest import dataset_version
 
     pairs = sorted(zip(split_manifest["uri"].astype(str), split_manifest["split"].astype(str), strict=False))
@@ -56,7 +70,14 @@ def split_digest(split_manifest) -> str:
 
 
 def array_digest(*arrays) -> str:
-    """Hash of arrays' shapes, dtypes and bytes (the augmented training set is not in the manifest)."""
+    """Hash arrays by dtype, shape and bytes (the augmented training set is not in the manifest).
+
+    Args:
+        *arrays: numpy arrays (or array-likes), in a fixed order.
+
+    Returns:
+        16 hex digits of a sha256.
+    """
     import numpy as np
 
     digest = hashlib.sha256()
@@ -69,7 +90,24 @@ def array_digest(*arrays) -> str:
 
 @dataclass
 class TrainingState:
-    """Where a training stands after its last completed epoch."""
+    """Where a training stands after its last completed epoch (saved as ``state.json``).
+
+    Attributes:
+        key: checkpoint_key of the training.
+        phase: 1 (head; backbone frozen when pretrained) or 2 (fine-tuning).
+        epoch: completed epochs, both phases together.
+        phase_start: global epoch at which the current phase began (phase 1: 0).
+        phase1_epochs: epochs of phase 1, set once it has finished (early stopping may end it early).
+        best_val_loss: the lowest validation loss so far.
+        best_epoch: 1-based global epoch of best_val_loss.
+        wait: epochs since the last improvement (EarlyStopping's counter).
+        reduce_lr: ReduceLROnPlateau's counters.
+        weights: file name of the last epoch's weights in the folder.
+        optimizer: file name of the optimizer's variables after the last epoch.
+        best_weights: file name of the best epoch's weights.
+        history: Keras logs per epoch (loss, val_loss, accuracy...).
+        version: STATE_VERSION of the format.
+    """
 
     key: str
     phase: int = 1  # 1: head (backbone frozen when pretrained); 2: fine-tuning
@@ -87,17 +125,35 @@ class TrainingState:
     version: int = STATE_VERSION
 
     def to_json(self) -> str:
+        """The state as JSON text (what ``state.json`` holds)."""
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> TrainingState:
+        """Read a state written by to_json.
+
+        Args:
+            text: the content of ``state.json``.
+
+        Returns:
+            The state.
+
+        Raises:
+            ValueError: the text is not JSON or its format version is not STATE_VERSION.
+            TypeError: its fields are not TrainingState's.
+        """
         data = json.loads(text)
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"checkpoint state version {data.get('version')!r}, expected {STATE_VERSION}")
         return cls(**data)
 
     def record_epoch(self, logs: dict[str, float], improved: bool) -> None:
-        """Advance by one completed epoch (the caller decides what counts as an improvement)."""
+        """Advance by one completed epoch.
+
+        Args:
+            logs: the epoch's Keras logs; ``val_loss`` is read when `improved`.
+            improved: whether this epoch is the new best (the caller decides what counts).
+        """
         self.epoch += 1
         for name, value in logs.items():
             self.history.setdefault(name, []).append(float(value))
@@ -118,14 +174,17 @@ class TrainingState:
         self.optimizer = None
 
     def referenced_files(self) -> set[str]:
+        """The file names inside the folder that this state needs."""
         return {name for name in (self.weights, self.optimizer, self.best_weights) if name}
 
 
 def weights_file(epoch: int) -> str:
+    """File name of the model weights after a 1-based global `epoch` (``epoch-0003.weights.h5``)."""
     return f"epoch-{epoch:04d}.weights.h5"
 
 
 def optimizer_file(epoch: int) -> str:
+    """File name of the optimizer variables after a 1-based global `epoch` (``epoch-0003.optimizer.npz``)."""
     return f"epoch-{epoch:04d}.optimizer.npz"
 
 
@@ -173,7 +232,12 @@ LOCAL_FS = _LocalFilesystem()
 
 
 class CheckpointFolder:
-    """A checkpoint folder on any filesystem with zenml.io.fileio's interface."""
+    """A checkpoint folder on any filesystem with zenml.io.fileio's interface.
+
+    Args:
+        path: the folder (local or, through `fs`, remote such as ``s3://``).
+        fs: the filesystem object (zenml.io.fileio in steps); LOCAL_FS when None.
+    """
 
     def __init__(self, path: str, fs: Any = None):
         self.path = str(path)
@@ -183,7 +247,15 @@ class CheckpointFolder:
         return f"{self.path.rstrip('/')}/{name}"
 
     def load(self, key: str) -> TrainingState | None:
-        """The saved state for this key, or None (no folder, another key, unreadable state)."""
+        """The saved state of a training, if there is a complete one.
+
+        Args:
+            key: checkpoint_key of the training to resume.
+
+        Returns:
+            The state, or None when there is no folder, the state is of another key or
+            unreadable, or a file it refers to is missing.
+        """
         path = self._join(STATE_FILE)
         if not self.fs.exists(path):
             return None
@@ -197,13 +269,26 @@ class CheckpointFolder:
         return state
 
     def fetch(self, name: str, local_folder: str) -> str:
-        """Copy one file of the folder to a local folder; returns the local path."""
+        """Copy one file of the folder to local disk (Keras reads local files only).
+
+        Args:
+            name: the file name inside the checkpoint folder.
+            local_folder: an existing local folder.
+
+        Returns:
+            The local path of the copy.
+        """
         local = os.path.join(local_folder, name)
         self.fs.copy(self._join(name), local, overwrite=True)
         return local
 
     def save(self, state: TrainingState, local_files: dict[str, str]) -> None:
-        """Copy the new files in, commit the state, then drop files no state refers to."""
+        """Copy the new files in, commit the state (``state.json`` last), then drop files no state refers to.
+
+        Args:
+            state: the state after the completed epoch.
+            local_files: {file name in the folder: local path} of the files it newly refers to.
+        """
         self.fs.makedirs(self.path)
         for name, local in local_files.items():
             self.fs.copy(local, self._join(name), overwrite=True)
@@ -221,5 +306,6 @@ class CheckpointFolder:
                     pass
 
     def clear(self) -> None:
+        """Remove the folder (once training has finished)."""
         if self.fs.exists(self.path):
             self.fs.rmtree(self.path)

@@ -7,18 +7,21 @@ slices of it (``model_dump(mode="json")``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.backbones import BACKBONES, get_backbone
-from components.labels import TASK_LABELS
-from components.manifest import DEFAULT_PATIENT_ID_PATTERN, UNKNOWN_VIEW
+from components.backbones import BACKBONES, get_backbone, parse_models_uri, weights_kind
+from components.errors import CxrError
+from components.labels import TASK_LABELS, Task
+from components.sources import SourceConfig  # validated by the options model of its kind
+from components.validation.settings import ValidationConfig  # declared beside its checks
 
 
-class ConfigError(ValueError):
+class ConfigError(CxrError, ValueError):
     """A run config is unreadable or invalid; the message names file, field and reason."""
 
 
@@ -37,30 +40,10 @@ class SyntheticData(_Strict):
     seed: int = 0
 
 
-class SourceConfig(_Strict):
-    """One dataset: its layout (`kind`, an adapter of components.sources), root and options.
-
-    Each option applies to the kinds whose adapter accepts it (see the
-    components.sources docstring); setting one for another kind is an error
-    at ingest.
-    """
-
-    kind: Literal[
-        "folder", "ieee8023", "actualmed", "figure1", "kaggle_pneumonia", "covid_radiography", "covidx", "manifest"
-    ]
-    root: str
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    label_map: dict[str, str | None] | None = None
-    # The adapters' own defaults: build_manifest tells "left at default" from "set" by them.
-    patient_id_pattern: str = DEFAULT_PATIENT_ID_PATTERN  # folder
-    default_view: str = UNKNOWN_VIEW  # folder, kaggle_pneumonia, covid_radiography, covidx, manifest
-    split_files: list[str] | None = None  # covidx (None: those of train.txt, val.txt, test.txt present)
-    image_folders: dict[str, str] | None = None  # covidx: {split file: image folder}
-    manifest_file: str = "manifest.csv"  # manifest (.csv, or .parquet/.pq)
-
-
 class DataConfig(_Strict):
     synthetic: SyntheticData | None = None
+    # Each entry is validated by the options model registered for its kind
+    # (components.sources; `cxr sources` lists the kinds and their options).
     sources: list[SourceConfig] = Field(..., min_length=1)
     # Quick-run knob: keep at most this many usable images (whole patients,
     # per class in proportion); the rest stay in the manifest, marked excluded.
@@ -75,33 +58,6 @@ class DataConfig(_Strict):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"source names must be unique, repeated: {duplicates}")
-        return self
-
-
-class ValidationConfig(_Strict):
-    """Settings of both validations (components.validation.ValidationSettings has the same keys and defaults)."""
-
-    min_width: int = Field(64, ge=1)
-    min_height: int = Field(64, ge=1)
-    allowed_modes: list[str] = ["L", "RGB", "RGBA", "P", "I;16", "I", "LA"]
-    allowed_bit_depths: list[int] = [1, 8, 16]
-    min_images_per_class: int = Field(5, ge=1)
-    min_class_fraction: float = Field(0.1, ge=0, le=1)
-    max_age_group_gap: float = Field(0.5, ge=0, le=1)
-    # pHash bits; 4 chosen on real radiographs (bench/results/validation.md). Above ~8
-    # unrelated radiographs match and the search slows down quadratically.
-    near_duplicate_max_distance: int = Field(4, ge=0, le=16)
-    frontal_only: bool = True
-    min_images_per_split_class: int = Field(1, ge=0)
-    # Per-check override of the default severity: {check_name: "blocking" | "warning"}.
-    severity: dict[str, Literal["blocking", "warning"]] = {}
-    warning_only: list[str] = []  # shorthand for severity: warning
-
-    @model_validator(mode="after")
-    def _known_checks(self) -> ValidationConfig:
-        from components.validation import resolve_severities
-
-        resolve_severities(self.severity, self.warning_only)  # raises listing the valid check names
         return self
 
 
@@ -141,6 +97,16 @@ class AugmentationConfig(_Strict):
     # Per-operation overrides: {"rotate": {"enabled": false}, "gaussian_blur": {"sigma": [0, 1]}}
     operations: dict[str, dict[str, Any]] = {}
 
+    def disabled(self) -> AugmentationConfig:
+        """The same settings with augmentation off: originals only, in memory (the ablation's "without")."""
+        return self.model_copy(update={"preset": "none", "copies_per_image": 0, "mode": "in_memory", "operations": {}})
+
+    def resolved_operations(self) -> dict[str, Any]:
+        """The preset with this config's overrides applied (components.augmentation.resolve_operations)."""
+        from components.augmentation import resolve_operations
+
+        return resolve_operations(self.preset, self.operations)
+
     @model_validator(mode="after")
     def _known_operations(self) -> AugmentationConfig:
         from components.augmentation import resolve_operations
@@ -150,36 +116,35 @@ class AugmentationConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    """One backbone to train (components/backbones.py has the registry).
+    """One backbone to train: a name registered in components.backbones (``cxr backbones`` lists them).
 
-    - ``name``: DenseNet121, EfficientNetB0, InceptionV3, MobileNet, MobileNetV2,
-      ResNet50 or Xception. Each has its own preprocessing built into the model,
-      so every model takes raw 0..255 pixels.
-    - ``image_size``: default the backbone's own (299 for InceptionV3 and
-      Xception, 224 for the others); at least its minimum (75, 71, else 32).
-    - ``alpha``: width multiplier, MobileNet and MobileNetV2 only. ImageNet
-      weights exist for MobileNet alpha 0.25/0.5/0.75/1.0 and MobileNetV2
-      0.35/0.5/0.75/1.0/1.3/1.4.
-    - ``weights``, where the backbone's starting weights come from:
+    Each backbone has its own preprocessing built into the model, so every model
+    takes raw 0..255 pixels. ``weights`` says where its starting weights come from:
 
-      - ``imagenet``: Keras' ImageNet file, read only from the Keras cache
-        ``$KERAS_HOME/models`` (pre-seed it; nothing is downloaded at run time).
-      - ``none``: random initialisation, train from scratch.
-      - a local path: a backbone weights file (``.weights.h5`` / Keras ``.h5``),
-        or a ``.keras`` classifier whose backbone warm-starts this one.
-      - ``s3://bucket/key``: the same, read from S3.
-      - ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a
-        registered MLflow model of the same backbone and image_size; its
-        backbone weights warm-start this one.
+    - ``imagenet``: Keras' ImageNet file, read only from the Keras cache
+      ``$KERAS_HOME/models`` (pre-seed it; nothing is downloaded at run time).
+      Backbones with an alpha have ImageNet weights for some alphas only
+      (``cxr backbones`` lists them).
+    - ``none``: random initialisation, train from scratch.
+    - a local path: a backbone weights file (``.weights.h5`` / Keras ``.h5``),
+      or a ``.keras`` classifier whose backbone warm-starts this one.
+    - ``s3://bucket/key``: the same, read from S3.
+    - ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a
+      registered MLflow model of the same backbone and image_size; its
+      backbone weights warm-start this one.
 
-      Files and models are checked when the backbone is built (on the worker
-      that trains it), not here; only the URI forms are validated here.
+    Files and models are checked when the backbone is built (on the worker
+    that trains it), not here; only the URI forms are validated here.
     """
 
-    name: str
-    image_size: int | None = None  # default: the backbone's own
-    alpha: float = Field(1.0, gt=0, le=1.4)
-    weights: str = Field("imagenet", min_length=1)  # imagenet | none | path | s3://... | models:/...
+    name: str = Field(description="a registered backbone (`cxr backbones`)")
+    image_size: int | None = Field(
+        None, description="input side in pixels; default the backbone's own, at least its minimum"
+    )
+    alpha: float = Field(1.0, gt=0, le=1.4, description="width multiplier, only for backbones that have one")
+    weights: str = Field(
+        "imagenet", min_length=1, description="imagenet | none | a local file | s3://bucket/key | models:/..."
+    )
 
     @field_validator("name")
     @classmethod
@@ -190,8 +155,6 @@ class BackboneConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _weights(cls, weights: str) -> str:
-        from components.backbones import parse_models_uri, weights_kind
-
         kind = weights_kind(weights)
         if kind == "s3":
             bucket, _, key = weights[len("s3://") :].partition("/")
@@ -203,13 +166,15 @@ class BackboneConfig(_Strict):
 
     @model_validator(mode="after")
     def _size(self) -> BackboneConfig:
-        spec = BACKBONES[self.name]
+        spec = get_backbone(self.name)
         if self.image_size is None:
             self.image_size = spec.default_size
         if self.image_size < spec.min_size:
             raise ValueError(f"{self.name} needs image_size >= {spec.min_size}, got {self.image_size}")
         if self.alpha != 1.0 and not spec.has_alpha:
-            raise ValueError(f"{self.name} has no alpha (width multiplier); only MobileNet and MobileNetV2 do")
+            with_alpha = [name for name, other in sorted(BACKBONES.items()) if other.has_alpha]
+            listed = " and ".join([", ".join(with_alpha[:-1]), with_alpha[-1]] if len(with_alpha) > 1 else with_alpha)
+            raise ValueError(f"{self.name} has no alpha (width multiplier); only {listed or 'none'} do")
         return self
 
 
@@ -269,7 +234,7 @@ class RegistryConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = "run"
-    task: Literal["binary", "multiclass"] = "multiclass"
+    task: Task = "multiclass"
     seed: int = 42
     data: DataConfig
     validation: ValidationConfig = ValidationConfig()
@@ -350,14 +315,40 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def merged_yaml_file(paths: list[str | Path], destination: str | Path) -> Path:
-    """Merge YAML files in order (later wins) into `destination`; used for ZenML run-config overlays."""
+TRAIN_STEPS_KEY = "train_steps"
+
+
+def merged_yaml_file(paths: list[str | Path], destination: str | Path, train_step_ids: Sequence[str] = ()) -> Path:
+    """Merge ZenML run-config YAML files in order (later wins) into `destination`.
+
+    Our one extension of ZenML's format: a top-level ``train_steps`` mapping
+    holds the settings of every train step (resources, GPU pod settings) in
+    one place; it is copied under ``steps.<id>`` for each of
+    `train_step_ids`, below anything a file sets for that step id itself,
+    and removed (ZenML rejects unknown keys).
+
+    Args:
+        paths: YAML files, each a mapping at the top level.
+        destination: where the merged YAML is written.
+        train_step_ids: the train step ids of the pipeline about to run.
+
+    Returns:
+        `destination`.
+
+    Raises:
+        ConfigError: a file is not a mapping at the top level.
+    """
     merged: dict[str, Any] = {}
     for path in paths:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must be a mapping at the top level")
         merged = deep_merge(merged, data)
+    train_settings = merged.pop(TRAIN_STEPS_KEY, None) or {}
+    if train_settings:
+        steps = merged.setdefault("steps", {})
+        for step_id in train_step_ids:
+            steps[step_id] = deep_merge(train_settings, steps.get(step_id) or {})
     destination = Path(destination)
     destination.write_text(yaml.safe_dump(merged, sort_keys=False))
     return destination

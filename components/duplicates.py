@@ -1,7 +1,8 @@
 """Exact and near-duplicate images: sha256 groups and pHash pairs within a Hamming distance.
 
 ``near_duplicate_pairs`` is exact (it returns every pair within the distance,
-and only those) and fast on 100,000 hashes. It uses multi-index hashing with
+and only those) and fast on 100,000 hashes. It uses multi-index hashing (Norouzi, Punjani and
+Fleet, "Fast Search in Hamming Space with Multi-Index Hashing", CVPR 2012) with
 the pigeonhole principle: split the 64 bits into ``max_distance + 1`` bands;
 two hashes that differ in at most ``max_distance`` bits agree on at least one
 whole band. So the candidates are the pairs that share a band value (found by
@@ -30,7 +31,18 @@ _CHUNK_PAIRS = 4_000_000
 
 
 def parse_phashes(phashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(positions of the non-empty hashes, their values as uint64); ValueError names a bad hash."""
+    """Parse hex hashes into 64-bit integers, skipping empty ones.
+
+    Args:
+        phashes: hex strings of up to 64 bits (16 hex digits); "", None and NaN are skipped.
+
+    Returns:
+        (positions, values): int64 array of the positions in `phashes` of the non-empty hashes,
+        and uint64 array of their values, both of shape (k,).
+
+    Raises:
+        ValueError: a hash is not hexadecimal or has more than 64 bits; the message names its position.
+    """
     positions: list[int] = []
     values: list[int] = []
     for index, text in enumerate(phashes):
@@ -134,11 +146,18 @@ def _multi_index(values: np.ndarray, bands: list[tuple[int, np.uint64]], max_dis
 
 
 def near_duplicate_pairs(phashes: Sequence[str], max_distance: int) -> list[tuple[int, int, int]]:
-    """Every (i, j, distance) with i < j whose pHashes differ in at most `max_distance` bits.
+    """Find every pair of hashes within a Hamming distance (exact, see the module docstring).
 
-    `phashes` are hex strings of up to 64 bits (16 hex digits); empty strings
-    (and None/NaN) are skipped. Indices refer to positions in `phashes`;
-    pairs come sorted by (i, j).
+    Args:
+        phashes: hex strings of up to 64 bits (16 hex digits); "", None and NaN are skipped.
+        max_distance: the largest Hamming distance in bits (0..64) that makes a pair.
+
+    Returns:
+        Every (i, j, distance) with i < j positions in `phashes` whose hashes differ in at most
+        `max_distance` bits, sorted by (i, j).
+
+    Raises:
+        ValueError: `max_distance` is outside 0..64, or a hash is malformed (see parse_phashes).
     """
     if not 0 <= int(max_distance) <= HASH_BITS:
         raise ValueError(f"max_distance must be between 0 and {HASH_BITS}, got {max_distance}")
@@ -158,7 +177,14 @@ def near_duplicate_pairs(phashes: Sequence[str], max_distance: int) -> list[tupl
 
 
 def exact_duplicate_groups(sha256s: Sequence[str]) -> list[list[int]]:
-    """Groups (two or more positions, ascending) of equal non-empty digests, by first position."""
+    """Group the positions of equal digests (exact duplicate files).
+
+    Args:
+        sha256s: hex digests, compared case-insensitively; "", None and NaN are skipped.
+
+    Returns:
+        The groups of two or more positions (ascending) that share a digest, ordered by their first position.
+    """
     seen: dict[str, list[int]] = {}
     for index, digest in enumerate(sha256s):
         if digest is None or (isinstance(digest, float) and digest != digest):
@@ -170,10 +196,19 @@ def exact_duplicate_groups(sha256s: Sequence[str]) -> list[list[int]]:
 
 
 def duplicate_clusters(n: int, pairs: Sequence[Sequence[int]]) -> np.ndarray:
-    """Cluster id (0..k-1, by first member) of each of `n` items, linking the (i, j, ...) of `pairs`.
+    """Connected components of `n` items linked by pairs (union-find with path halving).
 
     Meant for splitting: images linked by near-duplicate pairs (possibly under
     different patient ids) should land in one split, like one patient's images.
+
+    Args:
+        n: number of items (positions 0..n-1).
+        pairs: (i, j, ...) sequences whose first two entries link items i and j (extra
+            entries, e.g. near_duplicate_pairs' distance, are ignored).
+
+    Returns:
+        int64 array of shape (n,): each item's cluster id, 0..k-1 numbered in order of each
+        cluster's first item.
     """
     parent = list(range(n))
 

@@ -10,8 +10,8 @@ components.labels) and an ``exclusion_detail`` saying what is wrong:
 * EXCLUDE_EMPTY_FILE: zero bytes.
 * EXCLUDE_NOT_DECODABLE: bytes PIL cannot identify as any image format (a text
   file named ``.png``, HTML error pages saved as images...).
-* EXCLUDE_TOO_LARGE: declared width x height above ``PIL.Image.MAX_IMAGE_PIXELS``
-  (set by components.imaging): found from the header alone, never decoded.
+* EXCLUDE_TOO_LARGE: declared width x height above the pixel limit
+  (components.imaging.pixel_limit): found from the header alone, never decoded.
 * EXCLUDE_TRUNCATED: the file ends before its image data does (a cut-off
   download). Every image is fully decoded to find this: PIL's
   ``LOAD_TRUNCATED_IMAGES`` stays False, and a PNG must also reach its IEND chunk.
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from components import imaging  # sets PIL's decompression-bomb limit
+from components import imaging
 from components.labels import (
     EXCLUDE_EMPTY_FILE,
     EXCLUDE_MISSING_FILE,
@@ -144,9 +144,11 @@ def _hash_input(image: Image.Image) -> np.ndarray:
 
 
 def perceptual_hash(image: Image.Image) -> str:
-    """64-bit DCT perceptual hash (pHash) as 16 hex digits.
+    """The 64-bit DCT perceptual hash (pHash) of an image, as 16 hex digits.
 
-    Construction (keep it stable: manifests compare hashes across runs):
+    The DCT hash of pHash (phash.org; Zauner, "Implementation and Benchmarking of
+    Perceptual Image Hash Functions", 2010) in the form of the ImageHash library's
+    ``phash``. Construction (keep it stable: manifests compare hashes across runs):
 
     1. grayscale as the models see it (imaging.to_grayscale_array: luma for
        colour, alpha composited over black, 16-bit min-max rescaled to 0..255);
@@ -162,6 +164,12 @@ def perceptual_hash(image: Image.Image) -> str:
     films differ in about 26 (rarely fewer than 16). describe_image_bytes decodes JPEGs
     with libjpeg's DCT scaling (Image.draft) to go faster, which moves the hash of
     a JPEG by a bit or two against hashing its full decode here.
+
+    Args:
+        image: a loaded PIL image of any mode to_grayscale_array accepts, any size.
+
+    Returns:
+        16 lowercase hex digits (64 bits); compare two with hamming_distance.
     """
     small = _hash_input(image)
     # Rounded so that floating-point noise (~1e-12, which differs between BLAS
@@ -173,7 +181,18 @@ def perceptual_hash(image: Image.Image) -> str:
 
 
 def hamming_distance(first: str, second: str) -> int:
-    """Number of differing bits between two hex hashes."""
+    """Count the bits in which two hashes differ.
+
+    Args:
+        first: a hash as hex digits (perceptual_hash's 16).
+        second: another, of the same length.
+
+    Returns:
+        The Hamming distance, 0..64 for two perceptual hashes.
+
+    Raises:
+        ValueError: a hash is not hexadecimal.
+    """
     return (int(first, 16) ^ int(second, 16)).bit_count()
 
 
@@ -193,8 +212,10 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
-    """((width, height) or None, where the header is cut off or None), walking the
-    marker segments of a JPEG up to its first scan."""
+    """Walk the marker segments of a JPEG up to its first scan.
+
+    Returns ((width, height) or None, where the header is cut off or None).
+    """
     size, index, end = None, 2, len(data)
     while True:
         if index + 2 > end:
@@ -255,13 +276,7 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _too_large(width: int, height: int) -> str | None:
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit:
-        return (
-            f"declared size {width}x{height} = {width * height:,} pixels is above the "
-            f"{limit:,}-pixel limit (possible decompression bomb); not decoded"
-        )
-    return None
+    return imaging.pixel_limit_problem(width, height)
 
 
 def _bit_depth(data: bytes, image_format: str | None, mode: str) -> int:
@@ -362,7 +377,24 @@ def _describe(data: bytes) -> dict[str, Any]:
 
 
 def describe_image_bytes(data: bytes) -> dict[str, Any]:
-    """The manifest's file columns for these bytes; exclusion_reason/detail say why they are unusable."""
+    """The manifest's file columns for one image file's bytes; unusable files are described, not raised.
+
+    Every image is fully decoded (truncation is found only so), except one whose declared
+    size is above the pixel limit (components.imaging.pixel_limit), refused from its header.
+
+    Args:
+        data: the file's bytes (PNG, JPEG or any format PIL reads).
+
+    Returns:
+        A dict with the keys of NO_FILE: ``sha256`` (hex), ``phash`` (perceptual_hash),
+        ``width`` and ``height`` (pixels), ``mode`` (PIL's), ``bit_depth`` (bits per channel),
+        ``exclusion_reason`` ("" or an EXCLUDE_* constant of components.labels) and
+        ``exclusion_detail`` (what is wrong). An unusable file has NO_FILE's values and a reason.
+
+    Raises:
+        RuntimeError: PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is set in this process
+            (truncated files would pass as valid).
+    """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True in this process: truncated images "
@@ -384,9 +416,17 @@ def describe_image_bytes(data: bytes) -> dict[str, Any]:
 
 
 def describe_uri(uri: str) -> dict[str, Any]:
-    """describe_image_bytes of the file at `uri`; EXCLUDE_MISSING_FILE when it does not exist.
+    """Read one file and describe it (module level so that process pools can pickle it).
 
-    Module level so that process pools can pickle it. Other StorageErrors are raised.
+    Args:
+        uri: a local path or ``s3://`` URI.
+
+    Returns:
+        describe_image_bytes of its bytes; EXCLUDE_MISSING_FILE as the reason when it does not exist.
+
+    Raises:
+        StorageError: the file exists but cannot be read (access denied, no such bucket...):
+            the run is misconfigured, not the image bad.
     """
     from components.storage import MissingFileError, read_bytes
 
@@ -429,17 +469,24 @@ def _parallel(uris: list[str], workers: int, executor: str) -> Iterator[dict[str
 def describe_uris(
     uris: Sequence[str], workers: int = 1, progress: bool = False, executor: str = "auto"
 ) -> list[dict[str, Any]]:
-    """describe_uri for each URI, results in input order.
+    """Describe many files (describe_uri each), inline or in parallel.
 
-    workers: 1 reads inline; 0 means one per available core; more runs a pool.
-    executor: "process" (a process pool fed in chunks of up to 64 files: decoding
-    and hashing are CPU-bound), "thread" (a thread pool: S3 reads are
-    network-bound and boto3 clients are made lazily in each process), or "auto":
-    threads when any URI is s3://, processes otherwise.
-    progress: a tqdm bar on stderr.
+    Args:
+        uris: local paths or ``s3://`` URIs.
+        workers: 1 reads inline; 0 means one per available core; more runs a pool of that size.
+        progress: show a tqdm bar on stderr.
+        executor: "process" (a process pool fed in chunks of up to 64 files: decoding and
+            hashing are CPU-bound), "thread" (a thread pool: S3 reads are network-bound and
+            boto3 clients are made lazily in each process), or "auto": threads when any URI
+            is s3://, processes otherwise.
 
-    A StorageError other than a missing file (access denied, no such bucket) is
-    raised and stops the run.
+    Returns:
+        One describe_image_bytes dict per URI, in the order of `uris`.
+
+    Raises:
+        ValueError: `executor` is not one of EXECUTORS.
+        StorageError: a file exists but cannot be read (access denied, no such bucket); it
+            stops the run and the queued work is dropped.
     """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")

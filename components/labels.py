@@ -35,11 +35,15 @@ used by that layout's adapter only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 COVID = "COVID-19"
 NORMAL = "normal"
 PNEUMONIA = "pneumonia"
 NON_COVID = "non-COVID"
+
+# The two tasks of the paper: COVID-19 vs non-COVID, and COVID-19 / normal / pneumonia.
+Task = Literal["binary", "multiclass"]
 
 TASK_LABELS: dict[str, tuple[str, ...]] = {
     # Index order is the model's output order. For the binary task the sigmoid
@@ -153,12 +157,18 @@ LAYOUT_LABEL_MAPS: dict[str, dict[str, dict[str, str | None]]] = {
 }
 
 
-def multiclass_to_binary(label: str) -> str:
-    """The binary task is COVID-19 vs everything else."""
-    return COVID if label == COVID else NON_COVID
-
-
 def labels_for_task(task: str) -> tuple[str, ...]:
+    """The class names of a task, in the model's output order.
+
+    Args:
+        task: "binary" or "multiclass".
+
+    Returns:
+        TASK_LABELS[task].
+
+    Raises:
+        ValueError: an unknown task, naming the valid ones.
+    """
     try:
         return TASK_LABELS[task]
     except KeyError:
@@ -166,18 +176,34 @@ def labels_for_task(task: str) -> tuple[str, ...]:
 
 
 def normalize_finding(finding: object) -> str:
-    """Stripped, whitespace-collapsed, lower-cased text; None/NaN become ""."""
+    """Normalise a metadata finding for lookup in a label map.
+
+    Args:
+        finding: a finding as read from metadata (str, None, NaN, or anything printable).
+
+    Returns:
+        The text stripped, whitespace-collapsed and lower-cased; "" for None and NaN.
+    """
     if finding is None or (isinstance(finding, float) and finding != finding):
         return ""
     return " ".join(str(finding).split()).lower()
 
 
 def label_map_for_task(task: str, overrides: Mapping[str, str | None] | None = None) -> dict[str, str | None]:
-    """The task's default map with `overrides` applied (keys case-insensitive).
+    """The task's default finding-to-label map with a source's overrides applied.
 
-    Override values must be labels of the task (matched case-insensitively,
-    returned in canonical spelling) or None; anything else is a ValueError,
-    so that a typo cannot create a new class.
+    Args:
+        task: "binary" or "multiclass".
+        overrides: {finding: label or None}; keys are findings (normalised like
+            normalize_finding), values labels of the task (matched case-insensitively,
+            returned in canonical spelling) or None (exclude the finding from the task).
+
+    Returns:
+        {normalised finding: label or None}.
+
+    Raises:
+        ValueError: an unknown task, two keys that normalise to the same finding, or a value
+            that is not a label of the task (so that a typo cannot create a new class).
     """
     labels = labels_for_task(task)
     mapping = dict(DEFAULT_LABEL_MAPS[task])
@@ -198,15 +224,36 @@ def label_map_for_task(task: str, overrides: Mapping[str, str | None] | None = N
 
 
 def finding_to_label(finding: str, task: str, label_map: Mapping[str, str | None] | None = None) -> tuple[str, str]:
-    """(label, exclusion_reason) for one finding; exactly one of them is non-empty.
+    """Map one finding to a label of the task, or say why it has none.
 
-    `label_map` holds overrides of the task's default map (see module doc).
+    Args:
+        finding: the finding as read from metadata.
+        task: "binary" or "multiclass".
+        label_map: overrides of the task's default map (see label_map_for_task and the module docstring).
+
+    Returns:
+        (label, exclusion_reason): exactly one of them is non-empty; the reason is
+        EXCLUDE_UNLABELLED, EXCLUDE_UNKNOWN_FINDING or EXCLUDE_OUT_OF_TASK.
+
+    Raises:
+        ValueError: an unknown task or an invalid override (see label_map_for_task).
     """
     return resolve_label(finding, label_map_for_task(task, label_map))
 
 
 def resolve_label(finding: str, mapping: Mapping[str, str | None]) -> tuple[str, str]:
-    """finding_to_label with a ready map (from label_map_for_task), for loops over rows."""
+    """finding_to_label with a ready map, for loops over rows.
+
+    A finding not in the map is looked up by its comma-separated parts (any COVID-19 part
+    makes it COVID-19), then by the most specific part of a "/" hierarchy.
+
+    Args:
+        finding: the finding as read from metadata.
+        mapping: a map from label_map_for_task.
+
+    Returns:
+        (label, exclusion_reason), as finding_to_label.
+    """
     key = normalize_finding(finding)
     if key in UNLABELLED_FINDINGS:
         return "", EXCLUDE_UNLABELLED

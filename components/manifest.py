@@ -2,13 +2,13 @@
 
 (Owned by the ingest work; see MANIFEST_COLUMNS for the contract other code relies on.)
 
-Source adapters (ADAPTERS, one per dataset layout) parse metadata and file
-names into *candidates*; ``build_manifest`` reads every candidate's file once,
-in parallel, from local disk or S3 (components.storage, components.image_info)
-and returns the manifest. Paths named by metadata are untrusted: one that
-escapes its source root is excluded, never opened.
-
-The adapters live in components.sources.
+Source adapters (components.sources, one registered per dataset layout) parse
+metadata and file names into *candidates* (components.candidates);
+``build_manifest`` runs the adapter of each configured source, reads every
+candidate's file once, in parallel, from local disk or S3
+(components.storage, components.image_info) and returns the manifest. Paths
+named by metadata are untrusted: one that escapes its source root is
+excluded, never opened.
 
 When several exclusion reasons apply to a row, the first of
 EXCLUSION_PRECEDENCE is recorded. Rows that are not X-rays or not PNG/JPEG
@@ -21,15 +21,26 @@ marked last, among rows that are otherwise included.
 from __future__ import annotations
 
 import hashlib
-import inspect
-import io
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from components.candidates import (
+    ADULT,
+    IMAGE_EXTENSIONS,
+    LATERAL_VIEWS,
+    PEDIATRIC,
+    UNKNOWN_VIEW,
+    SourceError,
+    age_group_from_age,
+    candidate,
+    is_image_name,
+    read_metadata_csv,
+    read_metadata_text,
+)
 from components.image_info import NO_FILE, describe_uris
 from components.labels import (
     EXCLUDE_DUPLICATE,
@@ -48,36 +59,35 @@ from components.labels import (
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
     finding_to_label,
-    resolve_label,
 )
-from components.storage import (
-    MissingFileError,
-    OutsideRootError,
-    child_uri,
-    is_s3_uri,
-    read_text,
-    root_is_dir,
-)
+from components.sources import SourceOptions, get_source_kind
+from components.storage import is_s3_uri, root_is_dir
 
 __all__ = [
+    "ADULT",
     "EXCLUSION_PRECEDENCE",
     "IMAGE_EXTENSIONS",
+    "LATERAL_VIEWS",
     "MANIFEST_COLUMNS",
-    "build_manifest",
+    "PEDIATRIC",
+    "UNKNOWN_VIEW",
     "SourceError",
+    "age_group_from_age",
+    "build_manifest",
     "candidate",
     "dataset_version",
     "exclusion_summary",
     "finding_to_label",
+    "first_reason",
     "included",
+    "is_image_name",
     "manifest_frame",
+    "mark_duplicate_rows",
     "mark_duplicates",
+    "read_metadata_csv",
+    "read_metadata_text",
+    "source_candidates",
 ]
-
-
-class SourceError(ValueError):
-    """A source's configuration or metadata cannot be used; the message names the source or file."""
-
 
 # Column order of every manifest DataFrame. `exclusion_reason` is "" for rows
 # that are used; excluded rows stay in the manifest with their reason.
@@ -119,75 +129,16 @@ EXCLUSION_PRECEDENCE: tuple[str, ...] = (
     EXCLUDE_DUPLICATE,
 )
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
-UNKNOWN_VIEW = "unknown"
-LATERAL_VIEWS = frozenset({"l", "lateral", "ll", "rl"})
-ADULT, PEDIATRIC = "adult", "pediatric"
-DEFAULT_PATIENT_ID_PATTERN = r"^(?P<patient_id>[^_]+)_"
-IEEE8023_REQUIRED_COLUMNS = ("filename", "patientid", "finding", "view", "modality")
-IEEE8023_DEFAULT_IMAGE_FOLDER = "images"
-
-
-# ---------------------------------------------------------------- candidate rows
-#
-# Adapters only parse their layout's metadata and file names: they return
-# *candidates* (dicts with the keys of `candidate`). build_manifest then reads
-# every candidate's file once, in parallel (components.image_info), and turns
-# candidates into manifest rows.
-
-
-def candidate(
-    root: str,
-    relative: str,
-    finding: str,
-    patient_id: str,
-    mapping: Mapping[str, str | None],
-    view: str = UNKNOWN_VIEW,
-    age_group: str = "",
-    reasons: Iterable[str] = (),
-    read: bool = True,
-) -> dict[str, Any]:
-    """One image named by metadata: `relative` to the source root, label resolved from `finding`.
-
-    `read=False` marks a file that is deliberately not opened (a CT row is "not
-    an X-ray", not "unreadable"). A path escaping the root is never opened.
-    """
-    label, label_reason = resolve_label(finding, mapping)
-    reasons = [*reasons, label_reason]
-    detail = ""
-    relative = str(relative).strip()
-    try:
-        uri = child_uri(root, relative) if relative else ""
-    except OutsideRootError as error:
-        uri, read, detail = f"{str(root).rstrip('/')}/{relative}", False, str(error)
-        reasons.append(EXCLUDE_OUTSIDE_ROOT)
-    if not relative:
-        read, detail = False, "metadata names no file"
-        reasons.append(EXCLUDE_MISSING_FILE)
-    elif not is_image_name(relative):
-        read = False
-        reasons.append(EXCLUDE_NOT_IMAGE)
-    if view.lower() in LATERAL_VIEWS:
-        reasons.append(EXCLUDE_LATERAL)
-    return {
-        "uri": uri,
-        "finding": finding,
-        "label": label,
-        "patient_id": patient_id,
-        "view": view,
-        "age_group": age_group,
-        "reasons": reasons,
-        "detail": detail,
-        "read": read,
-    }
-
-
-def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
 
 def first_reason(reasons: Iterable[str]) -> str:
-    """The applicable reason (non-empty) that comes first in EXCLUSION_PRECEDENCE."""
+    """The reason recorded when several apply: the first of EXCLUSION_PRECEDENCE.
+
+    Args:
+        reasons: Exclusion reasons (components.labels constants); "" entries are ignored.
+
+    Returns:
+        The non-empty reason that comes first in EXCLUSION_PRECEDENCE, or "" when none applies.
+    """
     present = [reason for reason in reasons if reason]
     if not present:
         return ""
@@ -214,7 +165,14 @@ def _row(found: Mapping[str, Any], file_info: Mapping[str, Any] | None, source: 
 
 
 def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """A DataFrame with exactly MANIFEST_COLUMNS and their dtypes (also for zero rows)."""
+    """A manifest DataFrame of rows: exactly MANIFEST_COLUMNS and their dtypes, also for zero rows.
+
+    Args:
+        rows: Dicts keyed by MANIFEST_COLUMNS.
+
+    Returns:
+        width, height and bit_depth as int64, every other column as str.
+    """
     frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     dtypes = {column: "int64" if column in _INT_COLUMNS else "str" for column in MANIFEST_COLUMNS}
     return frame.astype(dtypes)
@@ -228,106 +186,51 @@ def _existing_root(root: str | Path, what: str) -> str:
     return root if is_s3_uri(root) else os.path.abspath(root)
 
 
-def read_metadata_text(uri: str, what: str) -> str:
-    """A metadata file's text; FileNotFoundError naming it when it does not exist.
-
-    UTF-8 (a byte-order mark removed); a file that is not UTF-8 is read as
-    Windows-1252, then Latin-1 (spreadsheet exports: Figure1's metadata.csv).
-    """
-    try:
-        # latin-1 decodes any bytes, so this never fails on encoding.
-        return read_text(uri, fallback_encodings=("cp1252", "latin-1"))
-    except MissingFileError:
-        raise FileNotFoundError(f"{what} metadata {uri} does not exist") from None
-
-
-def read_metadata_csv(uri: str, required: Iterable[str], what: str) -> pd.DataFrame:
-    """A metadata CSV as text columns; a clear error naming the file for a missing file or column.
-
-    Everything is read as text: blank stays "" (not NaN) and "NA" stays "NA".
-    A byte-order mark (spreadsheet exports) is removed; header names are stripped.
-    """
-    text = read_metadata_text(uri, what)
-    try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise SourceError(f"{uri}: not a readable CSV ({error})") from None
-    table.columns = [str(column).strip() for column in table.columns]
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        raise SourceError(f"{uri}: missing required column(s) {missing}; found {list(table.columns)}")
-    return table
-
-
-def age_group_from_age(age: object) -> str:
-    """adult (>= 18), pediatric (< 18) or "" when the age is blank or not a number."""
-    try:
-        years = float(str(age).strip())
-    except ValueError:
-        return ""
-    if years != years or years < 0:
-        return ""
-    return ADULT if years >= 18 else PEDIATRIC
-
-
 # ---------------------------------------------------------------- several sources
 
 
-def _adapters() -> dict[str, Callable[..., list[dict[str, Any]]]]:
-    from components.sources import ADAPTERS  # the adapters import this module's helpers
+def source_candidates(source: SourceOptions, task: str) -> list[dict[str, Any]]:
+    """The candidates of one configured source, by its kind's registered adapter, duplicate rows marked.
 
-    return ADAPTERS
+    Args:
+        source: One validated source config (an options model of components.sources).
+        task: ``binary`` or ``multiclass``.
 
+    Returns:
+        Candidate dicts (components.candidates.candidate), in the adapter's order.
 
-def _adapter_options(adapter: Callable[..., Any]) -> dict[str, Any]:
-    """{option: default} an adapter accepts besides root/task."""
-    parameters = inspect.signature(adapter).parameters
-    return {name: p.default for name, p in parameters.items() if name not in ("root", "task")}
-
-
-def _source_options(spec: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """Options for this kind's adapter. The config schema gives every source
-    every option, so another kind's option is dropped when it holds its
-    default and refused when set (it would be silently ignored)."""
-    adapters = _adapters()
-    accepted = _adapter_options(adapters[kind])
-    others = {
-        name: default
-        for other, adapter in adapters.items()
-        if other != kind
-        for name, default in _adapter_options(adapter).items()
-        if name not in accepted
-    }
-    name = spec.get("name") or kind
-    options = {}
-    for key, value in spec.items():
-        if key in ("kind", "root", "name") or value is None:
-            continue
-        if key in accepted:
-            options[key] = value
-        elif key not in others:
-            raise SourceError(f"source {name!r} ({kind}): unknown option {key!r}; valid: {sorted(accepted)}")
-        elif value != others[key]:
-            raise SourceError(f"source {name!r}: option {key!r} does not apply to kind {kind!r}")
-    return options
-
-
-def source_candidates(spec: Mapping[str, Any], task: str) -> list[dict[str, Any]]:
-    """Candidates of one configured source, duplicate metadata rows marked."""
-    kind = spec.get("kind")
-    adapters = _adapters()
-    if kind not in adapters:
-        raise SourceError(f"unknown source kind {kind!r}; valid kinds: {sorted(adapters)}")
-    name = spec.get("name") or kind
-    if not spec.get("root"):
-        raise SourceError(f"source {name!r} has no root")
-    options = _source_options(spec, kind)
-    root = _existing_root(spec["root"], f"{kind} source {name!r}")
-    return mark_duplicate_rows(adapters[kind](root, task, **options))
+    Raises:
+        SourceError: The kind is not registered, `source` is not its kind's options
+            model, or the adapter cannot parse the layout.
+        FileNotFoundError: The root is not a directory (or an empty S3 prefix).
+    """
+    if not isinstance(source, SourceOptions):
+        raise SourceError(
+            "build_manifest takes validated source configs (components.config.DataConfig.sources; "
+            f"components.sources.parse_sources turns dicts into them), got {type(source).__name__}"
+        )
+    kind = get_source_kind(source.kind)
+    if not isinstance(source, kind.options):
+        raise SourceError(
+            f"source {source.name!r}: a {kind.kind!r} source must be a {kind.options.__name__}, "
+            f"got {type(source).__name__}"
+        )
+    root = _existing_root(source.root, f"{kind.kind} source {source.name!r}")
+    return mark_duplicate_rows(kind.adapter(root, task, source))
 
 
 def mark_duplicate_rows(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A file listed twice by the metadata keeps its first row; later ones are excluded, not dropped."""
+    """Exclude every later candidate that names a file an earlier one already named.
+
+    The first row of a file listed twice by the metadata is kept; later ones are
+    excluded (EXCLUDE_DUPLICATE_ROW) and not read, never dropped.
+
+    Args:
+        candidates: Candidate dicts of one source, changed in place.
+
+    Returns:
+        The same list.
+    """
     seen: dict[str, int] = {}
     for index, found in enumerate(candidates):
         uri = found["uri"]
@@ -343,25 +246,40 @@ def mark_duplicate_rows(candidates: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def build_manifest(
-    sources: list[dict[str, Any]], task: str, deduplicate: bool = True, workers: int = 1, progress: bool = False
+    sources: Sequence[SourceOptions], task: str, deduplicate: bool = True, workers: int = 1, progress: bool = False
 ) -> pd.DataFrame:
-    """Manifest of all sources (dicts from the run config), files read by `workers` in parallel.
+    """The manifest of all sources, every file read once by `workers` in parallel.
 
-    With `deduplicate`, an included image whose bytes equal an earlier
-    included image is excluded (EXCLUDE_DUPLICATE): the same file listed under
-    two patient ids would otherwise defeat patient-grouped splits.
+    With `deduplicate`, an included image whose bytes equal an earlier included
+    image is excluded (EXCLUDE_DUPLICATE): the same file listed under two patient
+    ids would otherwise defeat patient-grouped splits.
+
+    Args:
+        sources: Validated source configs (components.config.DataConfig.sources, or
+            components.sources.parse_sources of dicts); names must be unique.
+        task: ``binary`` or ``multiclass``.
+        deduplicate: Exclude byte-identical repeats of included images.
+        workers: Parallel file reads (processes for local files, threads for S3).
+        progress: Show a progress bar while reading.
+
+    Returns:
+        One row per candidate with exactly MANIFEST_COLUMNS, sources in the given order.
+
+    Raises:
+        SourceError: No source, repeated names, or a source that cannot be parsed.
+        FileNotFoundError: A source root or a metadata file does not exist.
     """
     if not sources:
         raise SourceError("build_manifest needs at least one source")
-    names = [spec.get("name") or spec.get("kind") for spec in sources]
+    names = [getattr(source, "name", "") for source in sources]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise SourceError(f"source names must be unique (they prefix patient ids), repeated: {repeated}")
-    per_source = [(name, source_candidates(spec, task)) for name, spec in zip(names, sources, strict=False)]
+    per_source = [(name, source_candidates(source, task)) for name, source in zip(names, sources, strict=True)]
     # One parallel pass over every file of every source.
     everything = [found for _, found in per_source for found in found]
     to_read = sorted({found["uri"] for found in everything if found["read"]})
-    described = dict(zip(to_read, describe_uris(to_read, workers=workers, progress=progress), strict=False))
+    described = dict(zip(to_read, describe_uris(to_read, workers=workers, progress=progress), strict=True))
     rows = [
         _row(found, described[found["uri"]] if found["read"] else None, name)
         for name, candidates in per_source
@@ -372,7 +290,15 @@ def build_manifest(
 
 
 def mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
-    """Exclude included rows whose sha256 repeats an earlier included row's."""
+    """Exclude included rows whose file bytes repeat an earlier included row's (EXCLUDE_DUPLICATE).
+
+    Args:
+        manifest: A manifest (MANIFEST_COLUMNS); not changed.
+
+    Returns:
+        A copy in which every included row whose sha256 repeats an earlier included
+        row's is excluded, its detail naming the first file.
+    """
     result = manifest.copy()
     usable = (result["exclusion_reason"] == "") & (result["sha256"] != "")
     repeats = result.index[usable][result.loc[usable, "sha256"].duplicated(keep="first").to_numpy()]
@@ -386,12 +312,26 @@ def mark_duplicates(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def included(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The rows that are used (no exclusion reason), re-indexed from 0."""
+    """The rows that are used.
+
+    Args:
+        manifest: A manifest (MANIFEST_COLUMNS).
+
+    Returns:
+        The rows without an exclusion reason, re-indexed from 0.
+    """
     return manifest[manifest["exclusion_reason"] == ""].reset_index(drop=True)
 
 
 def exclusion_summary(manifest: pd.DataFrame) -> dict[str, int]:
-    """{reason: rows} for excluded rows, in precedence order (other reasons last, by name)."""
+    """How many rows each exclusion reason removed.
+
+    Args:
+        manifest: A manifest (MANIFEST_COLUMNS).
+
+    Returns:
+        {reason: rows} for excluded rows, in EXCLUSION_PRECEDENCE order (other reasons last, by name).
+    """
     counts = manifest.loc[manifest["exclusion_reason"] != "", "exclusion_reason"].value_counts()
     order = {reason: index for index, reason in enumerate(EXCLUSION_PRECEDENCE)}
     reasons = sorted(counts.index, key=lambda reason: (order.get(reason, len(order)), reason))
@@ -403,6 +343,12 @@ def dataset_version(manifest: pd.DataFrame) -> str:
 
     Rows are sorted first, so the order adapters list files in does not matter;
     file bytes enter through the sha256 column.
+
+    Args:
+        manifest: A manifest (MANIFEST_COLUMNS).
+
+    Returns:
+        The first 16 hex digits of a SHA-256 over the sorted rows.
     """
     frame = manifest.reindex(columns=MANIFEST_COLUMNS).astype(str).sort_values(MANIFEST_COLUMNS, kind="stable")
     digest = hashlib.sha256()

@@ -1,46 +1,108 @@
 """Classification metrics as in the paper (accuracy, precision, recall, F1), plus
-per-class figures, the confusion matrix and a calibration summary."""
+per-class figures, the confusion matrix and a calibration summary.
+
+The results are pydantic models (`SplitMetrics`, `Evaluation`): they are the
+ZenML artifacts of the evaluate steps and what registration compares.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from components.config import BackboneConfig
+
+# The metrics a run may select and promote on (RegistryConfig.primary_metric).
+SCALAR_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
+
+
+class ClassMetrics(BaseModel):
+    """One class, one-vs-rest at the argmax decision: precision (PPV), recall (sensitivity), F1, support."""
+
+    model_config = ConfigDict(frozen=True)
+
+    precision: float
+    recall: float
+    f1: float
+    support: int  # images of this class in the split
+
+
+class SplitMetrics(BaseModel):
+    """The paper's metrics on one split (argmax decision), per class, confusion matrix, ECE.
+
+    Macro averages are unweighted means over classes. ``confusion_matrix[i][j]``
+    counts images of class i predicted as class j (counts, not rates), in
+    ``class_names`` order. ``ece`` is the expected calibration error of the
+    top-class confidence over 10 equal-width bins.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    accuracy: float
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    ece: float
+    n_images: int
+    per_class: dict[str, ClassMetrics]
+    confusion_matrix: list[list[int]]
+    class_names: list[str]
+
+    def scalar(self, name: str) -> float:
+        """The scalar metric `name` (one of SCALAR_METRICS); KeyError for any other name."""
+        if name not in SCALAR_METRICS:
+            raise KeyError(f"unknown metric {name!r}; valid: {', '.join(SCALAR_METRICS)}")
+        return float(getattr(self, name))
+
+
+class Evaluation(BaseModel):
+    """One trained backbone evaluated on the validation split (model selection) and the test split (report).
+
+    ``test_fingerprint`` identifies the test images (components.registry.split_fingerprint).
+    """
+
+    backbone: BackboneConfig
+    test_fingerprint: str
+    val: SplitMetrics
+    test: SplitMetrics
 
 
 def classification_metrics(
     y_true: np.ndarray, probabilities: np.ndarray, class_names: tuple[str, ...] | list[str]
-) -> dict[str, Any]:
-    """Integer labels + (N, C) probabilities -> a JSON-serialisable metrics dict.
+) -> SplitMetrics:
+    """The metrics of one split from integer labels and class probabilities.
 
-    Top-level floats (accuracy, *_macro, ece) are what gets logged and compared;
-    `per_class` and `confusion_matrix` are for reports.
+    Args:
+        y_true: (N,) int class indices into `class_names`.
+        probabilities: (N, C) float probabilities, one column per class; the
+            decision is the argmax.
+        class_names: the C class names in model output order.
+
+    Returns:
+        SplitMetrics.
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
     y_pred = probabilities.argmax(axis=1)
     labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
-        "ece": expected_calibration_error(y_true, probabilities),
-        "n_images": int(len(y_true)),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
+    return SplitMetrics(
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        precision_macro=float(precision.mean()),
+        recall_macro=float(recall.mean()),
+        f1_macro=float(f1.mean()),
+        ece=expected_calibration_error(y_true, probabilities),
+        n_images=int(len(y_true)),
+        per_class={
+            name: ClassMetrics(
+                precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]), support=int(support[i])
+            )
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "class_names": list(class_names),
-    }
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        class_names=list(class_names),
+    )
 
 
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> float:
@@ -58,17 +120,22 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, n_
     return float(error)
 
 
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The scalar metrics, with per-class F1/precision/recall, flattened for MLflow."""
-    flat = {
-        f"{prefix}{key}": float(value)
-        for key, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-    for name, values in metrics.get("per_class", {}).items():
+def flat_metrics(metrics: SplitMetrics, prefix: str = "") -> dict[str, float]:
+    """The scalar metrics, with per-class F1/precision/recall, flattened for MLflow.
+
+    Args:
+        metrics: one split's metrics.
+        prefix: prepended to every key (``"test_"``).
+
+    Returns:
+        {"<prefix>accuracy": ..., "<prefix>f1_<class>": ...}; spaces in class names become ``_``.
+    """
+    flat = {f"{prefix}{key}": metrics.scalar(key) for key in SCALAR_METRICS}
+    flat[f"{prefix}n_images"] = float(metrics.n_images)
+    for name, values in metrics.per_class.items():
         safe = name.replace(" ", "_")
         for key in ("precision", "recall", "f1"):
-            flat[f"{prefix}{key}_{safe}"] = float(values[key])
+            flat[f"{prefix}{key}_{safe}"] = float(getattr(values, key))
     return flat
 
 
@@ -94,11 +161,17 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], tit
     return figure
 
 
-def best_candidate(evaluations: list[dict[str, Any]], metric: str, split: str = "val") -> int:
-    """Index of the evaluation with the highest `metric` on `split` (first wins a tie).
+def best_candidate(evaluations: list[Evaluation], metric: str) -> int:
+    """Index of the evaluation with the highest `metric` on the validation split (first wins a tie).
 
     Backbones are chosen on the validation split so the test split stays an
     unbiased report of the chosen model.
+
+    Raises:
+        ValueError: `evaluations` is empty.
+        KeyError: `metric` is not one of SCALAR_METRICS.
     """
-    scores = [evaluation[split][metric] for evaluation in evaluations]
+    if not evaluations:
+        raise ValueError("no evaluations to choose from")
+    scores = [evaluation.val.scalar(metric) for evaluation in evaluations]
     return max(range(len(scores)), key=lambda index: scores[index])

@@ -26,15 +26,36 @@ SHUFFLE_BUFFER = 4096
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
+    """The random seed of one epoch's order and draws, from the run's seed.
+
+    A fixed mix with two primes (7,919 and 104,729, the 1,000th and 10,000th) modulo
+    the Mersenne prime 2^31 - 1, so nearby (seed, epoch) pairs give unrelated seeds.
+
+    Args:
+        seed: the run's seed.
+        epoch: 0-based epoch number (a resumed run continues it).
+
+    Returns:
+        A seed in 0..2^31 - 2, accepted by numpy and imgaug.
+    """
     return (seed * 7_919 + epoch * 104_729) % (2**31 - 1)
 
 
 @dataclass
 class OnTheFlyData:
-    """A training.TrainingData whose every epoch is augmented afresh by `workers` processes."""
+    """A training.TrainingData whose every epoch is augmented afresh by `workers` processes.
+
+    Attributes:
+        images: uint8 (N, S, S) grayscale originals at the training size S.
+        labels: int (N,) class indices into the task's class names.
+        operations: resolved augmentation operations (augmentation.resolve_operations).
+        copies_per_image: augmented copies of each original per epoch (the original is kept too).
+        seed: the run's seed; each epoch draws from epoch_seed(seed, epoch).
+        workers: augmenting processes (1: inline).
+    """
 
     images: np.ndarray  # uint8 (N, S, S) originals at the training size
-    labels: np.ndarray
+    labels: np.ndarray  # int (N,)
     operations: dict[str, Any]
     copies_per_image: int
     seed: int
@@ -42,19 +63,37 @@ class OnTheFlyData:
 
     @property
     def count(self) -> int:
+        """Images per epoch: each original once plus its augmented copies."""
         return len(self.images) * (1 + self.copies_per_image)
 
     def label_counts(self, num_classes: int) -> np.ndarray:
+        """Images per class in one epoch.
+
+        Args:
+            num_classes: length of the result (classes without images count 0).
+
+        Returns:
+            int64 array of shape (num_classes,).
+        """
         return np.bincount(self.labels, minlength=num_classes) * (1 + self.copies_per_image)
 
     def digest(self) -> str:
+        """A hash of the originals, labels and augmentation recipe (checkpoints.array_digest), for checkpoint keys."""
         from components.checkpoints import array_digest
 
         recipe = json.dumps([self.operations, self.copies_per_image, self.seed], sort_keys=True)
         return array_digest(self.images, self.labels, np.frombuffer(recipe.encode(), np.uint8))
 
     def epoch_chunks(self, epoch: int):
-        """(images, labels) chunks of one epoch, originals in an epoch-specific order."""
+        """Augment one epoch in worker processes, chunk by chunk (shards.augmented_chunks).
+
+        Args:
+            epoch: 0-based epoch number; it sets the order of the originals and the draws.
+
+        Returns:
+            An iterator of (images, labels) pairs: uint8 (n, S, S) and int (n,), a chunk's
+            originals, then their copies; `count` images in all.
+        """
         order = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(len(self.images))
         return augmented_chunks(
             self.images[order],
@@ -66,9 +105,17 @@ class OnTheFlyData:
         )
 
     def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0):
-        """tf.data that runs one epoch of epoch_chunks per iteration (Keras iterates once per epoch).
+        """A tf.data pipeline that runs one epoch of epoch_chunks per iteration (Keras iterates once per epoch).
 
-        `first_epoch`: a resumed run continues the epoch numbering, and so the draws.
+        Args:
+            batch_size: images per batch.
+            shuffle_seed: seed of a shuffle buffer (up to SHUFFLE_BUFFER images) that mixes each
+                chunk's originals and copies; None keeps the chunks' order.
+            first_epoch: the first iteration's epoch number: a resumed run continues the
+                numbering, and so the draws.
+
+        Returns:
+            A tf.data.Dataset of (float32 (B, S, S, 3) raw pixels 0..255, int64 (B,) labels) batches.
         """
         import tensorflow as tf
 

@@ -23,13 +23,15 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from pydantic import BaseModel
+
+from components.metrics import SplitMetrics
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -38,6 +40,39 @@ TAG_METRIC_VALUE = "primary_metric_value"
 TAG_FINGERPRINT = "test_split_fingerprint"
 TAG_REASON = "promotion_reason"
 TAG_SPLIT_MISMATCH = "split_mismatch"
+
+
+class Registration(BaseModel):
+    """A model version registered by a training run (the ZenML artifact `registration`).
+
+    ``candidates`` maps each trained backbone to its validation value of the
+    primary metric, the basis of the choice.
+    """
+
+    model_name: str
+    version: str
+    model_uri: str
+    backbone: str
+    test_metrics: SplitMetrics
+    val_metrics: SplitMetrics
+    test_fingerprint: str
+    mlflow_run_id: str
+    candidates: dict[str, float]
+
+
+class Promotion(BaseModel):
+    """Which alias a registered version got and why (the ZenML artifact `promotion`).
+
+    ``metric`` is the candidate's primary metric as read from its version tags
+    (None when missing).
+    """
+
+    model_name: str
+    version: str
+    alias: str  # CHAMPION or CHALLENGER
+    promoted: bool
+    reason: str
+    metric: float | None
 
 
 def split_fingerprint(keys: Iterable[str]) -> str:
@@ -122,23 +157,6 @@ def register_version(
     )
 
 
-def tag_version(
-    client: MlflowClient,
-    model_name: str,
-    version: str | int,
-    metric_key: str,
-    metric_value: float,
-    test_fingerprint: str,
-) -> None:
-    """Add the metric and fingerprint tags to a version registered elsewhere (e.g. by log_model)."""
-    for key, value in (
-        (TAG_METRIC_KEY, metric_key),
-        (TAG_METRIC_VALUE, repr(float(metric_value))),
-        (TAG_FINGERPRINT, test_fingerprint),
-    ):
-        client.set_model_version_tag(model_name, str(version), key, value)
-
-
 def promote_version(
     client: MlflowClient,
     model_name: str,
@@ -146,8 +164,23 @@ def promote_version(
     metric_key: str,
     min_improvement: float = 0.0,
     min_metric: float | None = None,
-) -> dict[str, Any]:
-    """Compare a registered, tagged version with the champion and set its alias and reason."""
+) -> Promotion:
+    """Compare a registered, tagged version with the champion and set its alias and reason.
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: registered model name.
+        version: the candidate version (registered by register_version, so tagged with its metric).
+        metric_key: the primary metric (higher is better).
+        min_improvement: the candidate must beat the champion by more than this.
+        min_metric: optional floor below which nothing is promoted.
+
+    Returns:
+        The Promotion; the alias and the version tag `promotion_reason` are set in the registry.
+
+    Raises:
+        mlflow.exceptions.MlflowException: the model or version does not exist.
+    """
     version = str(version)
     candidate = client.get_model_version(model_name, version)
     candidate_value = version_metric(client, candidate, metric_key)
@@ -179,30 +212,9 @@ def promote_version(
     client.set_model_version_tag(model_name, version, TAG_REASON, reason)
     if mismatch:
         client.set_model_version_tag(model_name, version, TAG_SPLIT_MISMATCH, "true")
-    return {
-        "model_name": model_name,
-        "version": version,
-        "alias": alias,
-        "promoted": promote,
-        "reason": reason,
-        "metric": candidate_value,
-    }
-
-
-def register_and_promote(
-    model_uri: str,
-    model_name: str,
-    metric_key: str,
-    metric_value: float,
-    test_fingerprint: str,
-    min_improvement: float = 0.0,
-    min_metric: float | None = None,
-    client: MlflowClient | None = None,
-) -> dict[str, Any]:
-    """Register a logged model, then give it `champion` or `challenger`; returns a summary dict."""
-    client = client or MlflowClient()
-    registered = register_version(model_uri, model_name, metric_key, metric_value, test_fingerprint)
-    return promote_version(client, model_name, registered.version, metric_key, min_improvement, min_metric)
+    return Promotion(
+        model_name=model_name, version=version, alias=alias, promoted=promote, reason=reason, metric=candidate_value
+    )
 
 
 def _is_not_found(error: MlflowException) -> bool:

@@ -29,8 +29,9 @@ One client per process: clients are thread-safe and hold the connection pool,
 so all threads share one; a forked child builds its own (the cache is keyed on
 the process id). Call ``reset_client()`` after changing the AWS environment.
 
-Every failure is a components.storage.StorageError naming the URI and what
-to do; a missing object is a MissingFileError.
+Every failure is a components.errors.StorageError naming the URI and what
+to do; a missing object is a MissingFileError. The S3 URI helpers
+(``is_s3_uri``, ``parse_s3_uri``) live here; components.storage re-exports them.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from components.storage import MissingFileError, StorageError, parse_s3_uri
+from components.errors import MissingFileError, StorageError
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -54,7 +55,9 @@ __all__ = [
     "S3ConnectionError",
     "S3CredentialsError",
     "client",
+    "is_s3_uri",
     "list_keys",
+    "parse_s3_uri",
     "prefix_has_objects",
     "read_object",
     "relative_key",
@@ -108,10 +111,40 @@ class S3ConfigError(StorageError):
     """The AWS configuration cannot give an S3 client (e.g. an endpoint URL without http://)."""
 
 
+# ---------------------------------------------------------------- URIs
+
+
+def is_s3_uri(uri: str) -> bool:
+    """Whether `uri` (a str or path) names S3: it starts with ``s3://``."""
+    return str(uri).startswith("s3://")
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into its bucket and key.
+
+    Args:
+        uri: ``s3://bucket``, ``s3://bucket/`` or ``s3://bucket/a/b.png``.
+
+    Returns:
+        (bucket, key); the key is "" for the whole bucket.
+
+    Raises:
+        StorageError: `uri` is not an S3 URI, or names no valid bucket (``s3://``, ``s3:///key``).
+    """
+    uri = str(uri)
+    if not is_s3_uri(uri):
+        raise StorageError(f"{uri!r} is not an S3 URI; expected s3://bucket/prefix")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or any(character.isspace() for character in bucket):
+        raise StorageError(f"malformed S3 URI {uri!r}: it names no valid bucket; expected s3://bucket/prefix")
+    return bucket, key
+
+
 # ---------------------------------------------------------------- the client
 
 _lock = threading.Lock()
 _cached: tuple[int, Any] | None = None  # (pid, client)
+_fork_hook_registered = False
 
 
 def _reinit_after_fork() -> None:
@@ -121,13 +154,20 @@ def _reinit_after_fork() -> None:
     _cached = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_after_fork)
+def _register_fork_hook() -> None:
+    """Once per process, on first use (not at import): a forked child starts with a fresh lock and no client."""
+    global _fork_hook_registered
+    if _fork_hook_registered:
+        return
+    _fork_hook_registered = True  # two threads may both get here: the hook is idempotent
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def reset_client() -> None:
-    """Forget the cached client; the next call builds one from the current AWS environment."""
+    """Forget this process's cached client: the next call builds one from the current AWS environment."""
     global _cached
+    _register_fork_hook()
     with _lock:
         _cached = None
 
@@ -166,9 +206,20 @@ def _new_client() -> Any:
 
 
 def client() -> Any:
-    """This process's boto3 S3 client (built on first use, rebuilt in a forked child)."""
+    """This process's boto3 S3 client, shared by its threads.
+
+    Built on first use from the AWS environment (see the module docstring), rebuilt in a forked child.
+
+    Returns:
+        A ``botocore`` S3 client with standard-mode retries, the timeouts above and path-style
+        addressing when the endpoint is not AWS's.
+
+    Raises:
+        S3ConfigError: the AWS configuration gives no client (e.g. an endpoint URL without ``http://``).
+    """
     global _cached
     pid = os.getpid()
+    _register_fork_hook()
     cached = _cached
     if cached is not None and cached[0] == pid:
         return cached[1]
@@ -261,8 +312,16 @@ def _prefix(key: str) -> str:
 
 
 def relative_key(prefix: str, key: str) -> str | None:
-    """`key` relative to the listing `prefix` ("" or "a/b/"), or None for a directory marker
-    ("a/b/", "a/b/c/": zero-byte keys that consoles create for folders) or the prefix itself."""
+    """An object key relative to a listing prefix, or None for a folder marker.
+
+    Args:
+        prefix: the listing prefix, "" or ending in "/" ("a/b/").
+        key: a key returned by the listing ("a/b/c.png").
+
+    Returns:
+        `key` without `prefix` ("c.png"), or None for a directory marker ("a/b/", "a/b/c/":
+        zero-byte keys that consoles create for folders) or the prefix itself.
+    """
     relative = key[len(prefix) :] if key.startswith(prefix) else key
     relative = relative.lstrip("/")
     if not relative or relative.endswith("/"):
@@ -292,23 +351,59 @@ def _iterate_keys(root_uri: str, page_size: int):
 
 
 def list_keys(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> list[str]:
-    """Keys below ``s3://bucket/prefix`` relative to the prefix ("images/a.png"), in listing order.
+    """Every object key below an S3 prefix, relative to it.
 
-    Follows every page of ListObjectsV2 (`page_size` keys per request; tests
-    use small pages). Directory markers (keys ending in "/") are skipped.
+    Follows every page of ListObjectsV2. Directory markers (keys ending in "/") are skipped.
+
+    Args:
+        root_uri: ``s3://bucket`` or ``s3://bucket/prefix`` ("prefix" lists "prefix/...", never "prefix2/...").
+        page_size: keys per ListObjectsV2 request (at most 1000; tests use small pages).
+
+    Returns:
+        Keys relative to the prefix ("images/a.png"), in listing (lexicographic) order.
+
+    Raises:
+        StorageError: a malformed URI, or the bucket is missing (S3BucketNotFoundError), access is
+            denied (S3AccessDeniedError), credentials are missing (S3CredentialsError) or the
+            endpoint does not answer after retries (S3ConnectionError).
     """
     return list(_iterate_keys(root_uri, page_size))
 
 
 def prefix_has_objects(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> bool:
-    """True when at least one object (not a mere directory marker) lies below the prefix."""
+    """Whether at least one object (not a mere directory marker) lies below an S3 prefix.
+
+    Args:
+        root_uri: ``s3://bucket`` or ``s3://bucket/prefix``.
+        page_size: keys per ListObjectsV2 request; listing stops at the first object found.
+
+    Returns:
+        True when the prefix holds an object.
+
+    Raises:
+        StorageError: as for list_keys.
+    """
     for _ in _iterate_keys(root_uri, page_size):
         return True
     return False
 
 
 def read_object(uri: str) -> bytes:
-    """The object's bytes; MissingFileError when the key does not exist, StorageError otherwise."""
+    """Read a whole S3 object; a body that breaks off is fetched again, within the retry budget.
+
+    The budget is the client's total attempts (MAX_ATTEMPTS unless AWS_MAX_ATTEMPTS says otherwise).
+
+    Args:
+        uri: ``s3://bucket/key``.
+
+    Returns:
+        The object's bytes.
+
+    Raises:
+        MissingFileError: the key does not exist, or the URI names a bucket or folder.
+        StorageError: any other failure, as for list_keys; S3ConnectionError when the body
+            broke off on every attempt.
+    """
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,

@@ -30,13 +30,12 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
-from components.backbones import probabilities
+from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT: the Keras model's artifact name
 from components.imaging import decode_image_bytes, encode_png, to_model_input
 from components.labels import labels_for_task
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
-KERAS_ARTIFACT = "keras_model"
 CONTRACT_ARTIFACT = "contract"
 PREDICT_BATCH_SIZE = 32
 # Bad rows listed in one error message; more are counted, not listed.

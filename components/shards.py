@@ -42,6 +42,15 @@ def _augment_chunk(task: tuple[np.ndarray, np.ndarray, dict[str, Any], int, int]
 
 
 def chunk_seed(seed: int, chunk_index: int) -> int:
+    """The random seed of one chunk's augmentation: depends on (seed, chunk index) only, never on workers.
+
+    Args:
+        seed: the expansion's seed.
+        chunk_index: 0-based index of the chunk of CHUNK_SIZE originals.
+
+    Returns:
+        A seed in 0..2^31 - 2 (seed times the prime 1,000,003, plus the index, modulo 2^31 - 1).
+    """
     return (seed * 1_000_003 + chunk_index) % (2**31 - 1)
 
 
@@ -54,10 +63,23 @@ def augmented_chunks(
     workers: int = 1,
     include_originals: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) chunks in a fixed order: each chunk's originals, then their copies.
+    """Augment a training set chunk by chunk, in worker processes, in a fixed order.
 
     At most 2 x workers chunks are in flight, so memory does not grow with the
     number of copies.
+
+    Args:
+        images: uint8 (N, H, W) grayscale originals.
+        labels: int (N,) class indices.
+        operations: resolved augmentation operations (augmentation.resolve_operations).
+        copies_per_image: augmented copies of each original.
+        seed: the expansion's seed (chunk i draws from chunk_seed(seed, i)).
+        workers: augmenting processes; 1 augments inline.
+        include_originals: also yield each chunk's originals before its copies.
+
+    Yields:
+        (images, labels) pairs, uint8 (n, H, W) and int (n,): for each chunk of CHUNK_SIZE
+        originals, the originals (if included), then their copies_per_image copies each.
     """
     tasks = (
         (
@@ -117,11 +139,27 @@ def write_shards(
     workers: int = 1,
     include_originals: bool = True,
 ) -> dict[str, Any]:
-    """Write originals + `copies_per_image` augmented copies each into TFRecord shards in `out_dir`.
+    """Write an offline expansion (originals and their augmented copies) into TFRecord shards.
 
-    Returns (and writes as shards.json) the index: shard file names, image count,
-    image shape, per-label counts, and a digest of every record in order (the
-    shard set's identity for caching and checkpoint keys).
+    Args:
+        images: uint8 (N, H, W) grayscale originals.
+        labels: int (N,) class indices.
+        operations: resolved augmentation operations (augmentation.resolve_operations).
+        copies_per_image: augmented copies of each original.
+        seed: the expansion's seed; the shards are identical for any number of workers.
+        out_dir: local folder for ``shard-NNNNN.tfrecord`` files and the index (created if missing).
+        images_per_shard: records per shard file.
+        workers: augmenting processes; 1 augments inline.
+        include_originals: also write the originals.
+
+    Returns:
+        The index, also written as ``shards.json``: ``shards`` (file names), ``images`` (record
+        count), ``image_shape`` ([H, W]), ``label_counts`` ({class index as str: count}),
+        ``copies_per_image``, ``seed`` and ``digest`` (16 hex digits of a sha256 over every
+        record in order: the shard set's identity for caching and checkpoint keys).
+
+    Raises:
+        ValueError: `images` is not a uint8 (N, H, W) array.
     """
     import tensorflow as tf
 
@@ -166,12 +204,31 @@ def write_shards(
 
 
 def read_index(folder: str | Path) -> dict[str, Any]:
+    """Read the index (``shards.json``) of a shard folder, as write_shards returned it.
+
+    Args:
+        folder: a local shard folder.
+
+    Returns:
+        The index dict.
+
+    Raises:
+        FileNotFoundError: the folder has no index.
+    """
     return json.loads((Path(folder) / INDEX_FILE).read_text())
 
 
 def read_records(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every image and label of a shard folder, in memory, in stored order (inspection, tests,
-    benchmarks; training reads shards through shard_dataset)."""
+    """Read every record of a shard folder into memory, in stored order.
+
+    For inspection, tests and benchmarks; training reads shards through shard_dataset.
+
+    Args:
+        folder: a local shard folder.
+
+    Returns:
+        (images, labels): uint8 (N, H, W) at the stored size, int64 (N,).
+    """
     import tensorflow as tf
 
     folder = Path(folder)
@@ -189,9 +246,13 @@ def read_records(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
 class ShardSet:
     """A folder of shards on local disk and its index; a training.TrainingData.
 
-    `size` is the side the images are resized to when read (a backbone's input
-    size); None keeps the stored size. `scratch`: the folder is the writing
-    step's scratch space, which the materializer may move from and remove.
+    Attributes:
+        folder: the local shard folder.
+        index: its index (write_shards).
+        size: the side images are resized to when read (a backbone's input size, pixels);
+            None keeps the stored size.
+        scratch: the folder is the writing step's scratch space, which the materializer
+            may move from and remove.
     """
 
     folder: str
@@ -201,25 +262,31 @@ class ShardSet:
 
     @classmethod
     def open(cls, folder: str | Path) -> ShardSet:
+        """The shard set of a folder written by write_shards, at its stored size."""
         return cls(str(folder), read_index(folder))
 
     def at_size(self, size: int) -> ShardSet:
+        """The same shards, read resized to `size` x `size` pixels."""
         return replace(self, size=size)
 
     @property
     def count(self) -> int:
+        """Images per epoch: every record."""
         return int(self.index["images"])
 
     def label_counts(self, num_classes: int) -> np.ndarray:
+        """Records per class, as int64 (num_classes,), from the index."""
         counts = np.zeros(num_classes, dtype=np.int64)
         for label, count in self.index["label_counts"].items():
             counts[int(label)] = count
         return counts
 
     def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0):
+        """shard_dataset over this folder at `size` (first_epoch is unused: the records are fixed)."""
         return shard_dataset(self.folder, self.size or self.index["image_shape"][0], batch_size, shuffle_seed)
 
     def digest(self) -> str:
+        """The index's digest of every record: the shard set's identity."""
         return self.index["digest"]
 
 
@@ -230,10 +297,21 @@ def shard_dataset(
     shuffle_seed: int | None = None,
     shuffle_buffer: int = 4096,
 ):
-    """tf.data over a shard folder: parse, resize to `size`, gray -> 3-channel float32 raw pixels, batch.
+    """A tf.data pipeline over a shard folder: parse, resize, repeat gray to 3 channels, batch.
 
     Shards are read interleaved in parallel and, with `shuffle_seed`, shuffled
     (shard order and a bounded record buffer, reshuffled each epoch).
+
+    Args:
+        folder: a local shard folder.
+        size: side of the model input in pixels (bilinear resize).
+        batch_size: images per batch.
+        shuffle_seed: seed of the shuffles; None reads in stored order, deterministically.
+        shuffle_buffer: records in the shuffle buffer.
+
+    Returns:
+        A tf.data.Dataset of (float32 (B, size, size, 3) raw pixels 0..255, int64 (B,) labels)
+        batches, of known cardinality.
     """
     import tensorflow as tf
 

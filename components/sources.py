@@ -1,15 +1,33 @@
-"""Source adapters: one per dataset layout, each returning manifest candidates.
+"""Source adapters and their registry: one adapter per dataset layout, each returning manifest candidates.
 
-An adapter is ``adapter(root, task, **options) -> list[candidate]`` (see
-components.manifest.candidate). `root` is an absolute local path or an
-``s3://`` URI; adapters list and read only through components.storage and
-name files relative to `root`. Each adapter's keyword options, with their
-defaults, are what a source of that kind accepts in the run config
-(components.config.SourceConfig lists every option with the same default).
-Every adapter accepts ``label_map`` (overrides of the task's finding -> label
-map, components.labels). Nothing found is dropped silently: a file or
-metadata row the adapter cannot use becomes an excluded row with its reason,
-and a layout that cannot be parsed at all is an error naming the file.
+A layout is one adapter plus one pydantic options model, registered together
+under its `kind` (in the manner of timm's ``@register_model``)::
+
+    class TinyOptions(SourceOptions):
+        '''What the run config may set for a ``tiny`` source.'''
+
+        kind: Literal["tiny"] = "tiny"
+        suffix: str = Field(".png", description="image file suffix")
+
+    @register_source("tiny", options=TinyOptions)
+    def tiny_candidates(root: str, task: str, options: TinyOptions) -> list[dict[str, Any]]:
+        '''Candidates of a tiny layout (first line: its summary in `cxr sources`).'''
+
+Nothing else changes: the run config's ``data.sources`` entries are validated
+by the model registered for their `kind` (``SourceConfig``, used by
+components.config.DataConfig), ``build_manifest`` (components.manifest) runs
+the registered adapter, and ``cxr sources`` lists every kind with its options,
+their types, defaults and descriptions. Every options model derives from
+``SourceOptions`` (kind, root, name, label_map) and forbids unknown keys.
+
+An adapter is ``adapter(root, task, options) -> list[candidate]`` (see
+components.candidates.candidate). `root` is the source's root made absolute
+(a local path) or an ``s3://`` URI; adapters list and read only through
+components.storage and name files relative to `root`. ``options.label_map``
+overrides the task's finding -> label map (components.labels). Nothing found
+is dropped silently: a file or metadata row the adapter cannot use becomes an
+excluded row with its reason, and a layout that cannot be parsed at all is an
+error naming the file.
 
 Patient ids are the grouping key of the patient-level splits. build_manifest
 prefixes them with the source name, so ids of two sources never merge; the
@@ -96,26 +114,22 @@ same person appearing in two public datasets cannot be detected from ids.
 from __future__ import annotations
 
 import io
+import operator
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache, reduce
 from pathlib import PurePosixPath
-from typing import Any
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError, field_validator
+from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
-from components.labels import (
-    EXCLUDE_NOT_XRAY,
-    EXCLUDE_OUTSIDE_ROOT,
-    LAYOUT_LABEL_MAPS,
-    label_map_for_task,
-    normalize_finding,
-)
-from components.manifest import (
+from components.candidates import (
     ADULT,
-    DEFAULT_PATIENT_ID_PATTERN,
-    IEEE8023_DEFAULT_IMAGE_FOLDER,
-    IEEE8023_REQUIRED_COLUMNS,
     PEDIATRIC,
     UNKNOWN_VIEW,
     SourceError,
@@ -125,7 +139,332 @@ from components.manifest import (
     read_metadata_csv,
     read_metadata_text,
 )
+from components.labels import (
+    EXCLUDE_NOT_XRAY,
+    EXCLUDE_OUTSIDE_ROOT,
+    LAYOUT_LABEL_MAPS,
+    label_map_for_task,
+    normalize_finding,
+)
 from components.storage import MissingFileError, OutsideRootError, child_uri, is_s3_uri, list_files, read_bytes
+
+__all__ = [
+    "SourceConfig",
+    "SourceKind",
+    "SourceOptions",
+    "get_source_kind",
+    "parse_source",
+    "parse_sources",
+    "register_source",
+    "source_kinds",
+    "unregister_source",
+]
+
+# ---------------------------------------------------------------- the registry
+
+
+class SourceOptions(BaseModel):
+    """What every source of the run config has; each kind's options model adds its own options.
+
+    A kind's model derives from this one and pins ``kind`` to a ``Literal`` of its
+    name; unknown keys are refused (a typo, or another kind's option).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="the dataset layout: one of the kinds `cxr sources` lists")
+    root: str = Field(
+        min_length=1,
+        description="the dataset folder: a local path (relative to the working directory) or s3://bucket/prefix",
+    )
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the source's name in this run, unique; prefixes its patient ids and names it in reports",
+    )
+    label_map: dict[str, str | None] | None = Field(
+        None,
+        description="overrides of the task's finding -> label map: {finding: label, or null to exclude it}",
+    )
+
+
+Options = TypeVar("Options", bound=SourceOptions)
+Adapter = Callable[[str, str, Any], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One option of a source kind, as `cxr sources` shows it."""
+
+    name: str
+    type: str
+    default: str  # "required" when there is none
+    description: str
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """A registered layout: its kind, its adapter and its options model."""
+
+    kind: str
+    adapter: Adapter
+    options: type[SourceOptions]
+
+    @property
+    def summary(self) -> str:
+        """The first line of the adapter's docstring (else of the options model's)."""
+        for documented in (self.adapter, self.options):
+            lines = (documented.__doc__ or "").strip().splitlines()
+            if lines:
+                return lines[0].strip()
+        return ""
+
+    def own_options(self) -> list[OptionInfo]:
+        """The options this kind adds to those of every source (SourceOptions), in declaration order."""
+        return [info for info in option_infos(self.options) if info.name not in SourceOptions.model_fields]
+
+
+_SOURCES: dict[str, SourceKind] = {}
+
+
+def _pinned_kind(options: type[SourceOptions]) -> tuple[Any, ...]:
+    annotation = options.model_fields["kind"].annotation
+    return get_args(annotation) if get_origin(annotation) is Literal else ()
+
+
+def register_source(kind: str, *, options: type[Options]) -> Callable[[Callable[[str, str, Options], Any]], Any]:
+    """Register the decorated function as the adapter of `kind`, with its options model.
+
+    Args:
+        kind: The layout's name in the run config (``data.sources[].kind``).
+        options: The kind's pydantic options model: a SourceOptions subclass whose
+            ``kind`` field is ``Literal[kind]``.
+
+    Returns:
+        A decorator that registers ``adapter(root, task, options) -> list[candidate]``
+        and returns it unchanged.
+
+    Raises:
+        TypeError: `options` is not a SourceOptions subclass pinned to `kind`.
+        ValueError: `kind` is already registered.
+    """
+    if not (isinstance(options, type) and issubclass(options, SourceOptions)):
+        raise TypeError(f"source kind {kind!r}: options must be a SourceOptions subclass, got {options!r}")
+    if _pinned_kind(options) != (kind,):
+        raise TypeError(f'source kind {kind!r}: {options.__name__} must declare kind: Literal["{kind}"] = "{kind}"')
+
+    def decorator(adapter: Callable[[str, str, Options], Any]) -> Callable[[str, str, Options], Any]:
+        if kind in _SOURCES:
+            raise ValueError(f"source kind {kind!r} is already registered ({_SOURCES[kind].adapter.__qualname__})")
+        _SOURCES[kind] = SourceKind(kind, adapter, options)
+        return adapter
+
+    return decorator
+
+
+def unregister_source(kind: str) -> SourceKind:
+    """Remove a registered kind (tests that register one of their own).
+
+    Args:
+        kind: A registered kind.
+
+    Returns:
+        Its registry entry.
+
+    Raises:
+        SourceError: `kind` is not registered.
+    """
+    entry = get_source_kind(kind)
+    del _SOURCES[kind]
+    return entry
+
+
+def source_kinds() -> Mapping[str, SourceKind]:
+    """The registered kinds, by name.
+
+    Returns:
+        A read-only {kind: SourceKind}, sorted by kind.
+    """
+    return MappingProxyType(dict(sorted(_SOURCES.items())))
+
+
+def _valid_kinds() -> str:
+    return f"valid kinds: {sorted(_SOURCES)}"
+
+
+def get_source_kind(kind: object) -> SourceKind:
+    """The registry entry of one kind.
+
+    Args:
+        kind: A kind name.
+
+    Returns:
+        Its SourceKind (adapter and options model).
+
+    Raises:
+        SourceError: `kind` is not registered (the message lists the valid kinds).
+    """
+    entry = _SOURCES.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        raise SourceError(f"unknown source kind {kind!r}; {_valid_kinds()}")
+    return entry
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _default_text(default: Any) -> str:
+    if default is PydanticUndefined:
+        return "required"
+    if default is None:
+        return "null"
+    return repr(default)
+
+
+def option_infos(options: type[BaseModel]) -> list[OptionInfo]:
+    """Every field of an options model: name, type, default and description.
+
+    Args:
+        options: A pydantic model class (a SourceOptions subclass).
+
+    Returns:
+        One OptionInfo per field, in declaration order (inherited fields first).
+    """
+    return [
+        OptionInfo(name, _type_name(field.annotation), _default_text(field.default), field.description or "")
+        for name, field in options.model_fields.items()
+    ]
+
+
+# ---------------------------------------------------------------- validation dispatched on the registry
+
+
+def _error(loc: tuple[str | int, ...], error_type: str, message: str, value: Any) -> ValidationError:
+    # Braces would be read as placeholders of the message template.
+    template = message.replace("{", "(").replace("}", ")")
+    return ValidationError.from_exception_data(
+        "SourceConfig", [{"type": PydanticCustomError(error_type, template), "loc": loc, "input": value}]
+    )
+
+
+def _explained(error: ValidationError, entry: SourceKind) -> ValidationError:
+    """The options model's errors, an unknown key explained: another kind's option, or a typo."""
+    valid = sorted(set(entry.options.model_fields) - {"kind", "root", "name"})
+    line_errors: list[Any] = []
+    for item in error.errors():
+        loc = item["loc"]
+        if item["type"] == "extra_forbidden" and len(loc) == 1:
+            option = str(loc[0])
+            owners = sorted(kind for kind, other in _SOURCES.items() if option in other.options.model_fields)
+            if owners:
+                message = f"option {option!r} does not apply to kind {entry.kind!r} (an option of {', '.join(owners)})"
+            else:
+                message = f"unknown option {option!r}; valid: {valid}"
+            template = message.replace("{", "(").replace("}", ")")
+            line_errors.append(
+                {"type": PydanticCustomError("source_option", template), "loc": loc, "input": item["input"]}
+            )
+        else:
+            detail = {"type": item["type"], "loc": loc, "input": item["input"]}
+            if "ctx" in item:
+                detail["ctx"] = item["ctx"]
+            line_errors.append(detail)
+    return ValidationError.from_exception_data(error.title, line_errors)
+
+
+def _validate_source(value: Any) -> SourceOptions:
+    """One source (a mapping, or an options model instance) validated by its kind's registered model."""
+    if isinstance(value, SourceOptions):
+        entry = _SOURCES.get(value.kind)
+        if entry is None:
+            raise _error(("kind",), "source_kind", f"unknown source kind {value.kind!r}; {_valid_kinds()}", value.kind)
+        if not isinstance(value, entry.options):
+            raise _error((), "source_type", f"a {entry.kind!r} source must be a {entry.options.__name__}", value)
+        return value
+    if not isinstance(value, Mapping):
+        raise _error((), "source_type", "a source is a mapping: kind, root, name and the kind's options", value)
+    if "kind" not in value:
+        raise _error(("kind",), "missing", f"every source needs a kind; {_valid_kinds()}", value)
+    kind = value["kind"]
+    entry = _SOURCES.get(kind) if isinstance(kind, str) else None
+    if entry is None:
+        raise _error(("kind",), "source_kind", f"unknown source kind {kind!r}; {_valid_kinds()}", kind)
+    try:
+        return entry.options.model_validate(value)
+    except ValidationError as error:
+        raise _explained(error, entry) from None
+
+
+class _RegisteredKind:
+    """Pydantic marker: validate with the options model registered for the value's `kind`.
+
+    Validation looks the kind up in the registry each time, so a kind registered
+    after this type was used in a model (components.config.DataConfig) is accepted
+    at once. The JSON schema is the discriminated union (on ``kind``) of the models
+    registered when the schema was built; a value serialises as its own model.
+    """
+
+    def __get_pydantic_core_schema__(self, source_type: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        models = tuple(entry.options for entry in source_kinds().values())
+        if len(models) > 1:
+            union: Any = Annotated[reduce(operator.or_, models), Field(discriminator="kind")]
+        else:
+            union = models[0] if models else source_type
+        return core_schema.no_info_plain_validator_function(
+            _validate_source,
+            json_schema_input_schema=handler.generate_schema(union),
+            serialization=core_schema.simple_ser_schema("any"),  # each model serialises itself
+        )
+
+
+SourceConfig = Annotated[SourceOptions, _RegisteredKind()]
+"""One ``data.sources`` entry: validated by the options model registered for its ``kind``."""
+
+
+@cache
+def _source_list() -> TypeAdapter[list[SourceOptions]]:
+    # Built on first use (after the kinds below registered): only its JSON schema depends on when.
+    return TypeAdapter(list[SourceConfig])
+
+
+def parse_source(data: Mapping[str, Any] | SourceOptions) -> SourceOptions:
+    """One source config validated by its kind's registered options model.
+
+    Args:
+        data: ``{"kind": ..., "root": ..., "name": ..., <options>}`` or an options model.
+
+    Returns:
+        An instance of the kind's options model.
+
+    Raises:
+        pydantic.ValidationError: Unknown kind (the valid kinds listed), another kind's
+            option or an unknown one (named), or an invalid value.
+    """
+    return parse_sources([data])[0]
+
+
+def parse_sources(data: Sequence[Mapping[str, Any] | SourceOptions]) -> list[SourceOptions]:
+    """Source configs validated by their kinds' registered options models.
+
+    Args:
+        data: Mappings (as in a run config's ``data.sources``) or options models.
+
+    Returns:
+        One options model instance per item, in order.
+
+    Raises:
+        pydantic.ValidationError: As for `parse_source`; locations start with the item's index.
+    """
+    return _source_list().validate_python(list(data))
+
+
+DefaultView = Annotated[
+    str, Field(description="the view of images whose metadata gives none (PA, AP...; lateral views are excluded)")
+]
+
 
 # ---------------------------------------------------------------- shared helpers
 
@@ -164,6 +503,8 @@ def _missing_file(found: dict[str, Any], root: str, relative: str, detail: str) 
 
 # ---------------------------------------------------------------- folder layout
 
+DEFAULT_PATIENT_ID_PATTERN = r"^(?P<patient_id>[^_]+)_"
+
 
 def _patient_id_from_stem(stem: str, pattern: re.Pattern[str]) -> str:
     match = pattern.search(stem)
@@ -171,29 +512,56 @@ def _patient_id_from_stem(stem: str, pattern: re.Pattern[str]) -> str:
 
 
 def _compile_patient_pattern(pattern: str) -> re.Pattern[str]:
-    compiled = re.compile(pattern)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise SourceError(f"patient_id_pattern {pattern!r} is not a regular expression ({error})") from None
     if "patient_id" not in compiled.groupindex:
         raise SourceError(f"patient_id_pattern {pattern!r} needs a named group (?P<patient_id>...)")
     return compiled
 
 
-def folder_candidates(
-    root: str,
-    task: str,
-    label_map: Mapping[str, str | None] | None = None,
-    patient_id_pattern: str = DEFAULT_PATIENT_ID_PATTERN,
-    default_view: str = UNKNOWN_VIEW,
-) -> list[dict[str, Any]]:
-    """Candidates of ``root/<finding>/<files>``; the class folder name is the finding.
+class FolderOptions(SourceOptions):
+    """Options of a ``folder`` source: one subfolder per class."""
+
+    kind: Literal["folder"] = "folder"
+    patient_id_pattern: str = Field(
+        DEFAULT_PATIENT_ID_PATTERN,
+        description="regex searched in each file stem; its group (?P<patient_id>...) is the patient id "
+        "(no match: the whole stem, each image its own patient)",
+    )
+    default_view: DefaultView = UNKNOWN_VIEW
+
+    @field_validator("patient_id_pattern")
+    @classmethod
+    def _has_patient_group(cls, pattern: str) -> str:
+        _compile_patient_pattern(pattern)  # SourceError (a ValueError) naming the pattern
+        return pattern
+
+
+@register_source("folder", options=FolderOptions)
+def folder_candidates(root: str, task: str, options: FolderOptions) -> list[dict[str, Any]]:
+    """``root/<finding>/<file>``: one subfolder per class, the folder name is the finding.
 
     Files directly in `root` (README, metadata.csv) and hidden files are
     ignored; other files inside a class folder are excluded (not a PNG/JPEG),
     so that a folder of DICOMs shows up in the report instead of silently
     yielding nothing. The patient id is the pattern's ``patient_id`` group
     searched in the file stem, or the whole stem (each image its own patient).
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per file in a class folder.
+
+    Raises:
+        SourceError: No file lies in a class subfolder.
     """
-    mapping = label_map_for_task(task, label_map)
-    pattern = _compile_patient_pattern(patient_id_pattern)
+    mapping = label_map_for_task(task, options.label_map)
+    pattern = _compile_patient_pattern(options.patient_id_pattern)
     in_classes = [relative for relative in list_files(root) if "/" in relative]
     if not in_classes:
         raise SourceError(f"folder source root {root}: no files in class subfolders")
@@ -204,7 +572,7 @@ def folder_candidates(
             relative.split("/")[0],
             _patient_id_from_stem(PurePosixPath(relative).stem, pattern),
             mapping,
-            view=default_view,
+            view=options.default_view,
         )
         for relative in in_classes
     ]
@@ -212,18 +580,34 @@ def folder_candidates(
 
 # ---------------------------------------------------------------- ieee8023 layout
 
+IEEE8023_REQUIRED_COLUMNS = ("filename", "patientid", "finding", "view", "modality")
+IEEE8023_DEFAULT_IMAGE_FOLDER = "images"
 
-def ieee8023_candidates(
-    root: str, task: str, label_map: Mapping[str, str | None] | None = None
-) -> list[dict[str, Any]]:
-    """Candidates of an ieee8023 covid-chestxray-dataset folder (metadata.csv + images/).
+
+class Ieee8023Options(SourceOptions):
+    """Options of an ``ieee8023`` source (none of its own)."""
+
+    kind: Literal["ieee8023"] = "ieee8023"
+
+
+@register_source("ieee8023", options=Ieee8023Options)
+def ieee8023_candidates(root: str, task: str, options: Ieee8023Options) -> list[dict[str, Any]]:
+    """The ieee8023 covid-chestxray-dataset: ``metadata.csv`` plus the image folder of its ``folder`` column.
 
     Every metadata row becomes a candidate: CT rows are kept as excluded
     (not an X-ray, file not read), lateral views as excluded, and a blank or
     "?" view becomes "unknown". A blank patient id makes the image its own patient.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per metadata row.
     """
     table = read_metadata_csv(child_uri(root, "metadata.csv"), IEEE8023_REQUIRED_COLUMNS, "ieee8023")
-    mapping = label_map_for_task(task, label_map)
+    mapping = label_map_for_task(task, options.label_map)
     found = []
     for record in table.to_dict("records"):
         filename = record["filename"].strip()
@@ -323,11 +707,25 @@ def _agchung_candidates(
     return found
 
 
-def actualmed_candidates(
-    root: str, task: str, label_map: Mapping[str, str | None] | None = None
-) -> list[dict[str, Any]]:
-    """Candidates of an Actualmed COVID-19 chest X-ray dataset folder (metadata.csv + images/<imagename>)."""
-    return _agchung_candidates(root, task, label_map, "actualmed")
+class ActualmedOptions(SourceOptions):
+    """Options of an ``actualmed`` source (none of its own)."""
+
+    kind: Literal["actualmed"] = "actualmed"
+
+
+@register_source("actualmed", options=ActualmedOptions)
+def actualmed_candidates(root: str, task: str, options: ActualmedOptions) -> list[dict[str, Any]]:
+    """Actualmed COVID-19 chest X-ray dataset (agchung): ``metadata.csv`` + ``images/<imagename>``.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per metadata row (per matching image when the row names none).
+    """
+    return _agchung_candidates(root, task, options.label_map, "actualmed")
 
 
 def _figure1_case(patient: str) -> str:
@@ -335,9 +733,27 @@ def _figure1_case(patient: str) -> str:
     return match.group("case") if match else patient
 
 
-def figure1_candidates(root: str, task: str, label_map: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
-    """Candidates of a Figure1 COVID-19 chest X-ray dataset folder (metadata.csv + images/<patientid>.<ext>)."""
-    return _agchung_candidates(root, task, label_map, "figure1", patient_group=_figure1_case)
+class Figure1Options(SourceOptions):
+    """Options of a ``figure1`` source (none of its own)."""
+
+    kind: Literal["figure1"] = "figure1"
+
+
+@register_source("figure1", options=Figure1Options)
+def figure1_candidates(root: str, task: str, options: Figure1Options) -> list[dict[str, Any]]:
+    """Figure1 COVID-19 chest X-ray dataset (agchung): ``metadata.csv`` + ``images/<patientid>.<ext>``.
+
+    Images ``COVID-00003a``, ``COVID-00003b`` of one case are one patient, ``COVID-00003``.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per image named after a metadata row's patient (a missing-file row when none is).
+    """
+    return _agchung_candidates(root, task, options.label_map, "figure1", patient_group=_figure1_case)
 
 
 # ---------------------------------------------------------------- Kaggle pediatric pneumonia
@@ -376,11 +792,30 @@ def _kaggle_patient(stem: str) -> str:
     return stem
 
 
-def kaggle_pneumonia_candidates(
-    root: str, task: str, label_map: Mapping[str, str | None] | None = None, default_view: str = UNKNOWN_VIEW
-) -> list[dict[str, Any]]:
-    """Candidates of the Kaggle pediatric pneumonia set: ``[chest_xray/]{train,val,test}/{NORMAL,PNEUMONIA}/*``."""
-    mapping = _task_map(task, label_map)
+class KagglePneumoniaOptions(SourceOptions):
+    """Options of a ``kaggle_pneumonia`` source."""
+
+    kind: Literal["kaggle_pneumonia"] = "kaggle_pneumonia"
+    default_view: DefaultView = UNKNOWN_VIEW
+
+
+@register_source("kaggle_pneumonia", options=KagglePneumoniaOptions)
+def kaggle_pneumonia_candidates(root: str, task: str, options: KagglePneumoniaOptions) -> list[dict[str, Any]]:
+    """Kaggle pediatric pneumonia (Kermany et al.): ``[chest_xray/]{train,val,test}/{NORMAL,PNEUMONIA}/*``.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI): the
+            ``chest_xray`` folder or its parent.
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per file in a ``<split>/<class>/`` folder, every one pediatric.
+
+    Raises:
+        SourceError: No file lies in ``{train,val,test}/{NORMAL,PNEUMONIA}/``.
+    """
+    mapping = _task_map(task, options.label_map)
     files = list_files(root)
     for prefix in _KAGGLE_PREFIXES:
         chosen = [
@@ -404,7 +839,7 @@ def kaggle_pneumonia_candidates(
                 _kaggle_finding(class_folder, stem),
                 _kaggle_patient(stem),
                 mapping,
-                view=default_view,
+                view=options.default_view,
                 age_group=PEDIATRIC,
             )
         )
@@ -417,11 +852,31 @@ _RADIOGRAPHY_IGNORED_FOLDERS = frozenset({"masks"})
 _RADIOGRAPHY_IGNORED_SUFFIXES = frozenset({".xlsx", ".xls", ".csv", ".txt", ".md"})
 
 
-def covid_radiography_candidates(
-    root: str, task: str, label_map: Mapping[str, str | None] | None = None, default_view: str = UNKNOWN_VIEW
-) -> list[dict[str, Any]]:
-    """Candidates of the COVID-19 Radiography Database: ``<class>/images/*.png`` or ``<class>/*.png``."""
-    mapping = _task_map(task, label_map)
+class CovidRadiographyOptions(SourceOptions):
+    """Options of a ``covid_radiography`` source."""
+
+    kind: Literal["covid_radiography"] = "covid_radiography"
+    default_view: DefaultView = UNKNOWN_VIEW
+
+
+@register_source("covid_radiography", options=CovidRadiographyOptions)
+def covid_radiography_candidates(root: str, task: str, options: CovidRadiographyOptions) -> list[dict[str, Any]]:
+    """COVID-19 Radiography Database (Kaggle): ``<class>/images/*.png`` or ``<class>/*.png``; no patient ids.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI): the dataset
+            folder or the download folder holding it.
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per file in a class folder (masks and spreadsheets ignored),
+        each image its own patient.
+
+    Raises:
+        SourceError: No image lies in a class folder.
+    """
+    mapping = _task_map(task, options.label_map)
     files = [relative for relative in list_files(root) if "/" in relative]
     tops = {relative.split("/")[0] for relative in files}
     prefix = ""
@@ -436,7 +891,9 @@ def covid_radiography_candidates(
         if PurePosixPath(relative).suffix.lower() in _RADIOGRAPHY_IGNORED_SUFFIXES:
             continue
         # No patient ids in this dataset: each image is its own patient (see the module doc).
-        found.append(candidate(root, relative, parts[0], PurePosixPath(relative).stem, mapping, view=default_view))
+        found.append(
+            candidate(root, relative, parts[0], PurePosixPath(relative).stem, mapping, view=options.default_view)
+        )
     if not found:
         raise SourceError(f"covid_radiography source root {root}: no images in class folders (COVID/images/...)")
     return found
@@ -481,18 +938,46 @@ def _covidx_split_files(root: str, split_files: list[str] | None) -> list[tuple[
     return present
 
 
-def covidx_candidates(
-    root: str,
-    task: str,
-    label_map: Mapping[str, str | None] | None = None,
-    split_files: list[str] | None = None,
-    image_folders: dict[str, str] | None = None,
-    default_view: str = UNKNOWN_VIEW,
-) -> list[dict[str, Any]]:
-    """Candidates of a COVIDx CXR folder: split files ``patientId filename label [source]`` + image folders."""
-    mapping = _task_map(task, label_map, layout="covidx")
-    if isinstance(split_files, str):  # one file given without a list
-        split_files = [split_files]
+class CovidxOptions(SourceOptions):
+    """Options of a ``covidx`` source."""
+
+    kind: Literal["covidx"] = "covidx"
+    split_files: list[str] | None = Field(
+        None,
+        description="split files relative to root, one image per line 'patientId filename label [source]' "
+        "(null: whichever of train.txt, val.txt, test.txt exist)",
+    )
+    image_folders: dict[str, str] | None = Field(
+        None,
+        description="{split file: its image folder} (null: train, val or test after the split file name's start)",
+    )
+    default_view: DefaultView = UNKNOWN_VIEW
+
+    @field_validator("split_files", mode="before")
+    @classmethod
+    def _one_file(cls, split_files: Any) -> Any:
+        return [split_files] if isinstance(split_files, str) else split_files  # one file given without a list
+
+
+@register_source("covidx", options=CovidxOptions)
+def covidx_candidates(root: str, task: str, options: CovidxOptions) -> list[dict[str, Any]]:
+    """COVIDx CXR: split files of ``patientId filename label [source]`` lines, images in split folders.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per split-file line (blank lines and ``#`` comments skipped).
+
+    Raises:
+        SourceError: A line is not at least ``patientId filename label`` (named
+            ``file:line``), no split file is found, or an image folder cannot be told.
+        FileNotFoundError: A split file named in `options` does not exist.
+    """
+    mapping = _task_map(task, options.label_map, layout="covidx")
+    split_files, image_folders = options.split_files, options.image_folders
     unknown = sorted(set(image_folders or {}) - set(split_files or COVIDX_DEFAULT_SPLIT_FILES))
     if unknown:
         raise SourceError(f"covidx: image_folders names files that are not split files: {unknown}")
@@ -515,7 +1000,12 @@ def covidx_candidates(
                 patient, filename, label = tokens[0], " ".join(tokens[1:-2]), tokens[-2]
             found.append(
                 candidate(
-                    root, f"{folder}/{filename}" if folder else filename, label, patient, mapping, view=default_view
+                    root,
+                    f"{folder}/{filename}" if folder else filename,
+                    label,
+                    patient,
+                    mapping,
+                    view=options.default_view,
                 )
             )
     return found
@@ -556,14 +1046,34 @@ def _inside_root(value: str, root: str) -> str | None:
     return value
 
 
-def manifest_candidates(
-    root: str,
-    task: str,
-    label_map: Mapping[str, str | None] | None = None,
-    manifest_file: str = "manifest.csv",
-    default_view: str = UNKNOWN_VIEW,
-) -> list[dict[str, Any]]:
-    """Candidates of a CSV/Parquet manifest: ``path``/``uri``, ``label``/``finding``, optional patient_id, view, age."""
+class ManifestOptions(SourceOptions):
+    """Options of a ``manifest`` source."""
+
+    kind: Literal["manifest"] = "manifest"
+    manifest_file: str = Field(
+        "manifest.csv", description="the manifest, relative to root: CSV, or Parquet (.parquet, .pq)"
+    )
+    default_view: DefaultView = UNKNOWN_VIEW
+
+
+@register_source("manifest", options=ManifestOptions)
+def manifest_candidates(root: str, task: str, options: ManifestOptions) -> list[dict[str, Any]]:
+    """A CSV/Parquet manifest: ``path``/``uri``, ``label``/``finding``, optional patient_id, view, age.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per manifest row; a path outside the root is excluded, never opened.
+
+    Raises:
+        SourceError: A required column is missing, an age_group is invalid, or the
+            file is not readable CSV/Parquet.
+        FileNotFoundError: The manifest file does not exist.
+    """
+    manifest_file, default_view = options.manifest_file, options.default_view
     uri = child_uri(root, manifest_file)
     table = _read_manifest_table(uri)
     path_column = next((column for column in _MANIFEST_PATH_COLUMNS if column in table.columns), None)
@@ -575,7 +1085,7 @@ def manifest_candidates(
     ]
     if missing:
         raise SourceError(f"{uri}: missing required column(s) {', '.join(missing)}; found {list(table.columns)}")
-    mapping = _task_map(task, label_map)
+    mapping = _task_map(task, options.label_map)
     found = []
     for number, record in enumerate(table.to_dict("records"), start=1):  # data rows, 1-based
         value = str(record[path_column]).strip()
@@ -616,14 +1126,35 @@ def _manifest_age_group(record: Mapping[str, Any], uri: str, number: int) -> str
     return age_group_from_age(record.get("age", ""))
 
 
-# kind -> adapter. The config schema (components.config.SourceConfig) lists the same kinds.
-ADAPTERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
-    "folder": folder_candidates,
-    "ieee8023": ieee8023_candidates,
-    "actualmed": actualmed_candidates,
-    "figure1": figure1_candidates,
-    "kaggle_pneumonia": kaggle_pneumonia_candidates,
-    "covid_radiography": covid_radiography_candidates,
-    "covidx": covidx_candidates,
-    "manifest": manifest_candidates,
-}
+# ---------------------------------------------------------------- listing
+
+
+def _plain(text: str) -> str:
+    return text.replace("``", "`")
+
+
+def describe_sources() -> str:
+    """What ``cxr sources`` prints: every registered kind with its summary and options.
+
+    Returns:
+        Text: the fields every source has, then one block per kind (sorted) giving
+        its adapter's summary and each of its own options' name, type, default and
+        description, all read from the registry and the options models.
+    """
+    lines = ["Source kinds (data.sources[].kind in a run config).", "", "Every source has:"]
+    lines += _option_lines(option_infos(SourceOptions))
+    for kind, entry in source_kinds().items():
+        lines += ["", f"{kind}: {_plain(entry.summary)}"]
+        own = entry.own_options()
+        lines += _option_lines(own) if own else ["    (no options of its own)"]
+    return "\n".join(lines)
+
+
+def _option_lines(infos: Sequence[OptionInfo]) -> list[str]:
+    lines = []
+    for info in infos:
+        default = "required" if info.default == "required" else f"default {info.default}"
+        lines.append(f"    {info.name}: {info.type}, {default}")
+        if info.description:
+            lines.append(f"        {_plain(info.description)}")
+    return lines

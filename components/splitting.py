@@ -19,11 +19,18 @@ EXCLUDE_OVER_CAP = "over max_images cap"
 
 
 class PatientLeakError(AssertionError):
-    pass
+    """A patient's images landed in more than one split: a bug in the splitter, not a user error."""
 
 
 def patient_labels(manifest: pd.DataFrame) -> pd.Series:
-    """patient_id -> the patient's majority label (ties: alphabetical first)."""
+    """The label each patient is stratified by: the majority label of their images.
+
+    Args:
+        manifest: rows with ``patient_id`` and ``label`` columns.
+
+    Returns:
+        Series indexed by patient_id: the most frequent label (ties: alphabetically first).
+    """
     return manifest.groupby("patient_id")["label"].agg(lambda labels: sorted(labels.mode())[0])
 
 
@@ -41,11 +48,20 @@ def _split_counts(n_patients: int, fractions: tuple[float, float, float]) -> tup
 
 
 def split_groups(manifest: pd.DataFrame, linked_rows: Iterable[tuple[int, int]] = ()) -> pd.Series:
-    """Per row, the group that must stay in one split: its patient, merged with every
-    patient it shares a near-duplicate image with (`linked_rows`: positional row pairs).
+    """The group each row must share a split with: its patient, merged with linked patients.
 
     The same radiograph re-uploaded under another patient id would otherwise
-    leak between train and test. Groups are named after their smallest patient id.
+    leak between train and test, so patients that share a near-duplicate image
+    form one group (transitively).
+
+    Args:
+        manifest: rows with a ``patient_id`` column.
+        linked_rows: (first, second) positional row pairs whose patients must share a split
+            (near-duplicate images).
+
+    Returns:
+        Series ``split_group`` on the manifest's index: each row's group, named after its
+        smallest patient id.
     """
     patients = manifest["patient_id"].to_numpy()
     names = sorted(set(patients))
@@ -62,9 +78,22 @@ def split_groups(manifest: pd.DataFrame, linked_rows: Iterable[tuple[int, int]] 
 def assign_splits(
     manifest: pd.DataFrame, fractions: tuple[float, float, float], seed: int, groups: pd.Series | None = None
 ) -> pd.Series:
-    """Split name ("train"/"val"/"test") for every row of an all-included manifest.
+    """Assign every row of an all-included manifest to a split, by patient, stratified by label.
 
-    Rows are split by patient, or by `groups` (see split_groups) when given.
+    Within each label (the patients' majority label), patients are shuffled with `seed`
+    and cut by `fractions`; a class with 3 or more patients gets at least one in each split.
+
+    Args:
+        manifest: included rows with ``patient_id`` and ``label`` columns.
+        fractions: (train, val, test) fractions of patients, summing to 1.
+        seed: shuffling seed.
+        groups: per-row groups to split by instead of patients (split_groups).
+
+    Returns:
+        Series ``split`` on the manifest's index, values in SPLITS.
+
+    Raises:
+        PatientLeakError: a patient ended in two splits (a bug).
     """
     rng = np.random.default_rng(seed)
     if groups is not None:
@@ -83,7 +112,14 @@ def assign_splits(
 
 
 def assert_no_patient_leak(manifest_with_splits: pd.DataFrame) -> None:
-    """Raise PatientLeakError listing patients found in more than one split."""
+    """Check that every patient's images lie in one split.
+
+    Args:
+        manifest_with_splits: rows with ``patient_id`` and ``split`` columns.
+
+    Raises:
+        PatientLeakError: naming (up to 10 of) the patients found in more than one split.
+    """
     per_patient = manifest_with_splits.groupby("patient_id")["split"].nunique()
     leaking = per_patient[per_patient > 1]
     if len(leaking):
@@ -91,10 +127,19 @@ def assert_no_patient_leak(manifest_with_splits: pd.DataFrame) -> None:
 
 
 def limit_images(manifest: pd.DataFrame, max_images: int | None, seed: int) -> pd.DataFrame:
-    """Keep at most `max_images` usable rows, whole patients, classes in proportion.
+    """Cap the usable rows of a manifest, whole patients at a time, classes in proportion.
 
     Rows over the cap are not dropped: they stay in the manifest with the
     exclusion reason EXCLUDE_OVER_CAP, so the run records what it left out.
+
+    Args:
+        manifest: the manifest (``exclusion_reason`` "" marks usable rows).
+        max_images: the cap (about: whole patients only, at least one patient per class);
+            None keeps everything.
+        seed: seed of the patient shuffle.
+
+    Returns:
+        The manifest itself when under the cap, else a copy with the rows over it excluded.
     """
     usable = manifest["exclusion_reason"] == ""
     if max_images is None or usable.sum() <= max_images:
@@ -121,7 +166,53 @@ def limit_images(manifest: pd.DataFrame, max_images: int | None, seed: int) -> p
 
 
 def split_counts_table(manifest_with_splits: pd.DataFrame) -> pd.DataFrame:
-    """label x split image counts, for logs and reports."""
+    """Count images per label and split, for logs and reports.
+
+    Args:
+        manifest_with_splits: rows with ``label`` and ``split`` columns.
+
+    Returns:
+        DataFrame indexed by label with one column per split in SPLITS order (0 where empty).
+    """
     return pd.crosstab(manifest_with_splits["label"], manifest_with_splits["split"]).reindex(
         columns=list(SPLITS), fill_value=0
     )
+
+
+def split_dataset(
+    manifest: pd.DataFrame, fractions: tuple[float, float, float], seed: int, near_duplicate_max_distance: int
+) -> pd.DataFrame:
+    """The split manifest: used rows only, with ``split`` and ``split_group`` columns.
+
+    Patient-grouped and label-stratified; patients sharing a near-duplicate
+    image (pHash Hamming distance <= `near_duplicate_max_distance` bits) are
+    kept in one split group (split_groups).
+
+    Args:
+        manifest: the manifest (components.manifest), excluded rows included.
+        fractions: (train, val, test) fractions summing to 1.
+        seed: shuffling seed.
+        near_duplicate_max_distance: pHash bits, 0..64.
+
+    Returns:
+        The included rows with ``split`` in SPLITS and ``split_group`` (the grouping key).
+    """
+    from components.duplicates import near_duplicate_pairs
+    from components.manifest import included
+
+    used = included(manifest)
+    pairs = near_duplicate_pairs(used["phash"].tolist(), near_duplicate_max_distance)
+    groups = split_groups(used, [(first, second) for first, second, _ in pairs])
+    return used.assign(split=assign_splits(used, tuple(fractions), seed, groups=groups), split_group=groups)
+
+
+def patients_merged(split_manifest: pd.DataFrame) -> int:
+    """Count the patients merged into another's split group by a shared near-duplicate image.
+
+    Args:
+        split_manifest: split_dataset's result (``patient_id`` and ``split_group`` columns).
+
+    Returns:
+        Patients minus split groups.
+    """
+    return int(split_manifest["patient_id"].nunique() - split_manifest["split_group"].nunique())

@@ -1,9 +1,11 @@
 """What a data steward reads: one JSON summary, one self-contained HTML page, the excluded rows as CSV.
 
-Pure functions over the manifest, the split manifest and the two
-ValidationReports (components.validation); nothing here touches GX or disk.
+Functions over the manifest, the split manifest and the two
+ValidationReports (components.validation); nothing here touches GX, and only
+``write_steward_report`` writes to disk.
 
-* ``build_summary`` -> a JSON-serialisable dict: verdict and what blocked,
+* ``build_summary`` -> a ``StewardSummary`` (pydantic; ``model_dump(mode="json")``
+  is summary.json): verdict and what blocked,
   counts, exclusions by reason, classes (counts, fractions), class x source,
   class x age group, class x split, exact and near-duplicate pairs (uris,
   distance, same patient?), patient and near-duplicate leaks across splits,
@@ -20,6 +22,8 @@ ValidationReports (components.validation); nothing here touches GX or disk.
   of evaluating it. Programs reading the CSV back should strip that one
   leading apostrophe from such cells. Every field is quoted, so commas,
   quotes and line breaks inside values cannot shift or split rows.
+* ``write_steward_report`` -> the three files (summary.html, summary.json,
+  excluded_rows.csv) in one folder.
 """
 
 from __future__ import annotations
@@ -27,17 +31,20 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 import pandas as pd
+from pydantic import BaseModel
 
-from components.labels import EXCLUDE_OUT_OF_TASK, EXCLUDE_UNKNOWN_FINDING, EXCLUDE_UNLABELLED, labels_for_task
-from components.validation import SPLITS, ValidationReport, used_rows
+from components.labels import EXCLUDE_OUT_OF_TASK, EXCLUDE_UNKNOWN_FINDING, EXCLUDE_UNLABELLED, Task, labels_for_task
+from components.splitting import SPLITS
+from components.validation import Record, Severity, ValidationReport, used_rows
 
 EXCLUDED_COLUMNS: tuple[str, ...] = (
     "uri",
@@ -55,26 +62,53 @@ _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # Exclusion reasons that come from the finding (listed with their findings), and how many findings to list.
 FINDING_REASONS: tuple[str, ...] = (EXCLUDE_UNKNOWN_FINDING, EXCLUDE_OUT_OF_TASK, EXCLUDE_UNLABELLED)
 MAX_FINDINGS = 50
+# The files a steward reads, in the report folder.
+SUMMARY_HTML = "summary.html"
+SUMMARY_JSON = "summary.json"
+EXCLUDED_ROWS_CSV = "excluded_rows.csv"
+Verdict = Literal["PASSED", "PASSED WITH WARNINGS", "BLOCKED"]
 
 
 # ---------------------------------------------------------------- excluded rows and CSV
 
 
 def excluded_rows(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The excluded rows (uri, source, patient_id, finding, view, exclusion_reason, exclusion_detail)."""
+    """The excluded rows and why they were left out.
+
+    Args:
+        manifest: The manifest (every row).
+
+    Returns:
+        The rows with an exclusion reason, columns EXCLUDED_COLUMNS (uri, source, patient_id,
+        finding, view, exclusion_reason, exclusion_detail), index reset.
+    """
     reason = manifest["exclusion_reason"].fillna("").astype(str)
     return manifest.loc[reason != "", list(EXCLUDED_COLUMNS)].reset_index(drop=True)
 
 
 def spreadsheet_safe(value: Any) -> Any:
-    """`value` with a leading apostrophe when it is text a spreadsheet would run as a formula."""
+    """`value` with a leading apostrophe when it is text a spreadsheet would run as a formula.
+
+    Args:
+        value: A cell (any type; only text is changed).
+
+    Returns:
+        "'" + value for text starting with =, +, -, @, tab or carriage return; else `value` as is.
+    """
     if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
         return "'" + value
     return value
 
 
 def safe_csv(frame: pd.DataFrame) -> str:
-    """CSV text of `frame` with every text cell (and header) passed through `spreadsheet_safe`."""
+    """CSV text of `frame` with every text cell (and header) passed through `spreadsheet_safe`.
+
+    Args:
+        frame: Any table.
+
+    Returns:
+        CSV text, every field quoted, "\n" line endings, no index column.
+    """
     safe = frame.copy()
     for column in safe.columns:
         if safe[column].dtype == object or pd.api.types.is_string_dtype(safe[column]):
@@ -88,23 +122,114 @@ def safe_csv(frame: pd.DataFrame) -> str:
 
 
 def excluded_rows_csv(manifest: pd.DataFrame) -> str:
-    """`excluded_rows` as spreadsheet-safe CSV text (see module doc)."""
+    """`excluded_rows` as spreadsheet-safe CSV text (see module doc).
+
+    Args:
+        manifest: The manifest (every row).
+
+    Returns:
+        CSV text with a header row of EXCLUDED_COLUMNS.
+    """
     return safe_csv(excluded_rows(manifest))
 
 
 # ---------------------------------------------------------------- summary
 
 
-def _report(report: ValidationReport | Mapping[str, Any] | None) -> ValidationReport | None:
-    if report is None or isinstance(report, ValidationReport):
-        return report
-    return ValidationReport.from_dict(report)
+class CrosstabRow(BaseModel):
+    """One row of a cross table: a class and its counts per column."""
+
+    label: str
+    counts: dict[str, int]  # column -> images
+    total: int
+
+
+class Crosstab(BaseModel):
+    """Images per class (rows) and per source, age group or split (columns)."""
+
+    columns: list[str]
+    rows: list[CrosstabRow]
+    totals: dict[str, int]  # column -> images over all rows
+
+
+class ClassCount(BaseModel):
+    """Used images of one class."""
+
+    label: str
+    count: int
+    fraction: float  # of the used images, 4 decimals
+
+
+class ExcludedFinding(BaseModel):
+    """A finding left out by the label map, and how many rows carry it."""
+
+    finding: str
+    reason: str
+    rows: int
+
+
+class Counts(BaseModel):
+    """Rows of the manifest, used and excluded, and images per split."""
+
+    total: int
+    used: int
+    excluded: int
+    patients: int  # among used rows
+    sources: int  # among used rows
+    splits: dict[str, int] | None  # split -> images; None before the split
+
+
+class SummaryCheck(BaseModel):
+    """One check of either validation, as a steward reads it."""
+
+    stage: Literal["manifest", "split"]
+    name: str
+    severity: Severity
+    passed: bool
+    skipped: bool
+    details: str
+
+
+class DataDocs(BaseModel):
+    """Paths of the Great Expectations Data Docs index (one site for both validations)."""
+
+    index: str | None
+    manifest: str | None
+    split: str | None
+
+
+class StewardSummary(BaseModel):
+    """Everything a steward reads; `model_dump(mode="json")` is summary.json."""
+
+    title: str = "Data steward report"
+    task: Task
+    labels: list[str]
+    dataset_version: str | None
+    generated_at: str  # ISO 8601, UTC, seconds
+    success: bool  # False iff a blocking check failed
+    verdict: Verdict
+    split_checked: bool
+    blocked_by: list[SummaryCheck]
+    warnings: list[SummaryCheck]
+    counts: Counts
+    exclusions_by_reason: dict[str, int]  # reason -> rows
+    excluded_findings: list[ExcludedFinding]
+    classes: list[ClassCount]  # task labels first, then labels outside the task
+    class_by_source: Crosstab
+    class_by_age_group: Crosstab
+    class_by_split: Crosstab | None
+    # Pairs and leaks from the validation reports (components.validation.tables).
+    exact_duplicates: list[Record]
+    near_duplicates: list[Record]
+    patient_leaks: list[Record]
+    near_duplicate_leaks: list[Record]
+    checks: list[SummaryCheck]
+    data_docs: DataDocs
 
 
 def _crosstab(
     frame: pd.DataFrame, rows: str, columns: str, row_order: Sequence[str], column_order: Sequence[str] | None = None
-) -> dict:
-    """{"columns": [...], "rows": [{"label", "counts": {column: n}, "total"}], "totals": {...}}."""
+) -> Crosstab:
     counts = frame.groupby([rows, columns]).size() if len(frame) else pd.Series(dtype="int64")
     present = sorted({str(c) for _, c in counts.index}) if len(counts) else []
     column_order = list(column_order) if column_order is not None else present
@@ -115,46 +240,59 @@ def _crosstab(
     table_rows = []
     for label in row_order:
         cells = {column: int(counts.get((label, column), 0)) for column in column_order}
-        table_rows.append({"label": label, "counts": cells, "total": sum(cells.values())})
-    totals = {column: sum(row["counts"][column] for row in table_rows) for column in column_order}
-    return {"columns": column_order, "rows": table_rows, "totals": totals}
+        table_rows.append(CrosstabRow(label=label, counts=cells, total=sum(cells.values())))
+    totals = {column: sum(row.counts[column] for row in table_rows) for column in column_order}
+    return Crosstab(columns=column_order, rows=table_rows, totals=totals)
 
 
-def _checks(report: ValidationReport | None, stage: str) -> list[dict]:
+def _checks(report: ValidationReport | None) -> list[SummaryCheck]:
     if report is None:
         return []
     return [
-        {
-            "stage": stage,
-            "name": result["name"],
-            "severity": result.get("severity", "blocking" if result.get("blocking", True) else "warning"),
-            "passed": bool(result["success"]),
-            "skipped": bool(result.get("skipped", False)),
-            "details": result["details"],
-        }
+        SummaryCheck(
+            stage=report.stage,
+            name=result.name,
+            severity=result.severity,
+            passed=result.success,
+            skipped=result.skipped,
+            details=result.details,
+        )
         for result in report.results
     ]
 
 
 def build_summary(
     manifest: pd.DataFrame,
-    task: str,
-    manifest_report: ValidationReport | Mapping[str, Any],
+    task: Task,
+    manifest_report: ValidationReport,
     split_manifest: pd.DataFrame | None = None,
-    split_report: ValidationReport | Mapping[str, Any] | None = None,
+    split_report: ValidationReport | None = None,
     dataset_version: str | None = None,
-) -> dict:
-    """Everything a steward reads, as a JSON-serialisable dict (see module doc)."""
+) -> StewardSummary:
+    """Everything a steward reads (see module doc).
+
+    Args:
+        manifest: The manifest from ingest (every row).
+        task: "binary" or "multiclass".
+        manifest_report: `validate_manifest`'s report.
+        split_manifest: Used rows with a `split` column; None before the split.
+        split_report: `validate_split`'s report; None when the split was not checked.
+        dataset_version: The data drop's version, shown in the header; None when not given.
+
+    Returns:
+        The summary; its verdict is BLOCKED when a blocking check of either report failed.
+
+    Raises:
+        ValueError: The task is unknown or a manifest column is missing.
+    """
     labels = list(labels_for_task(task))
-    manifest_report = _report(manifest_report)
-    split_report = _report(split_report)
     used = used_rows(manifest)
     reasons = manifest["exclusion_reason"].fillna("").astype(str)
     by_reason = reasons[reasons != ""].value_counts()
 
-    checks = _checks(manifest_report, "manifest") + _checks(split_report, "split")
-    blocked = [c for c in checks if not c["passed"] and c["severity"] == "blocking"]
-    warnings = [c for c in checks if not c["passed"] and c["severity"] != "blocking"]
+    checks = _checks(manifest_report) + _checks(split_report)
+    blocked = [c for c in checks if not c.passed and c.severity == "blocking"]
+    warnings = [c for c in checks if not c.passed and c.severity != "blocking"]
     verdict = "BLOCKED" if blocked else "PASSED WITH WARNINGS" if warnings else "PASSED"
 
     frame = pd.DataFrame(
@@ -166,15 +304,15 @@ def build_summary(
     )
     class_counts = frame["label"].value_counts()
     classes = [
-        {
-            "label": label,
-            "count": int(class_counts.get(label, 0)),
-            "fraction": round(int(class_counts.get(label, 0)) / len(used), 4) if len(used) else 0.0,
-        }
+        ClassCount(
+            label=label,
+            count=int(class_counts.get(label, 0)),
+            fraction=round(int(class_counts.get(label, 0)) / len(used), 4) if len(used) else 0.0,
+        )
         for label in labels
     ]
     classes += [  # labels outside the task (label_in_task fails on them)
-        {"label": str(label), "count": int(n), "fraction": round(int(n) / len(used), 4)}
+        ClassCount(label=str(label), count=int(n), fraction=round(int(n) / len(used), 4))
         for label, n in class_counts.items()
         if label not in labels
     ]
@@ -194,49 +332,47 @@ def build_summary(
     # Findings left out by the label map: what a steward may want to map next.
     findings = manifest.loc[reasons.isin(FINDING_REASONS), ["finding", "exclusion_reason"]].fillna("").astype(str)
     excluded_findings = [
-        {"finding": finding, "reason": reason, "rows": int(n)}
+        ExcludedFinding(finding=finding, reason=reason, rows=int(n))
         for (finding, reason), n in findings.value_counts().head(MAX_FINDINGS).items()
     ]
 
-    manifest_listings = manifest_report.listings if manifest_report else {}
+    manifest_listings = manifest_report.listings
     split_listings = split_report.listings if split_report else {}
-    data_docs = {
-        "index": manifest_report.data_docs_index if manifest_report else None,
-        "manifest": manifest_report.data_docs_index if manifest_report else None,
-        "split": split_report.data_docs_index if split_report else None,
-    }
-    return {
-        "title": "Data steward report",
-        "task": task,
-        "labels": labels,
-        "dataset_version": dataset_version,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "success": not blocked,
-        "verdict": verdict,
-        "split_checked": split_report is not None,
-        "blocked_by": blocked,
-        "warnings": warnings,
-        "counts": {
-            "total": len(manifest),
-            "used": len(used),
-            "excluded": len(manifest) - len(used),
-            "patients": int(used["patient_id"].nunique()),
-            "sources": int(frame["source"].nunique()),
-            "splits": split_counts,
-        },
-        "exclusions_by_reason": {str(reason): int(n) for reason, n in by_reason.items()},
-        "excluded_findings": excluded_findings,
-        "classes": classes,
-        "class_by_source": _crosstab(frame, "label", "source", labels),
-        "class_by_age_group": _crosstab(frame, "label", "age_group", labels, AGE_GROUPS),
-        "class_by_split": class_by_split,
-        "exact_duplicates": list(manifest_listings.get("exact_duplicates", [])),
-        "near_duplicates": list(manifest_listings.get("near_duplicates", [])),
-        "patient_leaks": list(split_listings.get("patient_leaks", [])),
-        "near_duplicate_leaks": list(split_listings.get("near_duplicate_leaks", [])),
-        "checks": checks,
-        "data_docs": data_docs,
-    }
+    return StewardSummary(
+        task=task,
+        labels=labels,
+        dataset_version=dataset_version,
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        success=not blocked,
+        verdict=verdict,
+        split_checked=split_report is not None,
+        blocked_by=blocked,
+        warnings=warnings,
+        counts=Counts(
+            total=len(manifest),
+            used=len(used),
+            excluded=len(manifest) - len(used),
+            patients=int(used["patient_id"].nunique()),
+            sources=int(frame["source"].nunique()),
+            splits=split_counts,
+        ),
+        exclusions_by_reason={str(reason): int(n) for reason, n in by_reason.items()},
+        excluded_findings=excluded_findings,
+        classes=classes,
+        class_by_source=_crosstab(frame, "label", "source", labels),
+        class_by_age_group=_crosstab(frame, "label", "age_group", labels, AGE_GROUPS),
+        class_by_split=class_by_split,
+        exact_duplicates=list(manifest_listings.get("exact_duplicates", [])),
+        near_duplicates=list(manifest_listings.get("near_duplicates", [])),
+        patient_leaks=list(split_listings.get("patient_leaks", [])),
+        near_duplicate_leaks=list(split_listings.get("near_duplicate_leaks", [])),
+        checks=checks,
+        data_docs=DataDocs(
+            index=manifest_report.data_docs_index,
+            manifest=manifest_report.data_docs_index,
+            split=split_report.data_docs_index if split_report else None,
+        ),
+    )
 
 
 # ---------------------------------------------------------------- HTML
@@ -304,16 +440,16 @@ def _table(
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{note}"
 
 
-def _crosstab_html(table: dict | None, first: str) -> str:
+def _crosstab_html(table: Crosstab | None, first: str) -> str:
     if not table:
         return '<p class="muted">Not available.</p>'
-    headers = [first, *table["columns"], "total"]
-    rows = [[row["label"], *(row["counts"][c] for c in table["columns"]), row["total"]] for row in table["rows"]]
-    rows.append(["total", *(table["totals"][c] for c in table["columns"]), sum(table["totals"].values())])
+    headers = [first, *table.columns, "total"]
+    rows = [[row.label, *(row.counts[c] for c in table.columns), row.total] for row in table.rows]
+    rows.append(["total", *(table.totals[c] for c in table.columns), sum(table.totals.values())])
     return _table(headers, rows, numeric=range(1, len(headers)))
 
 
-def _pairs_html(pairs: list[dict], with_split: bool = False, exact: bool = False) -> str:
+def _pairs_html(pairs: list[Record], with_split: bool = False, exact: bool = False) -> str:
     headers = ["image A", "image B", "distance", "same patient", "patients", "sources"]
     if with_split:
         headers.append("splits")
@@ -337,60 +473,61 @@ def _pairs_html(pairs: list[dict], with_split: bool = False, exact: bool = False
     return _table(headers, rows, numeric=(2,))
 
 
-def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None) -> str:
+def render_html(summary: StewardSummary, link_base: str | Path | None = None) -> str:
     """One self-contained HTML page for `summary` (from build_summary); every data value escaped.
 
-    Data Docs links are file:// URIs of the absolute paths, or relative to
-    `link_base` when given (the folder the page will be saved in).
+    Args:
+        summary: The steward summary.
+        link_base: The folder the page will be saved in: Data Docs links are then relative to it;
+            when None they are file:// URIs of the absolute paths.
+
+    Returns:
+        The page (UTF-8 text): inline CSS, no scripts, no external assets.
     """
-    verdict = summary["verdict"]
-    banner_class = "BLOCKED" if verdict == "BLOCKED" else "WARN" if summary["warnings"] else "PASSED"
-    counts = summary["counts"]
+    verdict = summary.verdict
+    banner_class = "BLOCKED" if verdict == "BLOCKED" else "WARN" if summary.warnings else "PASSED"
+    counts = summary.counts
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(summary['title'])}: {_e(verdict)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(summary['title'])}</h1>",
-        f'<p class="muted">Task {_e(summary["task"])} (labels {_e(", ".join(summary["labels"]))}); '
-        f"dataset version {_e(summary.get('dataset_version') or 'not given')}; "
-        f"generated {_e(summary.get('generated_at'))}.</p>",
+        f"<title>{_e(summary.title)}: {_e(verdict)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(summary.title)}</h1>",
+        f'<p class="muted">Task {_e(summary.task)} (labels {_e(", ".join(summary.labels))}); '
+        f"dataset version {_e(summary.dataset_version or 'not given')}; "
+        f"generated {_e(summary.generated_at)}.</p>",
         f'<div class="banner {banner_class}">{_e(verdict)}: '
-        f"{len(summary['blocked_by'])} blocking failure(s), {len(summary['warnings'])} warning(s)"
-        f"{'' if summary.get('split_checked') else '; split not checked yet'}</div>",
+        f"{len(summary.blocked_by)} blocking failure(s), {len(summary.warnings)} warning(s)"
+        f"{'' if summary.split_checked else '; split not checked yet'}</div>",
     ]
-    if summary["blocked_by"]:
+    if summary.blocked_by:
         parts.append("<h2>What blocked the run</h2><ul>")
-        parts += [
-            f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["blocked_by"]
-        ]
+        parts += [f"<li><b>{_e(c.stage)} / {_e(c.name)}</b>: {_e(c.details)}</li>" for c in summary.blocked_by]
         parts.append("</ul>")
-    if summary["warnings"]:
+    if summary.warnings:
         parts.append("<h2>Warnings</h2><ul>")
-        parts += [
-            f"<li><b>{_e(c['stage'])} / {_e(c['name'])}</b>: {_e(c['details'])}</li>" for c in summary["warnings"]
-        ]
+        parts += [f"<li><b>{_e(c.stage)} / {_e(c.name)}</b>: {_e(c.details)}</li>" for c in summary.warnings]
         parts.append("</ul>")
 
     parts.append("<h2>Counts</h2>")
     count_rows = [
-        ["rows in manifest", counts["total"]],
-        ["used", counts["used"]],
-        ["excluded", counts["excluded"]],
-        ["patients (used rows)", counts["patients"]],
-        ["sources (used rows)", counts["sources"]],
+        ["rows in manifest", counts.total],
+        ["used", counts.used],
+        ["excluded", counts.excluded],
+        ["patients (used rows)", counts.patients],
+        ["sources (used rows)", counts.sources],
     ]
-    for split, n in (counts.get("splits") or {}).items():
+    for split, n in (counts.splits or {}).items():
         count_rows.append([f"split {split}", n])
     parts.append(_table(["", "count"], count_rows, numeric=(1,)))
     parts.append("<h2>Exclusions by reason</h2>")
-    parts.append(_table(["reason", "rows"], list(summary["exclusions_by_reason"].items()), numeric=(1,)))
+    parts.append(_table(["reason", "rows"], list(summary.exclusions_by_reason.items()), numeric=(1,)))
 
     parts.append("<h2>Findings left out (most frequent first)</h2>")
     parts.append(
         _table(
             ["finding", "reason", "rows"],
-            [[f["finding"] or "(blank)", f["reason"], f["rows"]] for f in summary["excluded_findings"]],
+            [[f.finding or "(blank)", f.reason, f.rows] for f in summary.excluded_findings],
             numeric=(2,),
         )
     )
@@ -398,7 +535,7 @@ def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None)
     parts.append(
         _table(
             ["class", "images", "fraction"],
-            [[c["label"], c["count"], f"{c['fraction']:.1%}"] for c in summary["classes"]],
+            [[c.label, c.count, f"{c.fraction:.1%}"] for c in summary.classes],
             numeric=(1, 2),
         )
     )
@@ -407,40 +544,40 @@ def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None)
         '<p class="muted">A class that comes from one source while there are several lets a model '
         "learn the source instead of the disease.</p>"
     )
-    parts.append(_crosstab_html(summary["class_by_source"], "class"))
+    parts.append(_crosstab_html(summary.class_by_source, "class"))
     parts.append("<h2>Class &times; age group</h2>")
-    parts.append(_crosstab_html(summary["class_by_age_group"], "class"))
+    parts.append(_crosstab_html(summary.class_by_age_group, "class"))
     parts.append("<h2>Class &times; split</h2>")
-    parts.append(_crosstab_html(summary["class_by_split"], "class"))
+    parts.append(_crosstab_html(summary.class_by_split, "class"))
 
     parts.append("<h2>Checks</h2>")
     check_rows, check_classes = [], []
-    for c in summary["checks"]:
-        result = "skipped" if c["skipped"] else "passed" if c["passed"] else "FAILED"
-        check_rows.append([c["stage"], c["name"], c["severity"], result, c["details"]])
-        check_classes.append("" if c["passed"] else "fail" if c["severity"] == "blocking" else "warn")
+    for c in summary.checks:
+        result = "skipped" if c.skipped else "passed" if c.passed else "FAILED"
+        check_rows.append([c.stage, c.name, c.severity, result, c.details])
+        check_classes.append("" if c.passed else "fail" if c.severity == "blocking" else "warn")
     parts.append(_table(["stage", "check", "severity", "result", "details"], check_rows, row_classes=check_classes))
 
     parts.append("<h2>Exact duplicates (same bytes)</h2>")
-    parts.append(_pairs_html(summary["exact_duplicates"], exact=True))
+    parts.append(_pairs_html(summary.exact_duplicates, exact=True))
     parts.append("<h2>Near-duplicates (pHash)</h2>")
-    parts.append(_pairs_html(summary["near_duplicates"]))
+    parts.append(_pairs_html(summary.near_duplicates))
     parts.append("<h2>Leaks across splits</h2><h3>Patients in several splits</h3>")
     parts.append(
         _table(
             ["patient", "splits", "images"],
-            [[p.get("patient_id"), p.get("splits"), p.get("n_images")] for p in summary["patient_leaks"]],
+            [[p.get("patient_id"), p.get("splits"), p.get("n_images")] for p in summary.patient_leaks],
             numeric=(2,),
         )
     )
     parts.append("<h3>Near-duplicate pairs across splits</h3>")
-    parts.append(_pairs_html(summary["near_duplicate_leaks"], with_split=True))
+    parts.append(_pairs_html(summary.near_duplicate_leaks, with_split=True))
 
-    docs = summary.get("data_docs") or {}
+    docs = summary.data_docs
     parts.append("<h2>Great Expectations Data Docs</h2><ul>")
-    parts.append(f"<li>Index (manifest and split validations): {_link(docs.get('index'), link_base)}</li>")
-    if docs.get("split") and docs.get("split") != docs.get("index"):
-        parts.append(f"<li>Split validation: {_link(docs.get('split'), link_base)}</li>")
+    parts.append(f"<li>Index (manifest and split validations): {_link(docs.index, link_base)}</li>")
+    if docs.split and docs.split != docs.index:
+        parts.append(f"<li>Split validation: {_link(docs.split, link_base)}</li>")
     parts.append("</ul></body></html>")
     return "\n".join(parts)
 
@@ -448,26 +585,93 @@ def render_html(summary: Mapping[str, Any], link_base: str | Path | None = None)
 # ---------------------------------------------------------------- terminal
 
 
-def summary_text(summary: Mapping[str, Any]) -> str:
-    """A few plain-text lines of `summary` for a terminal (the CLI's `validate` output)."""
-    counts = summary["counts"]
-    version = summary.get("dataset_version")
+def summary_text(summary: StewardSummary) -> str:
+    """A few plain-text lines of `summary` for a terminal (the CLI's `validate` output).
+
+    Args:
+        summary: The steward summary.
+
+    Returns:
+        Lines joined by newlines: verdict and counts, classes, exclusions, duplicates and leaks,
+        each failed check, the Data Docs index.
+    """
+    counts = summary.counts
+    version = summary.dataset_version
     lines = [
-        f"Data validation {summary['verdict']} (task {summary['task']}"
-        f"{f', dataset version {version}' if version else ''}): {counts['total']} rows, {counts['used']} used, "
-        f"{counts['excluded']} excluded; {len(summary['blocked_by'])} blocking failure(s), "
-        f"{len(summary['warnings'])} warning(s)" + ("" if summary.get("split_checked") else "; split not checked"),
-        "Classes:    " + ", ".join(f"{c['label']} {c['count']} ({c['fraction']:.1%})" for c in summary["classes"]),
+        f"Data validation {summary.verdict} (task {summary.task}"
+        f"{f', dataset version {version}' if version else ''}): {counts.total} rows, {counts.used} used, "
+        f"{counts.excluded} excluded; {len(summary.blocked_by)} blocking failure(s), "
+        f"{len(summary.warnings)} warning(s)" + ("" if summary.split_checked else "; split not checked"),
+        "Classes:    " + ", ".join(f"{c.label} {c.count} ({c.fraction:.1%})" for c in summary.classes),
     ]
-    if summary["exclusions_by_reason"]:
-        lines.append("Excluded:   " + ", ".join(f"{r} {n}" for r, n in summary["exclusions_by_reason"].items()))
+    if summary.exclusions_by_reason:
+        lines.append("Excluded:   " + ", ".join(f"{r} {n}" for r, n in summary.exclusions_by_reason.items()))
     lines.append(
-        f"Duplicates: {len(summary['exact_duplicates'])} exact pair(s), {len(summary['near_duplicates'])} "
-        f"near-duplicate pair(s); leaks: {len(summary['patient_leaks'])} patient(s) and "
-        f"{len(summary['near_duplicate_leaks'])} near-duplicate pair(s) across splits"
+        f"Duplicates: {len(summary.exact_duplicates)} exact pair(s), {len(summary.near_duplicates)} "
+        f"near-duplicate pair(s); leaks: {len(summary.patient_leaks)} patient(s) and "
+        f"{len(summary.near_duplicate_leaks)} near-duplicate pair(s) across splits"
     )
-    lines += [f"BLOCKING    {c['stage']}/{c['name']}: {c['details']}" for c in summary["blocked_by"]]
-    lines += [f"WARNING     {c['stage']}/{c['name']}: {c['details']}" for c in summary["warnings"]]
-    docs = (summary.get("data_docs") or {}).get("index")
+    lines += [f"BLOCKING    {c.stage}/{c.name}: {c.details}" for c in summary.blocked_by]
+    lines += [f"WARNING     {c.stage}/{c.name}: {c.details}" for c in summary.warnings]
+    docs = summary.data_docs.index
     lines.append(f"Data Docs:  {docs or 'not built'}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- files
+
+
+class StewardFiles(NamedTuple):
+    """The texts of the three files a steward reads."""
+
+    html: str  # summary.html
+    json: str  # summary.json
+    csv: str  # excluded_rows.csv
+
+    def by_name(self) -> dict[str, str]:
+        """The texts by file name.
+
+        Returns:
+            {SUMMARY_HTML: html, SUMMARY_JSON: json, EXCLUDED_ROWS_CSV: csv}.
+        """
+        return {SUMMARY_HTML: self.html, SUMMARY_JSON: self.json, EXCLUDED_ROWS_CSV: self.csv}
+
+
+def steward_files(summary: StewardSummary, manifest: pd.DataFrame) -> StewardFiles:
+    """The page, the JSON summary and the excluded rows, as text.
+
+    Args:
+        summary: The steward summary (from build_summary).
+        manifest: The manifest it was built from (every row).
+
+    Returns:
+        The HTML page, `summary.model_dump(mode="json")` as indented JSON, and the spreadsheet-safe
+        CSV of the excluded rows.
+    """
+    return StewardFiles(
+        html=render_html(summary),
+        json=json.dumps(summary.model_dump(mode="json"), indent=2),
+        csv=excluded_rows_csv(manifest),  # spreadsheet-safe (no formula injection)
+    )
+
+
+def write_steward_report(summary: StewardSummary, manifest: pd.DataFrame, folder: str | Path) -> StewardFiles:
+    """Write summary.html, summary.json and excluded_rows.csv into `folder` (created if missing).
+
+    Args:
+        summary: The steward summary (from build_summary).
+        manifest: The manifest it was built from (every row).
+        folder: Where to write the three files (UTF-8); existing files are replaced.
+
+    Returns:
+        The texts written.
+
+    Raises:
+        OSError: The folder cannot be created or a file cannot be written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = steward_files(summary, manifest)
+    for name, text in files.by_name().items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return files

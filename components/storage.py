@@ -6,7 +6,7 @@ functions here turn those into absolute URIs, refusing any that would leave
 the root (``../../etc/passwd``, absolute paths, or, on local disk, a symlink
 whose target lies outside the root): dataset metadata is untrusted input.
 
-Every error is a StorageError whose message names the URI and the problem.
+Every error is a StorageError (components.errors) whose message names the URI and the problem.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 import posixpath
 from pathlib import Path
+
+from components import s3
+from components.errors import MissingFileError, OutsideRootError, StorageError
+from components.s3 import is_s3_uri, parse_s3_uri
 
 __all__ = [
     "MissingFileError",
@@ -29,36 +33,6 @@ __all__ = [
 ]
 
 
-class StorageError(RuntimeError):
-    """A root or file could not be listed or read; the message names it and says why."""
-
-
-class MissingFileError(StorageError):
-    """The file does not exist (a manifest row names a file that is not there)."""
-
-
-class OutsideRootError(StorageError):
-    """A relative path from metadata resolves outside its source root."""
-
-
-def is_s3_uri(uri: str) -> bool:
-    return str(uri).startswith("s3://")
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """(bucket, key) of ``s3://bucket/key``; the key may be "" (the whole bucket).
-
-    StorageError for anything else, e.g. ``s3://`` or ``s3:///key`` (no bucket).
-    """
-    uri = str(uri)
-    if not is_s3_uri(uri):
-        raise StorageError(f"{uri!r} is not an S3 URI; expected s3://bucket/prefix")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket or any(character.isspace() for character in bucket):
-        raise StorageError(f"malformed S3 URI {uri!r}: it names no valid bucket; expected s3://bucket/prefix")
-    return bucket, key
-
-
 def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/"))
 
@@ -67,7 +41,20 @@ def _is_hidden(relative: str) -> bool:
 
 
 def child_uri(root: str, relative: str) -> str:
-    """Absolute URI of `relative` under `root`; OutsideRootError if it escapes the root."""
+    """The absolute URI of a file named relative to a source root, refusing any that leaves the root.
+
+    Args:
+        root: a local directory or ``s3://bucket/prefix``.
+        relative: a path from dataset metadata, relative to `root` (``images/a.png``;
+            backslashes are read as ``/``).
+
+    Returns:
+        ``<root>/<relative>`` normalised: an absolute local path, or an ``s3://`` URI.
+
+    Raises:
+        OutsideRootError: `relative` is absolute (``/x``, ``C:x``), empty, or leads outside
+            the root (``../x``; on local disk also a symlink whose target lies outside).
+    """
     relative = str(relative).replace("\\", "/")
     if relative.startswith("/") or (len(relative) > 1 and relative[1] == ":"):
         raise OutsideRootError(f"{relative!r} is an absolute path; only paths inside {root} are allowed")
@@ -89,23 +76,39 @@ def child_uri(root: str, relative: str) -> str:
 
 
 def root_is_dir(root: str) -> bool:
-    """True for an existing local directory or an S3 prefix holding at least one object."""
-    if is_s3_uri(root):
-        from components import s3
+    """Whether a source root exists: a local directory, or an S3 prefix holding at least one object.
 
+    Args:
+        root: a local directory or ``s3://bucket/prefix``.
+
+    Returns:
+        True for an existing local directory or a non-empty S3 prefix (directory markers do not count).
+
+    Raises:
+        StorageError: (S3 only) the bucket is missing, access is denied or the endpoint unreachable.
+    """
+    if is_s3_uri(root):
         return s3.prefix_has_objects(root)
     return Path(root).is_dir()
 
 
 def list_files(root: str) -> list[str]:
-    """Relative POSIX paths of every visible file below `root`, sorted.
+    """Every visible file below a source root, as sorted relative POSIX paths.
 
     Hidden files and folders (any path part starting with ".") are skipped:
     .DS_Store, AppleDouble ``._x.png``, .git.
+
+    Args:
+        root: a local directory or ``s3://bucket/prefix``.
+
+    Returns:
+        Paths relative to `root` (``images/a.png``), sorted.
+
+    Raises:
+        StorageError: `root` is not a local directory, or (S3) the bucket is missing,
+            access is denied or the endpoint unreachable.
     """
     if is_s3_uri(root):
-        from components import s3
-
         return sorted(key for key in s3.list_keys(root) if not _is_hidden(key))
     root_path = Path(root)
     if not root_path.is_dir():
@@ -121,10 +124,19 @@ def list_files(root: str) -> list[str]:
 
 
 def read_bytes(uri: str) -> bytes:
-    """The file's bytes; MissingFileError when it does not exist."""
-    if is_s3_uri(uri):
-        from components import s3
+    """Read a whole local file or S3 object.
 
+    Args:
+        uri: a local path or ``s3://bucket/key``.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        MissingFileError: the file does not exist (or is a folder).
+        StorageError: permission denied, or any other S3 failure (named in the message).
+    """
+    if is_s3_uri(uri):
         return s3.read_object(uri)
     try:
         return Path(uri).read_bytes()
@@ -135,10 +147,19 @@ def read_bytes(uri: str) -> bytes:
 
 
 def read_text(uri: str, fallback_encodings: tuple[str, ...] = ()) -> str:
-    """UTF-8 text with any byte-order mark removed (spreadsheet exports add one).
+    """Read a text file as UTF-8, with any byte-order mark removed (spreadsheet exports add one).
 
-    Text that is not UTF-8 is decoded with the first of `fallback_encodings`
-    that accepts it; when none does, StorageError.
+    Args:
+        uri: a local path or ``s3://bucket/key``.
+        fallback_encodings: encodings tried in order when the bytes are not UTF-8
+            (e.g. ``("cp1252",)`` for metadata exported on Windows).
+
+    Returns:
+        The decoded text.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        StorageError: the text is neither UTF-8 nor in any of `fallback_encodings`, or it cannot be read.
     """
     data = read_bytes(uri)
     try:

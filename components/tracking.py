@@ -42,7 +42,3 @@ def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
     walk(params, "")
     mlflow.log_params({key[:250]: value[:6000] for key, value in flat.items()})
 
-
-def log_json(data: Any, artifact_file: str) -> None:
-    if mlflow.active_run():
-        mlflow.log_dict(data, artifact_file)

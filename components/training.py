@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import BaseModel
 
 from components.checkpoints import (
     CheckpointFolder,
@@ -24,6 +25,7 @@ from components.checkpoints import (
     optimizer_file,
     weights_file,
 )
+from components.config import BackboneConfig, TrainingConfig
 from components.imaging import load_images, resize_grayscale
 
 logger = logging.getLogger(__name__)
@@ -242,7 +244,7 @@ def _restore_optimizer(model, path: str) -> bool:
     return True
 
 
-def _reduce_lr_callback(settings: dict[str, Any], restored: dict[str, Any]):
+def _reduce_lr_callback(training: TrainingConfig, restored: dict[str, Any]):
     import keras
 
     class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
@@ -258,9 +260,9 @@ def _reduce_lr_callback(settings: dict[str, Any], restored: dict[str, Any]):
 
     return ResumableReduceLROnPlateau(
         monitor="val_loss",
-        factor=settings["reduce_lr_factor"],
-        patience=settings["reduce_lr_patience"],
-        min_lr=settings["min_learning_rate"],
+        factor=training.reduce_lr_factor,
+        patience=training.reduce_lr_patience,
+        min_lr=training.min_learning_rate,
         verbose=1,
     )
 
@@ -324,8 +326,7 @@ def _run_phase(
     val_data,
     class_weight,
     end_epoch: int,
-    patience: int,
-    settings: dict[str, Any],
+    training: TrainingConfig,
     folder: CheckpointFolder | None,
     scratch: str,
     best_weights,
@@ -335,11 +336,14 @@ def _run_phase(
 ):
     """Fit from state.epoch to end_epoch (global numbering); leaves the best weights in the model.
 
+    EarlyStopping waits `training.patience` epochs; ReduceLROnPlateau runs when
+    `training.reduce_lr_patience` is set (with a constant learning rate).
     Returns the best weights seen so far (kept in memory for the next phase).
     """
+    patience = training.patience
     reduce_lr = None
-    if settings.get("reduce_lr_patience") and settings.get("lr_schedule", "constant") == "constant":
-        reduce_lr = _reduce_lr_callback(settings, state.reduce_lr)
+    if training.reduce_lr_patience and training.lr_schedule == "constant":
+        reduce_lr = _reduce_lr_callback(training, state.reduce_lr)
     phase_callback = _phase_callback(
         state, patience, folder, scratch, best_weights, reduce_lr, timings if timings is not None else {}
     )
@@ -369,56 +373,12 @@ def _summary(state: TrainingState, seconds: float, epochs_this_run: int, train_i
     }
 
 
-def fit_classifier(
-    model,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
-    num_classes: int,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    patience: int,
-    seed: int,
-    lr_schedule: str = "constant",
-    callbacks: list | None = None,
-) -> dict[str, Any]:
-    """Compile and fit one phase with EarlyStopping on val_loss (best weights restored).
-
-    Returns the per-epoch history plus timing, for logging. The pipeline uses
-    train_classifier (two phases, checkpoints, devices); this is its single-phase core.
-    """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    steps_per_epoch = -(-len(train[0]) // batch_size)
-    compile_classifier(model, num_classes, learning_rate_schedule(learning_rate, lr_schedule, epochs * steps_per_epoch))
-    state = TrainingState(key="")
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        _run_phase(
-            model,
-            state,
-            train_data=make_dataset(*train, batch_size, shuffle_seed=seed),
-            val_data=make_dataset(*val, batch_size),
-            class_weight=balanced_class_weights(train[1], num_classes),
-            end_epoch=epochs,
-            patience=patience,
-            settings={"lr_schedule": lr_schedule},
-            folder=None,
-            scratch=scratch,
-            best_weights=None,
-            callbacks=list(callbacks or []),
-            verbose=KERAS_VERBOSE,
-        )
-    return _summary(state, time.perf_counter() - started, state.epoch, len(train[0]))
-
-
 def train_classifier(
     build_model: Callable[[], Any],
     train: tuple[np.ndarray, np.ndarray] | TrainingData,
     val: tuple[np.ndarray, np.ndarray],
     num_classes: int,
-    training: dict[str, Any],
+    training: TrainingConfig,
     seed: int,
     checkpoint_dir: str | None = None,
     checkpoint_key: str = "",
@@ -430,38 +390,44 @@ def train_classifier(
 ) -> tuple[Any, dict[str, Any]]:
     """Seed, build the model for the visible devices, train it in one or two phases.
 
-    `train` is (images, labels) arrays or any TrainingData (shards, on-the-fly
-    augmentation). `build_model()` returns a build_classifier model; it is called after
-    seeding, under the dtype policy and the distribution strategy.
-    `training` holds TrainingConfig's keys. Phase 1 fits for up to `epochs`
-    (backbone frozen when pretrained); phase 2, when `fine_tune_layers` > 0 and
-    the backbone is pretrained, unfreezes its top layers and fits for up to
-    `fine_tune_epochs` more at `fine_tune_learning_rate`, epochs numbered on
-    from phase 1. EarlyStopping's best carries over, so phase 2 keeps phase
-    1's weights unless it beats them.
+    Phase 1 fits for up to `training.epochs` (backbone frozen when pretrained);
+    phase 2, when `training.fine_tune_layers` > 0 and the backbone is
+    pretrained, unfreezes its top layers and fits for up to
+    `training.fine_tune_epochs` more at `training.fine_tune_learning_rate`,
+    epochs numbered on from phase 1. EarlyStopping's best carries over, so
+    phase 2 keeps phase 1's weights unless it beats them. This is what the
+    pipeline's train steps run.
 
-    With `checkpoint_dir`, every epoch is checkpointed there (through
-    `filesystem`, zenml.io.fileio's interface; local by default) and a call
-    with the same folder and `checkpoint_key` resumes after the last completed
-    epoch. The caller removes the folder when it no longer needs it.
-    `run_eagerly` skips graph tracing (debugging; tiny test models, where
-    tracing costs more than the steps).
+    Args:
+        build_model: Returns a build_classifier model; called after seeding,
+            under the dtype policy and the distribution strategy.
+        train: uint8 (N, S, S) grayscale images and int (N,) class indices, or any
+            TrainingData (shards, on-the-fly augmentation) at the model's size S.
+        val: Validation images and labels, as `train`'s arrays.
+        num_classes: Number of classes (2: one sigmoid output, else softmax).
+        training: The run config's training settings (all defaults live there).
+        seed: Seeds Python, NumPy and the backend (weight init, dropout, shuffling).
+        checkpoint_dir: With a folder, every epoch is checkpointed there and a call
+            with the same folder and `checkpoint_key` resumes after the last
+            completed epoch. The caller removes the folder when done with it.
+        checkpoint_key: Identifies the training a checkpoint belongs to.
+        filesystem: zenml.io.fileio's interface for `checkpoint_dir`; local by default.
+        callbacks: Extra Keras callbacks (e.g. per-epoch MLflow logging).
+        num_gpus: GPUs to plan for; None counts the visible ones.
+        verbose: Keras fit verbosity (2: one line per epoch).
+        run_eagerly: Skip graph tracing (debugging; tiny test models, where
+            tracing costs more than the steps).
 
-    Returns the trained model (best weights) and a summary for logging.
+    Returns:
+        The trained model (best weights restored) and a summary dict for logging:
+        history (per-epoch Keras logs), epochs_run, best_epoch (1-based),
+        best_val_loss, seconds (wall clock of this call), images_per_second,
+        phase1_epochs, phase2_epochs, fine_tuned_layers, pretrained,
+        resumed_from_epoch, checkpoint_seconds, seed and device (DevicePlan fields).
     """
     import keras
 
-    settings = {
-        "fine_tune_layers": 0,
-        "fine_tune_epochs": 0,
-        "fine_tune_learning_rate": 1e-5,
-        "reduce_lr_patience": None,
-        "reduce_lr_factor": 0.2,
-        "min_learning_rate": 0.0,
-        "lr_schedule": "constant",
-        **training,
-    }
-    plan = device_plan(visible_gpus() if num_gpus is None else num_gpus, settings["batch_size"])
+    plan = device_plan(visible_gpus() if num_gpus is None else num_gpus, training.batch_size)
     train = as_training_data(train)
     keras.utils.set_random_seed(seed)  # Python, NumPy and backend RNGs: weight init, dropout
     folder = CheckpointFolder(checkpoint_dir, filesystem) if checkpoint_dir else None
@@ -481,15 +447,14 @@ def train_classifier(
         model = build_model()
         backbone = find_backbone(model)
         pretrained = backbone is not None and not backbone.trainable
-        fine_tune = pretrained and settings["fine_tune_layers"] > 0 and settings["fine_tune_epochs"] > 0
+        fine_tune = pretrained and training.fine_tune_layers > 0 and training.fine_tune_epochs > 0
         train_data = train.dataset(batch, shuffle_seed=seed, first_epoch=state.epoch)
         val_data = make_dataset(*val, batch)
         common = {
             "train_data": train_data,
             "val_data": val_data,
             "class_weight": class_weights_from_counts(train.label_counts(num_classes)),
-            "patience": settings["patience"],
-            "settings": settings,
+            "training": training,
             "folder": folder,
             "scratch": scratch,
             "callbacks": list(callbacks or []),
@@ -508,14 +473,12 @@ def train_classifier(
             compile_classifier(
                 model,
                 num_classes,
-                learning_rate_schedule(
-                    settings["learning_rate"], settings["lr_schedule"], settings["epochs"] * steps_per_epoch
-                ),
+                learning_rate_schedule(training.learning_rate, training.lr_schedule, training.epochs * steps_per_epoch),
                 run_eagerly,
             )
             if state.optimizer and folder is not None:
                 _restore_optimizer(model, folder.fetch(state.optimizer, scratch))
-            best_weights = _run_phase(model, state, end_epoch=settings["epochs"], best_weights=best_weights, **common)
+            best_weights = _run_phase(model, state, end_epoch=training.epochs, best_weights=best_weights, **common)
             if fine_tune:
                 state.finish_phase1()
                 if folder is not None:  # phase 2 starts from phase 1's best weights
@@ -525,21 +488,21 @@ def train_classifier(
                     folder.save(state, {state.weights: local})
         unfrozen = 0
         if fine_tune:
-            unfrozen = unfreeze_top_layers(backbone, settings["fine_tune_layers"])
+            unfrozen = unfreeze_top_layers(backbone, training.fine_tune_layers)
             logger.info(
                 "phase 2: fine-tuning the top %d layers of %s (%d trainable, BatchNorm frozen) at lr %g",
-                settings["fine_tune_layers"],
+                training.fine_tune_layers,
                 backbone.name,
                 unfrozen,
-                settings["fine_tune_learning_rate"],
+                training.fine_tune_learning_rate,
             )
             compile_classifier(
                 model,
                 num_classes,
                 learning_rate_schedule(
-                    settings["fine_tune_learning_rate"],
-                    settings["lr_schedule"],
-                    settings["fine_tune_epochs"] * steps_per_epoch,
+                    training.fine_tune_learning_rate,
+                    training.lr_schedule,
+                    training.fine_tune_epochs * steps_per_epoch,
                 ),
                 run_eagerly,
             )
@@ -548,7 +511,7 @@ def train_classifier(
             _run_phase(
                 model,
                 state,
-                end_epoch=state.phase_start + settings["fine_tune_epochs"],
+                end_epoch=state.phase_start + training.fine_tune_epochs,
                 best_weights=best_weights,
                 **common,
             )
@@ -576,3 +539,32 @@ def predict_probabilities(model, grays: np.ndarray, num_classes: int, batch_size
         return np.zeros((0, num_classes))
     output = model.predict(make_dataset(grays, None, batch_size), verbose=0)
     return probabilities(output, num_classes)
+
+
+class TrainingSummary(BaseModel):
+    """What one train step did (the ZenML artifact `training_summary`).
+
+    ``history`` holds every epoch's Keras logs (loss, val_loss, ...) in order;
+    ``best_epoch`` is 1-based; seconds are wall-clock seconds of this run
+    (a resumed run counts only its own epochs in ``images_per_second``).
+    ``device`` is the DevicePlan (strategy, replicas, precision).
+    """
+
+    backbone: BackboneConfig
+    training_data: str  # ArrayData, ShardSet or OnTheFlyData
+    train_images: int
+    mlflow_logging_seconds: float
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    seconds: float
+    images_per_second: float
+    phase1_epochs: int
+    phase2_epochs: int
+    fine_tuned_layers: int
+    pretrained: bool
+    resumed_from_epoch: int
+    checkpoint_seconds: float
+    seed: int
+    device: dict[str, str | int | bool | None]

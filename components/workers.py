@@ -16,7 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (a container's CPU set, not the host's count)."""
+    """Count the CPU cores this process may run on (a container's CPU set, not the host's count).
+
+    Returns:
+        len(os.sched_getaffinity(0)) where the platform has it (Linux), else os.cpu_count(); at least 1.
+    """
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -24,14 +28,28 @@ def available_cores() -> int:
 
 
 def resolve_workers(workers: int) -> int:
-    """A config's worker count: 0 means one per available core."""
+    """Turn a config's worker count into a number of processes.
+
+    Args:
+        workers: 0 for one per available core, else the count itself.
+
+    Returns:
+        The number of workers, at least 1 when `workers` >= 0.
+    """
     return workers if workers > 0 else available_cores()
 
 
 def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
-    """A pool of `workers` processes. `preload`: modules the fork server imports once,
-    so that each pool's workers start in milliseconds (effective only if no fork
-    server runs yet in this process)."""
+    """Make a process pool whose workers start from a fork server (or spawn) with the parent's environment.
+
+    Args:
+        workers: number of processes.
+        preload: modules the fork server imports once, so that each pool's workers start in
+            milliseconds (effective only if no fork server runs yet in this process).
+
+    Returns:
+        A ProcessPoolExecutor; use it as a context manager or shut it down.
+    """
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["__main__", *preload])

@@ -8,6 +8,8 @@
     cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
     cxr predict IMAGE...               label + probabilities from the champion
     cxr ui                             print the command that opens the MLflow UI
+    cxr sources                        list the source kinds and their options
+    cxr backbones                      list the backbones, their input sizes and preprocessing
 
 Heavy imports (ZenML, TensorFlow) happen inside commands, after
 `configure_environment` has pointed ZenML and MLflow at the work folder.
@@ -17,13 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.config import ConfigError, load_run_config
+from components.errors import CxrError
+
+if TYPE_CHECKING:
+    from cxr.runner import AblationRunSummary, StewardOutputs, TrainingRunSummary
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = os.environ.get("CXR_WORKDIR", str(PROJECT_ROOT / ".cxr"))
@@ -71,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = run_training(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
     print(format_summary(summary, paths))
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+        Path(args.summary_json).write_text(summary.model_dump_json(indent=2))
     return 0
 
 
@@ -85,19 +92,19 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     )
     print(format_ablation(summary, paths))
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+        Path(args.summary_json).write_text(summary.model_dump_json(indent=2))
     return 0
 
 
-def format_ablation(summary: dict[str, Any], paths) -> str:
+def format_ablation(summary: AblationRunSummary, paths) -> str:
     lines = [
         "",
         "=" * 72,
-        f"Ablation run '{summary['run_name']}' finished ({summary['backbone']}, {summary['task']}).",
+        f"Ablation run '{summary.run_name}' finished ({summary.backbone}, {summary.task}).",
         "",
-        summary["markdown"].rstrip(),
+        summary.markdown.rstrip(),
         "",
-        f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}', "
+        f"MLflow run:        {summary.mlflow_run_id} (experiment '{summary.experiment}', "
         "artifacts ablation/ablation.md, ablation/ablation.csv)",
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         "=" * 72,
@@ -141,44 +148,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ManifestValidationError:
         outputs = steward_outputs(latest_run_id(PIPELINE_NAME))
     print(format_validation(outputs))
-    if args.summary_json and outputs["summary"] is not None:
-        Path(args.summary_json).write_text(json.dumps(outputs["summary"], indent=2, default=str))
-    return 0 if outputs["summary"] is not None and outputs["summary"]["success"] else 1
+    summary = outputs.summary
+    if args.summary_json and summary is not None:
+        # The same content as the report folder's summary.json.
+        Path(args.summary_json).write_text(json.dumps(summary.model_dump(mode="json"), indent=2))
+    return 0 if summary is not None and summary.success else 1
 
 
-def format_validation(outputs: dict[str, Any]) -> str:
-    from components.steward_report import summary_text
+def format_validation(outputs: StewardOutputs) -> str:
+    from components.steward_report import EXCLUDED_ROWS_CSV, SUMMARY_HTML, SUMMARY_JSON, summary_text
 
-    summary, folder = outputs["summary"], outputs["reports_folder"]
-    if summary is None:
-        return f"Data validation run '{outputs['run_name']}' ended ({outputs['status']}) before its report was written."
+    summary, folder = outputs.summary, outputs.reports_folder
+    if summary is None or folder is None:
+        return f"Data validation run '{outputs.run_name}' ended ({outputs.status}) before its report was written."
     lines = ["", "=" * 72, summary_text(summary), ""]
     lines += [
-        f"Steward report:    {Path(folder) / 'summary.html'}",
-        f"Summary (JSON):    {Path(folder) / 'summary.json'}",
-        f"Excluded rows:     {Path(folder) / 'excluded_rows.csv'}",
+        f"Steward report:    {Path(folder) / SUMMARY_HTML}",
+        f"Summary (JSON):    {Path(folder) / SUMMARY_JSON}",
+        f"Excluded rows:     {Path(folder) / EXCLUDED_ROWS_CSV}",
         "=" * 72,
     ]
     return "\n".join(lines)
 
 
-def format_summary(summary: dict[str, Any], paths) -> str:
-    promotion = summary["promotion"]
-    test = summary["test_metrics"]
+def format_summary(summary: TrainingRunSummary, paths) -> str:
+    promotion = summary.promotion
+    test = summary.test_metrics
     lines = [
         "",
         "=" * 72,
-        f"Training run '{summary['run_name']}' finished ({summary['task']}).",
-        f"Best backbone:     {summary['backbone']}",
-        f"Registered model:  {promotion['model_name']} version {promotion['version']} -> alias '{promotion['alias']}'",
-        f"Why:               {promotion['reason']}",
+        f"Training run '{summary.run_name}' finished ({summary.task}).",
+        f"Best backbone:     {summary.backbone}",
+        f"Registered model:  {promotion.model_name} version {promotion.version} -> alias '{promotion.alias}'",
+        f"Why:               {promotion.reason}",
         "Test metrics:      "
         + ", ".join(
-            f"{key}={test[key]:.3f}" for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
+            f"{key}={test.scalar(key):.3f}"
+            for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
         ),
-        f"Data validation:   {summary['data_docs_index']}",
-        f"Steward report:    {summary['steward_report']}/summary.html",
-        f"MLflow run:        {summary['mlflow_run_id']} (experiment '{summary['experiment']}')",
+        f"Data validation:   {summary.data_docs_index}",
+        f"Steward report:    {summary.steward_report}/summary.html",
+        f"MLflow run:        {summary.mlflow_run_id} (experiment '{summary.experiment}')",
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
         "Serve champion:    .venv/bin/cxr serve   (then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
@@ -235,6 +245,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sources(args: argparse.Namespace) -> int:
+    """List the registered source kinds and their options (no TensorFlow, no ZenML)."""
+    from components.sources import describe_sources
+
+    print(describe_sources())
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    """List the registered backbones (no TensorFlow, no ZenML)."""
+    from components.backbones import describe_backbones
+
+    print(describe_backbones())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification MLOps pipeline")
     parser.add_argument("--workdir", default=DEFAULT_WORKDIR, help="local state folder (default: .cxr in the project)")
@@ -268,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablation_parser(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
+    commands.add_parser("sources", help="list the source kinds and their options").set_defaults(handler=cmd_sources)
+    commands.add_parser("backbones", help="list the backbones").set_defaults(handler=cmd_backbones)
 
     for name, handler, help_text in (
         ("serve", cmd_serve, "serve the champion over HTTP"),
@@ -285,42 +313,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ZenML's local orchestrator logs a failed step with its traceback (logger.exception, on stdout)
+# before it re-raises the step's own exception. For a user-facing error that traceback is noise:
+# main() prints the message. The orchestrator's line "Step <name> failed." stays.
+ZENML_LOCAL_ORCHESTRATOR_LOGGER = "zenml.orchestrators.local.local_orchestrator"
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Drop the traceback from log records about a CxrError (keep the record)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CxrError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_user_error_tracebacks() -> None:
+    logger = logging.getLogger(ZENML_LOCAL_ORCHESTRATOR_LOGGER)
+    if not any(isinstance(existing, _NoTracebackForUserErrors) for existing in logger.filters):
+        logger.addFilter(_NoTracebackForUserErrors())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_user_error_tracebacks()
     try:
         return args.handler(args)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     except Exception as error:
-        # Errors about the user's data or weights end the run with their message, not a traceback.
+        # Errors about the user's config, data, weights or environment end the run with their
+        # message, not a traceback; anything else is a bug and keeps its traceback.
         if not _is_user_facing(error):
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(error, ConfigError) else 1
 
 
-def _is_user_facing(error: Exception) -> bool:
-    from components.backbones import UnknownBackboneError, WeightsUnavailableError
-    from components.imaging import ImageDecodeError
-    from components.manifest import SourceError
-    from components.storage import StorageError
-    from components.validation import ManifestValidationError
-
-    # FileNotFoundError: a source root or weights path that does not exist (the message names it).
-    # SourceError / StorageError: bad metadata (missing column...), S3 bucket missing or access denied.
-    return isinstance(
-        error,
-        (
-            ManifestValidationError,
-            WeightsUnavailableError,
-            UnknownBackboneError,
-            ImageDecodeError,
-            FileNotFoundError,
-            SourceError,
-            StorageError,
-        ),
-    )
+def _is_user_facing(error: BaseException) -> bool:
+    """A components.errors.CxrError (every user-facing error class derives from it), or a
+    FileNotFoundError: a source root or weights path that does not exist (its message names it)."""
+    return isinstance(error, (CxrError, FileNotFoundError))
 
 
 if __name__ == "__main__":

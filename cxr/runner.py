@@ -7,8 +7,28 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from components.ablation import VARIANTS, AblationSummary, ablation_config
 from components.config import RunConfig, merged_yaml_file
+from components.labels import Task
+from components.metrics import SplitMetrics
+from components.registry import Promotion, Registration
+from components.steward_report import StewardSummary
 from cxr.stack import EXPERIMENT_NAME, LocalPaths, ensure_local_stack
+from steps.names import (
+    ABLATION_CSV,
+    ABLATION_REPORT_STEP,
+    ABLATION_SUMMARY,
+    ABLATION_TABLE,
+    DATA_DOCS_INDEX,
+    PROMOTE_STEP,
+    PROMOTION,
+    REGISTER_STEP,
+    REGISTRATION,
+    VALIDATE_STEP,
+    train_step_id,
+)
 
 
 def ensure_synthetic_dataset(config: RunConfig) -> Path | None:
@@ -28,24 +48,34 @@ def ensure_synthetic_dataset(config: RunConfig) -> Path | None:
     return root
 
 
-def resolved_run(config: RunConfig) -> dict[str, Any]:
-    """The run config as JSON with source roots made absolute (steps may run elsewhere)."""
-    run = config.model_dump(mode="json")
-    for source in run["data"]["sources"]:
-        if "://" not in source["root"]:
-            source["root"] = str(Path(source["root"]).resolve())
-    return run
+def resolved_config(config: RunConfig) -> RunConfig:
+    """The run config with local source roots made absolute (steps may run in another folder)."""
+    sources = [
+        source if "://" in source.root else source.model_copy(update={"root": str(Path(source.root).resolve())})
+        for source in config.data.sources
+    ]
+    return config.model_copy(update={"data": config.data.model_copy(update={"sources": sources})})
 
 
 def _run_pipeline(
-    pipeline: Any, config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+    pipeline: Any,
+    config: RunConfig,
+    paths: LocalPaths,
+    project_root: Path,
+    zenml_overlays: list[str] = (),
+    train_step_ids: list[str] = (),
 ) -> Any:
-    """Run a pipeline of this project with the merged ZenML config; returns the pipeline run."""
+    """Run a pipeline of this project with the merged ZenML config; returns the pipeline run.
+
+    The `train_steps` settings of the ZenML config files apply to each of `train_step_ids`.
+    """
     zenml_config = merged_yaml_file(
-        [project_root / "zenml_config.yaml", *zenml_overlays], paths.workdir / "zenml_run_config.yaml"
+        [project_root / "zenml_config.yaml", *zenml_overlays],
+        paths.workdir / "zenml_run_config.yaml",
+        train_step_ids=train_step_ids,
     )
     return pipeline.with_options(config_path=str(zenml_config))(
-        run=resolved_run(config), docs_dir=str(paths.reports / "data_docs"), reports_dir=str(paths.reports)
+        run=resolved_config(config), docs_dir=str(paths.reports / "data_docs"), reports_dir=str(paths.reports)
     )
 
 
@@ -55,19 +85,35 @@ def _prepare(config: RunConfig, paths: LocalPaths, project_root: Path) -> None:
     ensure_synthetic_dataset(config)
 
 
+class TrainingRunSummary(BaseModel):
+    """What `cxr train` prints and writes with --summary-json: the run, its registration and promotion."""
+
+    run_name: str
+    task: Task
+    backbone: str
+    promotion: Promotion
+    registration: Registration
+    test_metrics: SplitMetrics
+    data_docs_index: str
+    steward_report: str | None
+    mlflow_run_id: str
+    experiment: str
+
+
 def run_training(
     config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
-) -> dict[str, Any]:
+) -> TrainingRunSummary:
     _prepare(config, paths, project_root)
     from pipelines.training import training_pipeline
 
-    pipeline_run = _run_pipeline(training_pipeline, config, paths, project_root, zenml_overlays)
+    train_steps = [train_step_id(backbone.name) for backbone in config.backbones]
+    pipeline_run = _run_pipeline(training_pipeline, config, paths, project_root, zenml_overlays, train_steps)
     return collect_summary(pipeline_run.id, config)
 
 
 def run_validation(
     config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
-) -> dict[str, Any]:
+) -> StewardOutputs:
     """Ingest + validate + split + steward report, no training. A blocked data drop
     raises ManifestValidationError after its report has been written."""
     _prepare(config, paths, project_root)
@@ -84,48 +130,64 @@ def latest_run_id(pipeline_name: str) -> Any:
     return runs.items[0].id if runs.items else None
 
 
-def steward_outputs(pipeline_run_id) -> dict[str, Any]:
+class StewardOutputs(BaseModel):
+    """What `cxr validate` prints: the steward's summary and the folder of its files."""
+
+    run_name: str
+    status: str  # the pipeline run's status, e.g. "completed" or "failed" (blocked at the data gate)
+    summary: StewardSummary | None  # None when the run ended before the report was written
+    reports_folder: str | None  # holds summary.html, summary.json, excluded_rows.csv
+
+
+def steward_outputs(pipeline_run_id) -> StewardOutputs:
     """The steward's summary and where its files are, from a (possibly blocked) run."""
     from zenml.client import Client
 
-    from steps.names import STEWARD_SUMMARY
+    from steps.names import STEWARD_STEP, STEWARD_SUMMARY
 
     run = Client().get_pipeline_run(pipeline_run_id)
-    step = run.steps.get("steward_report")
+    step = run.steps.get(STEWARD_STEP)
     if step is None or STEWARD_SUMMARY not in step.outputs:
-        return {"run_name": run.name, "status": run.status.value, "summary": None, "reports_folder": None}
+        return StewardOutputs(run_name=run.name, status=run.status.value, summary=None, reports_folder=None)
     artifact = step.outputs[STEWARD_SUMMARY][0]
-    return {
-        "run_name": run.name,
-        "status": run.status.value,
-        "summary": artifact.load(),
-        "reports_folder": artifact.run_metadata.get("reports_folder"),
-    }
+    return StewardOutputs(
+        run_name=run.name,
+        status=run.status.value,
+        summary=artifact.load(),
+        reports_folder=artifact.run_metadata.get("reports_folder"),
+    )
 
 
-def collect_summary(pipeline_run_id, config: RunConfig) -> dict[str, Any]:
+def collect_summary(pipeline_run_id, config: RunConfig) -> TrainingRunSummary:
     """Read the promotion, registration and evaluation artifacts of a finished run."""
     from zenml.client import Client
-
-    from steps.names import DATA_DOCS_INDEX, PROMOTION, REGISTRATION
 
     run = Client().get_pipeline_run(pipeline_run_id)
     if run.status.value != "completed":
         raise RuntimeError(f"pipeline run {run.name} ended with status {run.status.value}")
-    promotion = run.steps["promote_model"].outputs[PROMOTION][0].load()
-    registration = run.steps["register_best_model"].outputs[REGISTRATION][0].load()
-    return {
-        "run_name": run.name,
-        "task": config.task,
-        "backbone": registration["backbone"],
-        "promotion": promotion,
-        "registration": registration,
-        "test_metrics": registration["test_metrics"],
-        "data_docs_index": run.steps["validate_data"].outputs[DATA_DOCS_INDEX][0].load(),
-        "steward_report": steward_outputs(pipeline_run_id)["reports_folder"],
-        "mlflow_run_id": registration["mlflow_run_id"],
-        "experiment": EXPERIMENT_NAME,
-    }
+    promotion = run.steps[PROMOTE_STEP].outputs[PROMOTION][0].load()
+    registration = run.steps[REGISTER_STEP].outputs[REGISTRATION][0].load()
+    return TrainingRunSummary(
+        run_name=run.name,
+        task=config.task,
+        backbone=registration.backbone,
+        promotion=promotion,
+        registration=registration,
+        test_metrics=registration.test_metrics,
+        data_docs_index=run.steps[VALIDATE_STEP].outputs[DATA_DOCS_INDEX][0].load(),
+        steward_report=steward_outputs(pipeline_run_id).reports_folder,
+        mlflow_run_id=registration.mlflow_run_id,
+        experiment=EXPERIMENT_NAME,
+    )
+
+
+class AblationRunSummary(AblationSummary):
+    """What `cxr ablation` prints and writes with --summary-json: the table and where it is logged."""
+
+    run_name: str
+    markdown: str
+    csv: str
+    experiment: str
 
 
 def run_ablation(
@@ -133,36 +195,33 @@ def run_ablation(
     paths: LocalPaths,
     project_root: Path,
     backbone: str | None = None,
-    task: str | None = None,
+    task: Task | None = None,
     zenml_overlays: list[str] = (),
-) -> dict[str, Any]:
+) -> AblationRunSummary:
     """The paper's ablation (Table 4) for one backbone (the config's first, or `backbone`) and
     task (the config's, or `task`): four variants on one split, one table. Nothing is registered."""
-    from components.ablation import ablation_config
-
     config = ablation_config(config, backbone=backbone, task=task)  # ConfigError before anything runs
     _prepare(config, paths, project_root)
     from pipelines.ablation import PIPELINE_NAME, ablation_pipeline
 
-    pipeline_run = _run_pipeline(ablation_pipeline, config, paths, project_root, zenml_overlays)
+    train_steps = [train_step_id(variant.key) for variant in VARIANTS]
+    pipeline_run = _run_pipeline(ablation_pipeline, config, paths, project_root, zenml_overlays, train_steps)
     return collect_ablation(pipeline_run.id, PIPELINE_NAME)
 
 
-def collect_ablation(pipeline_run_id, experiment: str) -> dict[str, Any]:
+def collect_ablation(pipeline_run_id, experiment: str) -> AblationRunSummary:
     """The ablation table (Markdown, CSV) and its rows from a finished ablation run."""
     from zenml.client import Client
-
-    from steps.ablation import ABLATION_CSV, ABLATION_SUMMARY, ABLATION_TABLE
 
     run = Client().get_pipeline_run(pipeline_run_id)
     if run.status.value != "completed":
         raise RuntimeError(f"pipeline run {run.name} ended with status {run.status.value}")
-    outputs = run.steps["ablation_report"].outputs
+    outputs = run.steps[ABLATION_REPORT_STEP].outputs
     summary = outputs[ABLATION_SUMMARY][0].load()
-    return {
-        "run_name": run.name,
-        **summary,
-        "markdown": str(outputs[ABLATION_TABLE][0].load()),
-        "csv": str(outputs[ABLATION_CSV][0].load()),
-        "experiment": experiment,
-    }
+    return AblationRunSummary(
+        **summary.model_dump(),
+        run_name=run.name,
+        markdown=str(outputs[ABLATION_TABLE][0].load()),
+        csv=str(outputs[ABLATION_CSV][0].load()),
+        experiment=experiment,
+    )

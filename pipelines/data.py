@@ -4,10 +4,10 @@
 which stewards run alone (`cxr validate`) to review a new data drop.
 """
 
-from typing import Any
-
 from zenml import pipeline
+from zenml.steps.entrypoint_function_utils import StepArtifact
 
+from components.config import RunConfig
 from steps.ingest import ingest_data
 from steps.split import split_data
 from steps.validate import data_gate, steward_report, validate_data, validate_data_split
@@ -15,22 +15,13 @@ from steps.validate import data_gate, steward_report, validate_data, validate_da
 PIPELINE_NAME = "cxr_data_validation"
 
 
-def data_steps(run: dict[str, Any], docs_dir: str, reports_dir: str) -> Any:
+def data_steps(run: RunConfig, docs_dir: str, reports_dir: str) -> StepArtifact:
     """Call inside a pipeline; returns the split manifest. Steps that train must run `after="data_gate"`."""
-    task, seed, checks = run["task"], run["seed"], run["validation"]
-    manifest = ingest_data(
-        sources=run["data"]["sources"],
-        task=task,
-        max_images=run["data"]["max_images"],
-        seed=seed,
-        workers=run["data"]["workers"],
-    )
+    task, seed, checks = run.task, run.seed, run.validation
+    manifest = ingest_data(data=run.data, task=task, seed=seed)
     manifest_report, _ = validate_data(manifest, task=task, docs_dir=docs_dir, checks=checks)
     split = split_data(
-        manifest,
-        fractions=[run["split"][name] for name in ("train", "val", "test")],
-        seed=seed,
-        near_duplicate_max_distance=checks["near_duplicate_max_distance"],
+        manifest, split=run.split, seed=seed, near_duplicate_max_distance=checks.near_duplicate_max_distance
     )
     split_report = validate_data_split(split, task=task, docs_dir=docs_dir, checks=checks)
     steward_report(manifest, manifest_report, split, split_report, task=task, reports_dir=reports_dir)
@@ -39,5 +30,5 @@ def data_steps(run: dict[str, Any], docs_dir: str, reports_dir: str) -> Any:
 
 
 @pipeline(name=PIPELINE_NAME)
-def data_validation_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> None:
+def data_validation_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
     data_steps(run, docs_dir, reports_dir)

@@ -6,19 +6,18 @@ The augment step follows `augmentation.mode` (pipelines/training_sets.py):
 in-memory arrays, offline shards in the artifact store, or originals that
 the train steps augment on the fly.
 
-It only connects steps. `run` is the validated run config as plain JSON
-(`RunConfig.model_dump(mode="json")`); the backbone loop unrolls at compile
-time into one train and one evaluate step per backbone.
+It only connects steps. `run` is the validated RunConfig (ZenML records it in
+the run's configuration); the backbone loop unrolls at compile time into one
+train and one evaluate step per backbone.
 """
-
-from typing import Any
 
 from zenml import pipeline
 
-from components.labels import TASK_LABELS
+from components.config import RunConfig
 from pipelines.data import data_steps
 from pipelines.training_sets import train_on, training_set
 from steps.evaluate import evaluate_model
+from steps.names import evaluate_step_id, train_step_id
 from steps.promote import promote_model
 from steps.register import register_best_model
 
@@ -26,27 +25,18 @@ PIPELINE_NAME = "cxr_training"
 
 
 @pipeline(name=PIPELINE_NAME)
-def training_pipeline(run: dict[str, Any], docs_dir: str, reports_dir: str) -> None:
-    class_names = list(TASK_LABELS[run["task"]])
-    seed = run["seed"]
+def training_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
+    class_names = list(run.class_names)
     split = data_steps(run, docs_dir, reports_dir)
-    train_set = training_set(
-        split,
-        run["augmentation"],
-        class_names,
-        image_size=max(backbone["image_size"] for backbone in run["backbones"]),
-        seed=seed,
-    )
+    train_set = training_set(split, run.augmentation, class_names, image_size=run.largest_image_size, seed=run.seed)
     models, evaluations = [], []
-    for backbone in run["backbones"]:
+    for backbone in run.backbones:
         model, _ = train_on(
-            train_set, split, backbone, class_names, run["training"], seed, step_id=f"train_{backbone['name']}"
+            train_set, split, backbone, class_names, run.training, run.seed, step_id=train_step_id(backbone.name)
         )
         models.append(model)
         evaluations.append(
-            evaluate_model(model, split, backbone=backbone, class_names=class_names, id=f"evaluate_{backbone['name']}")
+            evaluate_model(model, split, backbone=backbone, class_names=class_names, id=evaluate_step_id(backbone.name))
         )
-    registration = register_best_model(
-        models, evaluations, task=run["task"], registry=run["registry"], run_name=run["name"]
-    )
-    promote_model(registration, registry=run["registry"])
+    registration = register_best_model(models, evaluations, task=run.task, registry=run.registry, run_name=run.name)
+    promote_model(registration, registry=run.registry)

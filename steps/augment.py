@@ -1,5 +1,7 @@
+"""Augment steps (training split only): in memory, or offline into TFRecord shards."""
+
 import tempfile
-from typing import Annotated, Any
+from typing import Annotated
 
 import mlflow
 import numpy as np
@@ -8,7 +10,8 @@ from PIL import Image
 from zenml import step
 from zenml.logger import get_logger
 
-from components.augmentation import augment_copies, enabled_operations, preview_grid
+from components.augmentation import enabled_operations, expand_training_set, preview_sample
+from components.config import AugmentationConfig
 from components.shards import ShardSet, write_shards
 from components.training import split_arrays
 from components.workers import resolve_workers
@@ -17,20 +20,14 @@ from steps.shard_materializer import ShardSetMaterializer
 
 logger = get_logger(__name__)
 
-PREVIEW_ORIGINALS = 6
-PREVIEW_COPIES = 4
 
-
-def _log_preview(preview: Image.Image, operations: dict[str, Any]) -> None:
+def _preview(originals: np.ndarray, augmentation: AugmentationConfig, seed: int) -> Image.Image:
+    """The preview grid of a sample of originals, logged to MLflow with the operations."""
+    operations = augmentation.resolved_operations()
+    preview = Image.fromarray(preview_sample(originals, operations, seed))
     mlflow.log_image(preview, "augmentation/preview.png")
     mlflow.log_dict(operations, "augmentation/operations.json")
-
-
-def _sample_preview(originals: np.ndarray, operations: dict[str, Any], seed: int) -> Image.Image:
-    """What the augmentation makes of the first few originals (the set itself is not in memory)."""
-    sample = originals[:PREVIEW_ORIGINALS]
-    augmented, origin = augment_copies(sample, operations, PREVIEW_COPIES, seed)
-    return Image.fromarray(preview_grid(sample, augmented, origin))
+    return preview
 
 
 @step(experiment_tracker=EXPERIMENT_TRACKER)
@@ -38,10 +35,8 @@ def augment_training_data(
     split_manifest: pd.DataFrame,
     class_names: list[str],
     image_size: int,
-    operations: dict[str, Any],
-    copies_per_image: int,
+    augmentation: AugmentationConfig,
     seed: int,
-    expand: bool = True,
 ) -> tuple[
     Annotated[np.ndarray, TRAIN_IMAGES],
     Annotated[np.ndarray, TRAIN_LABELS],
@@ -49,26 +44,23 @@ def augment_training_data(
 ]:
     """Training split only: originals plus `copies_per_image` seeded imgaug copies each, in memory.
 
-    expand=False (on-the-fly mode): the originals alone, since the train step
-    augments them each epoch; the preview shows a sample of what it will make.
+    With mode `on_the_fly`: the originals alone, since the train step augments
+    them each epoch; the preview shows a sample of what it will make.
     """
     originals, labels = split_arrays(split_manifest, "train", class_names, image_size)
-    if not expand:
-        preview = _sample_preview(originals, operations, seed)
-        _log_preview(preview, operations)
+    operations = augmentation.resolved_operations()
+    preview = _preview(originals, augmentation, seed)
+    if augmentation.mode == "on_the_fly":
         logger.info("%d training originals; augmented on the fly by the train steps", len(originals))
         return originals, labels, preview
-    augmented, origin = augment_copies(originals, operations, copies_per_image, seed)
-    images = np.concatenate([originals, augmented])
+    images, labels = expand_training_set(originals, labels, operations, augmentation.copies_per_image, seed)
     logger.info(
         "Augmented %d training images into %d (ops: %s)",
         len(originals),
         len(images),
         ", ".join(enabled_operations(operations)) or "none",
     )
-    preview = Image.fromarray(preview_grid(originals, augmented, origin))
-    _log_preview(preview, operations)
-    return images, np.concatenate([labels, labels[origin]]), preview
+    return images, labels, preview
 
 
 @step(experiment_tracker=EXPERIMENT_TRACKER, output_materializers={TRAIN_SHARDS: ShardSetMaterializer})
@@ -76,11 +68,8 @@ def expand_training_data(
     split_manifest: pd.DataFrame,
     class_names: list[str],
     image_size: int,
-    operations: dict[str, Any],
-    copies_per_image: int,
+    augmentation: AugmentationConfig,
     seed: int,
-    workers: int = 0,
-    images_per_shard: int = 2048,
 ) -> tuple[Annotated[ShardSet, TRAIN_SHARDS], Annotated[Image.Image, AUGMENTATION_PREVIEW]]:
     """Offline expansion: originals plus `copies_per_image` copies each, streamed into TFRecord shards.
 
@@ -88,16 +77,17 @@ def expand_training_data(
     scratch folder and the materializer moves them into the artifact store.
     """
     originals, labels = split_arrays(split_manifest, "train", class_names, image_size)
-    workers = resolve_workers(workers)
+    operations = augmentation.resolved_operations()
+    workers = resolve_workers(augmentation.workers)
     folder = tempfile.mkdtemp(prefix="cxr-shards-")
     index = write_shards(
         originals,
         labels,
         operations,
-        copies_per_image,
+        augmentation.copies_per_image,
         seed,
         folder,
-        images_per_shard=images_per_shard,
+        images_per_shard=augmentation.images_per_shard,
         workers=workers,
     )
     logger.info(
@@ -116,6 +106,5 @@ def expand_training_data(
             "augmentation.workers": workers,
         }
     )
-    preview = _sample_preview(originals, operations, seed)
-    _log_preview(preview, operations)
+    preview = _preview(originals, augmentation, seed)
     return ShardSet(folder, index, scratch=True), preview

@@ -1,9 +1,13 @@
-from typing import Annotated, Any
+"""The ingest step: every configured source into one manifest (components.manifest)."""
+
+from typing import Annotated
 
 import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
+from components.config import DataConfig
+from components.labels import Task
 from components.manifest import build_manifest, dataset_version, exclusion_summary, included
 from components.splitting import limit_images
 from steps.data_materializers import ManifestMaterializer
@@ -15,11 +19,10 @@ logger = get_logger(__name__)
 # Never cached: files on disk may have changed since the last run. Its output
 # carries the dataset version as content hash, so downstream steps can be.
 @step(enable_cache=False, output_materializers={MANIFEST: ManifestMaterializer})
-def ingest_data(
-    sources: list[dict[str, Any]], task: str, max_images: int | None = None, seed: int = 42, workers: int = 0
-) -> Annotated[pd.DataFrame, MANIFEST]:
-    """Build the manifest (one row per image, excluded rows kept with a reason)."""
-    manifest = limit_images(build_manifest(sources, task, workers=workers, progress=True), max_images, seed)
+def ingest_data(data: DataConfig, task: Task, seed: int) -> Annotated[pd.DataFrame, MANIFEST]:
+    """Build the manifest (one row per image, excluded rows kept with a reason), capped at `data.max_images`."""
+    manifest = build_manifest(data.sources, task, workers=data.workers, progress=True)
+    manifest = limit_images(manifest, data.max_images, seed)
     used = included(manifest)
     exclusions = exclusion_summary(manifest)
     version = dataset_version(manifest)

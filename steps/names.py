@@ -31,3 +31,26 @@ EXCLUDED_ROWS = "excluded_rows"
 ABLATION_TABLE = "ablation_table"
 ABLATION_CSV = "ablation_csv"
 ABLATION_SUMMARY = "ablation_summary"
+
+# Step ids: the ids the pipelines give their step invocations; the runner and
+# the tests read outputs by them (run.steps[<id>].outputs[<artifact name>]).
+INGEST_STEP = "ingest_data"
+VALIDATE_STEP = "validate_data"
+SPLIT_STEP = "split_data"
+STEWARD_STEP = "steward_report"
+DATA_GATE_STEP = "data_gate"
+REGISTER_STEP = "register_best_model"
+PROMOTE_STEP = "promote_model"
+ABLATION_REPORT_STEP = "ablation_report"
+AUGMENT_ON_STEP = "augment_on"  # the ablation's two augment steps
+AUGMENT_OFF_STEP = "augment_off"
+
+
+def train_step_id(key: str) -> str:
+    """The train step of a backbone (`train_MobileNet`) or an ablation variant (`train_no_transfer`)."""
+    return f"train_{key}"
+
+
+def evaluate_step_id(key: str) -> str:
+    """The evaluate step of a backbone or an ablation variant."""
+    return f"evaluate_{key}"

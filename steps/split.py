@@ -1,12 +1,13 @@
+"""The split step: patient-grouped, label-stratified train/val/test (components.splitting)."""
+
 from typing import Annotated
 
 import pandas as pd
 from zenml import log_metadata, step
 from zenml.logger import get_logger
 
-from components.duplicates import near_duplicate_pairs
-from components.manifest import included
-from components.splitting import assign_splits, split_counts_table, split_groups
+from components.config import SplitConfig
+from components.splitting import patients_merged, split_counts_table, split_dataset
 from steps.names import SPLIT_MANIFEST
 
 logger = get_logger(__name__)
@@ -14,19 +15,13 @@ logger = get_logger(__name__)
 
 @step
 def split_data(
-    manifest: pd.DataFrame, fractions: list[float], seed: int, near_duplicate_max_distance: int
+    manifest: pd.DataFrame, split: SplitConfig, seed: int, near_duplicate_max_distance: int
 ) -> Annotated[pd.DataFrame, SPLIT_MANIFEST]:
-    """Used rows only, with `split` and `split_group` columns.
-
-    Patient-grouped and label-stratified; patients sharing a near-duplicate
-    image are kept in one split (components.splitting.split_groups).
-    """
-    used = included(manifest)
-    pairs = near_duplicate_pairs(used["phash"].tolist(), near_duplicate_max_distance)
-    groups = split_groups(used, [(first, second) for first, second, _ in pairs])
-    split = used.assign(split=assign_splits(used, tuple(fractions), seed, groups=groups), split_group=groups)
-    table = split_counts_table(split)
-    merged = int(used["patient_id"].nunique() - groups.nunique())
+    """Used rows only, with `split` and `split_group` columns (components.splitting.split_dataset)."""
+    fractions = (split.train, split.val, split.test)
+    split_manifest = split_dataset(manifest, fractions, seed, near_duplicate_max_distance)
+    table = split_counts_table(split_manifest)
+    merged = patients_merged(split_manifest)
     logger.info(
         "Images per label and split (%d patient(s) merged with a near-duplicate's group):\n%s",
         merged,
@@ -37,4 +32,4 @@ def split_data(
         artifact_name=SPLIT_MANIFEST,
         infer_artifact=True,
     )
-    return split
+    return split_manifest

@@ -64,7 +64,8 @@ def test_ablation_table_needs_the_full_model_and_known_variants():
     with pytest.raises(ValueError, match="unknown ablation variant"):
         ablation_table({"full": _metrics(0.5), "no_dropout": _metrics(0.4)})
     frame, markdown = ablation_table({"full": {"f1_macro": 0.6}})  # missing metrics stay empty
-    assert frame.loc["Full model", F1_COLUMN] == 0.6 and "| – |" in markdown
+    assert frame.loc["Full model", F1_COLUMN] == 0.6
+    assert "| – |" in markdown
 
 
 def test_ablation_plan_and_config(tmp_path):
@@ -80,7 +81,8 @@ def test_ablation_plan_and_config(tmp_path):
         )
     )
     narrowed = ablation_config(config, task="binary")
-    assert narrowed.task == "binary" and [b.name for b in narrowed.backbones] == ["MobileNet"]
+    assert narrowed.task == "binary"
+    assert [b.name for b in narrowed.backbones] == ["MobileNet"]
     assert ablation_config(config, backbone="Xception").backbones[0].name == "Xception"
     with pytest.raises(ConfigError, match="configured: MobileNet, Xception"):
         ablation_config(config, backbone="InceptionV3")
@@ -92,10 +94,10 @@ def test_ablation_plan_and_config(tmp_path):
     with pytest.raises(ConfigError, match="'no.h5' for MobileNet .* does not exist"):
         ablation_config(missing)
 
-    plan = ablation_plan(narrowed.backbones[0].model_dump(mode="json"), narrowed.augmentation.model_dump(mode="json"))
-    assert [variant["key"] for variant in plan] == VARIANT_KEYS
-    assert [variant["backbone"]["weights"] for variant in plan] == [str(weights), str(weights), "none", "none"]
-    assert [variant["augmentation"] for variant in plan] == [True, False, True, False]
+    plan = ablation_plan(narrowed.backbones[0], narrowed.augmentation)
+    assert [variant.key for variant in plan] == VARIANT_KEYS
+    assert [variant.backbone.weights for variant in plan] == [str(weights), str(weights), "none", "none"]
+    assert [variant.augmentation for variant in plan] == [True, False, True, False]
 
     scratch = parse_run_config(tiny_config(tmp_path / "data"))  # weights: none
     with pytest.raises(ConfigError, match="needs transfer weights"):
@@ -165,9 +167,11 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
         assert 0.0 <= row[F1_COLUMN] <= 1.0
         assert row[DELTA_COLUMN] == pytest.approx(row[F1_COLUMN] - rows["Full model"][F1_COLUMN])
     assert rows["Full model"][DELTA_COLUMN] == 0.0
-    assert summary["backbone"] == "MobileNet" and summary["task"] == "multiclass"
+    assert summary["backbone"] == "MobileNet"
+    assert summary["task"] == "multiclass"
     for label in ROWS:
-        assert f"| {label} |" in printed and f"| {label} |" in summary["markdown"]
+        assert f"| {label} |" in printed
+        assert f"| {label} |" in summary["markdown"]
 
     # One pipeline run: shared data steps, two augmentations, 4 x train/evaluate, the report; no registration.
     run = Client().get_pipeline_run(summary["run_name"])
@@ -179,24 +183,28 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
         "ablation_report",
         *(f"{stage}_{key}" for stage in ("train", "evaluate") for key in VARIANT_KEYS),
     }
-    assert expected <= set(run.steps) and "register_best_model" not in run.steps
+    assert expected <= set(run.steps)
+    assert "register_best_model" not in run.steps
     outputs = run.steps["ablation_report"].outputs
     markdown, csv = outputs[ABLATION_TABLE][0].load(), outputs[ABLATION_CSV][0].load()
-    assert isinstance(markdown, MarkdownString) and isinstance(csv, CSVString)
+    assert isinstance(markdown, MarkdownString)
+    assert isinstance(csv, CSVString)
     assert csv.splitlines()[0].startswith("Variant,F1 (macro),")
     # Both augment steps pass the originals on; the augmented variants' train steps saw
     # originals plus one fresh copy each per epoch, the others the originals only.
     on = run.steps["augment_on"].outputs["train_images"][0].load()
     off = run.steps["augment_off"].outputs["train_images"][0].load()
-    assert len(on) == len(off) > 0
+    assert len(on) == len(off)
+    assert len(on) > 0
     trained_on = {key: run.steps[f"train_{key}"].outputs["training_summary"][0].load() for key in VARIANT_KEYS}
-    assert {key: value["training_data"] for key, value in trained_on.items()} == {
+    assert {key: value.training_data for key, value in trained_on.items()} == {
         "full": "OnTheFlyData",
         "no_transfer": "OnTheFlyData",
         "no_augmentation": "ArrayData",
         "no_both": "ArrayData",
     }
-    assert trained_on["full"]["train_images"] == 2 * len(on) and trained_on["no_both"]["train_images"] == len(on)
+    assert trained_on["full"].train_images == 2 * len(on)
+    assert trained_on["no_both"].train_images == len(on)
 
     # MLflow: the pipeline's run holds the table and the F1 per variant.
     client = MlflowClient(local_stack.tracking_uri)

@@ -21,16 +21,19 @@ from mlflow import MlflowClient
 from components import serving
 from components.backbones import (
     BACKBONES,
+    PREPROCESSING_MODES,
     IncompatibleWeightsError,
     UnknownBackboneError,
     WeightsUnavailableError,
     build_classifier,
+    describe_backbones,
     find_backbone,
     imagenet_weights_file,
     keras_cache_dir,
     preprocess,
     preprocessing_layers,
     probabilities,
+    register_backbone,
 )
 from components.storage import MissingFileError, StorageError
 
@@ -73,6 +76,7 @@ def test_registry_entries_match_keras():
         assert callable(getattr(keras.applications, spec.constructor))
         assert spec.min_size <= spec.default_size
         assert spec.imagenet_file.endswith(".h5")
+        assert spec.preprocessing in PREPROCESSING_MODES
     # The cache names Keras itself uses (keras/src/applications/*.py).
     assert imagenet_weights_file(BACKBONES["MobileNet"], 128, 0.25) == "mobilenet_2_5_128_tf_no_top.h5"
     assert imagenet_weights_file(BACKBONES["MobileNet"], 300, 1.0) == "mobilenet_1_0_224_tf_no_top.h5"
@@ -88,6 +92,48 @@ def test_registry_entries_match_keras():
     assert (
         imagenet_weights_file(BACKBONES["ResNet50"], 224, 1.0) == "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     )
+
+
+ENTRY = {
+    "name": "Tiny",
+    "constructor": "MobileNet",
+    "default_size": 64,
+    "min_size": 32,
+    "preprocessing": "tf",
+    "imagenet_file": "tiny.h5",
+    "module": "mobilenet",
+}
+
+
+def test_register_backbone_takes_keyword_arguments_and_checks_the_entry():
+    with pytest.raises(TypeError, match="positional"):
+        register_backbone(*ENTRY.values())  # type: ignore[misc]
+    with pytest.raises(ValueError, match="backbone 'MobileNet' is already registered"):
+        register_backbone(**{**ENTRY, "name": "MobileNet"})
+    with pytest.raises(ValueError, match="unknown preprocessing 'inception'"):
+        register_backbone(**{**ENTRY, "preprocessing": "inception"})
+    with pytest.raises(ValueError, match="needs 0 < min_size <= default_size, got 96 and 64"):
+        register_backbone(**{**ENTRY, "min_size": 96})
+    assert "Tiny" not in BACKBONES
+
+
+def test_cxr_backbones_lists_every_backbone(capsys):
+    from cxr.cli import main
+
+    assert main(["backbones"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == describe_backbones() + "\n"
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in printed.splitlines()
+        if line.split()[:1] in ([n] for n in BACKBONES)
+    }
+    assert set(rows) == set(BACKBONES)
+    for name, spec in BACKBONES.items():
+        alpha = "yes" if spec.has_alpha else "no"
+        assert rows[name] == [str(spec.default_size), str(spec.min_size), alpha, spec.preprocessing], name
+    assert "  MobileNetV2: 0.35, 0.5, 0.75, 1, 1.3, 1.4\n" in printed
+    assert "  caffe: RGB -> BGR, then minus the ImageNet mean (BGR, 0..255 scale)\n" in printed
 
 
 def test_unknown_backbone_lists_valid_names():
@@ -111,7 +157,8 @@ def test_built_in_preprocessing_equals_keras_preprocess_input(name):
 def test_preprocessing_layers_are_plain_keras_and_reload_in_safe_mode(mode, tmp_path):
     layers = preprocessing_layers(mode)
     assert all(type(layer).__module__.startswith("keras.") for layer in layers)
-    assert not any(isinstance(layer, keras.layers.Lambda) or layer.trainable_weights for layer in layers)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in layers)
+    assert not any(layer.trainable_weights for layer in layers)
     model = keras.Sequential([keras.Input((4, 4, 3)), *layers])
     model.save(tmp_path / "pre.keras")
     reloaded = keras.saving.load_model(tmp_path / "pre.keras", safe_mode=True)
@@ -128,25 +175,31 @@ def test_paper_head_shape(classes, units, activation):
     names = [layer.__class__.__name__ for layer in model.layers]
     head = names[names.index("Functional") + 1 :]
     assert head == ["GlobalAveragePooling2D", "BatchNormalization", "Flatten", "Dense", "Dropout", "Dense"]
-    assert model.layers[-3].units == 128 and model.layers[-2].rate == 0.5
-    assert model.layers[-1].units == units and model.layers[-1].activation.__name__ == activation
+    assert model.layers[-3].units == 128
+    assert model.layers[-2].rate == 0.5
+    assert model.layers[-1].units == units
+    assert model.layers[-1].activation.__name__ == activation
     assert model.layers[-1].dtype_policy.compute_dtype == "float32"
     output = model(np.full((2, 32, 32, 3), 128, np.float32))
     probs = probabilities(output, classes)
-    assert probs.shape == (2, classes) and np.allclose(probs.sum(axis=1), 1.0)
+    assert probs.shape == (2, classes)
+    assert np.allclose(probs.sum(axis=1), 1.0)
+
+
+SMALLEST_ALPHA = {"MobileNet": 0.25, "MobileNetV2": 0.35}  # others: 1.0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name, alpha", [("MobileNetV2", 0.35), ("EfficientNetB0", 1.0), ("DenseNet121", 1.0), ("ResNet50", 1.0)]
-)
-def test_new_backbones_build_at_their_minimum_size(name, alpha):
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_builds_at_its_minimum_size(name):
     spec = BACKBONES[name]
+    alpha = SMALLEST_ALPHA.get(name, 1.0)
     model = build_classifier(name, 3, spec.min_size, weights="none", alpha=alpha)
     assert model.layers[1].name == "preprocess_input"
     assert find_backbone(model).trainable  # from scratch: trainable
     output = np.asarray(model(np.full((1, spec.min_size, spec.min_size, 3), 200, np.float32)))
-    assert output.shape == (1, 3) and np.isfinite(output).all()
+    assert output.shape == (1, 3)
+    assert np.isfinite(output).all()
     with pytest.raises(ValueError, match=f"needs image_size >= {spec.min_size}"):
         build_classifier(name, 3, spec.min_size - 1, weights="none", alpha=alpha)
 
@@ -159,7 +212,8 @@ def test_imagenet_weights_offline_fail_with_instructions():
         build_classifier("MobileNet", 2, 128, weights="imagenet", alpha=0.25)
     message = str(error.value)
     assert "weights: none" in message
-    assert "mobilenet_2_5_128_tf_no_top.h5" in message and str(keras_cache_dir()) in message
+    assert "mobilenet_2_5_128_tf_no_top.h5" in message
+    assert str(keras_cache_dir()) in message
     with pytest.raises(WeightsUnavailableError, match="only for alpha in"):
         build_classifier("MobileNetV2", 2, 96, weights="imagenet", alpha=0.25)
 
@@ -316,7 +370,8 @@ def test_backbone_config_accepts_every_backbone_and_weights_source(name, weights
     from components.config import BackboneConfig
 
     config = BackboneConfig(name=name, weights=weights)
-    assert config.image_size == BACKBONES[name].default_size and config.weights == weights
+    assert config.image_size == BACKBONES[name].default_size
+    assert config.weights == weights
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,16 @@ from cxr.cli import main
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "paper.yaml", "public-ieee8023.yaml"])
+@pytest.mark.parametrize("name", sorted(path.name for path in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
     config = load_run_config(CONFIGS / name)
-    assert config.backbones and config.task in ("binary", "multiclass")
+    assert config.backbones
+    assert config.task in ("binary", "multiclass")
+
+
+def test_every_shipped_config_is_tested():
+    assert len(list(CONFIGS.glob("*.yaml"))) >= 11
+    assert not list(CONFIGS.glob("*.yml"))  # the glob above would miss them
 
 
 def test_paper_config_has_three_backbones_at_paper_sizes():
@@ -51,7 +57,18 @@ def test_backbone_default_size_comes_from_registry():
         ({"augmentation.mode": "streaming"}, "augmentation.mode", "'in_memory', 'offline' or 'on_the_fly'"),
         ({"augmentation.images_per_shard": 4}, "augmentation.images_per_shard", "greater than or equal to 16"),
         ({"data.sources": []}, "data.sources", "at least 1 item"),
-        ({"data.sources.0.kind": "dicom"}, "data.sources.0.kind", "'covidx' or 'manifest'"),
+        (
+            {"data.sources.0.kind": "dicom"},
+            "data.sources.0.kind",
+            "unknown source kind 'dicom'; valid kinds: ['actualmed', 'covid_radiography', 'covidx', 'figure1', "
+            "'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest']",
+        ),
+        (
+            {"data.sources.0.manifest_file": "m.csv"},
+            "data.sources.0.manifest_file",
+            "option 'manifest_file' does not apply to kind 'folder' (an option of manifest)",
+        ),
+        ({"data.sources.0.patient_id_pattern": "^(.+)_"}, "data.sources.0.patient_id_pattern", "named group"),
     ],
 )
 def test_invalid_config_names_field_and_reason(override, field, reason):
@@ -59,7 +76,8 @@ def test_invalid_config_names_field_and_reason(override, field, reason):
         load_run_config(CONFIGS / "quickstart.yaml", override)
     message = str(error.value)
     assert "quickstart.yaml" in message
-    assert f"  {field}:" in message and reason in message
+    assert f"  {field}:" in message
+    assert reason in message
 
 
 def test_unreadable_config_files(tmp_path):
@@ -80,8 +98,10 @@ def test_cli_rejects_invalid_config_before_running(capsys):
     assert "training.batch_size" in capsys.readouterr().err
 
 
-def test_steps_receive_plain_json():
-    import json
-
-    config = parse_run_config(load_run_config(CONFIGS / "quickstart.yaml").model_dump(mode="json"))
-    json.dumps(config.model_dump(mode="json"))
+def test_run_config_round_trips_through_its_json_dump():
+    # The runner dumps the config (source roots made absolute) and steps validate it again:
+    # every source's own options must survive the dump.
+    config = load_run_config(CONFIGS / "public-manifest.yaml")
+    dumped = config.model_dump(mode="json")
+    assert dumped["data"]["sources"][1]["manifest_file"] == "manifest.csv"
+    assert parse_run_config(dumped) == config

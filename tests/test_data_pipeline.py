@@ -170,6 +170,26 @@ def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path
     assert summary["success"] is False
     assert [check["name"] for check in summary["blocked_by"]] == ["min_images_per_class"]
 
+    # The reports and the summary are typed artifacts: each loads back as its pydantic model.
+    from zenml.client import Client
+
+    from components.steward_report import StewardSummary
+    from components.validation import ValidationReport
+    from cxr.runner import latest_run_id, steward_outputs
+    from pipelines.data import PIPELINE_NAME
+    from steps.names import SPLIT_VALIDATION_REPORT, VALIDATE_STEP, VALIDATION_REPORT
+
+    run = Client().get_pipeline_run(latest_run_id(PIPELINE_NAME))
+    manifest_report = run.steps[VALIDATE_STEP].outputs[VALIDATION_REPORT][0].load()
+    split_report = run.steps["validate_data_split"].outputs[SPLIT_VALIDATION_REPORT][0].load()
+    assert isinstance(manifest_report, ValidationReport)
+    assert manifest_report.success is False
+    assert isinstance(split_report, ValidationReport)
+    assert split_report.stage == "split"
+    loaded = steward_outputs(run.id).summary
+    assert isinstance(loaded, StewardSummary)
+    assert loaded.model_dump(mode="json") == summary
+
 
 def test_missing_metadata_column_is_named_without_a_traceback(local_stack, tmp_path, capsys):
     drop = tmp_path / "drop"

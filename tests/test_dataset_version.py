@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from components.manifest import build_manifest, dataset_version
+from components.sources import FolderOptions
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ def _write_folder(root: Path) -> None:
 
 def test_dataset_version_follows_file_content(tmp_path):
     _write_folder(tmp_path)
-    sources = [{"kind": "folder", "root": str(tmp_path), "name": "f"}]
+    sources = [FolderOptions(root=str(tmp_path), name="f")]
     first = dataset_version(build_manifest(sources, "multiclass"))
     assert first == dataset_version(build_manifest(sources, "multiclass"))
     assert len(first) == 16

@@ -12,6 +12,7 @@ from components.backbones import build_classifier
 from components.labels import TASK_LABELS
 from components.manifest import build_manifest
 from components.metrics import classification_metrics
+from components.sources import FolderOptions
 from components.splitting import assign_splits
 from components.synthetic import generate_dataset
 from components.training import fit_classifier, predict_probabilities, split_arrays
@@ -27,7 +28,7 @@ RECIPE = {"epochs": 20, "batch_size": 16, "learning_rate": 1e-2, "patience": 6, 
 def splits(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, n_patients_per_class=60, images_per_patient=3, image_size=SIZE, seed=0)
-    manifest = build_manifest([{"kind": "folder", "root": str(root), "name": "synthetic"}], "multiclass")
+    manifest = build_manifest([FolderOptions(root=str(root), name="synthetic")], "multiclass")
     manifest = manifest.assign(split=assign_splits(manifest, (0.7, 0.15, 0.15), seed=0))
     return {name: split_arrays(manifest, name, CLASSES, SIZE) for name in ("train", "val", "test")}
 

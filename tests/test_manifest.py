@@ -51,6 +51,7 @@ from components.manifest import (
     included,
     mark_duplicates,
 )
+from components.sources import FolderOptions, Ieee8023Options, parse_sources
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 REAL_IEEE8023 = SHARED / "covid-chestxray-dataset"
@@ -100,8 +101,8 @@ def write_jpeg(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
 
 
 def build(root: Path, task: str, kind: str = "folder", name: str | None = None, **options: Any) -> pd.DataFrame:
-    """build_manifest of one source given as a config-style dict."""
-    return build_manifest([{"kind": kind, "root": str(root), "name": name or kind, **options}], task)
+    """build_manifest of one source given as a run-config entry (validated by its kind's options model)."""
+    return build_manifest(parse_sources([{"kind": kind, "root": str(root), "name": name or kind, **options}]), task)
 
 
 def reasons(frame: pd.DataFrame) -> dict[str, str]:
@@ -408,15 +409,13 @@ def test_exclusion_precedence_is_the_documented_order() -> None:
     assert first_reason(["", ""]) == ""
 
 
-def test_build_manifest_from_config_dicts(tmp_path: Path, image_folder: Path) -> None:
-    from components.config import SourceConfig
-
+def test_build_manifest_of_typed_source_configs(tmp_path: Path, image_folder: Path) -> None:
     ieee_root = write_ieee8023(tmp_path / "ieee")
     # Folder stems that collide with ieee8023 patient ids ("1_...") must stay distinct.
     write_png(image_folder / "COVID-19" / "1_0.png", value=200)
     sources = [
-        SourceConfig(kind="ieee8023", root=str(ieee_root), name="ieee8023").model_dump(mode="json"),
-        SourceConfig(kind="folder", root=str(image_folder), name="kaggle").model_dump(mode="json"),
+        Ieee8023Options(root=str(ieee_root), name="ieee8023"),
+        FolderOptions(root=str(image_folder), name="kaggle"),
     ]
     frame = build_manifest(sources, "multiclass")
     assert_manifest_contract(frame, "multiclass")
@@ -432,10 +431,12 @@ def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
     write_png(second / "COVID-19" / "q9_0.png", value=1)  # same bytes, other patient
     write_png(second / "todo" / "q9_1.png", value=1)  # same bytes but excluded anyway
     write_png(second / "normal" / "q8_0.png", value=2)
-    sources = [
-        {"kind": "folder", "root": str(first), "name": "a"},
-        {"kind": "folder", "root": str(second), "name": "b"},
-    ]
+    sources = parse_sources(
+        [
+            {"kind": "folder", "root": str(first), "name": "a"},
+            {"kind": "folder", "root": str(second), "name": "b"},
+        ]
+    )
     frame = build_manifest(sources, "multiclass")
     assert frame["exclusion_reason"].tolist() == ["", EXCLUDE_DUPLICATE, "", EXCLUDE_UNLABELLED]
     assert frame["label"].tolist() == [COVID, "", NORMAL, ""]
@@ -452,19 +453,21 @@ def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
         match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'figure1', "
         r"'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]",
     ):
-        build_manifest([{"kind": "s3", "root": "x", "name": "x"}], "binary")
+        build_manifest(parse_sources([{"kind": "s3", "root": "x", "name": "x"}]), "binary")
     with pytest.raises(ValueError, match="unknown option 'lable_map'"):
-        build_manifest([{"kind": "folder", "root": str(image_folder), "lable_map": {}}], "binary")
+        build_manifest(parse_sources([{"kind": "folder", "root": str(image_folder), "lable_map": {}}]), "binary")
     with pytest.raises(ValueError, match="does not apply"):
-        build_manifest([{"kind": "ieee8023", "root": str(tmp_path), "default_view": "PA"}], "binary")
+        build_manifest(parse_sources([{"kind": "ieee8023", "root": str(tmp_path), "default_view": "PA"}]), "binary")
     with pytest.raises(ValueError, match="unique"):
-        build_manifest([{"kind": "folder", "root": str(image_folder), "name": "x"}] * 2, "binary")
-    with pytest.raises(ValueError, match="no root"):
-        build_manifest([{"kind": "folder", "root": "", "name": "x"}], "binary")
+        build_manifest(parse_sources([{"kind": "folder", "root": str(image_folder), "name": "x"}] * 2), "binary")
+    with pytest.raises(ValueError, match=r"0\.root\n  String should have at least 1 character"):  # no root
+        build_manifest(parse_sources([{"kind": "folder", "root": "", "name": "x"}]), "binary")
     with pytest.raises(ValueError, match="at least one source"):
         build_manifest([], "binary")
     with pytest.raises(ValueError, match="valid tasks"):
-        build_manifest([{"kind": "folder", "root": str(image_folder)}], "ternary")
+        build_manifest([FolderOptions(root=str(image_folder), name="x")], "ternary")
+    with pytest.raises(ValueError, match="build_manifest takes validated source configs"):
+        build_manifest([{"kind": "folder", "root": str(image_folder), "name": "x"}], "binary")  # type: ignore[list-item]
 
 
 def test_exclusion_summary_and_included_on_empty_manifest() -> None:
@@ -549,8 +552,8 @@ def test_real_ieee8023_with_another_source(task: str, tmp_path: Path, decode_onc
     generate_dataset(tmp_path, n_patients_per_class=2, images_per_patient=2, image_size=48)
     write_png(tmp_path / "normal" / "2_0.png", value=77)  # raw id "2" also exists in ieee8023
     sources = [
-        {"kind": "ieee8023", "root": str(REAL_IEEE8023), "name": "ieee8023"},
-        {"kind": "folder", "root": str(tmp_path), "name": "synthetic"},
+        Ieee8023Options(root=str(REAL_IEEE8023), name="ieee8023"),
+        FolderOptions(root=str(tmp_path), name="synthetic"),
     ]
     frame = build_manifest(sources, task)
     real = frame[frame["source"] == "ieee8023"]
@@ -566,10 +569,12 @@ def test_real_ieee8023_with_another_source(task: str, tmp_path: Path, decode_onc
 @pytest.mark.skipif(not REAL_ACTUALMED.is_dir(), reason=f"{REAL_ACTUALMED} not present")
 @pytest.mark.parametrize("task", ["multiclass", "binary"])
 def test_real_ieee8023_with_actualmed(task: str, decode_once) -> None:
-    sources = [
-        {"kind": "ieee8023", "root": str(REAL_IEEE8023), "name": "ieee8023"},
-        {"kind": "actualmed", "root": str(REAL_ACTUALMED), "name": "actualmed"},
-    ]
+    sources = parse_sources(
+        [
+            {"kind": "ieee8023", "root": str(REAL_IEEE8023), "name": "ieee8023"},
+            {"kind": "actualmed", "root": str(REAL_ACTUALMED), "name": "actualmed"},
+        ]
+    )
     frame = build_manifest(sources, task)
     assert_manifest_contract(frame, task)
     assert frame["source"].value_counts().to_dict() == {"ieee8023": 653, "actualmed": 27}

@@ -61,6 +61,12 @@ def keras_model_path(tmp_path_factory):
     return str(path)
 
 
+def register_and_promote(client: MlflowClient, uri: str, name: str, f1: float) -> registry.Promotion:
+    """What the pipeline's register and promote steps do, one after the other."""
+    registered = registry.register_version(uri, name, METRIC, f1, SPLIT)
+    return registry.promote_version(client, name, registered.version, METRIC)
+
+
 def log_candidate(experiment_id: str, keras_model_path: str, f1: float) -> str:
     with mlflow.start_run(experiment_id=experiment_id):
         mlflow.log_metric(METRIC, f1)
@@ -76,12 +82,13 @@ def test_champion_and_challenger_aliases(tracking, keras_model_path):
     results = []
     for f1 in (0.70, 0.65, 0.80):
         uri = log_candidate(tracking, keras_model_path, f1)
-        results.append(registry.register_and_promote(uri, name, METRIC, f1, SPLIT, client=client))
+        results.append(register_and_promote(client, uri, name, f1))
 
-    assert [(r["version"], r["alias"]) for r in results] == [("1", "champion"), ("2", "challenger"), ("3", "champion")]
-    assert "first candidate promoted" in results[0]["reason"]
-    assert "vs champion v1" in results[1]["reason"] and "0.6500" in results[1]["reason"]
-    assert results[2]["metric"] == pytest.approx(0.80)
+    assert [(r.version, r.alias) for r in results] == [("1", "champion"), ("2", "challenger"), ("3", "champion")]
+    assert "first candidate promoted" in results[0].reason
+    assert "vs champion v1" in results[1].reason
+    assert "0.6500" in results[1].reason
+    assert results[2].metric == pytest.approx(0.80)
 
     champion = registry.current_champion(client, name)
     assert str(champion.version) == "3"
@@ -89,7 +96,7 @@ def test_champion_and_challenger_aliases(tracking, keras_model_path):
     versions = {v: client.get_model_version(name, v) for v in ("1", "2", "3")}
     assert versions["1"].aliases == []  # the old champion keeps its version, loses the alias
     assert versions["2"].aliases == ["challenger"]
-    assert versions["2"].tags[registry.TAG_REASON] == results[1]["reason"]
+    assert versions["2"].tags[registry.TAG_REASON] == results[1].reason
     assert versions["3"].tags[registry.TAG_FINGERPRINT] == SPLIT
 
     # The champion alias resolves to a servable model.
@@ -101,10 +108,8 @@ def test_champion_and_challenger_aliases(tracking, keras_model_path):
 
 def test_split_mismatch_is_reported_and_metric_falls_back_to_the_run(tracking, keras_model_path):
     client, name = MlflowClient(), "cxr-split-mismatch"
-    first = registry.register_and_promote(
-        log_candidate(tracking, keras_model_path, 0.70), name, METRIC, 0.70, SPLIT, client=client
-    )
-    assert first["alias"] == "champion"
+    first = register_and_promote(client, log_candidate(tracking, keras_model_path, 0.70), name, 0.70)
+    assert first.alias == "champion"
 
     # A version registered by log_model itself, tagged afterwards, on another test split.
     with mlflow.start_run(experiment_id=tracking):
@@ -116,9 +121,12 @@ def test_split_mismatch_is_reported_and_metric_falls_back_to_the_run(tracking, k
     client.set_model_version_tag(name, str(version), registry.TAG_FINGERPRINT, "other-split")
     result = registry.promote_version(client, name, version, METRIC, min_improvement=0.05)
 
-    assert result["alias"] == "champion" and result["metric"] == pytest.approx(0.90)  # read from the run
-    assert "test splits differ" in result["reason"] and "other-split" in result["reason"]
+    assert result.alias == "champion"
+    assert result.metric == pytest.approx(0.90)  # read from the run
+    assert "test splits differ" in result.reason
+    assert "other-split" in result.reason
     assert client.get_model_version(name, str(version)).tags[registry.TAG_SPLIT_MISMATCH] == "true"
 
     again = registry.promote_version(client, name, version, METRIC)
-    assert again["alias"] == "champion" and "already holds" in again["reason"]
+    assert again.alias == "champion"
+    assert "already holds" in again.reason

@@ -101,7 +101,8 @@ def test_contract_and_signature():
     with pytest.raises(ValueError, match="class_names"):
         serving.validate_contract({"class_names": ["a"], "image_size": 32})
     names = [requirement.split("==")[0] for requirement in serving.pinned_requirements()]
-    assert names[0] == "mlflow" and {"keras", "pillow", "numpy", "pandas"} <= set(names)
+    assert names[0] == "mlflow"
+    assert {"keras", "pillow", "numpy", "pandas"} <= set(names)
     assert any(name.startswith("tensorflow") for name in names)
 
 
@@ -135,7 +136,8 @@ def test_pyfunc_rejects_bad_rows_naming_them(logged):
     with pytest.raises(MlflowException) as caught:
         model.predict(frame)
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
-    assert "2 of 3 images" in caught.value.message and "row 1" in caught.value.message
+    assert "2 of 3 images" in caught.value.message
+    assert "row 1" in caught.value.message
     assert "row 2" in caught.value.message
     with pytest.raises(MlflowException, match="missing inputs"):
         model.predict(pd.DataFrame({"picture": [gray_png_b64(10)]}))
@@ -144,7 +146,8 @@ def test_pyfunc_rejects_bad_rows_naming_them(logged):
 def test_pyfunc_empty_input_gives_empty_output(logged):
     model = mlflow.pyfunc.load_model(logged["binary"].model_uri)
     result = model.predict(pd.DataFrame({"image": pd.Series([], dtype=object)}))
-    assert result.empty and list(result.columns) == ["prob_non-COVID", "prob_COVID-19", "label"]
+    assert result.empty
+    assert list(result.columns) == ["prob_non-COVID", "prob_COVID-19", "label"]
 
 
 def test_predict_files(logged, tmp_path):
@@ -243,13 +246,15 @@ def test_served_model_answers_rest_from_its_own_code(logged, tracking, tmp_path)
 
         bad = _invoke(url, [gray_png_b64(10), "definitely not base64 !"])
         assert bad.status_code == 400, bad.text
-        assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "row 1" in bad.json()["message"]
+        assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert "row 1" in bad.json()["message"]
 
         missing = _invoke(url, [gray_png_b64(10)], column="picture")
         assert missing.status_code == 400, missing.text
 
         imported = [line for line in log.read_text().splitlines() if "components imported from" in line]
-        assert imported and all(f"{os.sep}code{os.sep}components{os.sep}" in line for line in imported)
+        assert imported
+        assert all(f"{os.sep}code{os.sep}components{os.sep}" in line for line in imported)
     finally:
         _stop(process)
     deadline = time.monotonic() + 5

@@ -1,23 +1,31 @@
-"""Source adapters (components.sources): one tiny generated fixture per public layout, exact counts.
+"""Source adapters and their registry (components.sources): one tiny generated fixture per public layout.
 
 Images are a few pixels large (size checks come later, in validation); every
 image has distinct bytes so that the byte-duplicate check never interferes
-unless a test wants it to. Image decoding itself is tested elsewhere.
+unless a test wants it to. Image decoding itself is tested elsewhere. Every
+registered kind round-trips a generated tree of its layout (TREES), and a kind
+registered by a test (one adapter, one options model) works in a run config
+and in build_manifest.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
-from pathlib import Path
-from typing import Any
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
+from pydantic import Field
 
-from components.config import SourceConfig, load_run_config
+from components.candidates import candidate
+from components.config import ConfigError, load_run_config, parse_run_config
 from components.labels import (
     COVID,
     EXCLUDE_DUPLICATE,
@@ -34,9 +42,25 @@ from components.labels import (
     NORMAL,
     PNEUMONIA,
     TASK_LABELS,
+    label_map_for_task,
 )
 from components.manifest import MANIFEST_COLUMNS, build_manifest, exclusion_summary, included
-from components.sources import ADAPTERS
+from components.sources import (
+    ActualmedOptions,
+    CovidRadiographyOptions,
+    CovidxOptions,
+    Figure1Options,
+    KagglePneumoniaOptions,
+    ManifestOptions,
+    SourceOptions,
+    describe_sources,
+    parse_sources,
+    register_source,
+    source_kinds,
+    unregister_source,
+)
+from components.storage import list_files
+from cxr.cli import main
 
 PROJECT = Path(__file__).resolve().parents[1]
 REAL_ACTUALMED = PROJECT.parent / "shared" / "datasets" / "actualmed-covid-chestxray-dataset"
@@ -55,7 +79,8 @@ def image(path: Path, fmt: str | None = None) -> Path:
 
 
 def build(root: Path | str, task: str, kind: str, name: str | None = None, **options: Any) -> pd.DataFrame:
-    return build_manifest([{"kind": kind, "root": str(root), "name": name or kind, **options}], task)
+    """build_manifest of one source given as a run-config entry (validated by its kind's options model)."""
+    return build_manifest(parse_sources([{"kind": kind, "root": str(root), "name": name or kind, **options}]), task)
 
 
 def labels(frame: pd.DataFrame) -> dict[str, int]:
@@ -75,23 +100,49 @@ def check_contract(frame: pd.DataFrame, task: str) -> None:
     assert all(pid.startswith(f"{source}:") for pid, source in zip(frame["patient_id"], frame["source"], strict=False))
 
 
-# ---------------------------------------------------------------- config schema <-> adapters
+# ---------------------------------------------------------------- the registry
 
 
-def test_config_schema_lists_every_kind_and_option_with_the_adapter_default() -> None:
-    fields = SourceConfig.model_fields
-    assert set(fields["kind"].annotation.__args__) == set(ADAPTERS)
-    options: dict[str, set[Any]] = {}
-    for kind, adapter in ADAPTERS.items():
-        parameters = list(inspect.signature(adapter).parameters.values())
-        assert [p.name for p in parameters[:2]] == ["root", "task"], kind
-        for parameter in parameters[2:]:
-            assert parameter.name in fields, f"{kind} option {parameter.name} missing from SourceConfig"
-            options.setdefault(parameter.name, set()).add(repr(parameter.default))
-            assert fields[parameter.name].default == parameter.default, f"{kind}.{parameter.name} default differs"
-    # Every option has one default across kinds, and every config field is some adapter's option.
-    assert all(len(defaults) == 1 for defaults in options.values()), options
-    assert set(fields) - {"kind", "root", "name"} == set(options)
+@pytest.mark.parametrize("kind", sorted(source_kinds()))
+def test_each_kind_has_an_options_model_pinned_to_it_with_described_options(kind: str) -> None:
+    entry = source_kinds()[kind]
+    assert issubclass(entry.options, SourceOptions)
+    assert entry.options(root="r", name="n").kind == kind
+    assert entry.summary, f"{kind}: its adapter has no docstring"
+    for option in entry.own_options():
+        assert option.description, f"{kind}.{option.name} has no description"
+
+
+def test_register_source_refuses_a_model_of_another_kind_and_a_taken_kind() -> None:
+    with pytest.raises(TypeError, match=r'must declare kind: Literal\["other"\]'):
+        register_source("other", options=CovidxOptions)
+    with pytest.raises(TypeError, match="must be a SourceOptions subclass"):
+        register_source("other", options=dict)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="source kind 'covidx' is already registered"):
+        register_source("covidx", options=CovidxOptions)(lambda root, task, options: [])
+    assert source_kinds()["covidx"].options is CovidxOptions
+
+
+def test_cxr_sources_lists_every_kind_with_its_options(capsys) -> None:
+    assert main(["sources"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == describe_sources() + "\n"
+    for kind, entry in source_kinds().items():
+        assert f"\n{kind}: " in printed
+        for option in entry.own_options():
+            assert f"    {option.name}: {option.type}, default {option.default}\n" in printed
+    assert "    split_files: list[str] | None, default null\n" in printed
+    assert "    manifest_file: str, default 'manifest.csv'\n" in printed
+    assert "    root: str, required\n" in printed
+
+
+def test_listing_commands_import_neither_tensorflow_nor_zenml() -> None:
+    code = (
+        "import sys; from cxr.cli import main; main(['sources']); main(['backbones']); "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'zenml', 'mlflow') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT)
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> None:
@@ -625,14 +676,14 @@ def test_several_sources_in_one_run(
     actualmed: Path, figure1: Path, kaggle: Path, radiography: Path, covidx: Path, manifest_root: Path
 ) -> None:
     specs = [
-        SourceConfig(kind="actualmed", root=str(actualmed), name="actualmed"),
-        SourceConfig(kind="figure1", root=str(figure1), name="figure1"),
-        SourceConfig(kind="kaggle_pneumonia", root=str(kaggle), name="kermany"),
-        SourceConfig(kind="covid_radiography", root=str(radiography), name="radiography"),
-        SourceConfig(kind="covidx", root=str(covidx), name="covidx"),
-        SourceConfig(kind="manifest", root=str(manifest_root), name="mine"),
+        ActualmedOptions(root=str(actualmed), name="actualmed"),
+        Figure1Options(root=str(figure1), name="figure1"),
+        KagglePneumoniaOptions(root=str(kaggle), name="kermany"),
+        CovidRadiographyOptions(root=str(radiography), name="radiography"),
+        CovidxOptions(root=str(covidx), name="covidx"),
+        ManifestOptions(root=str(manifest_root), name="mine"),
     ]
-    frame = build_manifest([spec.model_dump(mode="json") for spec in specs], "multiclass")
+    frame = build_manifest(specs, "multiclass")
     check_contract(frame, "multiclass")
     assert frame["source"].value_counts(sort=False).to_dict() == {
         "actualmed": 11,
@@ -657,10 +708,12 @@ def test_duplicate_bytes_across_sources(actualmed: Path, tmp_path: Path) -> None
     (copy / "COVID-19").mkdir(parents=True)
     (copy / "COVID-19" / "same_as_a1.png").write_bytes((actualmed / "images" / "a1.png").read_bytes())
     frame = build_manifest(
-        [
-            {"kind": "actualmed", "root": str(actualmed), "name": "actualmed"},
-            {"kind": "folder", "root": str(copy), "name": "copy"},
-        ],
+        parse_sources(
+            [
+                {"kind": "actualmed", "root": str(actualmed), "name": "actualmed"},
+                {"kind": "folder", "root": str(copy), "name": "copy"},
+            ]
+        ),
         "binary",
     )
     last = frame.iloc[-1]
@@ -677,13 +730,239 @@ def test_example_configs_validate_and_cover_every_public_layout() -> None:
     for path in configs:
         config = load_run_config(path)
         kinds |= {source.kind for source in config.data.sources}
-        for source in config.data.sources:  # options a source sets must be its kind's
-            accepted = set(inspect.signature(ADAPTERS[source.kind]).parameters)
-            for option, value in source.model_dump(exclude={"kind", "root", "name"}).items():
-                assert option in accepted or value == SourceConfig.model_fields[option].default, (path.name, option)
-    assert kinds == set(ADAPTERS) - {"folder"}
+        for source in config.data.sources:  # validated by its own kind's options model
+            assert type(source) is source_kinds()[source.kind].options, (path.name, source.name)
+    assert kinds == set(source_kinds()) - {"folder"}
     combined = load_run_config(PROJECT / "configs" / "public-ieee8023-actualmed.yaml")
     assert [(s.kind, s.root) for s in combined.data.sources] == [
         ("ieee8023", "../shared/datasets/covid-chestxray-dataset"),
         ("actualmed", "../shared/datasets/actualmed-covid-chestxray-dataset"),
     ]
+
+
+# ---------------------------------------------------------------- every registered kind round-trips a generated tree
+#
+# A writer lays out a tiny dataset of its kind under `root` and returns what
+# build_manifest must find: {path relative to root: (multiclass label, raw patient id)}.
+
+Expected = dict[str, tuple[str, str]]
+
+
+def _folder_tree(root: Path) -> Expected:
+    for relative in ("COVID-19/p1_0.png", "COVID-19/p1_1.png", "normal/p2_0.png", "pneumonia/p3_0.png"):
+        image(root / relative)
+    return {
+        "COVID-19/p1_0.png": (COVID, "p1"),
+        "COVID-19/p1_1.png": (COVID, "p1"),
+        "normal/p2_0.png": (NORMAL, "p2"),
+        "pneumonia/p3_0.png": (PNEUMONIA, "p3"),
+    }
+
+
+def _ieee8023_tree(root: Path) -> Expected:
+    rows = [
+        {
+            "patientid": "1",
+            "finding": "COVID-19",
+            "view": "PA",
+            "modality": "X-ray",
+            "folder": "images",
+            "filename": "a.png",
+        },
+        {
+            "patientid": "1",
+            "finding": "COVID-19",
+            "view": "AP",
+            "modality": "X-ray",
+            "folder": "images",
+            "filename": "b.png",
+        },
+        {
+            "patientid": "2",
+            "finding": "No Finding",
+            "view": "PA",
+            "modality": "X-ray",
+            "folder": "images",
+            "filename": "c.png",
+        },
+        {
+            "patientid": "3",
+            "finding": "Pneumonia",
+            "view": "PA",
+            "modality": "X-ray",
+            "folder": "images",
+            "filename": "d.png",
+        },
+    ]
+    for row in rows:
+        image(root / "images" / row["filename"])
+    write_metadata(root, rows, ["patientid", "finding", "view", "modality", "folder", "filename"])
+    return {
+        "images/a.png": (COVID, "1"),
+        "images/b.png": (COVID, "1"),
+        "images/c.png": (NORMAL, "2"),
+        "images/d.png": (PNEUMONIA, "3"),
+    }
+
+
+def _actualmed_tree(root: Path) -> Expected:
+    rows = [
+        {"patientid": "A1", "finding": "COVID-19", "view": "PA", "modality": "X-ray", "imagename": "a1.png"},
+        {"patientid": "A1", "finding": "COVID-19", "view": "AP", "modality": "X-ray", "imagename": "a1b.png"},
+        {"patientid": "A2", "finding": "No finding", "view": "PA", "modality": "X-ray", "imagename": "a2.png"},
+    ]
+    for row in rows:
+        image(root / "images" / row["imagename"])
+    write_metadata(root, rows, ["patientid", "finding", "view", "modality", "imagename"])
+    return {"images/a1.png": (COVID, "A1"), "images/a1b.png": (COVID, "A1"), "images/a2.png": (NORMAL, "A2")}
+
+
+def _figure1_tree(root: Path) -> Expected:
+    rows = [
+        {"patientid": "COVID-00003a", "finding": "COVID-19", "view": "AP", "modality": "X-ray"},
+        {"patientid": "COVID-00003b", "finding": "COVID-19", "view": "AP", "modality": "X-ray"},
+        {"patientid": "COVID-00005", "finding": "Pneumonia", "view": "PA", "modality": "X-ray"},
+        {"patientid": "COVID-00006", "finding": "No finding", "view": "PA", "modality": "X-ray"},
+    ]
+    for row in rows:
+        image(root / "images" / f"{row['patientid']}.png")
+    write_metadata(root, rows, ["patientid", "finding", "view", "modality"])
+    return {
+        "images/COVID-00003a.png": (COVID, "COVID-00003"),
+        "images/COVID-00003b.png": (COVID, "COVID-00003"),
+        "images/COVID-00005.png": (PNEUMONIA, "COVID-00005"),
+        "images/COVID-00006.png": (NORMAL, "COVID-00006"),
+    }
+
+
+def _kaggle_pneumonia_tree(root: Path) -> Expected:
+    expected = {
+        "chest_xray/train/NORMAL/IM-0115-0001.png": (NORMAL, "IM-0115"),
+        "chest_xray/test/NORMAL/IM-0115-0002.png": (NORMAL, "IM-0115"),
+        "chest_xray/train/PNEUMONIA/person1_bacteria_1.png": (PNEUMONIA, "person1"),
+        "chest_xray/val/PNEUMONIA/person2_virus_3.png": (PNEUMONIA, "person2"),
+    }
+    for relative in expected:
+        image(root / relative)
+    return expected
+
+
+def _covid_radiography_tree(root: Path) -> Expected:
+    expected = {
+        "COVID/images/COVID-1.png": (COVID, "COVID-1"),
+        "Normal/images/Normal-1.png": (NORMAL, "Normal-1"),
+        "Viral Pneumonia/images/Viral Pneumonia-1.png": (PNEUMONIA, "Viral Pneumonia-1"),
+    }
+    for relative in expected:
+        image(root / relative)
+    image(root / "COVID" / "masks" / "COVID-1.png")  # a mask: ignored
+    return expected
+
+
+def _covidx_tree(root: Path) -> Expected:
+    for relative in ("train/a.png", "train/b.png", "train/c.png", "test/t1.png"):
+        image(root / relative)
+    (root / "train.txt").write_text("P1 a.png COVID-19 cohen\nP2 b.png normal rsna\nP3 c.png pneumonia sirm\n")
+    (root / "test.txt").write_text("P1 t1.png positive cohen\n")
+    return {
+        "train/a.png": (COVID, "P1"),
+        "train/b.png": (NORMAL, "P2"),
+        "train/c.png": (PNEUMONIA, "P3"),
+        "test/t1.png": (COVID, "P1"),
+    }
+
+
+def _manifest_tree(root: Path) -> Expected:
+    expected = {"x/one.png": (COVID, "m1"), "x/two.png": (NORMAL, "m2"), "y/three.png": (PNEUMONIA, "three")}
+    for relative in expected:
+        image(root / relative)
+    rows = [("x/one.png", "COVID-19", "m1"), ("x/two.png", "normal", "m2"), ("y/three.png", "pneumonia", "")]
+    pd.DataFrame(rows, columns=["path", "label", "patient_id"]).to_csv(root / "manifest.csv", index=False)
+    return expected
+
+
+TREES: dict[str, Callable[[Path], Expected]] = {
+    "folder": _folder_tree,
+    "ieee8023": _ieee8023_tree,
+    "actualmed": _actualmed_tree,
+    "figure1": _figure1_tree,
+    "kaggle_pneumonia": _kaggle_pneumonia_tree,
+    "covid_radiography": _covid_radiography_tree,
+    "covidx": _covidx_tree,
+    "manifest": _manifest_tree,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(source_kinds()))
+def test_every_registered_kind_round_trips_a_generated_tree(kind: str, tmp_path: Path) -> None:
+    assert kind in TREES, f"no tree writer for source kind {kind!r}: add one to TREES"
+    root = tmp_path / kind
+    expected = TREES[kind](root)
+    frame = build(root, "multiclass", kind, name="src")
+    check_contract(frame, "multiclass")
+    assert exclusion_summary(frame) == {}
+    found = {
+        str(PurePosixPath(uri).relative_to(root.as_posix())): (label, patient)
+        for uri, label, patient in zip(frame["uri"], frame["label"], frame["patient_id"], strict=True)
+    }
+    assert found == {relative: (label, f"src:{patient}") for relative, (label, patient) in expected.items()}
+    assert (frame["width"] > 0).all()
+
+
+# ---------------------------------------------------------------- a kind registered later: one adapter, one options model
+
+
+class TinyOptions(SourceOptions):
+    """Options of the ``tiny`` test layout."""
+
+    kind: Literal["tiny"] = "tiny"
+    separator: str = Field("~", description="between the finding and the patient id in a file stem")
+
+
+def tiny_candidates(root: str, task: str, options: TinyOptions) -> list[dict[str, Any]]:
+    """Images ``<finding><separator><patient>.png`` directly in the root."""
+    mapping = label_map_for_task(task, options.label_map)
+    return [
+        candidate(root, relative, *PurePosixPath(relative).stem.split(options.separator, 1), mapping)
+        for relative in list_files(root)
+    ]
+
+
+@pytest.fixture
+def tiny_kind() -> Iterator[None]:
+    register_source("tiny", options=TinyOptions)(tiny_candidates)
+    try:
+        yield
+    finally:
+        unregister_source("tiny")
+
+
+def test_a_kind_registered_later_works_in_a_run_config_and_build_manifest(tiny_kind: None, tmp_path: Path) -> None:
+    for stem in ("COVID-19+p1", "COVID-19+p1b", "normal+p2", "pneumonia+p3"):
+        image(tmp_path / "tiny" / f"{stem}.png")
+    run = yaml.safe_load((PROJECT / "configs" / "quickstart.yaml").read_text())
+    run["data"]["sources"] = [{"kind": "tiny", "root": str(tmp_path / "tiny"), "name": "mine", "separator": "+"}]
+    config = parse_run_config(run)
+    (source,) = config.data.sources
+    assert isinstance(source, TinyOptions)
+    assert source.separator == "+"
+    assert parse_run_config(config.model_dump(mode="json")) == config  # the dump keeps the kind's own options
+    frame = build_manifest(config.data.sources, "multiclass")
+    assert frame["label"].tolist() == [COVID, COVID, NORMAL, PNEUMONIA]
+    assert frame["patient_id"].tolist() == ["mine:p1", "mine:p1b", "mine:p2", "mine:p3"]
+    assert "\ntiny: Images `<finding><separator><patient>.png` directly in the root." in describe_sources()
+    assert "    separator: str, default '~'\n" in describe_sources()
+    run["data"]["sources"][0]["manifest_file"] = "m.csv"  # another kind's option
+    with pytest.raises(
+        ConfigError, match=r"data\.sources\.0\.manifest_file: option 'manifest_file' does not apply to kind 'tiny'"
+    ):
+        parse_run_config(run)
+
+
+def test_an_unregistered_kind_is_refused_listing_the_valid_ones(tmp_path: Path) -> None:
+    run = yaml.safe_load((PROJECT / "configs" / "quickstart.yaml").read_text())
+    run["data"]["sources"] = [{"kind": "tiny", "root": str(tmp_path), "name": "mine"}]
+    with pytest.raises(
+        ConfigError, match=r"data\.sources\.0\.kind: unknown source kind 'tiny'; valid kinds: \['actualmed', "
+    ):
+        parse_run_config(run)

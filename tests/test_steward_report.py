@@ -16,14 +16,19 @@ from components.labels import COVID, EXCLUDE_DUPLICATE, EXCLUDE_LATERAL, EXCLUDE
 from components.manifest import MANIFEST_COLUMNS
 from components.steward_report import (
     EXCLUDED_COLUMNS,
+    EXCLUDED_ROWS_CSV,
     HTML_MAX_ROWS,
+    SUMMARY_HTML,
+    SUMMARY_JSON,
+    StewardSummary,
     build_summary,
     excluded_rows,
     excluded_rows_csv,
     render_html,
     spreadsheet_safe,
+    write_steward_report,
 )
-from components.validation import ValidationReport, validate_manifest, validate_split
+from components.validation import ValidationConfig, ValidationReport, validate_manifest, validate_split
 
 SCRIPT = "<script>alert(1)</script>"
 NASTY_NAME = '/data/a&b"c<d>e.png'
@@ -83,9 +88,9 @@ def validated(manifest, tmp_path):
     """Both validations of the fixture (split: rows 0 and 1, near-duplicates, in train and test)."""
     used = manifest[manifest["exclusion_reason"] == ""].reset_index(drop=True)
     split = used.assign(split=(["train", "test", "val"] * 6))
-    settings = {"min_images_per_class": 2}
-    manifest_report = validate_manifest(manifest, "multiclass", tmp_path / "docs", data_docs=False, **settings)
-    split_report = validate_split(split, "multiclass", tmp_path / "docs", data_docs=False, **settings)
+    config = ValidationConfig(min_images_per_class=2)
+    manifest_report = validate_manifest(manifest, "multiclass", tmp_path / "docs", config, data_docs=False)
+    split_report = validate_split(split, "multiclass", tmp_path / "docs", config, data_docs=False)
     return manifest_report, split, split_report
 
 
@@ -94,9 +99,12 @@ def test_summary_holds_what_a_steward_reads(manifest, validated):
 
     summary = build_summary(manifest, "multiclass", manifest_report, split, split_report, dataset_version="v1.2")
 
-    json.loads(json.dumps(summary))  # JSON-serialisable, strictly (no NaN)
-    assert summary["dataset_version"] == "v1.2" and summary["task"] == "multiclass"
-    assert summary["counts"] == {
+    dumped = summary.model_dump(mode="json")
+    assert json.loads(json.dumps(dumped, allow_nan=False)) == dumped  # summary.json: strict JSON (no NaN)
+    assert StewardSummary.model_validate_json(summary.model_dump_json()) == summary  # the artifact loads back
+    assert summary.dataset_version == "v1.2"
+    assert summary.task == "multiclass"
+    assert dumped["counts"] == {
         "total": 21,
         "used": 18,
         "excluded": 3,
@@ -104,48 +112,52 @@ def test_summary_holds_what_a_steward_reads(manifest, validated):
         "sources": 2,
         "splits": {"train": 6, "test": 6, "val": 6},
     }
-    assert summary["exclusions_by_reason"] == {EXCLUDE_UNKNOWN_FINDING: 1, EXCLUDE_LATERAL: 1, EXCLUDE_DUPLICATE: 1}
-    assert summary["excluded_findings"] == [{"finding": SCRIPT, "reason": EXCLUDE_UNKNOWN_FINDING, "rows": 1}]
-    assert summary["classes"][0] == {"label": COVID, "count": 6, "fraction": round(6 / 18, 4)}
-    by_source = {row["label"]: row["counts"] for row in summary["class_by_source"]["rows"]}
+    assert summary.exclusions_by_reason == {EXCLUDE_UNKNOWN_FINDING: 1, EXCLUDE_LATERAL: 1, EXCLUDE_DUPLICATE: 1}
+    assert dumped["excluded_findings"] == [{"finding": SCRIPT, "reason": EXCLUDE_UNKNOWN_FINDING, "rows": 1}]
+    assert dumped["classes"][0] == {"label": COVID, "count": 6, "fraction": round(6 / 18, 4)}
+    by_source = {row.label: row.counts for row in summary.class_by_source.rows}
     assert by_source[COVID] == {"actualmed": 3, "ieee": 3}
-    by_age = {row["label"]: row["counts"] for row in summary["class_by_age_group"]["rows"]}
-    assert summary["class_by_age_group"]["columns"] == ["adult", "pediatric", "unknown"]
+    by_age = {row.label: row.counts for row in summary.class_by_age_group.rows}
+    assert summary.class_by_age_group.columns == ["adult", "pediatric", "unknown"]
     assert by_age[PNEUMONIA] == {"adult": 5, "pediatric": 1, "unknown": 0}
-    by_split = {row["label"]: row["counts"] for row in summary["class_by_split"]["rows"]}
-    assert summary["class_by_split"]["columns"] == ["train", "val", "test"]
+    by_split = {row.label: row.counts for row in summary.class_by_split.rows}
+    assert summary.class_by_split.columns == ["train", "val", "test"]
     assert by_split[NORMAL] == {"train": 2, "val": 2, "test": 2}
 
     # Duplicates: the excluded copy of the nasty name, and its near-duplicate (same for the split leak).
-    assert [(p["uri_a"], p["uri_b"], p["excluded"], p["same_patient"]) for p in summary["exact_duplicates"]] == [
+    assert [(p["uri_a"], p["uri_b"], p["excluded"], p["same_patient"]) for p in summary.exact_duplicates] == [
         (NASTY_NAME, "/data/x/copy.png", True, True)
     ]
-    near = summary["near_duplicates"]
+    near = summary.near_duplicates
     assert [(p["uri_a"], p["uri_b"], p["distance"], p["same_patient"]) for p in near] == [
         (NASTY_NAME, f"/data/{COVID}/1.png", 2, False)
     ]
-    leaks = summary["near_duplicate_leaks"]
+    leaks = summary.near_duplicate_leaks
     assert [(p["split_a"], p["split_b"]) for p in leaks] == [("train", "test")]
-    assert summary["patient_leaks"] == []
+    assert summary.patient_leaks == []
 
     # Every check, with severity and result; the leak blocks, the near-duplicate only warns.
-    assert len(summary["checks"]) == len(manifest_report.results) + len(split_report.results)
-    assert {c["stage"] for c in summary["checks"]} == {"manifest", "split"}
-    assert [c["name"] for c in summary["blocked_by"]] == ["no_near_duplicates_across_splits"]
-    assert "no_near_duplicates" in [c["name"] for c in summary["warnings"]]
-    assert summary["verdict"] == "BLOCKED" and not summary["success"]
-    assert set(summary["data_docs"]) == {"index", "manifest", "split"}
+    assert len(summary.checks) == len(manifest_report.results) + len(split_report.results)
+    assert {c.stage for c in summary.checks} == {"manifest", "split"}
+    assert [c.name for c in summary.blocked_by] == ["no_near_duplicates_across_splits"]
+    assert "no_near_duplicates" in [c.name for c in summary.warnings]
+    assert summary.verdict == "BLOCKED"
+    assert not summary.success
+    assert set(dumped["data_docs"]) == {"index", "manifest", "split"}
 
 
-def test_summary_accepts_report_dicts_and_a_missing_split(manifest, validated):
+def test_summary_accepts_a_reloaded_report_and_a_missing_split(manifest, validated):
     manifest_report, _, _ = validated
+    reloaded = ValidationReport.model_validate_json(manifest_report.model_dump_json())  # as the step loads it
 
-    summary = build_summary(manifest, "multiclass", manifest_report.to_dict())
+    summary = build_summary(manifest, "multiclass", reloaded)
 
-    assert not summary["split_checked"] and summary["class_by_split"] is None
-    assert summary["counts"]["splits"] is None
-    assert summary["verdict"] == "PASSED WITH WARNINGS" and summary["success"]  # near-duplicate warning only
-    assert summary["dataset_version"] is None
+    assert not summary.split_checked
+    assert summary.class_by_split is None
+    assert summary.counts.splits is None
+    assert summary.verdict == "PASSED WITH WARNINGS"  # near-duplicate warning only
+    assert summary.success
+    assert summary.dataset_version is None
     assert "split not checked yet" in render_html(summary)
 
 
@@ -181,7 +193,7 @@ def _check(name: str, success: bool, severity: str = "blocking", details: str = 
 def test_verdict_banner(manifest, results, verdict, css):
     summary = build_summary(manifest, "multiclass", _report("manifest", results))
 
-    assert summary["verdict"] == verdict
+    assert summary.verdict == verdict
     assert f'<div class="banner {css}">{verdict}' in render_html(summary)
 
 
@@ -190,18 +202,23 @@ def test_html_escapes_every_value_and_is_self_contained(manifest, validated, tmp
     summary = build_summary(
         manifest, "multiclass", manifest_report, split, split_report, dataset_version='<b onmouseover="x">v1</b>'
     )
-    summary["blocked_by"][0]["details"] += f" {SCRIPT}"  # check details quote data too
+    summary.blocked_by[0].details += f" {SCRIPT}"  # check details quote data too
 
     page = render_html(summary)
 
-    assert SCRIPT not in page and "<b onmouseover" not in page
+    assert SCRIPT not in page
+    assert "<b onmouseover" not in page
     assert html_escaped(SCRIPT) in page  # the finding, listed as left out
     assert html_escaped(NASTY_NAME) == "/data/a&amp;b&quot;c&lt;d&gt;e.png"
-    assert html_escaped(NASTY_NAME) in page and NASTY_NAME not in page
+    assert html_escaped(NASTY_NAME) in page
+    assert NASTY_NAME not in page
     # Only the tags the renderer writes itself; no scripts, links, images or remote assets.
-    assert "<script" not in page.lower() and "<link" not in page.lower() and "<img" not in page.lower()
+    assert "<script" not in page.lower()
+    assert "<link" not in page.lower()
+    assert "<img" not in page.lower()
     assert not re.search(r"(src=|url\(|@import|https?://)", page)
-    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.rstrip().endswith("</html>")
     for heading in (
         "Counts",
         "Exclusions by reason",
@@ -235,7 +252,8 @@ def test_data_docs_links_are_local_and_never_scripts(manifest):
 
     evil = _report("manifest", [_check("min_width", True)], docs="javascript:alert(1)")
     page = render_html(build_summary(manifest, "multiclass", evil))
-    assert 'href="javascript' not in page and "javascript:alert(1)" in page  # shown as text, not linked
+    assert 'href="javascript' not in page
+    assert "javascript:alert(1)" in page  # shown as text, not linked
 
 
 def test_long_tables_are_cut_in_html_but_kept_in_the_summary(manifest):
@@ -258,7 +276,7 @@ def test_long_tables_are_cut_in_html_but_kept_in_the_summary(manifest):
     summary = build_summary(manifest, "multiclass", report)
     page = render_html(summary)
 
-    assert len(summary["near_duplicates"]) == HTML_MAX_ROWS + 7
+    assert len(summary.near_duplicates) == HTML_MAX_ROWS + 7
     assert f"{HTML_MAX_ROWS} of {HTML_MAX_ROWS + 7} rows shown" in page
     assert f"/a/{HTML_MAX_ROWS + 6}.png" not in page
 
@@ -296,7 +314,9 @@ def test_csv_neutralises_formula_injection(manifest):
     # Ordinary values are untouched, including ones with commas, quotes and markup.
     assert parsed[0]["finding"] == SCRIPT
     assert parsed[2]["exclusion_detail"] == f"same bytes as {NASTY_NAME}"
-    assert spreadsheet_safe("plain") == "plain" and spreadsheet_safe(-3) == -3 and spreadsheet_safe("a=b") == "a=b"
+    assert spreadsheet_safe("plain") == "plain"
+    assert spreadsheet_safe(-3) == -3
+    assert spreadsheet_safe("a=b") == "a=b"
 
 
 def test_summary_text_for_the_terminal(manifest, validated):
@@ -316,3 +336,17 @@ def test_summary_text_for_the_terminal(manifest, validated):
     assert "BLOCKING    split/no_near_duplicates_across_splits: " in text
     assert "WARNING     manifest/no_near_duplicates: " in text
     assert text.endswith("Data Docs:  not built")
+
+
+def test_report_files_are_written_into_one_folder(manifest, validated, tmp_path):
+    manifest_report, split, split_report = validated
+    summary = build_summary(manifest, "multiclass", manifest_report, split, split_report, dataset_version="v4")
+    folder = tmp_path / "reports" / "run-1"
+
+    files = write_steward_report(summary, manifest, folder)
+
+    assert sorted(path.name for path in folder.iterdir()) == sorted([SUMMARY_HTML, SUMMARY_JSON, EXCLUDED_ROWS_CSV])
+    assert (folder / SUMMARY_HTML).read_text(encoding="utf-8") == render_html(summary)
+    assert json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8")) == summary.model_dump(mode="json")
+    assert (folder / EXCLUDED_ROWS_CSV).read_text(encoding="utf-8") == excluded_rows_csv(manifest)
+    assert files.by_name()[SUMMARY_JSON] == (folder / SUMMARY_JSON).read_text(encoding="utf-8")

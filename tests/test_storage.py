@@ -404,6 +404,7 @@ def test_s3_unreachable_endpoint_fails_fast_with_clear_error(s3_env, monkeypatch
 def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
     from components.imaging import load_images
     from components.manifest import build_manifest, included
+    from components.sources import Ieee8023Options
 
     local_root = make_ieee8023(tmp_path / "ieee")
     bucket = new_bucket(s3_env)
@@ -411,8 +412,8 @@ def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
     settle(s3_env)
     s3_root = f"s3://{bucket}/ieee"
 
-    local = build_manifest([{"kind": "ieee8023", "root": str(local_root), "name": "localieee"}], "multiclass")
-    remote = build_manifest([{"kind": "ieee8023", "root": s3_root, "name": "s3ieee"}], "multiclass")
+    local = build_manifest([Ieee8023Options(root=str(local_root), name="localieee")], "multiclass")
+    remote = build_manifest([Ieee8023Options(root=s3_root, name="s3ieee")], "multiclass")
     assert comparable(remote, s3_root) == comparable(local, str(local_root))
     assert (remote["source"] == "s3ieee").all() and remote["patient_id"].str.startswith("s3ieee:").all()
 
@@ -448,6 +449,7 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
     import boto3
 
     from components.manifest import build_manifest, included
+    from components.sources import FolderOptions
 
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     files = {
@@ -472,8 +474,8 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
         uploader.put_object(Bucket=bucket, Key=f"folder/{name}", Body=data)
         write(tmp_path / "folder" / name, data)
 
-    remote = build_manifest([{"kind": "folder", "root": f"s3://{bucket}/folder", "name": "s3folder"}], "multiclass")
-    local = build_manifest([{"kind": "folder", "root": str(tmp_path / "folder"), "name": "s3folder"}], "multiclass")
+    remote = build_manifest([FolderOptions(root=f"s3://{bucket}/folder", name="s3folder")], "multiclass")
+    local = build_manifest([FolderOptions(root=str(tmp_path / "folder"), name="s3folder")], "multiclass")
     assert comparable(remote, f"s3://{bucket}/folder") == comparable(local, str(tmp_path / "folder"))
     labels = dict(zip(remote["uri"], remote["label"], strict=False))
     assert labels == {

@@ -12,6 +12,8 @@ from mlflow import MlflowClient
 
 from components.config import parse_run_config
 from components.registry import CHAMPION
+from components.training import TrainingSummary
+from steps.names import SPLIT_MANIFEST, SPLIT_STEP, TRAIN_SHARDS, TRAINING_SUMMARY, train_step_id
 
 pytestmark = pytest.mark.slow
 
@@ -76,25 +78,28 @@ def test_training_pipeline_registers_a_champion(trained, local_stack):
 
     client = MlflowClient(local_stack.tracking_uri)
     champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
-    assert str(champion.version) == summary["promotion"]["version"] == "1"
-    assert summary["promotion"]["alias"] == CHAMPION
+    assert str(champion.version) == "1"
+    assert summary.promotion.version == "1"
+    assert summary.promotion.alias == CHAMPION
 
-    run = client.get_run(summary["mlflow_run_id"])
+    run = client.get_run(summary.mlflow_run_id)
     for key in ("test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro"):
         assert 0.0 <= run.data.metrics[key] <= 1.0
-    assert run.data.metrics["test_f1_macro"] == pytest.approx(summary["test_metrics"]["f1_macro"])
+    assert run.data.metrics["test_f1_macro"] == pytest.approx(summary.test_metrics.f1_macro)
     assert run.data.tags["best_backbone"] == "MobileNet"
     # Per-backbone child runs carry the epoch curves and the confusion matrix.
     children = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
     )
     train_runs = [child for child in children if "loss" in child.data.metrics]
-    assert train_runs and "val_loss" in train_runs[0].data.metrics
+    assert train_runs
+    assert "val_loss" in train_runs[0].data.metrics
     artifacts = {item.path for child in children for item in client.list_artifacts(child.info.run_id)}
     assert "confusion_matrix_test.png" in artifacts
 
-    docs = Path(summary["data_docs_index"])
-    assert docs.is_file() and docs.stat().st_size > 0
+    docs = Path(summary.data_docs_index)
+    assert docs.is_file()
+    assert docs.stat().st_size > 0
     assert str(local_stack.reports) in str(docs)
 
 
@@ -103,10 +108,10 @@ def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained
 
     from components.shards import ShardSet
 
-    run = Client().get_pipeline_run(trained["summary"]["run_name"])
-    originals = run.steps["split_data"].outputs["split_manifest"][0].load()
+    run = Client().get_pipeline_run(trained["summary"].run_name)
+    originals = run.steps[SPLIT_STEP].outputs[SPLIT_MANIFEST][0].load()
     n_train = int((originals["split"] == "train").sum())
-    artifact = run.steps["expand_training_data"].outputs["train_shards"][0]
+    artifact = run.steps["expand_training_data"].outputs[TRAIN_SHARDS][0]
     shards = artifact.load()
     assert isinstance(shards, ShardSet)
     assert shards.count == 3 * n_train  # originals + 2 copies each
@@ -118,8 +123,10 @@ def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained
         [*shards.index["shards"], "shards.json"]
     )
     assert artifact.run_metadata["digest"] == shards.digest()
-    summary = run.steps["train_MobileNet"].outputs["training_summary"][0].load()
-    assert summary["training_data"] == "ShardSet" and summary["train_images"] == shards.count
+    summary = run.steps[train_step_id("MobileNet")].outputs[TRAINING_SUMMARY][0].load()
+    assert isinstance(summary, TrainingSummary)
+    assert summary.training_data == "ShardSet"
+    assert summary.train_images == shards.count
 
 
 def _some_images(data_root: Path, count: int = 2) -> list[Path]:
@@ -156,7 +163,8 @@ def test_cxr_serve_answers_with_the_champion(trained, local_stack, tmp_path):
         assert len(rows) == 2
         for row in rows:
             probabilities = [value for key, value in row.items() if key.startswith("prob_")]
-            assert len(probabilities) == 3 and sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+            assert len(probabilities) == 3
+            assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
             assert row["label"] in ("COVID-19", "normal", "pneumonia")
         malformed = requests.post(
             f"{url}/invocations",
@@ -193,7 +201,8 @@ def test_blocking_validation_failure_stops_the_run_with_a_summary(trained, local
     code = run_cxr(local_stack, "train", config, tmp_path)
     message = capsys.readouterr().err
     assert code == 1
-    assert "BLOCKING FAILED" in message and "min_images_per_class" in message
+    assert "BLOCKING FAILED" in message
+    assert "min_images_per_class" in message
     assert "index.html" in message
     assert "Traceback" not in message
 
@@ -204,5 +213,6 @@ def test_missing_source_folder_is_named_without_a_traceback(local_stack, tmp_pat
     code = run_cxr(local_stack, "train", config, tmp_path)
     message = capsys.readouterr().err
     assert code == 1
-    assert str(tmp_path / "nowhere") in message and "not a directory" in message
+    assert str(tmp_path / "nowhere") in message
+    assert "not a directory" in message
     assert "Traceback" not in message
