@@ -25,6 +25,8 @@ from components.labels import Task
 
 @dataclass(frozen=True)
 class Variant:
+    """One row of the paper's Table 4: augmentation on or off, transfer learning on or off."""
+
     key: str  # used in step ids: train_<key>, evaluate_<key>
     label: str  # the row label in the paper's table
     augmentation: bool
@@ -184,6 +186,7 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def to_csv(frame: pd.DataFrame) -> str:
+    """The ablation table as CSV text (floats to 6 decimals, the variant label as first column)."""
     buffer = io.StringIO()
     frame.to_csv(buffer, float_format="%.6f")
     return buffer.getvalue()

@@ -47,11 +47,11 @@ from components.errors import CxrError
 
 
 class UnknownBackboneError(CxrError, ValueError):
-    pass
+    """No backbone of that name is registered; the message lists the registered ones."""
 
 
 class WeightsUnavailableError(CxrError, RuntimeError):
-    pass
+    """The starting weights cannot be had (not in the Keras cache, no such file or model)."""
 
 
 class IncompatibleWeightsError(CxrError, ValueError):
@@ -287,12 +287,25 @@ def describe_backbones() -> str:
 
 
 def keras_cache_dir() -> Path:
-    """Where Keras looks for downloaded weights (KERAS_HOME, else ~/.keras)."""
+    """Where Keras looks for downloaded weights.
+
+    Returns:
+        ``$KERAS_HOME/models``, else ``~/.keras/models``.
+    """
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
 def imagenet_weights_file(spec: BackboneSpec, image_size: int, alpha: float) -> str:
-    """The file name Keras gives the backbone's ImageNet no-top weights."""
+    """The file name Keras gives the backbone's ImageNet no-top weights.
+
+    Args:
+        spec: The backbone.
+        image_size: Input side in pixels; sizes without a file of their own use 224's.
+        alpha: Width multiplier (backbones that have one).
+
+    Returns:
+        The file name under ``keras_cache_dir()``.
+    """
     if spec.name == "MobileNet":
         alpha_text = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}.get(alpha, str(alpha))
     else:
@@ -303,7 +316,17 @@ def imagenet_weights_file(spec: BackboneSpec, image_size: int, alpha: float) -> 
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+    """The parts of a registered-model URI.
+
+    Args:
+        uri: ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
+
+    Returns:
+        (name, alias, version); alias or version is None.
+
+    Raises:
+        ValueError: `uri` has neither form (the message names both).
+    """
     match = MODELS_URI.match(str(uri))
     if not match:
         raise ValueError(
@@ -313,7 +336,14 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def weights_kind(weights: str | None) -> str:
-    """Which source a `weights` value names: none | imagenet | s3 | registered | file."""
+    """Which source a `weights` value names.
+
+    Args:
+        weights: A ``backbones[].weights`` value.
+
+    Returns:
+        ``none``, ``imagenet``, ``s3``, ``registered`` (``models:/...``) or ``file``.
+    """
     if weights in ("none", "None", "", None):
         return "none"
     if weights == "imagenet":
@@ -345,11 +375,24 @@ def _imagenet_cached_file(spec: BackboneSpec, image_size: int, alpha: float) -> 
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, image_size: int, alpha: float) -> str | None:
-    """A local `weights` value -> the file to load (None: random initialisation).
+    """The local file a `weights` value names.
 
-    `none` -> None; `imagenet` -> the cached Keras file (WeightsUnavailableError
-    with instructions when it is missing); a path -> that path. Remote sources
-    (s3://, models:/) need a temporary download: use `weights_source`.
+    Remote sources (s3://, models:/) need a temporary download: use `weights_source`.
+
+    Args:
+        spec: The backbone.
+        weights: ``none``, ``imagenet`` or a local path.
+        image_size: Input side in pixels (picks the ImageNet file).
+        alpha: Width multiplier (picks the ImageNet file).
+
+    Returns:
+        None for ``none`` (random initialisation), the cached Keras file for
+        ``imagenet``, else the path.
+
+    Raises:
+        WeightsUnavailableError: The ImageNet file is not cached (the message says
+            where to put it), the alpha has no ImageNet weights, or the file does not exist.
+        ValueError: `weights` is remote.
     """
     kind = weights_kind(weights)
     if kind == "none":
@@ -366,9 +409,24 @@ def resolve_weights(spec: BackboneSpec, weights: str, image_size: int, alpha: fl
 
 @contextlib.contextmanager
 def weights_source(spec: BackboneSpec, weights: str, image_size: int, alpha: float) -> Iterator[str | None]:
-    """Like `resolve_weights`, for every source: yields a local file (or None) that exists
-    inside the block. s3:// objects are copied to a temporary file (keeping their name, which
-    says the format); a registered model is downloaded and its `.keras` file yielded."""
+    """Like `resolve_weights`, for every source: a local file that exists inside the block.
+
+    s3:// objects are copied to a temporary file (keeping their name, which says
+    the format); a registered model is downloaded and its `.keras` file yielded.
+
+    Args:
+        spec: The backbone.
+        weights: Any ``backbones[].weights`` value.
+        image_size: Input side in pixels.
+        alpha: Width multiplier.
+
+    Yields:
+        The local file, or None for random initialisation.
+
+    Raises:
+        WeightsUnavailableError: As `resolve_weights`, or the registered model cannot be loaded.
+        StorageError: The S3 object cannot be read (the message names the URI).
+    """
     kind = weights_kind(weights)
     if kind in ("none", "imagenet", "file"):
         yield resolve_weights(spec, weights, image_size, alpha)
@@ -387,7 +445,20 @@ def weights_source(spec: BackboneSpec, weights: str, image_size: int, alpha: flo
 
 
 def download_registered_keras_model(uri: str, dst: str | Path) -> Path:
-    """Download a registered pyfunc model (components.serving) and return its `.keras` file."""
+    """Download a registered pyfunc model (components.serving) and find its Keras model.
+
+    Args:
+        uri: ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
+        dst: Folder to download into.
+
+    Returns:
+        The `.keras` file (the model's KERAS_ARTIFACT, else its only `.keras` file).
+
+    Raises:
+        ValueError: Malformed URI.
+        WeightsUnavailableError: MLflow cannot load the model.
+        IncompatibleWeightsError: The model holds no single `.keras` file.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
@@ -414,8 +485,19 @@ def download_registered_keras_model(uri: str, dst: str | Path) -> Path:
 
 
 def preprocessing_layers(mode: str) -> list:
-    """Plain Keras layers that equal keras.applications' `preprocess_input` for `mode`
-    on channels-last RGB 0..255 input. Computed in float32 whatever the dtype policy."""
+    """Plain Keras layers that equal keras.applications' `preprocess_input` for a mode.
+
+    Computed in float32 whatever the dtype policy.
+
+    Args:
+        mode: A key of PREPROCESSING_MODES.
+
+    Returns:
+        The layers, for channels-last (N, H, W, 3) RGB input in 0..255.
+
+    Raises:
+        ValueError: Unknown mode.
+    """
     import keras
     import numpy as np
 
@@ -447,11 +529,22 @@ def preprocessing_layers(mode: str) -> list:
         ]
     if mode == "none":
         return [keras.layers.Identity(name="preprocess_input", dtype="float32")]
-    raise ValueError(f"unknown normalisation {mode!r}; known: {', '.join(PREPROCESSING_MODES)}")
+    raise ValueError(f"unknown preprocessing {mode!r}; known: {', '.join(PREPROCESSING_MODES)}")
 
 
 def preprocess(spec_or_name: BackboneSpec | str, images):
-    """Apply the backbone's built-in preprocessing to a batch (N, H, W, 3) of 0..255 pixels."""
+    """Apply a backbone's built-in preprocessing to a batch.
+
+    Args:
+        spec_or_name: The backbone or its name.
+        images: Batch (N, H, W, 3) of RGB pixels in 0..255, float32.
+
+    Returns:
+        The preprocessed batch, (N, H, W, 3) float32.
+
+    Raises:
+        UnknownBackboneError: Unknown name.
+    """
     spec = get_backbone(spec_or_name) if isinstance(spec_or_name, str) else spec_or_name
     x = images
     for layer in preprocessing_layers(spec.preprocessing):
@@ -467,8 +560,11 @@ def _finalize_states(model) -> None:
 
 
 def _fold_efficientnet_imagenet_std(base) -> None:
-    """Keras' EfficientNet with weights="imagenet" divides by sqrt(std) after its Normalization
-    layer, a layer it adds only then. Fold that into the variance: (x - m) / sqrt(v * std)."""
+    """Fold Keras' EfficientNet ImageNet std rescaling into its Normalization layer.
+
+    Keras' EfficientNet with weights="imagenet" divides by sqrt(std) after its
+    Normalization layer, a layer it adds only then: (x - m) / sqrt(v * std).
+    """
     import keras
     import numpy as np
 
@@ -479,7 +575,17 @@ def _fold_efficientnet_imagenet_std(base) -> None:
 
 
 def find_backbone(model):
-    """The backbone (the nested keras Model) inside a classifier built here."""
+    """The backbone inside a classifier built by `build_classifier`.
+
+    Args:
+        model: The classifier (a keras Model).
+
+    Returns:
+        The nested keras Model that is its backbone.
+
+    Raises:
+        IncompatibleWeightsError: The model has no single nested backbone.
+    """
     import keras
 
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
@@ -501,8 +607,10 @@ def _source_identity(model, contract: dict | None) -> tuple[str | None, int | No
 
 
 def _registered_contract(keras_file: Path) -> dict | None:
-    """The model contract of the pyfunc model whose artifacts hold `keras_file`, if any
-    (components.serving keeps it at <model>/artifacts/<file>.keras)."""
+    """The model contract of the pyfunc model whose artifacts hold `keras_file`, if any.
+
+    components.serving keeps the file at <model>/artifacts/<file>.keras.
+    """
     from mlflow.models import Model
 
     for folder in list(keras_file.parents)[:2]:
@@ -512,7 +620,18 @@ def _registered_contract(keras_file: Path) -> dict | None:
 
 
 def copy_backbone_weights(source_file: str | Path, base, spec: BackboneSpec, image_size: int, source: str) -> None:
-    """Warm start: copy the backbone weights of the classifier in `source_file` (`.keras`) into `base`."""
+    """Warm start: copy the backbone weights of a saved classifier into `base`.
+
+    Args:
+        source_file: A `.keras` classifier built by `build_classifier`.
+        base: The backbone (keras Model) being built.
+        spec: Its registry entry.
+        image_size: Its input side in pixels.
+        source: How the user named the weights (for messages).
+
+    Raises:
+        IncompatibleWeightsError: Another backbone, input size or alpha.
+    """
     import keras
 
     source_model = keras.saving.load_model(str(source_file), compile=False)
@@ -542,7 +661,19 @@ def copy_backbone_weights(source_file: str | Path, base, spec: BackboneSpec, ima
 
 
 def load_backbone_weights(base, spec: BackboneSpec, path: str, image_size: int, alpha: float, source: str) -> None:
-    """Load a weights file, or warm-start from a `.keras` classifier, into the backbone."""
+    """Load a weights file, or warm-start from a `.keras` classifier, into the backbone.
+
+    Args:
+        base: The backbone (keras Model) being built.
+        spec: Its registry entry.
+        path: A `.weights.h5` / `.h5` backbone weights file or a `.keras` classifier.
+        image_size: Input side in pixels.
+        alpha: Width multiplier.
+        source: How the user named the weights (for messages).
+
+    Raises:
+        IncompatibleWeightsError: The file does not fit this backbone.
+    """
     if path.endswith(".keras"):
         copy_backbone_weights(path, base, spec, image_size, source)
         return
@@ -569,9 +700,6 @@ def build_classifier(
 ):
     """Backbone + the paper's head: GAP -> BatchNorm -> Flatten -> Dense(128) -> Dropout -> out.
 
-    `weights`: none | imagenet | a local file | s3://bucket/key | models:/<name>@<alias> or
-    models:/<name>/<version> (see the module docstring).
-
     `num_classes == 2` builds the binary head Dense(1, sigmoid); otherwise
     Dense(num_classes, softmax). With pretrained weights the backbone is frozen
     and runs in inference mode (training=False), so its BatchNorm statistics
@@ -581,6 +709,28 @@ def build_classifier(
     few hundred steps validation predictions collapse to one class and early
     stopping keeps the first epoch (measured on the synthetic set: macro-F1
     0.17 with 0.99, 0.95-0.99 with 0.9).
+
+    Args:
+        backbone: A registered backbone name.
+        num_classes: Classes of the task (2: one sigmoid output).
+        image_size: Input side in pixels, at least the backbone's min_size.
+        weights: none | imagenet | a local file | s3://bucket/key |
+            models:/<name>@<alias> or models:/<name>/<version> (see the module docstring).
+        alpha: Width multiplier (backbones that have one).
+        dropout: Dropout rate of the head.
+        dense_units: Units of the head's Dense layer.
+        scratch_bn_momentum: BatchNorm momentum of a backbone trained from scratch.
+
+    Returns:
+        A keras Model named ``cxr_<backbone>``: input (N, image_size, image_size, 3)
+        float32 RGB in 0..255, output (N, 1) P(class 1) for 2 classes, else
+        (N, num_classes) softmax probabilities, float32.
+
+    Raises:
+        UnknownBackboneError: Unknown backbone.
+        ValueError: image_size below the backbone's minimum.
+        WeightsUnavailableError: The weights cannot be had.
+        IncompatibleWeightsError: The weights do not fit this backbone.
     """
     import keras
 
@@ -617,7 +767,12 @@ def build_classifier(
 
 
 def set_batchnorm_momentum(model, momentum: float) -> None:
-    """Set the moving-average momentum of every BatchNormalization layer, nested ones too."""
+    """Set the moving-average momentum of every BatchNormalization layer, nested ones too.
+
+    Args:
+        model: A keras Model, changed in place.
+        momentum: The new momentum (0..1).
+    """
     import keras
 
     for layer in model.layers:
@@ -628,7 +783,15 @@ def set_batchnorm_momentum(model, momentum: float) -> None:
 
 
 def probabilities(model_output, num_classes: int):
-    """Model output -> (N, num_classes) class probabilities (binary: [1-p, p])."""
+    """Class probabilities from a classifier's output.
+
+    Args:
+        model_output: (N, 1) P(class 1) for a binary model, else (N, num_classes).
+        num_classes: Classes of the task.
+
+    Returns:
+        (N, num_classes) float64 probabilities (binary: [1 - p, p]).
+    """
     import numpy as np
 
     output = np.asarray(model_output, dtype=np.float64)

@@ -41,6 +41,8 @@ class SyntheticData(_Strict):
 
 
 class DataConfig(_Strict):
+    """Where the images come from (`sources`), the embedded synthetic set, quick-run cap and read workers."""
+
     synthetic: SyntheticData | None = None
     # Each entry is validated by the options model registered for its kind
     # (components.sources; `cxr sources` lists the kinds and their options).
@@ -62,6 +64,8 @@ class DataConfig(_Strict):
 
 
 class SplitConfig(_Strict):
+    """Train / validation / test fractions of the patient-grouped split (they sum to 1)."""
+
     train: float = Field(0.7, gt=0, lt=1)
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
@@ -226,6 +230,8 @@ class TrainingConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
+    """The MLflow registered model and the promotion rule (primary metric, minimum improvement)."""
+
     model_name: str = Field("cxr-classifier", pattern=r"^[A-Za-z0-9_.-]+$")
     primary_metric: Literal["f1_macro", "accuracy", "precision_macro", "recall_macro"] = "f1_macro"
     # A challenger must beat the champion by more than this to take the alias.
@@ -233,6 +239,8 @@ class RegistryConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    """One run config (configs/*.yaml): what to train on, how, and where to register it."""
+
     name: str = "run"
     task: Task = "multiclass"
     seed: int = 42
@@ -253,10 +261,12 @@ class RunConfig(_Strict):
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The task's class names in model output order."""
         return TASK_LABELS[self.task]
 
     @property
     def largest_image_size(self) -> int:
+        """The largest backbone input size in pixels (the augment step prepares images at this size)."""
         return max(backbone.image_size for backbone in self.backbones)
 
 
@@ -269,6 +279,18 @@ def _format_errors(error: ValidationError) -> str:
 
 
 def parse_run_config(data: Any, origin: str = "<config>") -> RunConfig:
+    """Validate a run config given as plain data (the parsed YAML).
+
+    Args:
+        data: the mapping as read from YAML.
+        origin: where it came from, for the message (a file name).
+
+    Returns:
+        The validated RunConfig.
+
+    Raises:
+        ConfigError: one line per invalid field, with its dotted path and the reason.
+    """
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:

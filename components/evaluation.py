@@ -19,7 +19,9 @@ from components.training import predict_probabilities, split_arrays
 EVALUATED_SPLITS = ("val", "test")
 
 
-def split_metrics(model: Any, split_manifest: pd.DataFrame, split: str, class_names: list[str], size: int) -> SplitMetrics:
+def split_metrics(
+    model: Any, split_manifest: pd.DataFrame, split: str, class_names: list[str], size: int
+) -> SplitMetrics:
     """The metrics of `model` on one split.
 
     Args:

@@ -1,5 +1,7 @@
-"""Classification metrics as in the paper (accuracy, precision, recall, F1), plus
-per-class figures, the confusion matrix and a calibration summary.
+"""Classification metrics as in the paper (accuracy, precision, recall, F1), per class, and calibration.
+
+Besides the paper's macro-averaged figures: per-class figures, the confusion
+matrix and the expected calibration error.
 
 The results are pydantic models (`SplitMetrics`, `Evaluation`): they are the
 ZenML artifacts of the evaluate steps and what registration compares.
@@ -50,7 +52,17 @@ class SplitMetrics(BaseModel):
     class_names: list[str]
 
     def scalar(self, name: str) -> float:
-        """The scalar metric `name` (one of SCALAR_METRICS); KeyError for any other name."""
+        """One scalar metric by name.
+
+        Args:
+            name: one of SCALAR_METRICS.
+
+        Returns:
+            Its value (a fraction in 0..1).
+
+        Raises:
+            KeyError: `name` is not one of SCALAR_METRICS.
+        """
         if name not in SCALAR_METRICS:
             raise KeyError(f"unknown metric {name!r}; valid: {', '.join(SCALAR_METRICS)}")
         return float(getattr(self, name))
@@ -80,7 +92,8 @@ def classification_metrics(
         class_names: the C class names in model output order.
 
     Returns:
-        SplitMetrics.
+        SplitMetrics: accuracy, macro precision/recall/F1 (classes without support count 0),
+        ECE (expected_calibration_error), per-class figures and the C x C confusion matrix.
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
@@ -106,7 +119,19 @@ def classification_metrics(
 
 
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> float:
-    """ECE of the top-class confidence: how far a stated probability is from the hit rate."""
+    """Expected calibration error of the top-class confidence: how far a stated probability is from the hit rate.
+
+    ECE = sum over bins b of (|b| / N) * |accuracy(b) - mean confidence(b)|, with equal-width
+    confidence bins (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
+
+    Args:
+        y_true: (N,) int class indices.
+        probabilities: (N, C) float class probabilities; the confidence is the row maximum.
+        n_bins: equal-width bins over 0..1.
+
+    Returns:
+        The ECE, a fraction in 0..1 (0.0 for an empty split).
+    """
     if len(y_true) == 0:
         return 0.0
     confidence = probabilities.max(axis=1)
@@ -140,7 +165,16 @@ def flat_metrics(metrics: SplitMetrics, prefix: str = "") -> dict[str, float]:
 
 
 def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], title: str):
-    """A matplotlib Figure of the confusion matrix (counts in each cell)."""
+    """Draw a confusion matrix (counts in each cell) as a matplotlib Figure, off-screen (Agg).
+
+    Args:
+        matrix: C x C counts, ``matrix[i][j]`` images of class i predicted as j.
+        class_names: the C class names, in matrix order.
+        title: the figure's title.
+
+    Returns:
+        A ``matplotlib.figure.Figure``; close it after saving.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,10 +196,17 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str], tit
 
 
 def best_candidate(evaluations: list[Evaluation], metric: str) -> int:
-    """Index of the evaluation with the highest `metric` on the validation split (first wins a tie).
+    """Choose the best backbone by a metric on the validation split.
 
     Backbones are chosen on the validation split so the test split stays an
     unbiased report of the chosen model.
+
+    Args:
+        evaluations: one Evaluation per trained backbone.
+        metric: a metric where higher is better (RegistryConfig.primary_metric; not "ece").
+
+    Returns:
+        The index in `evaluations` of the highest validation `metric` (the first wins a tie).
 
     Raises:
         ValueError: `evaluations` is empty.

@@ -76,7 +76,14 @@ class Promotion(BaseModel):
 
 
 def split_fingerprint(keys: Iterable[str]) -> str:
-    """Order-free fingerprint of a test split (pass image sha256s or stable ids)."""
+    """Fingerprint a test split, whatever the order of its images.
+
+    Args:
+        keys: one stable key per image (the images' sha256s, or stable ids); duplicates count once.
+
+    Returns:
+        16 hex digits of a sha256 over the sorted, distinct keys.
+    """
     digest = hashlib.sha256("\n".join(sorted(set(keys))).encode("utf-8"))
     return digest.hexdigest()[:16]
 
@@ -88,7 +95,18 @@ def decide_promotion(
     metric_key: str = "metric",
     min_metric: float | None = None,
 ) -> tuple[bool, str]:
-    """(promote?, reason with the numbers). Pure: no MLflow calls."""
+    """Decide whether a candidate takes the champion alias (the module docstring's rules); no MLflow calls.
+
+    Args:
+        candidate_metric: the candidate's primary metric (higher is better); None or NaN is never promoted.
+        champion_metric: the champion's, or None (or NaN) when there is no champion.
+        min_improvement: the candidate must beat the champion by more than this.
+        metric_key: the metric's name, for the reason.
+        min_metric: optional floor below which nothing is promoted.
+
+    Returns:
+        (promote, reason): whether to promote, and a sentence with the numbers.
+    """
     if candidate_metric is None or math.isnan(candidate_metric):
         return False, f"candidate {metric_key} is missing or NaN: not promoted"
     if min_metric is not None and candidate_metric < min_metric:
@@ -110,7 +128,19 @@ def decide_promotion(
 
 
 def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> ModelVersion | None:
-    """The version holding `alias`, or None if the model or the alias does not exist."""
+    """Find the version holding an alias.
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: registered model name.
+        alias: the alias (CHAMPION by default).
+
+    Returns:
+        The version, or None when the model or the alias does not exist.
+
+    Raises:
+        mlflow.exceptions.MlflowException: any other registry error.
+    """
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as error:
@@ -120,7 +150,16 @@ def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPIO
 
 
 def version_metric(client: MlflowClient, version: ModelVersion, metric_key: str) -> float | None:
-    """The version's metric: from its tags, else from the run that produced it."""
+    """Read a version's metric: from its tags (register_version), else from the run that produced it.
+
+    Args:
+        client: MLflow client of the registry.
+        version: the model version.
+        metric_key: the metric's name.
+
+    Returns:
+        The value, or None when neither the tags nor the run have it.
+    """
     tags = version.tags or {}
     if tags.get(TAG_METRIC_KEY) == metric_key and TAG_METRIC_VALUE in tags:
         return float(tags[TAG_METRIC_VALUE])
@@ -131,6 +170,7 @@ def version_metric(client: MlflowClient, version: ModelVersion, metric_key: str)
 
 
 def champion_metric(client: MlflowClient, model_name: str, metric_key: str, alias: str = CHAMPION) -> float | None:
+    """The metric of the version holding `alias` (version_metric), or None when there is none."""
     champion = current_champion(client, model_name, alias)
     return None if champion is None else version_metric(client, champion, metric_key)
 
@@ -142,9 +182,19 @@ def register_version(
     metric_value: float,
     test_fingerprint: str,
 ) -> ModelVersion:
-    """Register `model_uri` as a new version tagged with its metric and test-split fingerprint.
+    """Register a logged model as a new version tagged with its metric and test-split fingerprint.
 
     Uses the globally configured registry (mlflow.set_registry_uri / tracking URI).
+
+    Args:
+        model_uri: the logged model (``runs:/<run id>/<path>`` or ``models:/...``).
+        model_name: registered model name (created if missing).
+        metric_key: the primary metric's name (tag TAG_METRIC_KEY).
+        metric_value: its value on the test split (tag TAG_METRIC_VALUE).
+        test_fingerprint: split_fingerprint of the test split (tag TAG_FINGERPRINT).
+
+    Returns:
+        The new ModelVersion.
     """
     return mlflow.register_model(
         model_uri,

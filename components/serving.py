@@ -48,6 +48,7 @@ _PINNED = ("mlflow", ("tensorflow-cpu", "tensorflow"), "keras", "pillow", "numpy
 
 
 def prob_column(class_name: str) -> str:
+    """The served probability column of a class (``prob_COVID-19``)."""
     return f"prob_{class_name}"
 
 
@@ -94,6 +95,7 @@ def validate_contract(contract: dict[str, Any]) -> None:
 
 
 def model_signature(class_names: list[str] | tuple[str, ...]) -> ModelSignature:
+    """The MLflow signature: a string column ``image`` in, one double ``prob_<class>`` per class and ``label`` out."""
     outputs = [ColSpec("double", prob_column(name)) for name in class_names]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
@@ -115,6 +117,7 @@ def pinned_requirements() -> list[str]:
 
 
 def encode_image_bytes(data: bytes) -> str:
+    """PNG/JPEG bytes as the base64 ASCII text the served model takes in its ``image`` column."""
     return base64.b64encode(data).decode("ascii")
 
 
@@ -169,6 +172,7 @@ def decode_batch(values: pd.Series, size: int) -> np.ndarray:
 
 
 def probabilities_frame(probs: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """The served answer: float64 (N, C) probabilities -> one ``prob_<class>`` column each plus ``label`` (argmax)."""
     frame = pd.DataFrame(
         {prob_column(name): probs[:, index].astype(np.float64) for index, name in enumerate(class_names)}
     )
@@ -178,6 +182,7 @@ def probabilities_frame(probs: np.ndarray, class_names: list[str]) -> pd.DataFra
 
 
 def read_contract(path: str | Path) -> dict[str, Any]:
+    """Read and check a model contract JSON file; ValueError when the model could not use it."""
     contract = json.loads(Path(path).read_text())
     validate_contract(contract)
     return contract
@@ -187,6 +192,7 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
     """base64 images in, class probabilities and label out (see module docstring)."""
 
     def load_context(self, context) -> None:
+        """Load the contract and the Keras model from the pyfunc's artifacts (MLflow calls this once)."""
         import keras
 
         self.contract = read_contract(context.artifacts[CONTRACT_ARTIFACT])
@@ -196,6 +202,7 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Probabilities and label per row of base64 images; MlflowException (HTTP 400) naming bad rows."""
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
             found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
             raise MlflowException(

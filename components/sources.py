@@ -125,7 +125,19 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, PydanticUndefined, core_schema
 
 from components.candidates import (
@@ -149,10 +161,21 @@ from components.labels import (
 from components.storage import MissingFileError, OutsideRootError, child_uri, is_s3_uri, list_files, read_bytes
 
 __all__ = [
+    "ActualmedOptions",
+    "CovidRadiographyOptions",
+    "CovidxOptions",
+    "Figure1Options",
+    "FolderOptions",
+    "Ieee8023Options",
+    "KagglePneumoniaOptions",
+    "ManifestOptions",
+    "OptionInfo",
     "SourceConfig",
     "SourceKind",
     "SourceOptions",
+    "describe_sources",
     "get_source_kind",
+    "option_infos",
     "parse_source",
     "parse_sources",
     "register_source",
@@ -187,9 +210,16 @@ class SourceOptions(BaseModel):
         description="overrides of the task's finding -> label map: {finding: label, or null to exclude it}",
     )
 
+    @model_serializer(mode="wrap")
+    def _always_with_kind(self, handler: SerializerFunctionWrapHandler):  # no return type: keeps the JSON schema
+        # `kind` says which model reads the dump back: keep it even when its default is excluded.
+        dumped = handler(self)
+        return {"kind": self.kind, **dumped} if isinstance(dumped, dict) else dumped
 
-Options = TypeVar("Options", bound=SourceOptions)
+
+# adapter(root, task, options) -> candidates (components.candidates.candidate)
 Adapter = Callable[[str, str, Any], list[dict[str, Any]]]
+AdapterT = TypeVar("AdapterT", bound=Adapter)
 
 
 @dataclass(frozen=True)
@@ -232,7 +262,7 @@ def _pinned_kind(options: type[SourceOptions]) -> tuple[Any, ...]:
     return get_args(annotation) if get_origin(annotation) is Literal else ()
 
 
-def register_source(kind: str, *, options: type[Options]) -> Callable[[Callable[[str, str, Options], Any]], Any]:
+def register_source(kind: str, *, options: type[SourceOptions]) -> Callable[[AdapterT], AdapterT]:
     """Register the decorated function as the adapter of `kind`, with its options model.
 
     Args:
@@ -253,7 +283,7 @@ def register_source(kind: str, *, options: type[Options]) -> Callable[[Callable[
     if _pinned_kind(options) != (kind,):
         raise TypeError(f'source kind {kind!r}: {options.__name__} must declare kind: Literal["{kind}"] = "{kind}"')
 
-    def decorator(adapter: Callable[[str, str, Options], Any]) -> Callable[[str, str, Options], Any]:
+    def decorator(adapter: AdapterT) -> AdapterT:
         if kind in _SOURCES:
             raise ValueError(f"source kind {kind!r} is already registered ({_SOURCES[kind].adapter.__qualname__})")
         _SOURCES[kind] = SourceKind(kind, adapter, options)
@@ -416,8 +446,14 @@ class _RegisteredKind:
         return core_schema.no_info_plain_validator_function(
             _validate_source,
             json_schema_input_schema=handler.generate_schema(union),
-            serialization=core_schema.simple_ser_schema("any"),  # each model serialises itself
+            serialization=core_schema.simple_ser_schema("any"),  # each value as its own model (SerializeAsAny)
         )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        # What is read and what is written are the same union (a plain validator has no schema of its own).
+        return handler(schema["json_schema_input_schema"])  # type: ignore[typeddict-item]
 
 
 SourceConfig = Annotated[SourceOptions, _RegisteredKind()]

@@ -107,7 +107,7 @@ def safe_csv(frame: pd.DataFrame) -> str:
         frame: Any table.
 
     Returns:
-        CSV text, every field quoted, "\n" line endings, no index column.
+        CSV text, every field quoted, LF line endings, no index column.
     """
     safe = frame.copy()
     for column in safe.columns:

@@ -1,5 +1,7 @@
-"""Small MLflow helpers used inside steps (the active run is set by the ZenML
-MLflow experiment tracker; outside a run these helpers do nothing)."""
+"""Small MLflow helpers used inside steps; outside an active MLflow run they do nothing.
+
+The active run is set by the ZenML MLflow experiment tracker.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ import mlflow
 
 
 def mlflow_epoch_logger(prefix: str = ""):
-    """A Keras callback that logs each epoch's metrics live, with the epoch as step."""
+    """Make a Keras callback that logs each epoch's metrics to the active MLflow run as they come.
+
+    Args:
+        prefix: prepended to every metric name (Keras' ``loss`` becomes ``<prefix>loss``).
+
+    Returns:
+        A ``keras.callbacks.Callback`` logging each epoch's logs at step = 1-based epoch;
+        its ``seconds`` attribute is the time spent logging.
+    """
     import keras
 
     class MlflowEpochLogger(keras.callbacks.Callback):
@@ -27,7 +37,14 @@ def mlflow_epoch_logger(prefix: str = ""):
 
 
 def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
-    """Log nested params as dotted keys (MLflow params are flat strings)."""
+    """Log nested parameters to the active MLflow run as dotted keys (MLflow params are flat strings).
+
+    Args:
+        params: nested dicts; lists and tuples are logged as JSON, other leaves as ``str``.
+        prefix: prepended to every key.
+
+    Keys are cut to 250 characters and values to 6000 (MLflow's limits).
+    """
     if not mlflow.active_run():
         return
     flat: dict[str, str] = {}
@@ -41,4 +58,3 @@ def log_params_flat(params: dict[str, Any], prefix: str = "") -> None:
 
     walk(params, "")
     mlflow.log_params({key[:250]: value[:6000] for key, value in flat.items()})
-

@@ -9,6 +9,7 @@ from zenml.steps.entrypoint_function_utils import StepArtifact
 
 from components.config import RunConfig
 from steps.ingest import ingest_data
+from steps.names import STEWARD_STEP
 from steps.split import split_data
 from steps.validate import data_gate, steward_report, validate_data, validate_data_split
 
@@ -25,7 +26,7 @@ def data_steps(run: RunConfig, docs_dir: str, reports_dir: str) -> StepArtifact:
     )
     split_report = validate_data_split(split, task=task, docs_dir=docs_dir, checks=checks)
     steward_report(manifest, manifest_report, split, split_report, task=task, reports_dir=reports_dir)
-    data_gate(manifest_report, split_report, after="steward_report")
+    data_gate(manifest_report, split_report, after=STEWARD_STEP)
     return split
 
 

@@ -11,6 +11,7 @@ from zenml.steps.entrypoint_function_utils import StepArtifact
 
 from components.config import AugmentationConfig, BackboneConfig, TrainingConfig
 from steps.augment import augment_training_data, expand_training_data
+from steps.names import DATA_GATE_STEP
 from steps.train import train_backbone, train_backbone_on_shards
 
 
@@ -54,7 +55,7 @@ def training_set(
             image_size=image_size,
             augmentation=augmentation,
             seed=seed,
-            after="data_gate",
+            after=DATA_GATE_STEP,
             **ids,
         )
         return ShardedSet(shards)
@@ -64,7 +65,7 @@ def training_set(
         image_size=image_size,
         augmentation=augmentation,
         seed=seed,
-        after="data_gate",
+        after=DATA_GATE_STEP,
         **ids,
     )
     return ArraySet(images, labels, augmentation if augmentation.mode == "on_the_fly" else None)

@@ -132,7 +132,9 @@ def write_image(
     return path
 
 
-def write_noise_image(path: Path, seed: int = 0, size: tuple[int, int] = (32, 32), image_format: str | None = None) -> Path:
+def write_noise_image(
+    path: Path, seed: int = 0, size: tuple[int, int] = (32, 32), image_format: str | None = None
+) -> Path:
     """Random grayscale pixels (distinct bytes per seed); the format follows the suffix unless given."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(noise_image(seed, size)).save(path, format=image_format)

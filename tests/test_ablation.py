@@ -17,6 +17,7 @@ from components.ablation import (
     to_csv,
 )
 from components.config import ConfigError, parse_run_config
+from steps.names import ABLATION_REPORT_STEP, DATA_GATE_STEP, REGISTER_STEP
 from tests.test_training_pipeline import run_cxr, tiny_config
 
 ROWS = ["Full model", "Without augmentation", "Without transfer learning", "Without both"]
@@ -177,15 +178,15 @@ def test_ablation_pipeline_writes_the_table(local_stack, eager_tensorflow, tmp_p
     run = Client().get_pipeline_run(summary["run_name"])
     assert run.pipeline.name == PIPELINE_NAME
     expected = {
-        "data_gate",
+        DATA_GATE_STEP,
         "augment_on",
         "augment_off",
-        "ablation_report",
+        ABLATION_REPORT_STEP,
         *(f"{stage}_{key}" for stage in ("train", "evaluate") for key in VARIANT_KEYS),
     }
     assert expected <= set(run.steps)
-    assert "register_best_model" not in run.steps
-    outputs = run.steps["ablation_report"].outputs
+    assert REGISTER_STEP not in run.steps
+    outputs = run.steps[ABLATION_REPORT_STEP].outputs
     markdown, csv = outputs[ABLATION_TABLE][0].load(), outputs[ABLATION_CSV][0].load()
     assert isinstance(markdown, MarkdownString)
     assert isinstance(csv, CSVString)

@@ -24,6 +24,7 @@ from components.labels import (
     EXCLUDE_TRUNCATED,
     EXCLUDE_UNKNOWN_FINDING,
 )
+from steps.names import VALIDATE_SPLIT_STEP
 from tests.test_training_pipeline import run_cxr, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -138,9 +139,11 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
 
     summary = json.loads((folder / "summary.json").read_text())
     assert summary == json.loads((tmp_path / "summary.json").read_text())
-    assert summary["counts"]["total"] == 36 + 12 and summary["counts"]["used"] == 36 + 3
+    assert summary["counts"]["total"] == 36 + 12
+    assert summary["counts"]["used"] == 36 + 3
     html = (folder / "summary.html").read_text()
-    assert SCRIPT not in html and "&lt;script&gt;" in html
+    assert SCRIPT not in html
+    assert "&lt;script&gt;" in html
     assert Path(summary["data_docs"]["index"]).is_file()
 
     # The same report reached the MLflow run of the data validation pipeline.
@@ -164,7 +167,8 @@ def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path
     code = run_cxr(local_stack, "validate", config, tmp_path)
     out = capsys.readouterr().out
     assert code == 1
-    assert "BLOCKED" in out and "min_images_per_class" in out
+    assert "BLOCKED" in out
+    assert "min_images_per_class" in out
     folder = Path(out.split("Steward report:")[1].split()[0]).parent
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["success"] is False
@@ -181,7 +185,7 @@ def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path
 
     run = Client().get_pipeline_run(latest_run_id(PIPELINE_NAME))
     manifest_report = run.steps[VALIDATE_STEP].outputs[VALIDATION_REPORT][0].load()
-    split_report = run.steps["validate_data_split"].outputs[SPLIT_VALIDATION_REPORT][0].load()
+    split_report = run.steps[VALIDATE_SPLIT_STEP].outputs[SPLIT_VALIDATION_REPORT][0].load()
     assert isinstance(manifest_report, ValidationReport)
     assert manifest_report.success is False
     assert isinstance(split_report, ValidationReport)
@@ -201,5 +205,6 @@ def test_missing_metadata_column_is_named_without_a_traceback(local_stack, tmp_p
     code = run_cxr(local_stack, "validate", config, tmp_path)
     message = capsys.readouterr().err
     assert code == 1
-    assert str(drop / "metadata.csv") in message and "missing required column(s) ['finding']" in message
+    assert str(drop / "metadata.csv") in message
+    assert "missing required column(s) ['finding']" in message
     assert "Traceback" not in message

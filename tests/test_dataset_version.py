@@ -37,28 +37,32 @@ def test_changed_file_invalidates_the_cache_of_downstream_steps(local_stack, tmp
     from zenml import pipeline
     from zenml.config import CachePolicy
 
+    from components.config import DataConfig, SplitConfig
     from steps.ingest import ingest_data
-    from steps.names import MANIFEST
+    from steps.names import INGEST_STEP, MANIFEST, SPLIT_STEP
     from steps.split import split_data
 
     _write_folder(tmp_path)
-    sources = [{"kind": "folder", "root": str(tmp_path), "name": "f"}]
+    data = DataConfig(sources=[{"kind": "folder", "root": str(tmp_path), "name": "f"}], workers=1)
+    split = SplitConfig(train=0.5, val=0.25, test=0.25)
     by_content = split_data.with_options(cache_policy=CachePolicy(include_artifact_ids=False))
 
     @pipeline(enable_cache=True)
     def ingest_and_split() -> None:
-        manifest = ingest_data(sources=sources, task="multiclass", workers=1)
-        by_content(manifest, fractions=[0.5, 0.25, 0.25], seed=0, near_duplicate_max_distance=2)
+        manifest = ingest_data(data=data, task="multiclass", seed=0)
+        by_content(manifest, split=split, seed=0, near_duplicate_max_distance=2)
 
     def run_once() -> tuple[str, str]:
         run = ingest_and_split()
-        version = run.steps["ingest_data"].outputs[MANIFEST][0].run_metadata["dataset_version"]
-        return version, run.steps["split_data"].status.value
+        version = run.steps[INGEST_STEP].outputs[MANIFEST][0].run_metadata["dataset_version"]
+        return version, run.steps[SPLIT_STEP].status.value
 
     first_version, first_status = run_once()
     second_version, second_status = run_once()
     Image.new("L", (64, 64), 7).save(tmp_path / "normal" / "nor0_0.png")
     third_version, third_status = run_once()
 
-    assert second_version == first_version and second_status == "cached"
-    assert third_version != first_version and third_status == "completed"
+    assert second_version == first_version
+    assert second_status == "cached"
+    assert third_version != first_version
+    assert third_status == "completed"

@@ -16,6 +16,7 @@ import pytest
 
 import components
 from components.errors import CxrError, MissingFileError, OutsideRootError, StorageError
+from tests.factories import bomb_png
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CXR = str(Path(sys.executable).with_name("cxr"))
@@ -78,6 +79,23 @@ def test_storage_errors_are_shared_by_storage_and_s3():
     assert issubclass(s3.S3AccessDeniedError, StorageError)
 
 
+def test_importing_components_leaves_pils_pixel_limit_alone():
+    code = (
+        "from PIL import Image; before = Image.MAX_IMAGE_PIXELS; "
+        "import components.imaging, components.image_info; print(Image.MAX_IMAGE_PIXELS == before)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+def test_decoding_refuses_an_image_above_the_pixel_limit_from_its_header():
+    from components.imaging import ImageDecodeError, decode_image_bytes
+
+    # 8000 x 8000 = 64 Mpx: under PIL's own default limit (about 89 Mpx), over ours (40 Mpx).
+    with pytest.raises(ImageDecodeError, match="bomb.png: .*40,000,000-pixel limit"):
+        decode_image_bytes(bomb_png(8000, 8000), name="bomb.png")
+
+
 @pytest.mark.slow
 def test_warm_start_from_another_backbone_ends_cxr_train_with_one_error_line(local_stack, tmp_path):
     from components.backbones import build_classifier
@@ -108,8 +126,8 @@ def test_warm_start_from_another_backbone_ends_cxr_train_with_one_error_line(loc
     # In tmp_path: the config's relative synthetic-data root lands there.
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ))
 
-    last_line = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: ")
     assert str(weights) in last_line
     assert "cannot warm-start MobileNetV2" in last_line
