@@ -95,16 +95,20 @@ def sample_lesions(rng: np.random.Generator, finding: str, anatomy: dict) -> lis
     _check_finding(finding)
     if finding == NORMAL:
         return []
+    # Sizes and strengths are tuned so that a small network trained from scratch
+    # separates the classes within a few epochs at 64 px (tests/test_learning.py:
+    # MobileNet alpha 0.25, 5 epochs, macro-F1 0.94-0.95 over three seeds, against
+    # 0.59-0.90 with the earlier, smaller and fainter findings).
     if finding == PNEUMONIA:
-        # One lobar consolidation: dense, fairly large, any zone, one side.
+        # One lobar consolidation: dense, large, any zone, one side.
         return [
             {
                 "side": int(rng.choice([-1, 1])),
                 "u": rng.uniform(0.25, 0.65),
                 "v": rng.uniform(0.2, 0.8),
-                "ru": rng.uniform(0.30, 0.45),
-                "rv": rng.uniform(0.14, 0.24),
-                "strength": rng.uniform(0.40, 0.55),  # denser than the heart shadow
+                "ru": rng.uniform(0.40, 0.55),
+                "rv": rng.uniform(0.20, 0.30),
+                "strength": rng.uniform(0.45, 0.60),  # denser than the heart shadow
                 "edge": 0.5,  # fairly sharp margin
                 "mottle": 0.08,
             }
@@ -112,15 +116,15 @@ def sample_lesions(rng: np.random.Generator, finding: str, anatomy: dict) -> lis
     # Ground glass: several hazy patches per lung, peripheral and basal.
     lesions = []
     for side in (-1, 1):
-        for _ in range(int(rng.integers(3, 5))):
+        for _ in range(int(rng.integers(4, 6))):
             lesions.append(
                 {
                     "side": side,
                     "u": rng.uniform(0.6, 0.95),
-                    "v": rng.uniform(0.55, 0.9),
-                    "ru": rng.uniform(0.30, 0.45),
-                    "rv": rng.uniform(0.13, 0.22),
-                    "strength": rng.uniform(0.19, 0.30),  # hazy: vessels and ribs stay visible
+                    "v": rng.uniform(0.58, 0.9),
+                    "ru": rng.uniform(0.35, 0.50),
+                    "rv": rng.uniform(0.15, 0.24),
+                    "strength": rng.uniform(0.22, 0.32),  # hazy: vessels and ribs stay visible
                     "edge": 1.2,  # soft, ill-defined margin
                     "mottle": 0.25,
                 }

@@ -339,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_user_error_tracebacks()
     try:
         return args.handler(args)
+    except BrokenPipeError:
+        # `cxr sources | head`: the reader left; say nothing more (Python docs, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
         # Errors about the user's config, data, weights or environment end the run with their
         # message, not a traceback; anything else is a bug and keeps its traceback.

@@ -34,7 +34,8 @@ def test_same_seed_same_images_different_seed_different(images):
     first, origin = augment_copies(images, operations, copies_per_image=3, seed=11)
     again, _ = augment_copies(images, operations, copies_per_image=3, seed=11)
     other, _ = augment_copies(images, operations, copies_per_image=3, seed=12)
-    assert first.shape == (18, 64, 64) and first.dtype == np.uint8
+    assert first.shape == (18, 64, 64)
+    assert first.dtype == np.uint8
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     assert list(origin[:6]) == list(range(6))
@@ -53,7 +54,8 @@ def test_global_rng_does_not_leak_into_results(images):
 def test_disabling_every_operation_adds_nothing(images):
     operations = resolve_operations("none")
     expanded, labels = expand_training_set(images, np.arange(6), operations, copies_per_image=4, seed=0)
-    assert np.array_equal(expanded, images) and list(labels) == list(range(6))
+    assert np.array_equal(expanded, images)
+    assert list(labels) == list(range(6))
 
 
 def test_expansion_keeps_labels_with_their_images(images):

@@ -6,9 +6,9 @@ import sys
 import textwrap
 
 import numpy as np
-import pandas as pd
 
 from components.checkpoints import CheckpointFolder, TrainingState, checkpoint_key, split_digest
+from tests.factories import manifest_row, manifest_table
 
 
 def test_key_changes_with_any_input_and_ignores_dict_order():
@@ -29,10 +29,8 @@ def test_key_changes_with_any_input_and_ignores_dict_order():
 
 
 def test_split_digest_sees_split_changes_not_row_order():
-    from components.manifest import MANIFEST_COLUMNS
-
-    manifest = pd.DataFrame({column: ["", "", ""] for column in MANIFEST_COLUMNS})
-    manifest = manifest.assign(uri=["a", "b", "c"], label=["x", "y", "x"], split=["train", "val", "test"])
+    rows = [manifest_row("a", "x"), manifest_row("b", "y"), manifest_row("c", "x")]
+    manifest = manifest_table(rows).assign(split=["train", "val", "test"])
     assert split_digest(manifest) == split_digest(manifest.iloc[::-1])
     assert split_digest(manifest) != split_digest(manifest.assign(split=["train", "test", "val"]))
 
@@ -55,7 +53,8 @@ def test_state_round_trip_commit_and_cleanup(tmp_path):
         "state.json",
     ]
     loaded = folder.load("k")
-    assert loaded == state and (loaded.epoch, loaded.best_epoch, loaded.wait) == (2, 1, 1)
+    assert loaded == state
+    assert (loaded.epoch, loaded.best_epoch, loaded.wait) == (2, 1, 1)
     assert folder.load("another key") is None
     state.finish_phase1()
     assert (state.phase, state.phase_start, state.phase1_epochs, state.wait) == (2, 2, 2, 0)
@@ -70,14 +69,14 @@ TRAIN = textwrap.dedent("""
     import numpy as np
     import keras
     from components.backbones import build_classifier
+    from components.config import TrainingConfig
     from components.training import train_classifier
 
     def train(folder, callbacks=()):
         rng = np.random.default_rng(0)
         images = rng.integers(0, 255, (8, 32, 32), dtype=np.uint8)
         labels = np.arange(8) % 2
-        training = {"epochs": 4, "batch_size": 4, "learning_rate": 1e-3, "patience": 10,
-                    "lr_schedule": "constant"}
+        training = TrainingConfig(epochs=4, batch_size=4, learning_rate=1e-3, patience=10, lr_schedule="constant")
         return train_classifier(lambda: build_classifier("MobileNet", 2, 32, weights="none", alpha=0.25),
                                 (images, labels), (images[:4], labels[:4]), num_classes=2, training=training,
                                 seed=0, checkpoint_dir=folder, checkpoint_key="key", callbacks=list(callbacks),
@@ -101,7 +100,8 @@ def test_training_killed_after_epoch_2_resumes_at_epoch_3(tmp_path):
     )
     assert killed.returncode == 1, killed.stderr[-3000:]
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
-    assert state["epoch"] == 2 and len(state["history"]["loss"]) == 2
+    assert state["epoch"] == 2
+    assert len(state["history"]["loss"]) == 2
 
     namespace: dict = {}
     exec(TRAIN, namespace)  # the same function, now in this process
@@ -117,6 +117,7 @@ def test_training_killed_after_epoch_2_resumes_at_epoch_3(tmp_path):
     model, summary = namespace["train"](folder, [recorder])
     assert summary["resumed_from_epoch"] == 2
     assert recorder.epochs == [2, 3]  # epochs 3 and 4 only
-    assert summary["epochs_run"] == 4 and len(summary["history"]["loss"]) == 4
+    assert summary["epochs_run"] == 4
+    assert len(summary["history"]["loss"]) == 4
     assert summary["history"]["loss"][:2] == state["history"]["loss"]
     assert np.isfinite(summary["best_val_loss"])

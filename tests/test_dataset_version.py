@@ -2,29 +2,18 @@
 version (and a cache hit downstream when caching keys on data, not artifact ids);
 one changed file on disk gives a new version and a cache miss."""
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 from PIL import Image
 
 from components.manifest import build_manifest, dataset_version
 from components.sources import FolderOptions
+from tests.factories import write_class_folders
 
 pytestmark = pytest.mark.slow
 
 
-def _write_folder(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    for label in ("COVID-19", "normal", "pneumonia"):
-        for patient in range(4):
-            path = root / label / f"{label[:3]}{patient}_0.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((rng.random((64, 64)) * 255).astype(np.uint8)).save(path)
-
-
 def test_dataset_version_follows_file_content(tmp_path):
-    _write_folder(tmp_path)
+    write_class_folders(tmp_path)
     sources = [FolderOptions(root=str(tmp_path), name="f")]
     first = dataset_version(build_manifest(sources, "multiclass"))
     assert first == dataset_version(build_manifest(sources, "multiclass"))
@@ -42,7 +31,7 @@ def test_changed_file_invalidates_the_cache_of_downstream_steps(local_stack, tmp
     from steps.names import INGEST_STEP, MANIFEST, SPLIT_STEP
     from steps.split import split_data
 
-    _write_folder(tmp_path)
+    write_class_folders(tmp_path)
     data = DataConfig(sources=[{"kind": "folder", "root": str(tmp_path), "name": "f"}], workers=1)
     split = SplitConfig(train=0.5, val=0.25, test=0.25)
     by_content = split_data.with_options(cache_policy=CachePolicy(include_artifact_ids=False))

@@ -6,7 +6,6 @@ import os
 import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,44 +22,7 @@ from components.labels import (
     EXCLUDE_TRUNCATED,
     EXCLUDE_UNREADABLE,
 )
-
-# ---------------------------------------------------------------- image makers
-
-
-def radiograph(seed: int = 0, size: tuple[int, int] = (256, 256)) -> np.ndarray:
-    """A deterministic uint8 'radiograph': gradient, a few bright/dark blocks and ellipses, mild noise."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
-    angle = rng.uniform(0, 2 * np.pi)
-    image = 60 + 100 * (np.cos(angle) * x + np.sin(angle) * y)
-    for _ in range(5):
-        cx, cy, rx, ry = (
-            rng.uniform(0.15, 0.85),
-            rng.uniform(0.15, 0.85),
-            rng.uniform(0.05, 0.3),
-            rng.uniform(0.05, 0.3),
-        )
-        image[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1] += rng.uniform(-90, 90)
-    image += rng.normal(0, 4, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def encode(image: Image.Image, image_format: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **options)
-    return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def raw_png(width: int, height: int, depth: int, colour: int, rows: list[bytes] | None = None) -> bytes:
-    """A PNG written by hand (PIL cannot write 16-bit RGB or 4-bit grayscale): filter 0 rows."""
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    pixels = zlib.compress(b"".join(b"\x00" + row for row in rows)) if rows is not None else zlib.compress(b"\0" * 64)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
+from tests.factories import encode, radiograph, raw_png
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +62,8 @@ def test_truncated_image_data(kind, fraction, request):
     data = request.getfixturevalue(kind)
     reason, detail = excluded(data[: int(len(data) * fraction)])
     assert reason == EXCLUDE_TRUNCATED
-    assert kind.upper() in detail and "truncated" in detail
+    assert kind.upper() in detail
+    assert "truncated" in detail
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -138,7 +101,8 @@ def test_truncated_jpeg_header_and_end(jpeg, cut, where):
 def test_truncated_png_header_and_end(png, cut, where):
     reason, detail = excluded(cut(png))
     assert reason == EXCLUDE_TRUNCATED
-    assert where in detail and "PNG file of" in detail
+    assert where in detail
+    assert "PNG file of" in detail
 
 
 @pytest.mark.parametrize(
@@ -148,7 +112,8 @@ def test_truncated_png_header_and_end(png, cut, where):
 def test_not_an_image(data):
     reason, detail = excluded(data)
     assert reason == EXCLUDE_NOT_DECODABLE
-    assert "not an image format" in detail and f"{len(data):,} bytes" in detail
+    assert "not an image format" in detail
+    assert f"{len(data):,} bytes" in detail
 
 
 def test_decompression_bomb_png_refused_from_its_header():
@@ -157,7 +122,8 @@ def test_decompression_bomb_png_refused_from_its_header():
     reason, detail = excluded(bomb)
     assert time.perf_counter() - start < 0.5  # nothing decoded or allocated
     assert reason == EXCLUDE_TOO_LARGE
-    assert "100000x100000" in detail and "40,000,000" in detail
+    assert "100000x100000" in detail
+    assert "40,000,000" in detail
 
 
 def test_decompression_bomb_jpeg_refused_from_its_header(jpeg):
@@ -183,7 +149,8 @@ def test_corrupt_header_checksum_is_unreadable(png):
     corrupt = png[:29] + bytes([png[29] ^ 0xFF]) + png[30:]  # a flipped IHDR byte: bad CRC
     reason, detail = excluded(corrupt)
     assert reason == EXCLUDE_UNREADABLE
-    assert "PNG signature but a corrupt header" in detail and "checksum" in detail
+    assert "PNG signature but a corrupt header" in detail
+    assert "checksum" in detail
 
 
 def test_corrupt_compressed_data_is_unreadable(png):
@@ -221,9 +188,11 @@ def _variants(gray: np.ndarray) -> dict[str, tuple[bytes, str, int]]:
 def test_supported_modes_agree_on_size_depth_and_hash(gray, png, name):
     data, mode, depth = _variants(gray)[name]
     row = describe_image_bytes(data)
-    assert row["exclusion_reason"] == "" and row["exclusion_detail"] == ""
+    assert row["exclusion_reason"] == ""
+    assert row["exclusion_detail"] == ""
     assert (row["width"], row["height"], row["mode"], row["bit_depth"]) == (256, 256, mode, depth)
-    assert len(row["sha256"]) == 64 and len(row["phash"]) == 16
+    assert len(row["sha256"]) == 64
+    assert len(row["phash"]) == 16
     reference = describe_image_bytes(png)["phash"]
     # Same picture: the same grayscale as the models see it, hence (nearly) the same hash.
     assert hamming_distance(row["phash"], reference) <= 4, name
@@ -233,7 +202,8 @@ def test_sixteen_bit_hash_uses_rescaled_values(gray):
     # Values 4096..65535: clipping to 8 bits (convert("L")) would make the image flat white.
     wide = 4096 + gray.astype(np.uint16) * 240
     row = describe_image_bytes(encode(Image.fromarray(wide)))
-    assert row["mode"] == "I;16" and row["bit_depth"] == 16
+    assert row["mode"] == "I;16"
+    assert row["bit_depth"] == 16
     flat = describe_image_bytes(encode(Image.new("L", (256, 256), 255)))["phash"]
     assert hamming_distance(row["phash"], flat) > 16
     assert hamming_distance(row["phash"], describe_image_bytes(encode(Image.fromarray(gray)))["phash"]) <= 2
@@ -325,7 +295,8 @@ def test_hash_is_stable_under_reencoding_and_resizing():
 def test_hash_separates_different_images():
     hashes = [describe_image_bytes(encode(Image.fromarray(radiograph(seed))))["phash"] for seed in range(12)]
     distances = [hamming_distance(a, b) for a, b in itertools.combinations(hashes, 2)]
-    assert min(distances) >= 12 and np.median(distances) >= 24
+    assert min(distances) >= 12
+    assert np.median(distances) >= 24
 
 
 def test_perceptual_hash_of_an_open_image_matches_describe(png):
@@ -376,7 +347,8 @@ def test_describe_uris_serial_rows(image_folder):
     assert by_name["cut.png"]["exclusion_reason"] == EXCLUDE_TRUNCATED
     assert by_name["missing.png"]["exclusion_reason"] == EXCLUDE_MISSING_FILE
     assert "missing.png" in by_name["missing.png"]["exclusion_detail"]
-    assert by_name["photo.jpg"]["exclusion_reason"] == "" and by_name["scan000.png"]["width"] == 96
+    assert by_name["photo.jpg"]["exclusion_reason"] == ""
+    assert by_name["scan000.png"]["width"] == 96
     assert rows[:-1] == [describe_image_bytes(Path(uri).read_bytes()) for uri in image_folder[:-1]]
 
 
@@ -399,7 +371,8 @@ def test_unknown_executor_is_refused(image_folder):
 def test_progress_bar_on_stderr(image_folder, capsys):
     describe_uris(image_folder[:5], progress=True)
     captured = capsys.readouterr()
-    assert "5/5" in captured.err and captured.out == ""
+    assert "5/5" in captured.err
+    assert captured.out == ""
     describe_uris(image_folder[:5], progress=False)
     assert capsys.readouterr().err == ""
 
@@ -448,7 +421,8 @@ def test_s3_uris_use_threads_and_keep_order(monkeypatch, png, jpeg):
     rows = describe_uris(uris, workers=3)
     assert [row["phash"] for row in rows[:-1]] == [describe_image_bytes(objects[uri])["phash"] for uri in objects]
     assert rows[-1]["exclusion_reason"] == EXCLUDE_MISSING_FILE
-    assert threads and all(name.startswith("describe_uri") for name in threads)
+    assert threads
+    assert all(name.startswith("describe_uri") for name in threads)
 
 
 @pytest.mark.parametrize(("workers", "executor"), [(1, "auto"), (2, "auto"), (2, "process")])

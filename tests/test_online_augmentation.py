@@ -6,12 +6,12 @@ import pytest
 
 from components.augmentation import resolve_operations
 from components.online_augmentation import OnTheFlyData
+from tests.factories import cycling_labels, noise_images
 
 
 @pytest.fixture(scope="module")
 def originals():
-    rng = np.random.default_rng(0)
-    return (rng.random((40, 32, 32)) * 255).astype(np.uint8), np.arange(40) % 2
+    return noise_images(40, 32, seed=0), cycling_labels(40, 2)
 
 
 def _epoch(data: OnTheFlyData, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,15 +23,18 @@ def test_each_epoch_draws_new_copies_reproducibly_whatever_the_workers(originals
     images, labels = originals
     data = OnTheFlyData(images, labels, resolve_operations("paper"), copies_per_image=2, seed=7)
     first, first_labels = _epoch(data, 0)
-    assert data.count == len(first) == 120
-    assert data.label_counts(2).tolist() == [60, 60] == np.bincount(first_labels).tolist()
+    assert data.count == 120
+    assert len(first) == 120
+    assert data.label_counts(2).tolist() == [60, 60]
+    assert np.bincount(first_labels).tolist() == [60, 60]
     again, _ = _epoch(data, 0)
     second, _ = _epoch(data, 1)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, second)
     # Every original is in each epoch, unchanged; the rest are new.
     as_set = lambda stack: {image.tobytes() for image in stack}  # noqa: E731
-    assert as_set(images) <= as_set(first) and as_set(images) <= as_set(second)
+    assert as_set(images) <= as_set(first)
+    assert as_set(images) <= as_set(second)
     assert not (as_set(first) - as_set(images)) & (as_set(second) - as_set(images))
     pooled = OnTheFlyData(images, labels, resolve_operations("paper"), copies_per_image=2, seed=7, workers=2)
     assert np.array_equal(_epoch(pooled, 1)[0], second)

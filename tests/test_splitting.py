@@ -8,23 +8,11 @@ from components.splitting import (
     assign_splits,
     limit_images,
 )
+from tests.factories import patient_rows
 
 
 def manifest(n_patients_per_label=10, images_per_patient=3):
-    rows = []
-    for label in ("COVID-19", "normal", "pneumonia"):
-        for p in range(n_patients_per_label):
-            for i in range(images_per_patient):
-                rows.append(
-                    {
-                        "path": f"{label}/{p}_{i}.png",
-                        "label": label,
-                        "patient_id": f"{label}-{p}",
-                        "exclusion_reason": "",
-                        "sha256": f"{label}{p}{i}",
-                    }
-                )
-    return pd.DataFrame(rows)
+    return patient_rows(patients_per_label=n_patients_per_label, images_per_patient=images_per_patient)
 
 
 def test_no_patient_in_two_splits_and_every_split_has_every_label():

@@ -19,21 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from components import s3, storage
 from components.storage import MissingFileError, OutsideRootError, StorageError
+from tests.factories import png_bytes, write_bytes
 from tests.servers import free_port
 
 # ---------------------------------------------------------------- helpers
-
-
-def png_bytes(seed: int, mode: str = "L", size: tuple[int, int] = (48, 40)) -> bytes:
-    rng = np.random.default_rng(seed)
-    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-    buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=None).convert(mode).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def new_bucket(server: dict) -> str:
@@ -46,14 +38,6 @@ def new_bucket(server: dict) -> str:
 def settle(server: dict) -> None:
     """Wait until files written straight into the served folder are listed (rclone's dir cache)."""
     time.sleep(server["settle_s"])
-
-
-def write(path: Path, data: bytes | str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.write_bytes(data)
-    return path
 
 
 IEEE_ROWS = [
@@ -78,12 +62,12 @@ def make_ieee8023(root: Path) -> Path:
     table = csv.writer(buffer, lineterminator="\n")
     table.writerow(["filename", "patientid", "finding", "view", "modality", "age"])
     table.writerows(IEEE_ROWS)
-    write(root / "metadata.csv", "\ufeff" + buffer.getvalue())
+    write_bytes(root / "metadata.csv", "\ufeff" + buffer.getvalue())
     for seed, name in enumerate(["p1_a.png", "p2_a.png", "p3_a.png", "p3_b.png", "ct_1.png"]):
-        write(images / name, png_bytes(seed))
+        write_bytes(images / name, png_bytes(seed))
     shutil.copyfile(images / "p1_a.png", images / "p6_copy.png")
-    write(images / "p8_rgb.png", png_bytes(99, mode="RGB"))
-    write(images / ".DS_Store", b"\x00junk")
+    write_bytes(images / "p8_rgb.png", png_bytes(99, mode="RGB"))
+    write_bytes(images / ".DS_Store", b"\x00junk")
     return root
 
 
@@ -122,8 +106,8 @@ def comparable(manifest, root: str) -> list[dict]:
 
 def test_child_uri_refuses_paths_outside_the_root(tmp_path):
     root = tmp_path / "root"
-    write(root / "images" / "a.png", b"x")
-    outside = write(tmp_path / "secret" / "passwd", b"secret")
+    write_bytes(root / "images" / "a.png", b"x")
+    outside = write_bytes(tmp_path / "secret" / "passwd", b"secret")
     for bad in (
         "../../etc/passwd",
         "images/../../x.png",
@@ -177,16 +161,17 @@ def test_relative_key_skips_directory_markers():
 
 def test_local_list_files_skips_hidden_files(tmp_path):
     for name in ("b.png", "a/c.png", "a/d/e.jpg", ".DS_Store", "a/._c.png", ".git/config", "a/.cache/x.png"):
-        write(tmp_path / name, b"x")
+        write_bytes(tmp_path / name, b"x")
     assert storage.list_files(str(tmp_path)) == ["a/c.png", "a/d/e.jpg", "b.png"]
-    assert storage.root_is_dir(str(tmp_path)) and not storage.root_is_dir(str(tmp_path / "nope"))
+    assert storage.root_is_dir(str(tmp_path))
+    assert not storage.root_is_dir(str(tmp_path / "nope"))
     with pytest.raises(StorageError, match="not a directory"):
         storage.list_files(str(tmp_path / "b.png"))
 
 
 def test_local_read_bytes_and_text(tmp_path):
-    write(tmp_path / "bom.csv", "\ufeffa,b\n1,2\n")
-    write(tmp_path / "latin1.txt", b"caf\xe9")
+    write_bytes(tmp_path / "bom.csv", "\ufeffa,b\n1,2\n")
+    write_bytes(tmp_path / "latin1.txt", b"caf\xe9")
     assert storage.read_bytes(str(tmp_path / "bom.csv")).startswith(b"\xef\xbb\xbf")
     assert storage.read_text(str(tmp_path / "bom.csv")) == "a,b\n1,2\n"
     with pytest.raises(MissingFileError, match="missing.png"):
@@ -230,7 +215,7 @@ def test_client_is_cached_thread_safe_path_style_with_retries(s3_env, monkeypatc
 
 def test_forked_child_builds_its_own_client(s3_env):
     bucket = new_bucket(s3_env)
-    write(Path(s3_env["dir"]) / bucket / "x.txt", "hello")
+    write_bytes(Path(s3_env["dir"]) / bucket / "x.txt", "hello")
     settle(s3_env)
     parent_client = s3.client()
     read, write_end = os.pipe()
@@ -263,9 +248,9 @@ def test_s3_list_files_sorted_relative_paginated(s3_env):
     expected = [f"img_{index:02d}.png" for index in range(23)] + ["sub/deep/x.jpg", "z.txt", "Z.png"]
     random.Random(0).shuffle(expected)
     for name in expected:
-        write(base / "data" / name, name)
+        write_bytes(base / "data" / name, name)
     for name in ("data/.DS_Store", "data/sub/._x.jpg", "data/.git/config", "data2/not-below-prefix.png", "other.png"):
-        write(base / name, b"x")
+        write_bytes(base / name, b"x")
     settle(s3_env)
 
     root = f"s3://{bucket}/data"
@@ -280,7 +265,8 @@ def test_s3_list_files_sorted_relative_paginated(s3_env):
     assert storage.list_files(f"s3://{bucket}") == sorted(
         [*(f"data/{name}" for name in expected), "data2/not-below-prefix.png", "other.png"]
     )
-    assert storage.root_is_dir(root) and storage.root_is_dir(f"s3://{bucket}")
+    assert storage.root_is_dir(root)
+    assert storage.root_is_dir(f"s3://{bucket}")
     assert not storage.root_is_dir(f"s3://{bucket}/dat")  # a prefix is a folder, not a string prefix
     assert not storage.root_is_dir(f"s3://{bucket}/nothing-here")
     assert storage.list_files(f"s3://{bucket}/nothing-here") == []
@@ -291,7 +277,7 @@ def test_s3_read_bytes_and_text_uploaded_and_on_disk(s3_env):
 
     bucket = new_bucket(s3_env)
     image = png_bytes(7)
-    write(Path(s3_env["dir"]) / bucket / "images" / "a.png", image)
+    write_bytes(Path(s3_env["dir"]) / bucket / "images" / "a.png", image)
     uploader = boto3.client(
         "s3",
         endpoint_url=s3_env["endpoint"],
@@ -317,7 +303,7 @@ def test_s3_read_bytes_and_text_uploaded_and_on_disk(s3_env):
     # Many threads share the one client.
     names = [f"t/{index}.bin" for index in range(16)]
     for index, name in enumerate(names):
-        write(Path(s3_env["dir"]) / bucket / name, bytes([index]) * 1000)
+        write_bytes(Path(s3_env["dir"]) / bucket / name, bytes([index]) * 1000)
     settle(s3_env)
     with ThreadPoolExecutor(8) as pool:
         data = list(pool.map(lambda name: storage.read_bytes(f"s3://{bucket}/{name}"), names))
@@ -332,7 +318,8 @@ def test_s3_missing_bucket_and_malformed_uri(s3_env):
     for call in (storage.list_files, storage.root_is_dir):
         with pytest.raises(s3.S3BucketNotFoundError, match=r"'no-such-bucket-cxr' does not exist") as caught:
             call(uri)
-        assert uri in str(caught.value) and s3_env["endpoint"] in str(caught.value)
+        assert uri in str(caught.value)
+        assert s3_env["endpoint"] in str(caught.value)
     with pytest.raises(s3.S3BucketNotFoundError, match="no-such-bucket-cxr"):
         storage.read_bytes(uri + "/metadata.csv")
     for bad in ("s3://", "s3:///ieee"):
@@ -360,14 +347,16 @@ def test_s3_endpoint_without_scheme_is_a_clear_error(s3_env, monkeypatch):
 )
 def test_s3_bad_credentials(s3_env, monkeypatch, variable, value, code):
     bucket = new_bucket(s3_env)
-    write(Path(s3_env["dir"]) / bucket / "x.png", b"x")
+    write_bytes(Path(s3_env["dir"]) / bucket / "x.png", b"x")
     settle(s3_env)
     monkeypatch.setenv(variable, value)
     s3.reset_client()
     with pytest.raises(s3.S3AccessDeniedError, match=code) as caught:
         storage.list_files(f"s3://{bucket}/")
     message = str(caught.value)
-    assert f"s3://{bucket}/" in message and repr(bucket) in message and "AWS_SECRET_ACCESS_KEY" in message
+    assert f"s3://{bucket}/" in message
+    assert repr(bucket) in message
+    assert "AWS_SECRET_ACCESS_KEY" in message
     with pytest.raises(s3.S3AccessDeniedError, match=code):
         storage.read_bytes(f"s3://{bucket}/x.png")
 
@@ -395,7 +384,9 @@ def test_s3_unreachable_endpoint_fails_fast_with_clear_error(s3_env, monkeypatch
         storage.read_bytes("s3://somebucket/ieee/metadata.csv")
     assert time.perf_counter() - start < 5
     message = str(caught.value)
-    assert "s3://somebucket/ieee" in message and endpoint in message and "AWS_ENDPOINT_URL" in message
+    assert "s3://somebucket/ieee" in message
+    assert endpoint in message
+    assert "AWS_ENDPOINT_URL" in message
 
 
 # ---------------------------------------------------------------- S3: end to end
@@ -415,7 +406,8 @@ def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
     local = build_manifest([Ieee8023Options(root=str(local_root), name="localieee")], "multiclass")
     remote = build_manifest([Ieee8023Options(root=s3_root, name="s3ieee")], "multiclass")
     assert comparable(remote, s3_root) == comparable(local, str(local_root))
-    assert (remote["source"] == "s3ieee").all() and remote["patient_id"].str.startswith("s3ieee:").all()
+    assert (remote["source"] == "s3ieee").all()
+    assert remote["patient_id"].str.startswith("s3ieee:").all()
 
     reasons = dict(zip(remote["uri"].str.rsplit("/", n=1).str[-1], remote["exclusion_reason"], strict=False))
     assert reasons == {
@@ -439,7 +431,8 @@ def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
     assert (used["sha256"].str.len() == 64).all()
 
     stack = load_images(list(used["uri"]), 32)
-    assert stack.shape == (4, 32, 32) and stack.dtype == np.uint8
+    assert stack.shape == (4, 32, 32)
+    assert stack.dtype == np.uint8
     np.testing.assert_array_equal(stack, load_images(list(included(local)["uri"]), 32))
     with pytest.raises(MissingFileError):
         load_images([f"{s3_root}/images/missing.png"], 32)
@@ -472,7 +465,7 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
     assert (Path(s3_env["dir"]) / bucket).is_dir()
     for name, data in files.items():
         uploader.put_object(Bucket=bucket, Key=f"folder/{name}", Body=data)
-        write(tmp_path / "folder" / name, data)
+        write_bytes(tmp_path / "folder" / name, data)
 
     remote = build_manifest([FolderOptions(root=f"s3://{bucket}/folder", name="s3folder")], "multiclass")
     local = build_manifest([FolderOptions(root=str(tmp_path / "folder"), name="s3folder")], "multiclass")

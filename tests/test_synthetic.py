@@ -47,7 +47,8 @@ def test_layout_and_metadata(dataset):
     pd.testing.assert_frame_equal(pd.read_csv(root / "metadata.csv", keep_default_na=False), metadata)
     assert "SYNTHETIC" in (root / "README.txt").read_text()
     assert set(metadata["finding"]) == set(CLASSES)
-    assert set(metadata["source"]) == {"synthetic"} and set(metadata["view"]) == {"PA"}
+    assert set(metadata["source"]) == {"synthetic"}
+    assert set(metadata["view"]) == {"PA"}
     patients = metadata[["patient_id", "finding"]].drop_duplicates().itertuples(index=False)
     expected = {f"{finding}/{patient_id}_{k}.png" for patient_id, finding in patients for k in range(3)}
     assert set(metadata["filename"]) == expected
@@ -70,7 +71,9 @@ def test_images_are_8bit_grayscale_of_requested_size(dataset):
     root, metadata = dataset
     for filename in metadata["filename"].iloc[::7]:
         with Image.open(root / filename) as image:
-            assert image.mode == "L" and image.size == (128, 128) and image.format == "PNG"
+            assert image.mode == "L"
+            assert image.size == (128, 128)
+            assert image.format == "PNG"
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
@@ -129,7 +132,8 @@ def test_pneumonia_is_a_dense_consolidation_on_one_side():
     for seed in range(5):
         diff = paired("pneumonia", seed)
         left, right = region_mean(diff, LEFT_LUNG), region_mean(diff, RIGHT_LUNG)
-        assert max(left, right) > 4.0 and min(left, right) < 0.5, (left, right)
+        assert max(left, right) > 4.0, (left, right)
+        assert min(left, right) < 0.5, (left, right)
         assert diff.max() > 45  # dense
 
 
@@ -156,6 +160,7 @@ def test_classes_differ_on_average_in_the_generated_dataset(dataset):
 
 def test_render_without_patient_and_unknown_finding():
     image = render_radiograph(np.random.default_rng(0), "pneumonia", 80)
-    assert image.dtype == np.uint8 and image.shape == (80, 80)
+    assert image.dtype == np.uint8
+    assert image.shape == (80, 80)
     with pytest.raises(ValueError, match="valid findings"):
         render_radiograph(np.random.default_rng(0), "flu", 80)

@@ -2,40 +2,40 @@ import numpy as np
 import pytest
 
 from components.backbones import build_classifier
+from components.config import TrainingConfig
 from components.training import (
     DevicePlan,
     balanced_class_weights,
     device_plan,
     find_backbone,
-    fit_classifier,
     predict_probabilities,
     resize_stack,
     train_classifier,
 )
+from tests.factories import cycling_labels, noise_images, tiny_training_set
 
 
-# Binary (Dense(1, sigmoid)) is fitted and predicted in the two-phase test below; one
-# traced (graph-mode) fit here keeps the tests fast on 2 shared cores.
+# Binary (Dense(1, sigmoid)) is fitted and predicted in the two-phase test below. Eager, as
+# the other small fits here: tracing a MobileNet's train step costs ~10 s on 2 cores, and the
+# traced path is trained in tests/test_learning.py and, mirrored, in the mixed-precision test.
 @pytest.mark.parametrize("num_classes", [3])
 def test_fit_and_predict_both_tasks(num_classes):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (12, 40, 40), dtype=np.uint8)
-    labels = np.arange(12) % num_classes
-    model = build_classifier("MobileNet", num_classes, 32, weights="none", alpha=0.25)
-    small = resize_stack(images, 32)
-    summary = fit_classifier(
-        model,
+    small = resize_stack(noise_images(12, 40), 32)
+    labels = cycling_labels(12, num_classes)
+    training = TrainingConfig(epochs=2, batch_size=4, learning_rate=1e-3, patience=1, lr_schedule="cosine")
+    model, summary = train_classifier(
+        lambda: build_classifier("MobileNet", num_classes, 32, weights="none", alpha=0.25),
         (small, labels),
         (small[:6], labels[:6]),
         num_classes=num_classes,
-        epochs=2,
-        batch_size=4,
-        learning_rate=1e-3,
-        patience=1,
+        training=training,
         seed=0,
-        lr_schedule="cosine",
+        num_gpus=0,
+        run_eagerly=True,
     )
-    assert summary["epochs_run"] >= 1 and 1 <= summary["best_epoch"] <= summary["epochs_run"]
+    assert small.shape == (12, 32, 32)
+    assert summary["epochs_run"] >= 1
+    assert 1 <= summary["best_epoch"] <= summary["epochs_run"]
     assert set(summary["history"]) >= {"loss", "val_loss", "accuracy", "val_accuracy"}
     probabilities = predict_probabilities(model, small, num_classes)
     assert probabilities.shape == (12, num_classes)
@@ -44,14 +44,8 @@ def test_fit_and_predict_both_tasks(num_classes):
 
 def test_rare_classes_weigh_more():
     weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
-    assert weights[1] > weights[0] and weights[2] == 1.0
-
-
-def tiny_data(num_classes=2, n=12, size=32):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
-    labels = np.arange(n) % num_classes
-    return (images, labels), (images[:6], labels[:6])
+    assert weights[1] > weights[0]
+    assert weights[2] == 1.0  # absent class
 
 
 class EpochRecorder:
@@ -86,20 +80,20 @@ def pretrained_weights(tmp_path_factory):
 def test_two_phases_fine_tune_top_layers_with_batchnorm_frozen(pretrained_weights):
     import keras
 
-    train, val = tiny_data()
-    training = {
-        "epochs": 2,
-        "batch_size": 4,
-        "learning_rate": 1e-3,
-        "patience": 5,
-        "lr_schedule": "constant",
-        "fine_tune_layers": 6,
-        "fine_tune_epochs": 1,
-        "fine_tune_learning_rate": 1e-5,
-        "reduce_lr_patience": 1,
-        "reduce_lr_factor": 0.5,
-        "min_learning_rate": 1e-7,
-    }
+    train, val = tiny_training_set()
+    training = TrainingConfig(
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        patience=5,
+        lr_schedule="constant",
+        fine_tune_layers=6,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=1e-5,
+        reduce_lr_patience=1,
+        reduce_lr_factor=0.5,
+        min_learning_rate=1e-7,
+    )
     recorder = EpochRecorder()
     model, summary = train_classifier(
         lambda: build_classifier("MobileNet", 2, 32, weights=pretrained_weights, alpha=0.25),
@@ -112,30 +106,35 @@ def test_two_phases_fine_tune_top_layers_with_batchnorm_frozen(pretrained_weight
         num_gpus=0,
         run_eagerly=True,
     )
-    assert summary["pretrained"] and summary["phase1_epochs"] == 2 and summary["phase2_epochs"] == 1
+    assert summary["pretrained"]
+    assert summary["phase1_epochs"] == 2
+    assert summary["phase2_epochs"] == 1
     assert recorder.epochs == [0, 1, 2]  # phase 2 numbered after phase 1
-    assert len(summary["history"]["val_loss"]) == 3 and summary["seed"] == 0
+    assert len(summary["history"]["val_loss"]) == 3
+    assert summary["seed"] == 0
     backbone = find_backbone(model)
     trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
-    assert 1 <= len(trainable) == summary["fine_tuned_layers"] <= 6
+    assert len(trainable) == summary["fine_tuned_layers"]
+    assert 1 <= len(trainable) <= 6
     assert all(layer in backbone.layers[-6:] for layer in trainable)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
     assert model.optimizer.learning_rate.numpy() <= 1e-5 + 1e-12  # recompiled at the fine-tuning rate
     probabilities = predict_probabilities(model, train[0], 2)
-    assert probabilities.shape == (12, 2) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert probabilities.shape == (12, 2)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_scratch_model_trains_everything_and_skips_phase_2():
-    train, val = tiny_data(3)
-    training = {
-        "epochs": 1,
-        "batch_size": 4,
-        "learning_rate": 1e-3,
-        "patience": 2,
-        "lr_schedule": "cosine",
-        "fine_tune_layers": 10,
-        "fine_tune_epochs": 3,
-    }
+    train, val = tiny_training_set(3)
+    training = TrainingConfig(
+        epochs=1,
+        batch_size=4,
+        learning_rate=1e-3,
+        patience=2,
+        lr_schedule="cosine",
+        fine_tune_layers=10,
+        fine_tune_epochs=3,
+    )
     model, summary = train_classifier(
         lambda: build_classifier("MobileNet", 3, 32, weights="none", alpha=0.25),
         train,
@@ -146,7 +145,9 @@ def test_scratch_model_trains_everything_and_skips_phase_2():
         num_gpus=0,
         run_eagerly=True,
     )
-    assert not summary["pretrained"] and summary["phase2_epochs"] == 0 and summary["epochs_run"] == 1
+    assert not summary["pretrained"]
+    assert summary["phase2_epochs"] == 0
+    assert summary["epochs_run"] == 1
     assert find_backbone(model).trainable
     assert summary["device"] == {
         "gpus": 0,
@@ -172,13 +173,14 @@ import json, os, sys, tempfile
 import numpy as np
 import keras
 from components.backbones import build_classifier
+from components.config import TrainingConfig
 from components.training import find_backbone, predict_probabilities, train_classifier
 rng = np.random.default_rng(0)
 images, labels = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8), np.arange(24) % 2
 model, summary = train_classifier(
     lambda: build_classifier("MobileNet", 2, 32, weights="none", alpha=0.25), (images, labels),
     (images[:8], labels[:8]), num_classes=2, seed=0, num_gpus=2, verbose=0,
-    training={"epochs": 1, "batch_size": 4, "learning_rate": 1e-3, "patience": 1})
+    training=TrainingConfig(epochs=1, batch_size=4, learning_rate=1e-3, patience=1))
 path = os.path.join(tempfile.mkdtemp(), "m.keras")
 model.save(path)
 loaded = keras.models.load_model(path)
@@ -218,10 +220,12 @@ def test_mixed_precision_under_mirrored_strategy_runs_on_cpu():
         "global_batch_size": 8,
     }
     assert report["epochs"] == 1
-    assert report["conv_dtype"] == "float16" and report["output_dtype"] == "float32"
+    assert report["conv_dtype"] == "float16"
+    assert report["output_dtype"] == "float32"
     assert report["policy_after"] == "float32"  # restored for the next step in the same process
     probabilities = np.array(report["probabilities"])
-    assert probabilities.shape == (3, 2) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+    assert probabilities.shape == (3, 2)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
 
 
 def test_reduce_lr_needs_constant_schedule_and_shorter_patience():
