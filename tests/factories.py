@@ -7,11 +7,12 @@ are uint8 (height, width) grayscale unless said otherwise.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from components.manifest import MANIFEST_COLUMNS
+from components.manifest import MANIFEST_COLUMNS, build_manifest
+from components.sources import parse_sources
 
 # ---------------------------------------------------------------- pixel arrays
 
@@ -65,6 +67,11 @@ def radiograph(seed: int = 0, size: tuple[int, int] = (256, 256)) -> np.ndarray:
         image[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1] += rng.uniform(-90, 90)
     image += rng.normal(0, 4, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def flat_image(mode: str = "L", size: tuple[int, int] = (40, 30), value: int = 100) -> Image.Image:
+    """A PIL image of `mode` with `value` in every pixel and channel."""
+    return Image.new(mode, size, value if mode in ("L", "P", "I;16") else (value,) * len(mode))
 
 
 # ---------------------------------------------------------------- encoded bytes
@@ -126,9 +133,8 @@ def write_image(
     image_format: str | None = None,
 ) -> Path:
     """A flat image of `value` in every channel; the format follows the suffix unless given."""
-    fill = value if mode in ("L", "P", "I;16") else (value,) * len(mode)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, fill).save(path, format=image_format)
+    flat_image(mode, size, value).save(path, format=image_format)
     return path
 
 
@@ -163,6 +169,42 @@ def write_class_folders(
                 Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).save(path)
                 paths.append(path)
     return paths
+
+
+def write_ieee8023(
+    root: Path,
+    rows: Sequence[Mapping[str, str]],
+    images: Mapping[str, bytes] | None = None,
+    columns: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+) -> Path:
+    """The ieee8023 layout (actualmed's and figure1's too): root/metadata.csv and root/images/<name>; returns root.
+
+    metadata.csv holds `columns` (default: the first row's keys; a key a row
+    lacks is blank, one not in `columns` is left out), encoded in `encoding`
+    ("utf-8-sig" adds the byte-order mark of a spreadsheet export). `images`
+    maps file name -> bytes.
+    """
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    fieldnames = list(columns if columns is not None else (rows[0] if rows else []))
+    writer = csv.DictWriter(buffer, fieldnames, restval="", extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(root / "metadata.csv", buffer.getvalue().encode(encoding))
+    for name, data in (images or {}).items():
+        write_bytes(root / "images" / name, data)
+    return root
+
+
+# ---------------------------------------------------------------- manifests of files
+
+
+def source_manifest(
+    root: Path | str, task: str, kind: str = "folder", name: str | None = None, **options: Any
+) -> pd.DataFrame:
+    """build_manifest of one source given as a run-config entry (validated by its kind's options model)."""
+    return build_manifest(parse_sources([{"kind": kind, "root": str(root), "name": name or kind, **options}]), task)
 
 
 # ---------------------------------------------------------------- manifest rows

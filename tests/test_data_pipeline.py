@@ -3,10 +3,7 @@ on a real S3 server (rclone), full of the bad inputs real downloads contain. The
 finish, exclude each bad file with its own reason, and leave the steward's report."""
 
 import csv
-import io
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,55 +22,29 @@ from components.labels import (
     EXCLUDE_UNKNOWN_FINDING,
 )
 from steps.names import VALIDATE_SPLIT_STEP
+from tests.factories import bomb_png, encode, noise_image, write_ieee8023
 from tests.test_training_pipeline import run_cxr, tiny_config
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = "<script>alert(1)</script>"
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _radiograph(seed: int, size: int = 96) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.random((size, size)) * 255).astype(np.uint8)
-
-
-def _bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A valid PNG header declaring 10^10 pixels (no pixel data needed to trip the guard)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
+SIZE = (96, 96)  # (width, height) of the drop's images, above the 64 px minimum
 
 
 def write_bad_drop(root: Path) -> dict[str, str]:
     """ieee8023 layout with one row per bad input; returns {filename: expected exclusion ("" = used)}."""
-    images = root / "images"
-    images.mkdir(parents=True)
-    jpeg = io.BytesIO()
-    Image.fromarray(_radiograph(1)).save(jpeg, format="JPEG")
+    jpeg = encode(noise_image(1, SIZE), "JPEG")
     files = {
-        "gray16.png": _png(Image.fromarray(_radiograph(2).astype(np.uint16) * 257)),  # 16-bit grayscale PNG
-        "rgba.png": _png(Image.fromarray(np.dstack([_radiograph(3)] * 3 + [np.full((96, 96), 200, np.uint8)]))),
-        "palette.png": _png(Image.fromarray(_radiograph(4)).convert("P")),
+        "gray16.png": encode(noise_image(2, SIZE).astype(np.uint16) * 257),  # 16-bit grayscale PNG
+        "rgba.png": encode(np.dstack([noise_image(3, SIZE)] * 3 + [np.full((96, 96), 200, np.uint8)])),
+        "palette.png": encode(Image.fromarray(noise_image(4, SIZE)).convert("P")),
         "empty.png": b"",
-        "truncated.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2],
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
         "text.png": b"this is a text file, not a PNG\n",
-        "bomb.png": _bomb_png(),
-        "lateral.png": _png(Image.fromarray(_radiograph(5))),
-        "script.png": _png(Image.fromarray(_radiograph(6))),
+        "bomb.png": bomb_png(),
+        "lateral.png": encode(noise_image(5, SIZE)),
+        "script.png": encode(noise_image(6, SIZE)),
     }
-    for name, data in files.items():
-        (images / name).write_bytes(data)
     rows = [  # filename, finding, view
         ("gray16.png", "COVID-19", "PA"),
         ("rgba.png", "Pneumonia/Viral/SARS", "AP"),
@@ -88,10 +59,12 @@ def write_bad_drop(root: Path) -> dict[str, str]:
         ("absent.png", "COVID-19", "PA"),
         ("gray16.png", "COVID-19", "PA"),  # listed twice
     ]
-    lines = ["filename,patientid,finding,view,modality,age"]
-    lines += [f'{name},p{index},"{finding}",{view},X-ray,40' for index, (name, finding, view) in enumerate(rows)]
+    metadata = [
+        {"filename": name, "patientid": f"p{index}", "finding": finding, "view": view, "modality": "X-ray", "age": "40"}
+        for index, (name, finding, view) in enumerate(rows)
+    ]
     # A spreadsheet export: UTF-8 with a byte-order mark.
-    (root / "metadata.csv").write_bytes(("\n".join(lines) + "\n").encode("utf-8-sig"))
+    write_ieee8023(root, metadata, files, encoding="utf-8-sig")
     return {
         "gray16.png": "",
         "rgba.png": "",

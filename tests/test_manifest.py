@@ -11,10 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from components import image_info
 from components import manifest as manifest_module
@@ -52,6 +50,15 @@ from components.manifest import (
     mark_duplicates,
 )
 from components.sources import FolderOptions, Ieee8023Options, parse_sources
+from tests.factories import (
+    encode,
+    flat_image,
+    noise_image,
+    source_manifest,
+    write_ieee8023,
+    write_image,
+    write_noise_image,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 REAL_IEEE8023 = SHARED / "covid-chestxray-dataset"
@@ -85,24 +92,6 @@ REAL_FINDINGS = {
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def write_png(path: Path, mode: str = "L", size: tuple[int, int] = (40, 30), value: int = 100) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, value if mode in ("L", "P", "I;16") else (value,) * len(mode)).save(path)
-    return path
-
-
-def write_jpeg(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0]), dtype=np.uint8)
-    Image.fromarray(pixels).save(path, format="JPEG")
-    return path
-
-
-def build(root: Path, task: str, kind: str = "folder", name: str | None = None, **options: Any) -> pd.DataFrame:
-    """build_manifest of one source given as a run-config entry (validated by its kind's options model)."""
-    return build_manifest(parse_sources([{"kind": kind, "root": str(root), "name": name or kind, **options}]), task)
 
 
 def reasons(frame: pd.DataFrame) -> dict[str, str]:
@@ -210,29 +199,29 @@ def test_invalid_overrides_and_task_are_errors() -> None:
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     root = tmp_path / "folder_source"
-    write_png(root / "COVID-19" / "p1_0.png", "RGB")
-    write_png(root / "COVID-19" / "p1_1.png", "RGBA")
-    write_png(root / "normal" / "p2_0.png", "L", value=10)
-    write_jpeg(root / "NORMAL" / "IM-0001-0001.JPEG")  # no "_": the stem is the patient
-    write_png(root / "PNEUMONIA" / "person3_bacteria_1.png", "P", value=3)
-    write_png(root / "PNEUMONIA" / "sub" / "person3_virus_2.PNG", "I;16", value=20)  # nested, upper-case ext
+    write_image(root / "COVID-19" / "p1_0.png", "RGB")
+    write_image(root / "COVID-19" / "p1_1.png", "RGBA")
+    write_image(root / "normal" / "p2_0.png", "L", value=10)
+    write_noise_image(root / "NORMAL" / "IM-0001-0001.JPEG", image_format="JPEG")  # no "_": the stem is the patient
+    write_image(root / "PNEUMONIA" / "person3_bacteria_1.png", "P", value=3)
+    write_image(root / "PNEUMONIA" / "sub" / "person3_virus_2.PNG", "I;16", value=20)  # nested, upper-case ext
     (root / "pneumonia").mkdir()
     (root / "pneumonia" / "p4_0.png").write_bytes(b"\x89PNG\r\n\x1a\n corrupt")
     (root / "pneumonia" / "p5_0.png").write_bytes(b"")
     (root / "pneumonia" / "notes.txt").write_text("not an image")
     (root / "pneumonia" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored
     (root / "pneumonia" / "._p6_0.png").write_bytes(b"\0")  # AppleDouble: ignored
-    write_png(root / "ARDS" / "p7_0.png", value=30)
-    write_png(root / "Lung_Opacity" / "p8_0.png", value=40)
-    write_png(root / "Lung cancer" / "p10_0.png", value=50)
+    write_image(root / "ARDS" / "p7_0.png", value=30)
+    write_image(root / "Lung_Opacity" / "p8_0.png", value=40)
+    write_image(root / "Lung cancer" / "p10_0.png", value=50)
     (root / "README.txt").write_text("files at the root are not in a class")
     (root / ".cache").mkdir()
-    write_png(root / ".cache" / "p9_0.png")  # hidden folder: ignored
+    write_image(root / ".cache" / "p9_0.png")  # hidden folder: ignored
     return root
 
 
 def test_folder_manifest(image_folder: Path) -> None:
-    frame = build(image_folder, "multiclass", name="kaggle")
+    frame = source_manifest(image_folder, "multiclass", name="kaggle")
     assert_manifest_contract(frame, "multiclass")
     assert reasons(frame) == {
         "p1_0.png": "",
@@ -258,7 +247,9 @@ def test_folder_manifest(image_folder: Path) -> None:
 
 
 def test_folder_manifest_binary_pattern_and_view(image_folder: Path) -> None:
-    frame = build(image_folder, "binary", name="f", patient_id_pattern=r"^person(?P<patient_id>\d+)", default_view="PA")
+    frame = source_manifest(
+        image_folder, "binary", name="f", patient_id_pattern=r"^person(?P<patient_id>\d+)", default_view="PA"
+    )
     assert_manifest_contract(frame, "binary")
     labels = included(frame)["label"].value_counts().to_dict()
     assert labels == {NON_COVID: 6, COVID: 2}  # ARDS and lung opacity are non-COVID diagnoses here
@@ -268,13 +259,13 @@ def test_folder_manifest_binary_pattern_and_view(image_folder: Path) -> None:
 
 def test_folder_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        build(tmp_path / "absent", "binary")
+        source_manifest(tmp_path / "absent", "binary")
     (tmp_path / "loose.png").write_bytes(b"")
     with pytest.raises(ValueError, match="no files in class subfolders"):
-        build(tmp_path, "binary")
-    write_png(tmp_path / "normal" / "a_1.png")
+        source_manifest(tmp_path, "binary")
+    write_image(tmp_path / "normal" / "a_1.png")
     with pytest.raises(ValueError, match="named group"):
-        build(tmp_path, "binary", patient_id_pattern=r"^([^_]+)_")
+        source_manifest(tmp_path, "binary", patient_id_pattern=r"^([^_]+)_")
 
 
 # ---------------------------------------------------------------- ieee8023 adapter
@@ -299,27 +290,25 @@ IEEE_ROWS = [
 ]
 
 
-def write_ieee8023(root: Path, rows: list[tuple[str, ...]] = IEEE_ROWS, drop: str | None = None) -> Path:
-    images = root / "images"
-    images.mkdir(parents=True)
-    for index, (*_, filename, kind) in enumerate(rows):
+IEEE_COLUMNS = ["patientid", "finding", "view", "modality", "filename", "folder", "sex"]
+
+
+def ieee8023_tree(root: Path, drop: str | None = None) -> Path:
+    """IEEE_ROWS as an ieee8023 tree; metadata.csv without the column `drop` if given."""
+    images = {}
+    for index, (*_, filename, kind) in enumerate(IEEE_ROWS):
         if kind == "jpeg":
-            write_jpeg(images / filename)
+            images[filename] = encode(noise_image(0, (32, 32)), "JPEG")
         elif kind == "png":
-            write_png(images / filename, "RGB", value=index * 7)  # distinct bytes per file
+            images[filename] = encode(flat_image("RGB", value=index * 7))  # distinct bytes per file
         elif kind == "corrupt":
-            (images / filename).write_bytes(b"\xff\xd8\xff garbage")
-    table = pd.DataFrame(
-        [row[:5] for row in rows], columns=["patientid", "finding", "view", "modality", "filename"]
-    ).assign(folder="images", sex="M")
-    if drop:
-        table = table.drop(columns=[drop])
-    table.to_csv(root / "metadata.csv", index=False)
-    return root
+            images[filename] = b"\xff\xd8\xff garbage"
+    rows = [dict(zip(IEEE_COLUMNS, (*row[:5], "images", "M"), strict=True)) for row in IEEE_ROWS]
+    return write_ieee8023(root, rows, images, columns=[column for column in IEEE_COLUMNS if column != drop])
 
 
 def test_ieee8023_manifest_multiclass(tmp_path: Path) -> None:
-    frame = build(write_ieee8023(tmp_path), "multiclass", kind="ieee8023")
+    frame = source_manifest(ieee8023_tree(tmp_path), "multiclass", kind="ieee8023")
     assert_manifest_contract(frame, "multiclass")
     assert len(frame) == len(IEEE_ROWS)
     assert list(
@@ -355,7 +344,9 @@ def test_ieee8023_manifest_multiclass(tmp_path: Path) -> None:
 
 
 def test_ieee8023_manifest_binary(tmp_path: Path) -> None:
-    frame = build(write_ieee8023(tmp_path), "binary", kind="ieee8023", name="cohen", label_map={"lung cancer": None})
+    frame = source_manifest(
+        ieee8023_tree(tmp_path), "binary", kind="ieee8023", name="cohen", label_map={"lung cancer": None}
+    )
     assert_manifest_contract(frame, "binary")
     assert included(frame)["label"].tolist() == [COVID, COVID, NON_COVID, NON_COVID, NON_COVID, NON_COVID]
     summary = exclusion_summary(frame)
@@ -373,15 +364,15 @@ def test_ieee8023_manifest_binary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("column", ["filename", "patientid", "finding", "view", "modality"])
 def test_ieee8023_missing_column_is_a_clear_error(tmp_path: Path, column: str) -> None:
-    write_ieee8023(tmp_path, drop=column)
+    ieee8023_tree(tmp_path, drop=column)
     with pytest.raises(ValueError, match=rf"metadata\.csv: missing required column\(s\) \['{column}'\]"):
-        build(tmp_path, "binary", kind="ieee8023")
+        source_manifest(tmp_path, "binary", kind="ieee8023")
 
 
 def test_ieee8023_missing_metadata(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     with pytest.raises(FileNotFoundError, match="metadata.csv"):
-        build(tmp_path, "binary", kind="ieee8023")
+        source_manifest(tmp_path, "binary", kind="ieee8023")
 
 
 # ---------------------------------------------------------------- precedence, several sources
@@ -410,9 +401,9 @@ def test_exclusion_precedence_is_the_documented_order() -> None:
 
 
 def test_build_manifest_of_typed_source_configs(tmp_path: Path, image_folder: Path) -> None:
-    ieee_root = write_ieee8023(tmp_path / "ieee")
+    ieee_root = ieee8023_tree(tmp_path / "ieee")
     # Folder stems that collide with ieee8023 patient ids ("1_...") must stay distinct.
-    write_png(image_folder / "COVID-19" / "1_0.png", value=200)
+    write_image(image_folder / "COVID-19" / "1_0.png", value=200)
     sources = [
         Ieee8023Options(root=str(ieee_root), name="ieee8023"),
         FolderOptions(root=str(image_folder), name="kaggle"),
@@ -427,10 +418,10 @@ def test_build_manifest_of_typed_source_configs(tmp_path: Path, image_folder: Pa
 
 def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
     first, second = tmp_path / "a", tmp_path / "b"
-    write_png(first / "COVID-19" / "p1_0.png", value=1)
-    write_png(second / "COVID-19" / "q9_0.png", value=1)  # same bytes, other patient
-    write_png(second / "todo" / "q9_1.png", value=1)  # same bytes but excluded anyway
-    write_png(second / "normal" / "q8_0.png", value=2)
+    write_image(first / "COVID-19" / "p1_0.png", value=1)
+    write_image(second / "COVID-19" / "q9_0.png", value=1)  # same bytes, other patient
+    write_image(second / "todo" / "q9_1.png", value=1)  # same bytes but excluded anyway
+    write_image(second / "normal" / "q8_0.png", value=2)
     sources = parse_sources(
         [
             {"kind": "folder", "root": str(first), "name": "a"},
@@ -530,7 +521,7 @@ def decode_once():
 @needs_real_data
 @pytest.mark.parametrize("task", ["multiclass", "binary"])
 def test_real_ieee8023_counts(task: str, decode_once) -> None:
-    frame = build(REAL_IEEE8023, task, kind="ieee8023")
+    frame = source_manifest(REAL_IEEE8023, task, kind="ieee8023")
     assert_manifest_contract(frame, task)
     assert len(frame) == 653
     labels, exclusions = REAL_EXPECTED[task]
@@ -550,7 +541,7 @@ def test_real_ieee8023_with_another_source(task: str, tmp_path: Path, decode_onc
     from components.synthetic import generate_dataset
 
     generate_dataset(tmp_path, n_patients_per_class=2, images_per_patient=2, image_size=48)
-    write_png(tmp_path / "normal" / "2_0.png", value=77)  # raw id "2" also exists in ieee8023
+    write_image(tmp_path / "normal" / "2_0.png", value=77)  # raw id "2" also exists in ieee8023
     sources = [
         Ieee8023Options(root=str(REAL_IEEE8023), name="ieee8023"),
         FolderOptions(root=str(tmp_path), name="synthetic"),

@@ -8,7 +8,6 @@ mid-grey -> "normal".
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from PIL import Image
 from components import serving
 from components.imaging import encode_png
 from components.labels import TASK_LABELS
+from tests.factories import encode
 from tests.servers import free_port as _free_port
 from tests.servers import sqlite_mlflow, wait_ready
 from tests.servers import stop_process_group as _stop
@@ -63,9 +63,7 @@ def gray_png_b64(level: int, shape: tuple[int, int] = (40, 50)) -> str:
 
 
 def rgb_jpeg_b64(level: int) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (level, level, level)).save(buffer, format="JPEG")
-    return serving.encode_image_bytes(buffer.getvalue())
+    return serving.encode_image_bytes(encode(Image.new("RGB", (64, 48), (level, level, level)), "JPEG"))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Source adapters and their registry (components.sources): one tiny generated fixture per public layout.
 
-Images are a few pixels large (size checks come later, in validation); every
+Images are 32x32 px of noise (size checks come later, in validation); every
 image has distinct bytes so that the byte-duplicate check never interferes
 unless a test wants it to. Image decoding itself is tested elsewhere. Every
 registered kind round-trips a generated tree of its layout (TREES), and a kind
@@ -21,7 +21,6 @@ from typing import Any, Literal
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 from pydantic import Field
 
 from components.candidates import candidate
@@ -61,6 +60,7 @@ from components.sources import (
 )
 from components.storage import list_files
 from cxr.cli import main
+from tests.factories import source_manifest, write_ieee8023, write_noise_image
 
 PROJECT = Path(__file__).resolve().parents[1]
 REAL_ACTUALMED = PROJECT.parent / "shared" / "datasets" / "actualmed-covid-chestxray-dataset"
@@ -68,19 +68,9 @@ REAL_ACTUALMED = PROJECT.parent / "shared" / "datasets" / "actualmed-covid-chest
 _distinct = itertools.count(1)
 
 
-def image(path: Path, fmt: str | None = None) -> Path:
-    """A tiny grayscale image with bytes no other call produces."""
-    n = next(_distinct)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", (4 + n // 250, 4), n % 250).save(
-        path, format=fmt or ("JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG")
-    )
-    return path
-
-
-def build(root: Path | str, task: str, kind: str, name: str | None = None, **options: Any) -> pd.DataFrame:
-    """build_manifest of one source given as a run-config entry (validated by its kind's options model)."""
-    return build_manifest(parse_sources([{"kind": kind, "root": str(root), "name": name or kind, **options}]), task)
+def image(path: Path, image_format: str | None = None) -> Path:
+    """A small noise image with bytes no other call produces (a fresh seed per call)."""
+    return write_noise_image(path, seed=next(_distinct), image_format=image_format)
 
 
 def labels(frame: pd.DataFrame) -> dict[str, int]:
@@ -151,19 +141,19 @@ def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> No
         match=r"unknown source kind 'covidx2'; valid kinds: \['actualmed', 'covid_radiography', "
         r"'covidx', 'figure1', 'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]",
     ):
-        build(tmp_path, "binary", "covidx2")
+        source_manifest(tmp_path, "binary", "covidx2")
     image(tmp_path / "images" / "a.png")
     (tmp_path / "train.txt").write_text("1 a.png COVID-19\n")
     with pytest.raises(ValueError, match="option 'split_files' does not apply to kind 'actualmed'"):
-        build(tmp_path, "binary", "actualmed", split_files=["train.txt"])
+        source_manifest(tmp_path, "binary", "actualmed", split_files=["train.txt"])
     with pytest.raises(ValueError, match="option 'manifest_file' does not apply to kind 'covidx'"):
-        build(tmp_path, "binary", "covidx", manifest_file="m.csv")
+        source_manifest(tmp_path, "binary", "covidx", manifest_file="m.csv")
     with pytest.raises(
         ValueError,
         match=r"unknown option 'split_file'; valid: \['default_view', 'image_folders', "
         r"'label_map', 'split_files'\]",
     ):
-        build(tmp_path, "binary", "covidx", split_file=["train.txt"])
+        source_manifest(tmp_path, "binary", "covidx", split_file=["train.txt"])
 
 
 # ---------------------------------------------------------------- actualmed
@@ -184,12 +174,6 @@ ACTUALMED_COLUMNS = [
     "artifacts/distortion",
     "notes",
 ]
-
-
-def write_metadata(root: Path, rows: list[dict[str, str]], columns: list[str], encoding: str = "utf-8-sig") -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame([{column: row.get(column, "") for column in columns} for row in rows], columns=columns)
-    (root / "metadata.csv").write_bytes(table.to_csv(index=False).encode(encoding))
 
 
 @pytest.fixture
@@ -249,7 +233,7 @@ def actualmed(tmp_path: Path) -> Path:
     ]
     for name in ("a1.png", "a1b.png", "a2.png", "a3.png", "a4.png", "a5.png", "a6.png", "a8.png", "A10.jpg"):
         image(root / "images" / name)
-    write_metadata(root, rows, ACTUALMED_COLUMNS)  # with a byte-order mark, as spreadsheets export it
+    write_ieee8023(root, rows, columns=ACTUALMED_COLUMNS, encoding="utf-8-sig")  # with a BOM, as spreadsheets export it
     assert (root / "metadata.csv").read_bytes().startswith(b"\xef\xbb\xbf")
     return root
 
@@ -262,7 +246,7 @@ def actualmed(tmp_path: Path) -> Path:
     ],
 )
 def test_actualmed(actualmed: Path, task: str, expected: dict[str, int]) -> None:
-    frame = build(actualmed, task, "actualmed")
+    frame = source_manifest(actualmed, task, "actualmed")
     check_contract(frame, task)
     assert len(frame) == 11
     assert labels(frame) == expected
@@ -290,10 +274,10 @@ def test_actualmed_missing_column_names_file_and_column(actualmed: Path) -> None
     table = pd.read_csv(actualmed / "metadata.csv", dtype=str, encoding="utf-8-sig").drop(columns=["finding"])
     table.to_csv(actualmed / "metadata.csv", index=False)
     with pytest.raises(ValueError, match=r"actualmed/metadata\.csv: missing required column\(s\) \['finding'\]"):
-        build(actualmed, "binary", "actualmed")
+        source_manifest(actualmed, "binary", "actualmed")
     (actualmed / "metadata.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"actualmed metadata .*metadata\.csv does not exist"):
-        build(actualmed, "binary", "actualmed")
+        source_manifest(actualmed, "binary", "actualmed")
 
 
 @pytest.mark.skipif(not REAL_ACTUALMED.is_dir(), reason=f"{REAL_ACTUALMED} not present")
@@ -305,7 +289,7 @@ def test_actualmed_missing_column_names_file_and_column(actualmed: Path) -> None
     ],
 )
 def test_real_actualmed(task: str, expected: dict[str, int]) -> None:
-    frame = build(REAL_ACTUALMED, task, "actualmed")
+    frame = source_manifest(REAL_ACTUALMED, task, "actualmed")
     check_contract(frame, task)
     assert len(frame) == 27
     assert labels(frame) == expected
@@ -345,12 +329,12 @@ def figure1(tmp_path: Path) -> Path:
     image(root / "images" / "COVID-00005.png")
     image(root / "images" / "COVID-00006.jpeg")
     image(root / "images" / "COVID-00007.jpg")
-    write_metadata(root, rows, columns, encoding="cp1252")  # Figure1's metadata.csv is not UTF-8
+    write_ieee8023(root, rows, columns=columns, encoding="cp1252")  # Figure1's metadata.csv is not UTF-8
     return root
 
 
 def test_figure1_images_named_after_the_patient(figure1: Path) -> None:
-    frame = build(figure1, "multiclass", "figure1")
+    frame = source_manifest(figure1, "multiclass", "figure1")
     check_contract(frame, "multiclass")
     assert len(frame) == 7
     assert labels(frame) == {COVID: 3, PNEUMONIA: 1, NORMAL: 1}
@@ -361,7 +345,15 @@ def test_figure1_images_named_after_the_patient(figure1: Path) -> None:
     assert missing["patient_id"] == "figure1:COVID-00004"
     assert "images/COVID-00004.*" in missing["exclusion_detail"]
     assert by_name(frame).loc["COVID-00007.jpg", "exclusion_detail"] == "blank finding; notes: Inconclusive"
-    assert build(figure1, "binary", "figure1")["label"].tolist() == [COVID, COVID, COVID, "", NON_COVID, NON_COVID, ""]
+    assert source_manifest(figure1, "binary", "figure1")["label"].tolist() == [
+        COVID,
+        COVID,
+        COVID,
+        "",
+        NON_COVID,
+        NON_COVID,
+        "",
+    ]
 
 
 # ---------------------------------------------------------------- Kaggle pediatric pneumonia
@@ -386,7 +378,7 @@ def kaggle(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("subfolder", ["", "chest_xray"])
 def test_kaggle_pneumonia(kaggle: Path, subfolder: str) -> None:
-    frame = build(kaggle / subfolder, "multiclass", "kaggle_pneumonia", name="kermany")
+    frame = source_manifest(kaggle / subfolder, "multiclass", "kaggle_pneumonia", name="kermany")
     check_contract(frame, "multiclass")
     assert len(frame) == 7
     assert labels(frame) == {NORMAL: 3, PNEUMONIA: 3}
@@ -408,12 +400,12 @@ def test_kaggle_pneumonia(kaggle: Path, subfolder: str) -> None:
 
 
 def test_kaggle_pneumonia_binary_and_errors(kaggle: Path, tmp_path: Path) -> None:
-    frame = build(kaggle, "binary", "kaggle_pneumonia", default_view="AP")
+    frame = source_manifest(kaggle, "binary", "kaggle_pneumonia", default_view="AP")
     assert labels(frame) == {NON_COVID: 6}
     assert (frame["view"] == "AP").all()
     image(tmp_path / "elsewhere" / "NORMAL" / "x.jpeg")
     with pytest.raises(ValueError, match=r"no files in \{train,val,test\}/\{NORMAL,PNEUMONIA\}/"):
-        build(tmp_path / "elsewhere", "binary", "kaggle_pneumonia")
+        source_manifest(tmp_path / "elsewhere", "binary", "kaggle_pneumonia")
 
 
 # ---------------------------------------------------------------- COVID-19 Radiography Database
@@ -426,7 +418,7 @@ def radiography(tmp_path: Path) -> Path:
     image(root / "COVID" / "images" / "COVID-2.png")
     image(root / "COVID" / "masks" / "COVID-1.png")  # segmentation mask: ignored
     image(root / "Normal" / "images" / "Normal-1.png")
-    image(root / "Normal" / "images" / "Normal-2.tif", fmt="TIFF")  # not a PNG/JPEG: excluded, not dropped
+    image(root / "Normal" / "images" / "Normal-2.tif", image_format="TIFF")  # not a PNG/JPEG: excluded, not dropped
     image(root / "Viral Pneumonia" / "images" / "Viral Pneumonia-1.png")
     image(root / "Lung_Opacity" / "images" / "Lung_Opacity-1.png")
     (root / "COVID.metadata.xlsx").write_bytes(b"PK\x03\x04")  # ignored
@@ -443,7 +435,7 @@ def radiography(tmp_path: Path) -> Path:
 )
 def test_covid_radiography(radiography: Path, task: str, expected: dict, exclusions: dict) -> None:
     for root in (radiography, radiography.parent):  # the dataset folder, or the download folder holding it
-        frame = build(root, task, "covid_radiography", name="radiography")
+        frame = source_manifest(root, task, "covid_radiography", name="radiography")
         check_contract(frame, task)
         assert len(frame) == 6
         assert labels(frame) == expected
@@ -459,11 +451,11 @@ def test_covid_radiography_older_layout(tmp_path: Path) -> None:
     image(root / "NORMAL" / "NORMAL (1).png")
     image(root / "Viral Pneumonia" / "Viral Pneumonia (1).png")
     (root / "NORMAL.metadata.xlsx").write_bytes(b"PK\x03\x04")
-    frame = build(root, "multiclass", "covid_radiography")
+    frame = source_manifest(root, "multiclass", "covid_radiography")
     assert labels(frame) == {COVID: 1, NORMAL: 1, PNEUMONIA: 1}
     assert exclusion_summary(frame) == {}
     with pytest.raises(ValueError, match="no images in class folders"):
-        build(root / "NORMAL", "multiclass", "covid_radiography")
+        source_manifest(root / "NORMAL", "multiclass", "covid_radiography")
 
 
 # ---------------------------------------------------------------- COVIDx
@@ -508,7 +500,7 @@ def covidx(tmp_path: Path) -> Path:
     ],
 )
 def test_covidx(covidx: Path, task: str, expected: dict, exclusions: dict) -> None:
-    frame = build(covidx, task, "covidx")
+    frame = source_manifest(covidx, task, "covidx")
     check_contract(frame, task)
     assert len(frame) == 10
     assert labels(frame) == expected
@@ -521,13 +513,13 @@ def test_covidx(covidx: Path, task: str, expected: dict, exclusions: dict) -> No
 
 def test_covidx_options(covidx: Path) -> None:
     # A source's label_map wins over COVIDx's own positive/negative.
-    frame = build(covidx, "multiclass", "covidx", label_map={"negative": "normal"})
+    frame = source_manifest(covidx, "multiclass", "covidx", label_map={"negative": "normal"})
     assert labels(frame) == {COVID: 3, NORMAL: 3, PNEUMONIA: 1}
     # Explicit split files and image folders.
     (covidx / "images").mkdir()
     (covidx / "test" / "t1.png").rename(covidx / "images" / "t1.png")
     (covidx / "labels_test_COVIDx9B.txt").write_text("T1 t1.png negative rsna\n")
-    frame = build(
+    frame = source_manifest(
         covidx,
         "binary",
         "covidx",
@@ -537,11 +529,11 @@ def test_covidx_options(covidx: Path) -> None:
     assert frame["uri"].tolist() == [str(covidx / "images" / "t1.png")]
     assert labels(frame) == {NON_COVID: 1}
     with pytest.raises(ValueError, match="cannot tell the image folder of split file 'labels_test_COVIDx9B.txt'"):
-        build(covidx, "binary", "covidx", split_files=["labels_test_COVIDx9B.txt"])
+        source_manifest(covidx, "binary", "covidx", split_files=["labels_test_COVIDx9B.txt"])
     with pytest.raises(ValueError, match=r"image_folders names files that are not split files: \['val.txt'\]"):
-        build(covidx, "binary", "covidx", split_files=["train.txt"], image_folders={"val.txt": "val"})
+        source_manifest(covidx, "binary", "covidx", split_files=["train.txt"], image_folders={"val.txt": "val"})
     with pytest.raises(FileNotFoundError, match="val.txt does not exist"):
-        build(covidx, "binary", "covidx", split_files=["val.txt"])
+        source_manifest(covidx, "binary", "covidx", split_files=["val.txt"])
 
 
 def test_covidx_errors_name_the_line(covidx: Path) -> None:
@@ -552,7 +544,7 @@ def test_covidx_errors_name_the_line(covidx: Path) -> None:
         match=r"covidx/test\.txt:3: expected 'patientId filename label \[source\]', "
         r"got 'T3 t3.png'",
     ):
-        build(covidx, "binary", "covidx")
+        source_manifest(covidx, "binary", "covidx")
     for name in ("train.txt", "test.txt"):
         (covidx / name).rename(covidx / f"{name}.bak.txt")
     with pytest.raises(
@@ -560,7 +552,7 @@ def test_covidx_errors_name_the_line(covidx: Path) -> None:
         match=r"none of \['train.txt', 'val.txt', 'test.txt'\] found; set split_files "
         r"\(text files here: \['test.txt.bak.txt', 'train.txt.bak.txt'\]\)",
     ):
-        build(covidx, "binary", "covidx")
+        source_manifest(covidx, "binary", "covidx")
 
 
 # ---------------------------------------------------------------- generic manifest
@@ -607,7 +599,7 @@ MANIFEST_REASONS = [
 
 
 def test_manifest_csv(manifest_root: Path) -> None:
-    frame = build(manifest_root, "multiclass", "manifest", name="m")
+    frame = source_manifest(manifest_root, "multiclass", "manifest", name="m")
     check_contract(frame, "multiclass")
     assert frame["exclusion_reason"].tolist() == MANIFEST_REASONS
     assert labels(frame) == {COVID: 1, NORMAL: 1, PNEUMONIA: 1}
@@ -620,7 +612,7 @@ def test_manifest_csv(manifest_root: Path) -> None:
     assert "absolute path" in escaped["exclusion_detail"].iloc[1]
     assert frame["uri"].iloc[4] == str(manifest_root / "images" / "x3.jpg")
     assert frame["exclusion_detail"].iloc[9] == "manifest.csv row 10: blank path"
-    unknown = build(manifest_root, "multiclass", "manifest", default_view="PA")
+    unknown = source_manifest(manifest_root, "multiclass", "manifest", default_view="PA")
     assert unknown["exclusion_reason"].iloc[-1] == EXCLUDE_LATERAL  # an explicit view wins over the default
     assert unknown["view"].iloc[1] == "PA"
 
@@ -630,7 +622,7 @@ def test_manifest_parquet_with_alternative_columns(manifest_root: Path) -> None:
     table = table.rename(columns={"path": "uri", "label": "finding"}).drop(columns=["age"])
     table["age_group"] = ["adult", "Pediatric"] + [""] * (len(table) - 2)
     table.to_parquet(manifest_root / "manifest.parquet")
-    frame = build(manifest_root, "binary", "manifest", manifest_file="manifest.parquet")
+    frame = source_manifest(manifest_root, "binary", "manifest", manifest_file="manifest.parquet")
     assert frame["exclusion_reason"].tolist() == MANIFEST_REASONS
     assert labels(frame) == {COVID: 1, NON_COVID: 2}
     assert frame["age_group"].tolist()[:3] == ["adult", "pediatric", ""]
@@ -640,15 +632,15 @@ def test_manifest_errors(manifest_root: Path) -> None:
     table = pd.read_csv(manifest_root / "manifest.csv", dtype=str, keep_default_na=False)
     table.rename(columns={"path": "file"}).to_csv(manifest_root / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"bad\.csv: missing required column\(s\) 'path' or 'uri'; found \['file'"):
-        build(manifest_root, "binary", "manifest", manifest_file="bad.csv")
+        source_manifest(manifest_root, "binary", "manifest", manifest_file="bad.csv")
     table.assign(age_group="child").to_csv(manifest_root / "ages.csv", index=False)
     with pytest.raises(ValueError, match=r"ages\.csv row 1: age_group 'child' is not 'adult', 'pediatric' or blank"):
-        build(manifest_root, "binary", "manifest", manifest_file="ages.csv")
+        source_manifest(manifest_root, "binary", "manifest", manifest_file="ages.csv")
     (manifest_root / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match=r"broken\.parquet: not a readable Parquet file"):
-        build(manifest_root, "binary", "manifest", manifest_file="broken.parquet")
+        source_manifest(manifest_root, "binary", "manifest", manifest_file="broken.parquet")
     with pytest.raises(FileNotFoundError, match=r"absent\.csv does not exist"):
-        build(manifest_root, "binary", "manifest", manifest_file="absent.csv")
+        source_manifest(manifest_root, "binary", "manifest", manifest_file="absent.csv")
 
 
 # ---------------------------------------------------------------- symlinks, several sources, duplicates
@@ -662,7 +654,7 @@ def test_symlink_out_of_the_root_is_excluded_and_never_read(tmp_path: Path) -> N
     (root / "COVID-19").joinpath("link.png").symlink_to(outside)
     image(root / "normal" / "inside.png")
     (root / "normal" / "link_inside.png").symlink_to(root / "normal" / "inside.png")  # inside: fine
-    frame = build(root, "multiclass", "folder")
+    frame = source_manifest(root, "multiclass", "folder")
     rows = by_name(frame)
     assert rows.loc["link.png", "exclusion_reason"] == EXCLUDE_OUTSIDE_ROOT
     assert rows.loc["link.png", "sha256"] == ""
@@ -796,7 +788,7 @@ def _ieee8023_tree(root: Path) -> Expected:
     ]
     for row in rows:
         image(root / "images" / row["filename"])
-    write_metadata(root, rows, ["patientid", "finding", "view", "modality", "folder", "filename"])
+    write_ieee8023(root, rows, encoding="utf-8-sig")
     return {
         "images/a.png": (COVID, "1"),
         "images/b.png": (COVID, "1"),
@@ -813,7 +805,7 @@ def _actualmed_tree(root: Path) -> Expected:
     ]
     for row in rows:
         image(root / "images" / row["imagename"])
-    write_metadata(root, rows, ["patientid", "finding", "view", "modality", "imagename"])
+    write_ieee8023(root, rows, encoding="utf-8-sig")
     return {"images/a1.png": (COVID, "A1"), "images/a1b.png": (COVID, "A1"), "images/a2.png": (NORMAL, "A2")}
 
 
@@ -826,7 +818,7 @@ def _figure1_tree(root: Path) -> Expected:
     ]
     for row in rows:
         image(root / "images" / f"{row['patientid']}.png")
-    write_metadata(root, rows, ["patientid", "finding", "view", "modality"])
+    write_ieee8023(root, rows, encoding="utf-8-sig")
     return {
         "images/COVID-00003a.png": (COVID, "COVID-00003"),
         "images/COVID-00003b.png": (COVID, "COVID-00003"),
@@ -898,7 +890,7 @@ def test_every_registered_kind_round_trips_a_generated_tree(kind: str, tmp_path:
     assert kind in TREES, f"no tree writer for source kind {kind!r}: add one to TREES"
     root = tmp_path / kind
     expected = TREES[kind](root)
-    frame = build(root, "multiclass", kind, name="src")
+    frame = source_manifest(root, "multiclass", kind, name="src")
     check_contract(frame, "multiclass")
     assert exclusion_summary(frame) == {}
     found = {

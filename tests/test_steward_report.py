@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
@@ -29,48 +28,28 @@ from components.steward_report import (
     write_steward_report,
 )
 from components.validation import ValidationConfig, ValidationReport, validate_manifest, validate_split
+from tests.factories import manifest_row, manifest_table
 
 SCRIPT = "<script>alert(1)</script>"
 NASTY_NAME = '/data/a&b"c<d>e.png'
 
 
-def _row(uri: str, label: str, source: str = "ieee", **changes) -> dict:
-    row = {
-        "uri": uri,
-        "source": source,
-        "sha256": hashlib.sha256(uri.encode()).hexdigest(),
-        "phash": hashlib.sha256(b"p" + uri.encode()).hexdigest()[:16],
-        "width": 256,
-        "height": 256,
-        "mode": "L",
-        "bit_depth": 8,
-        "view": "PA",
-        "patient_id": f"{source}:{uri}",
-        "age_group": "adult",
-        "finding": label,
-        "label": label,
-        "exclusion_reason": "",
-        "exclusion_detail": "",
-    }
-    row.update(changes)
-    return row
-
-
 @pytest.fixture
 def manifest() -> pd.DataFrame:
     rows = [
-        _row(f"/data/{label}/{i}.png", label, "ieee" if i % 2 else "actualmed")
+        manifest_row(f"/data/{label}/{i}.png", label, "ieee" if i % 2 else "actualmed")
         for label in (COVID, NORMAL, PNEUMONIA)
         for i in range(6)
     ]
     rows[0]["uri"] = NASTY_NAME  # a COVID-19 image from actualmed
     rows[13]["age_group"] = "pediatric"  # a pneumonia image
     rows += [
-        _row("/data/x/script.png", "", finding=SCRIPT, exclusion_reason=EXCLUDE_UNKNOWN_FINDING),
-        _row("/data/x/lateral.png", "", view="L", exclusion_reason=EXCLUDE_LATERAL),
-        _row(
+        manifest_row("/data/x/script.png", "", "ieee", finding=SCRIPT, exclusion_reason=EXCLUDE_UNKNOWN_FINDING),
+        manifest_row("/data/x/lateral.png", "", "ieee", view="L", exclusion_reason=EXCLUDE_LATERAL),
+        manifest_row(
             "/data/x/copy.png",
             "",
+            "ieee",
             sha256=rows[0]["sha256"],
             phash=rows[0]["phash"],
             patient_id=rows[0]["patient_id"],
@@ -78,7 +57,7 @@ def manifest() -> pd.DataFrame:
             exclusion_detail=f"same bytes as {NASTY_NAME}",
         ),
     ]
-    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    frame = manifest_table(rows)
     frame.loc[1, "phash"] = f"{int(frame.loc[0, 'phash'], 16) ^ 0b11:016x}"  # near-duplicate of the nasty name
     return frame
 
@@ -301,7 +280,7 @@ def test_csv_neutralises_formula_injection(manifest):
         "view": "\tPA",
         "source": "\r=1",
     }
-    bad = _row("/data/x/bad.png", "", exclusion_reason=EXCLUDE_LATERAL)
+    bad = manifest_row("/data/x/bad.png", "", "ieee", exclusion_reason=EXCLUDE_LATERAL)
     bad.update(formulas)
     manifest = pd.concat([manifest, pd.DataFrame([bad], columns=MANIFEST_COLUMNS)], ignore_index=True)
 

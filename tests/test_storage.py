@@ -6,8 +6,6 @@ configured only through the standard AWS environment variables.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import random
@@ -22,7 +20,7 @@ import pytest
 
 from components import s3, storage
 from components.storage import MissingFileError, OutsideRootError, StorageError
-from tests.factories import png_bytes, write_bytes
+from tests.factories import png_bytes, write_bytes, write_ieee8023
 from tests.servers import free_port
 
 # ---------------------------------------------------------------- helpers
@@ -40,8 +38,8 @@ def settle(server: dict) -> None:
     time.sleep(server["settle_s"])
 
 
+IEEE_COLUMNS = ["filename", "patientid", "finding", "view", "modality", "age"]
 IEEE_ROWS = [
-    # filename, patientid, finding, view, modality, age
     ("p1_a.png", "p1", "COVID-19", "PA", "X-ray", "54"),
     ("p2_a.png", "p2", "Pneumonia/Viral/SARS", "AP", "X-ray", "8"),
     ("p3_a.png", "p3", "No Finding", "PA", "X-ray", ""),
@@ -56,19 +54,13 @@ IEEE_ROWS = [
 
 def make_ieee8023(root: Path) -> Path:
     """A small ieee8023 covid-chestxray-dataset layout: metadata.csv (with a BOM) + images/."""
-    images = root / "images"
-    images.mkdir(parents=True)
-    buffer = io.StringIO()
-    table = csv.writer(buffer, lineterminator="\n")
-    table.writerow(["filename", "patientid", "finding", "view", "modality", "age"])
-    table.writerows(IEEE_ROWS)
-    write_bytes(root / "metadata.csv", "\ufeff" + buffer.getvalue())
-    for seed, name in enumerate(["p1_a.png", "p2_a.png", "p3_a.png", "p3_b.png", "ct_1.png"]):
-        write_bytes(images / name, png_bytes(seed))
-    shutil.copyfile(images / "p1_a.png", images / "p6_copy.png")
-    write_bytes(images / "p8_rgb.png", png_bytes(99, mode="RGB"))
-    write_bytes(images / ".DS_Store", b"\x00junk")
-    return root
+    names = ["p1_a.png", "p2_a.png", "p3_a.png", "p3_b.png", "ct_1.png"]
+    images = {name: png_bytes(seed) for seed, name in enumerate(names)}
+    images["p6_copy.png"] = images["p1_a.png"]
+    images["p8_rgb.png"] = png_bytes(99, mode="RGB")
+    images[".DS_Store"] = b"\x00junk"
+    rows = [dict(zip(IEEE_COLUMNS, row, strict=True)) for row in IEEE_ROWS]
+    return write_ieee8023(root, rows, images, encoding="utf-8-sig")
 
 
 def comparable(manifest, root: str) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -27,47 +26,21 @@ from components.validation import (
     validate_manifest,
     validate_split,
 )
+from tests.factories import manifest_row, manifest_table
 
 PER_CLASS = 5  # min_images_per_class in these tests
 IMAGES_PER_CLASS = 8  # 4 per source, room to corrupt rows without starving a class
 
 
-def _hex(text: str, digits: int) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:digits]
-
-
-def _row(name: str, label: str, source: str, **changes) -> dict:
-    """A used manifest row; hashes derived from the name (random-looking, far apart)."""
-    row = {
-        "uri": f"/data/{source}/{name}.png",
-        "source": source,
-        "sha256": _hex(name, 64),
-        "phash": _hex("p" + name, 16),
-        "width": 128,
-        "height": 128,
-        "mode": "L",
-        "bit_depth": 8,
-        "view": "PA",
-        "patient_id": f"{source}:{name}",
-        "age_group": "adult",
-        "finding": label,
-        "label": label,
-        "exclusion_reason": "",
-        "exclusion_detail": "",
-    }
-    row.update(changes)
-    return row
-
-
 @pytest.fixture
 def manifest() -> pd.DataFrame:
     """A clean binary-task manifest: two sources, IMAGES_PER_CLASS used images per class; every check passes."""
-    rows = [
-        _row(f"{label[:3]}{i}", label, "src_a" if i % 2 else "src_b")
+    sources = ["src_a" if i % 2 else "src_b" for i in range(IMAGES_PER_CLASS)]
+    return manifest_table(
+        manifest_row(f"/data/{sources[i]}/{label[:3]}{i}.png", label, sources[i])
         for label in (NON_COVID, COVID)
         for i in range(IMAGES_PER_CLASS)
-    ]
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    )
 
 
 def _validate(
@@ -144,8 +117,8 @@ def test_default_severities():
 def _file_row_excluded(m):
     return _add(
         m,
-        **_row(
-            "broken",
+        **manifest_row(
+            "/data/src_a/broken.png",
             "",
             "src_a",
             exclusion_reason=EXCLUDE_TRUNCATED,
@@ -269,8 +242,8 @@ def test_failure_quotes_offending_uris(manifest, tmp_path):
 
 
 def test_excluded_rows_are_not_held_to_the_contract(manifest, tmp_path):
-    bad = _row(
-        "gone",
+    bad = manifest_row(
+        "/data/src_a/gone.png",
         "",
         "src_a",
         width=1,
@@ -332,8 +305,8 @@ def test_check_that_cannot_run_fails_with_its_error(manifest, tmp_path):
 
 def test_exact_duplicates_are_listed_including_those_already_excluded(manifest, tmp_path):
     manifest.loc[1, ["sha256", "phash"]] = manifest.loc[0, ["sha256", "phash"]].to_numpy()  # used twice
-    copy = _row(
-        "copy",
+    copy = manifest_row(
+        "/data/src_a/copy.png",
         "",
         "src_a",
         sha256=manifest.loc[2, "sha256"],
@@ -342,8 +315,8 @@ def test_exact_duplicates_are_listed_including_those_already_excluded(manifest, 
         exclusion_reason=EXCLUDE_DUPLICATE,
         exclusion_detail=f"same bytes as {manifest.loc[2, 'uri']}",
     )
-    orphan = _row(
-        "orphan",
+    orphan = manifest_row(
+        "/data/src_b/orphan.png",
         "",
         "src_b",
         sha256="",
