@@ -112,9 +112,9 @@ def format_ablation(summary: AblationRunSummary, paths) -> str:
     return "\n".join(lines)
 
 
-def _add_ablation_parser(commands) -> None:
-    sub = commands.add_parser("ablation", help="the paper's ablation: augmentation x transfer for one backbone")
-    sub.add_argument("--config", required=True, help="run config YAML (see configs/ablation-quick.yaml)")
+def _add_run_arguments(sub: argparse.ArgumentParser, config_help: str, runs: bool, summary_help: str = "") -> None:
+    """--config and --set; for commands that run a pipeline also --summary-json and --zenml-config."""
+    sub.add_argument("--config", required=True, help=config_help)
     sub.add_argument(
         "--set",
         action="append",
@@ -122,16 +122,27 @@ def _add_ablation_parser(commands) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set training.epochs=1",
     )
+    if runs:
+        sub.add_argument("--summary-json", help=summary_help)
+        sub.add_argument(
+            "--zenml-config",
+            action="append",
+            default=[],
+            metavar="YAML",
+            help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml)",
+        )
+
+
+def _add_ablation_parser(commands) -> None:
+    sub = commands.add_parser("ablation", help="the paper's ablation: augmentation x transfer for one backbone")
+    _add_run_arguments(
+        sub,
+        "run config YAML (see configs/ablation-quick.yaml)",
+        True,
+        "also write the table and run summary to this JSON file",
+    )
     sub.add_argument("--backbone", help="backbone to ablate (default: the config's first)")
     sub.add_argument("--task", choices=["binary", "multiclass"], help="task (default: the config's)")
-    sub.add_argument("--summary-json", help="also write the table and run summary to this JSON file")
-    sub.add_argument(
-        "--zenml-config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="ZenML run-config overlay merged over zenml_config.yaml",
-    )
     sub.set_defaults(handler=cmd_ablation)
 
 
@@ -272,24 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("check-config", cmd_check_config, "validate a run config without running anything"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", required=True, help="run config YAML (see configs/)")
-        sub.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config field, e.g. --set training.epochs=1",
+        _add_run_arguments(
+            sub,
+            "run config YAML (see configs/)",
+            name != "check-config",
+            "also write the run summary to this JSON file",
         )
         sub.set_defaults(handler=handler)
-        if name in ("train", "validate"):
-            sub.add_argument("--summary-json", help="also write the run summary to this JSON file")
-            sub.add_argument(
-                "--zenml-config",
-                action="append",
-                default=[],
-                metavar="YAML",
-                help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml)",
-            )
 
     _add_ablation_parser(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)

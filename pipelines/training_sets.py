@@ -47,27 +47,12 @@ def training_set(
     step_id: str | None = None,
 ) -> TrainingSet:
     """Call the augment step for `augmentation.mode` (pass `augmentation.disabled()` for the originals only)."""
-    ids = {"id": step_id} if step_id else {}
+    inputs = {"class_names": class_names, "image_size": image_size, "augmentation": augmentation, "seed": seed}
+    invocation = {"after": DATA_GATE_STEP, **({"id": step_id} if step_id else {})}
     if augmentation.mode == "offline":
-        shards, _ = expand_training_data(
-            split,
-            class_names=class_names,
-            image_size=image_size,
-            augmentation=augmentation,
-            seed=seed,
-            after=DATA_GATE_STEP,
-            **ids,
-        )
+        shards, _ = expand_training_data(split, **inputs, **invocation)
         return ShardedSet(shards)
-    images, labels, _ = augment_training_data(
-        split,
-        class_names=class_names,
-        image_size=image_size,
-        augmentation=augmentation,
-        seed=seed,
-        after=DATA_GATE_STEP,
-        **ids,
-    )
+    images, labels, _ = augment_training_data(split, **inputs, **invocation)
     return ArraySet(images, labels, augmentation if augmentation.mode == "on_the_fly" else None)
 
 
