@@ -7,6 +7,7 @@ slices of it (``model_dump(mode="json")``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from components.backbones import BACKBONES, get_backbone, parse_models_uri, weights_kind
 from components.errors import CxrError
-from components.labels import TASK_LABELS, Task
+from components.labels import TASK_LABELS, Task, label_map_for_task
 from components.sources import SourceConfig  # validated by the options model of its kind
 from components.validation.settings import ValidationConfig  # declared beside its checks
 
@@ -259,6 +260,16 @@ class RunConfig(_Strict):
             raise ValueError(f"each backbone may appear once, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _label_maps_fit_the_task(self) -> RunConfig:
+        # A label_map is checked against the task here, before any data is read (ingest would refuse it later).
+        for index, source in enumerate(self.data.sources):
+            try:
+                label_map_for_task(self.task, source.label_map)
+            except ValueError as error:
+                raise ValueError(f"data.sources.{index}.label_map: {error}") from None
+        return self
+
     @property
     def class_names(self) -> tuple[str, ...]:
         """The task's class names in model output order."""
@@ -297,33 +308,84 @@ def parse_run_config(data: Any, origin: str = "<config>") -> RunConfig:
         raise ConfigError(f"invalid run config {origin}:\n{_format_errors(error)}") from None
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config, apply dotted overrides ({"training.epochs": 1}), validate."""
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (an empty file is an empty mapping).
+
+    Args:
+        path: the file.
+        what: what the file is, for messages ("run config", "ZenML run config").
+
+    Returns:
+        The mapping.
+
+    Raises:
+        ConfigError: the file is missing, not a file, not UTF-8 text, not valid YAML,
+            or not a mapping at the top level; the message names the file.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise ConfigError(f"run config {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"run config {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"run config {path} must be a mapping at the top level")
+        raise ConfigError(f"{what} {path} must be a mapping at the top level")
+    return data
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides ({"training.epochs": 1}), validate.
+
+    Raises:
+        ConfigError: the file cannot be read (read_yaml_mapping), an override names no
+            field (set_dotted), or the config is invalid (parse_run_config).
+    """
+    data = read_yaml_mapping(path, "run config")
+    if not data:
+        raise ConfigError(f"run config {path} is empty")
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return parse_run_config(data, origin=str(path))
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set data["a"]["b"] = value for dotted="a.b" (lists indexed by number)."""
+    """Set data["a"]["b"] = value for dotted="a.b" (lists indexed by number from 0).
+
+    Raises:
+        ConfigError: a part is empty, a list index is not a number in range, or a part
+            goes below a value that is neither a mapping nor a list.
+    """
     parts = dotted.split(".")
     node: Any = data
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[: depth + 1])
+        if not part:
+            raise ConfigError(f"--set {dotted}: empty field name in {dotted!r}")
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {dotted}: {where} needs a list index 0..{len(node) - 1}, got {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            parent = ".".join(parts[:depth])
+            raise ConfigError(f"--set {dotted}: {parent} holds the value {node!r}, which has no field {part!r}")
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -358,19 +420,22 @@ def merged_yaml_file(paths: list[str | Path], destination: str | Path, train_ste
         `destination`.
 
     Raises:
-        ConfigError: a file is not a mapping at the top level.
+        ConfigError: a file cannot be read, is not a mapping, or its `train_steps`,
+            `steps` or `settings` is not a mapping.
     """
     merged: dict[str, Any] = {}
     for path in paths:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig")) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must be a mapping at the top level")
+        data = read_yaml_mapping(path, "ZenML run config")
+        for key in (TRAIN_STEPS_KEY, "steps", "settings"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ConfigError(f"ZenML run config {path}: {key} must be a mapping, got {data[key]!r}")
         merged = deep_merge(merged, data)
     train_settings = merged.pop(TRAIN_STEPS_KEY, None) or {}
     if train_settings:
         steps = merged.setdefault("steps", {})
         for step_id in train_step_ids:
-            steps[step_id] = deep_merge(train_settings, steps.get(step_id) or {})
+            # A deep copy each: steps must not share (and YAML must not alias) one settings dict.
+            steps[step_id] = deep_merge(copy.deepcopy(train_settings), steps.get(step_id) or {})
     destination = Path(destination)
     destination.write_text(yaml.safe_dump(merged, sort_keys=False))
     return destination

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from pydantic import BaseModel
 
+from components.errors import CxrError
 from components.metrics import SplitMetrics
 
 CHAMPION = "champion"
@@ -125,6 +126,25 @@ def decide_promotion(
         f"candidate {metric_key}={candidate_metric:.4f} does not exceed champion {champion_metric:.4f} "
         f"+ min_improvement {min_improvement:.4f} (needs > {needed:.4f}): champion kept"
     )
+
+
+class RegisteredModelNotFoundError(CxrError, LookupError):
+    """No version of a registered model holds the alias asked for (or the model does not exist)."""
+
+
+def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion:
+    """The version of `model_name` holding `alias`.
+
+    Raises:
+        RegisteredModelNotFoundError: no such model or alias; the message says how to get one.
+    """
+    version = current_champion(client, model_name, alias)
+    if version is None:
+        raise RegisteredModelNotFoundError(
+            f"no version of registered model {model_name!r} holds the alias {alias!r} in the registry at "
+            f"{mlflow.get_registry_uri()}; train one first (cxr train) or check --model-name, --alias and --workdir"
+        )
+    return version
 
 
 def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> ModelVersion | None:

@@ -31,6 +31,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT: the Keras model's artifact name
+from components.errors import CxrError
 from components.imaging import decode_image_bytes, encode_png, to_model_input
 from components.labels import labels_for_task
 
@@ -251,10 +252,36 @@ def log_pyfunc_model(
         )
 
 
+class PredictionInputError(CxrError, ValueError):
+    """An image given to `cxr predict` cannot be read or decoded; the message names it."""
+
+
 def predict_files(model_uri: str, paths: list[str | Path]) -> pd.DataFrame:
-    """Score image files with a logged/registered model (used by `cxr predict`)."""
+    """Score image files with a logged/registered model (used by `cxr predict`).
+
+    Args:
+        model_uri: an MLflow model URI (``models:/<name>@<alias>``).
+        paths: PNG/JPEG files.
+
+    Returns:
+        One row per file: ``path``, ``prob_<class>`` columns and ``label``.
+
+    Raises:
+        PredictionInputError: a file cannot be read, or the model cannot decode one
+            (every bad file is named; nothing is scored then).
+    """
+    encoded = []
+    for path in paths:
+        try:
+            encoded.append(encode_image_file(path))
+        except OSError as error:
+            raise PredictionInputError(f"cannot read {path}: {error.strerror or error}") from None
     model = mlflow.pyfunc.load_model(model_uri)
-    frame = pd.DataFrame({IMAGE_COLUMN: [encode_image_file(path) for path in paths]})
-    result = model.predict(frame)
+    try:
+        result = model.predict(pd.DataFrame({IMAGE_COLUMN: encoded}))
+    except MlflowException as error:
+        # The pyfunc names bad rows by index; say which files they are.
+        names = ", ".join(f"row {index} = {path}" for index, path in enumerate(paths))
+        raise PredictionInputError(f"{error.message} ({names})") from None
     result.insert(0, "path", [str(path) for path in paths])
     return result

@@ -45,7 +45,10 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({error.problem})") from None
     return overrides
 
 
@@ -70,8 +73,20 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_summary_path(path: str | None) -> None:
+    """Refuse a --summary-json path that cannot be written, before the run rather than after it."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"--summary-json {path} is a folder; give a file name")
+    if not target.parent.is_dir():
+        raise ConfigError(f"--summary-json {path}: folder {target.parent} does not exist")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, _parse_overrides(args.set))
+    _check_summary_path(args.summary_json)
     paths = _environment(args.workdir)
     from cxr.runner import run_training
 
@@ -84,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, _parse_overrides(args.set))
+    _check_summary_path(args.summary_json)
     paths = _environment(args.workdir)
     from cxr.runner import run_ablation
 
@@ -149,6 +165,7 @@ def _add_ablation_parser(commands) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Exit 0 when the data pass (warnings allowed), 1 when a blocking check failed."""
     config = load_run_config(args.config, _parse_overrides(args.set))
+    _check_summary_path(args.summary_json)
     paths = _environment(args.workdir)
     from components.validation import ManifestValidationError
     from cxr.runner import latest_run_id, run_validation, steward_outputs
@@ -202,15 +219,31 @@ def format_summary(summary: TrainingRunSummary, paths) -> str:
         f"MLflow run:        {summary.mlflow_run_id} (experiment '{summary.experiment}')",
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
-        "Serve champion:    .venv/bin/cxr serve   (then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
+        f"Serve champion:    .venv/bin/cxr{_workdir_option(paths)} serve   "
+        "(then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
         "=" * 72,
     ]
     return "\n".join(lines)
 
 
+def _registered_model_uri(args: argparse.Namespace) -> str:
+    """models:/<name>@<alias>, checked to exist (RegisteredModelNotFoundError otherwise)."""
+    from mlflow import MlflowClient
+
+    from components.registry import version_by_alias
+
+    version_by_alias(MlflowClient(), args.model_name, args.alias)
+    return f"models:/{args.model_name}@{args.alias}"
+
+
+def _workdir_option(paths) -> str:
+    """' --workdir DIR' when the run used another work folder than the default, else ''."""
+    return "" if Path(paths.workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {paths.workdir}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _environment(args.workdir)
-    uri = f"models:/{args.model_name}@{args.alias}"
+    uri = _registered_model_uri(args)
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     command = [
         str(mlflow_bin),
@@ -240,7 +273,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _environment(args.workdir)
     from components.serving import predict_files
 
-    uri = f"models:/{args.model_name}@{args.alias}"
+    uri = _registered_model_uri(args)
     frame = predict_files(uri, args.images)
     for path, (_, row) in zip(args.images, frame.iterrows(), strict=False):
         probabilities = {
@@ -320,10 +353,10 @@ ZENML_LOCAL_ORCHESTRATOR_LOGGER = "zenml.orchestrators.local.local_orchestrator"
 
 
 class _NoTracebackForUserErrors(logging.Filter):
-    """Drop the traceback from log records about a CxrError (keep the record)."""
+    """Drop the traceback from log records about a user-facing error (keep the record)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], CxrError):
+        if record.exc_info and _is_user_facing(record.exc_info[1]):
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -1,0 +1,129 @@
+"""User errors at the command line end with one `error:` line, before anything runs, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import ConfigError, load_run_config, merged_yaml_file, set_dotted
+from cxr.cli import main
+from tests.factories import write_noise_image
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = PROJECT_ROOT / "configs" / "quickstart.yaml"
+CXR = str(Path(sys.executable).with_name("cxr"))
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert lines[0].startswith("error: ")
+    return captured.err
+
+
+@pytest.mark.parametrize(
+    ("dotted", "message"),
+    [
+        ("backbones.5.weights", "backbones.5 needs a list index 0..0, got '5'"),
+        ("backbones.x.weights", "needs a list index"),
+        ("backbones.-1.weights", "needs a list index"),
+        ("training.epochs.x", "training.epochs holds the value 20, which has no field 'x'"),
+        ("training..epochs", "empty field name"),
+    ],
+)
+def test_set_names_the_path_that_does_not_exist(dotted, message):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        set_dotted(data, dotted, 1)
+
+
+def test_set_with_a_value_that_is_not_yaml_is_a_config_error(capsys):
+    code = main(["check-config", "--config", str(QUICKSTART), "--set", "training.epochs=[1,2"])
+    assert code == 2
+    assert "not valid YAML" in _error_line(capsys)
+
+
+def test_unreadable_run_config_files_are_named(tmp_path):
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text("name: x\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="utf16.yaml is not UTF-8 text"):
+        load_run_config(utf16)
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_run_config(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        load_run_config(empty)
+
+
+def test_a_label_map_outside_the_task_is_refused_when_the_config_loads(tmp_path):
+    data = yaml.safe_load(QUICKSTART.read_text())
+    data["data"]["sources"][0]["label_map"] = {"normal": "banana"}
+    path = tmp_path / "banana.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"data\.sources\.0\.label_map: .*'banana' is not a multiclass label"):
+        load_run_config(path)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ("train_steps: 3\n", "train_steps must be a mapping"),
+        ("steps: [1]\n", "steps must be a mapping"),
+        ("settings: [\n", "is not valid YAML"),
+        ("- a\n- b\n", "must be a mapping at the top level"),
+    ],
+)
+def test_a_bad_zenml_overlay_is_named(tmp_path, overlay, message):
+    path = tmp_path / "overlay.yaml"
+    path.write_text(overlay)
+    with pytest.raises(ConfigError, match=message):
+        merged_yaml_file([PROJECT_ROOT / "zenml_config.yaml", path], tmp_path / "merged.yaml", ["train_MobileNet"])
+
+
+def test_train_steps_get_their_own_settings_not_a_yaml_alias(tmp_path):
+    merged = merged_yaml_file([PROJECT_ROOT / "zenml_config.yaml"], tmp_path / "m.yaml", ["train_a", "train_b"])
+    text = merged.read_text()
+    assert "&id" not in text
+    assert "*id" not in text
+
+
+def test_summary_json_into_a_folder_is_refused_before_the_run(tmp_path, capsys):
+    code = main(["check-config", "--config", str(QUICKSTART)])  # the config itself is fine
+    assert code == 0
+    capsys.readouterr()
+    code = main(["--workdir", str(tmp_path / "w"), "train", "--config", str(QUICKSTART), "--summary-json", "/"])
+    assert code == 2
+    assert "is a folder" in _error_line(capsys)
+    assert not (tmp_path / "w" / "zenml_run_config.yaml").exists()  # nothing ran
+
+
+def test_predict_without_a_registered_model_says_so_in_one_line(tmp_path):
+    image = write_noise_image(tmp_path / "x.png")
+    result = subprocess.run(
+        [CXR, "--workdir", str(tmp_path / "empty-work"), "predict", str(image)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no version of registered model 'cxr-classifier'")
+
+
+@pytest.mark.slow
+def test_a_missing_source_folder_ends_cxr_train_without_any_traceback(local_stack, tmp_path):
+    missing = tmp_path / "nowhere"
+    command = [CXR, "--workdir", str(local_stack.workdir), "train", "--config", str(QUICKSTART)]
+    command += ["--set", "data.synthetic=null", "--set", f"data.sources.0.root={missing}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout  # ZenML logs the failed step with its message, not its trace
