@@ -630,11 +630,18 @@ def copy_backbone_weights(source_file: str | Path, base, spec: BackboneSpec, ima
         source: How the user named the weights (for messages).
 
     Raises:
-        IncompatibleWeightsError: Another backbone, input size or alpha.
+        IncompatibleWeightsError: Not a readable .keras file, or another backbone, input size or alpha.
     """
     import keras
 
-    source_model = keras.saving.load_model(str(source_file), compile=False)
+    try:
+        source_model = keras.saving.load_model(str(source_file), compile=False)
+    except (ValueError, OSError) as error:
+        # Keras says "File not found" for any file that is not a readable .keras archive.
+        raise IncompatibleWeightsError(
+            f"cannot read {source} as a .keras model ({type(error).__name__}); expected a classifier saved by "
+            "this project (model.keras)"
+        ) from None
     backbone, size = _source_identity(source_model, _registered_contract(Path(source_file)))
     if backbone != spec.name or (size is not None and size != image_size):
         raise IncompatibleWeightsError(

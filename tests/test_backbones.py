@@ -393,3 +393,10 @@ def test_backbone_config_rejects(fields, message):
 
     with pytest.raises(ValidationError, match=message):
         BackboneConfig(**{"name": "MobileNetV2", **fields})
+
+
+def test_a_corrupt_keras_file_is_named_not_reported_missing(tmp_path):
+    junk = tmp_path / "junk.keras"
+    junk.write_text("junk")
+    with pytest.raises(IncompatibleWeightsError, match="cannot read .*junk.keras as a .keras model"):
+        build_classifier("MobileNet", 3, 32, weights=str(junk), alpha=0.25)

@@ -195,6 +195,18 @@ def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
     assert sum(json.loads(probabilities).values()) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_cxr_predict_names_a_file_it_cannot_decode(trained, local_stack, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    command = [CXR, "--workdir", str(local_stack.workdir), "predict", "--model-name", MODEL_NAME, str(fake)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=dict(os.environ))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 1 images could not be decoded")
+    assert str(fake) in last
+
+
 def test_blocking_validation_failure_stops_the_run_with_a_summary(trained, local_stack, tmp_path, capsys):
     config = tiny_config(trained["data_root"], validation={"min_images_per_class": 1000})
     del config["data"]["synthetic"]
