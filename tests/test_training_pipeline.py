@@ -195,14 +195,16 @@ def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
     assert sum(json.loads(probabilities).values()) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_cxr_predict_names_a_file_it_cannot_decode(trained, local_stack, tmp_path):
+def test_cxr_predict_names_a_file_it_cannot_decode(trained, local_stack, tmp_path, capsys):
+    from cxr.cli import main
+
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
-    command = [CXR, "--workdir", str(local_stack.workdir), "predict", "--model-name", MODEL_NAME, str(fake)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=dict(os.environ))
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    code = main(["--workdir", str(local_stack.workdir), "predict", "--model-name", MODEL_NAME, str(fake)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: 1 of 1 images could not be decoded")
     assert str(fake) in last
 
