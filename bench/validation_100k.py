@@ -211,8 +211,9 @@ def run_benchmark(rows: int) -> tuple[list[tuple[str, float, float]], dict]:
 
 def real_phash_distances(datasets: Path, max_distance: int = 12) -> tuple[str, dict]:
     """Pairwise pHash distances of the readable real images; a markdown table 0..max_distance."""
+    from components.candidates import read_metadata_csv
     from components.image_info import describe_uri
-    from components.manifest import build_manifest, read_metadata_csv
+    from components.manifest import build_manifest
     from components.sources import Ieee8023Options
 
     start = time.perf_counter()

@@ -28,19 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.candidates import (
-    ADULT,
-    IMAGE_EXTENSIONS,
-    LATERAL_VIEWS,
-    PEDIATRIC,
-    UNKNOWN_VIEW,
-    SourceError,
-    age_group_from_age,
-    candidate,
-    is_image_name,
-    read_metadata_csv,
-    read_metadata_text,
-)
+from components.candidates import SourceError
 from components.image_info import NO_FILE, describe_uris
 from components.labels import (
     EXCLUDE_DUPLICATE,
@@ -58,36 +46,9 @@ from components.labels import (
     EXCLUDE_UNKNOWN_FINDING,
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
-    finding_to_label,
 )
 from components.sources import SourceOptions, get_source_kind
 from components.storage import is_s3_uri, root_is_dir
-
-__all__ = [
-    "ADULT",
-    "EXCLUSION_PRECEDENCE",
-    "IMAGE_EXTENSIONS",
-    "LATERAL_VIEWS",
-    "MANIFEST_COLUMNS",
-    "PEDIATRIC",
-    "UNKNOWN_VIEW",
-    "SourceError",
-    "age_group_from_age",
-    "build_manifest",
-    "candidate",
-    "dataset_version",
-    "exclusion_summary",
-    "finding_to_label",
-    "first_reason",
-    "included",
-    "is_image_name",
-    "manifest_frame",
-    "mark_duplicate_rows",
-    "mark_duplicates",
-    "read_metadata_csv",
-    "read_metadata_text",
-    "source_candidates",
-]
 
 # Column order of every manifest DataFrame. `exclusion_reason` is "" for rows
 # that are used; excluded rows stay in the manifest with their reason.

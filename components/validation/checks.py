@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from components.candidates import LATERAL_VIEWS
 from components.labels import FILE_PROBLEM_REASONS
-from components.manifest import LATERAL_VIEWS
 from components.splitting import SPLITS
 from components.validation.settings import ValidationConfig
 from components.validation.severities import (

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from components.candidates import ADULT, PEDIATRIC
 from components.duplicates import exact_duplicate_groups, near_duplicate_pairs
 from components.labels import EXCLUDE_DUPLICATE
-from components.manifest import ADULT, MANIFEST_COLUMNS, PEDIATRIC
+from components.manifest import MANIFEST_COLUMNS
 from components.splitting import SPLITS
 from components.validation.report import Record, json_scalar
 from components.validation.severities import REQUIRED_COLUMNS
