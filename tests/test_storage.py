@@ -33,6 +33,19 @@ def new_bucket(server: dict) -> str:
     return name
 
 
+def uploader_client(server: dict):
+    """A plain boto3 S3 client of the test's own, to put objects the way another S3 client would."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=server["endpoint"],
+        aws_access_key_id=server["access_key"],
+        aws_secret_access_key=server["secret_key"],
+        region_name="us-east-1",
+    )
+
+
 def settle(server: dict) -> None:
     """Wait until files written straight into the served folder are listed (rclone's dir cache)."""
     time.sleep(server["settle_s"])
@@ -265,18 +278,11 @@ def test_s3_list_files_sorted_relative_paginated(s3_env):
 
 
 def test_s3_read_bytes_and_text_uploaded_and_on_disk(s3_env):
-    import boto3
 
     bucket = new_bucket(s3_env)
     image = png_bytes(7)
     write_bytes(Path(s3_env["dir"]) / bucket / "images" / "a.png", image)
-    uploader = boto3.client(
-        "s3",
-        endpoint_url=s3_env["endpoint"],
-        aws_access_key_id=s3_env["access_key"],
-        aws_secret_access_key=s3_env["secret_key"],
-        region_name="us-east-1",
-    )
+    uploader = uploader_client(s3_env)
     uploader.put_object(Bucket=bucket, Key="meta/metadata.csv", Body="\ufeffa,b\n1,2\n".encode())
     settle(s3_env)
 
@@ -431,7 +437,6 @@ def test_ieee8023_manifest_from_s3_matches_local(s3_env, tmp_path):
 
 
 def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
-    import boto3
 
     from components.manifest import build_manifest, included
     from components.sources import FolderOptions
@@ -446,13 +451,7 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
         "README.md": b"# ignored",
         "normal/.DS_Store": b"x",
     }
-    uploader = boto3.client(
-        "s3",
-        endpoint_url=s3_env["endpoint"],
-        aws_access_key_id=s3_env["access_key"],
-        aws_secret_access_key=s3_env["secret_key"],
-        region_name="us-east-1",
-    )
+    uploader = uploader_client(s3_env)
     uploader.create_bucket(Bucket=bucket)
     assert (Path(s3_env["dir"]) / bucket).is_dir()
     for name, data in files.items():
