@@ -198,7 +198,11 @@ class TrainingConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)  # per replica: with N GPUs the global batch is N x batch_size
     learning_rate: float = Field(1e-3, gt=0)
-    patience: int = Field(5, ge=1)  # EarlyStopping on val_loss, best weights restored
+    patience: int = Field(5, ge=1)  # EarlyStopping on `monitor`, best weights restored
+    # What early stopping and the best-epoch choice watch on the validation split. The
+    # unweighted val_loss picks an untrained model when one class dominates (seen on the
+    # public data: every image called COVID-19), so a balanced metric is the default.
+    monitor: Literal["val_f1_macro", "val_balanced_accuracy", "val_roc_auc", "val_loss"] = "val_f1_macro"
     # cosine: the learning rate decays to 0 over each phase's epochs (steadier end of training).
     lr_schedule: Literal["constant", "cosine"] = "constant"
     fine_tune_layers: int = Field(0, ge=0)  # 0: no phase 2
@@ -230,13 +234,91 @@ class TrainingConfig(_Strict):
         return self
 
 
+class ThresholdRule(_Strict):
+    """How the binary task's operating threshold on P(COVID-19) is chosen, on the validation split only.
+
+    ``youden``: the threshold maximising sensitivity + specificity - 1 (Youden 1950);
+    ``min_sensitivity``: the highest threshold whose validation sensitivity is at least
+    ``value``; ``fixed``: ``value`` itself. The multiclass task decides by argmax.
+    """
+
+    rule: Literal["youden", "min_sensitivity", "fixed"] = "youden"
+    value: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _value_fits_rule(self) -> ThresholdRule:
+        if self.rule == "youden" and self.value is not None:
+            raise ValueError("rule youden takes no value")
+        if self.rule != "youden" and self.value is None:
+            raise ValueError(f"rule {self.rule} needs a value between 0 and 1")
+        return self
+
+
+SliceColumn = Literal["source", "age_group", "view"]
+
+
+class EvaluationConfig(_Strict):
+    """How models are evaluated (components.metrics, components.bootstrap): threshold, CIs, slices, external data."""
+
+    threshold: ThresholdRule = ThresholdRule()
+    # Stratified patient-level bootstrap (resamples patients, not images).
+    bootstrap_resamples: int = Field(1000, ge=10)
+    confidence_level: float = Field(0.95, gt=0.5, lt=1)
+    # Equal-width bins over 0..1 for ECE, MCE and the reliability diagram.
+    calibration_bins: int = Field(10, ge=2, le=100)
+    slices: list[SliceColumn] = ["source", "age_group", "view"]
+    # Slices with fewer images are shown and marked small, and no gate criterion applies to them.
+    min_slice_size: int = Field(30, ge=1)
+    # Configured sources never used for training or model selection: evaluated in their own column.
+    external_sources: list[str] = []
+    # Correctly and wrongly classified test images shown in the evaluation card, per kind.
+    card_examples: int = Field(6, ge=0, le=50)
+
+
+class FloorCriterion(_Strict):
+    """An absolute floor: ``metric`` (its CI lower bound, or its point value) on ``on`` must be at least ``min``.
+
+    ``metric`` is a key of SplitMetrics.scalar: ``f1_macro``, ``roc_auc_macro``,
+    ``balanced_accuracy``, or per class ``sensitivity:COVID-19``, ``specificity:COVID-19`` ...
+    ``on: external`` applies the floor to every external source.
+    """
+
+    metric: str
+    min: float = Field(ge=0, le=1)
+    bound: Literal["lower", "point"] = "lower"
+    on: Literal["test", "external"] = "test"
+
+
+class GateConfig(_Strict):
+    """When a candidate becomes champion (TFX Evaluator: absolute floors plus a change threshold).
+
+    Every criterion is reported as passed or failed with its numbers; ``champion``
+    only when all pass. Floors apply to the first version too.
+    """
+
+    floors: list[FloorCriterion] = [
+        # No better than chance is never champion: ROC-AUC's 95% lower bound above 0.5.
+        FloorCriterion(metric="roc_auc_macro", min=0.5),
+        FloorCriterion(metric="balanced_accuracy", min=0.5, bound="point"),
+    ]
+    # superiority: the paired difference's CI lower bound on the primary metric must exceed
+    # min_improvement; non_inferiority: it must exceed -non_inferiority_margin.
+    comparison: Literal["superiority", "non_inferiority"] = "superiority"
+    min_improvement: float = Field(0.0, ge=0)
+    non_inferiority_margin: float = Field(0.02, ge=0, le=1)
+    # No slice with at least evaluation.min_slice_size images may lose more than this on the primary metric.
+    slice_tolerance: float = Field(0.05, ge=0, le=1)
+    # The ECE may not rise above the champion's by more than this.
+    calibration_tolerance: float = Field(0.02, ge=0, le=1)
+
+
 class RegistryConfig(_Strict):
-    """The MLflow registered model and the promotion rule (primary metric, minimum improvement)."""
+    """The MLflow registered model, the primary metric and the promotion gate."""
 
     model_name: str = Field("cxr-classifier", pattern=r"^[A-Za-z0-9_.-]+$")
-    primary_metric: Literal["f1_macro", "accuracy", "precision_macro", "recall_macro"] = "f1_macro"
-    # A challenger must beat the champion by more than this to take the alias.
-    min_improvement: float = Field(0.0, ge=0)
+    # Picks the backbone on validation, and is the metric the gate compares with the champion.
+    primary_metric: Literal["f1_macro", "balanced_accuracy", "roc_auc_macro", "accuracy"] = "f1_macro"
+    gate: GateConfig = GateConfig()
 
 
 class RunConfig(_Strict):
@@ -251,6 +333,7 @@ class RunConfig(_Strict):
     augmentation: AugmentationConfig = AugmentationConfig()
     backbones: list[BackboneConfig] = Field(..., min_length=1)
     training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
@@ -268,6 +351,19 @@ class RunConfig(_Strict):
                 label_map_for_task(self.task, source.label_map)
             except ValueError as error:
                 raise ValueError(f"data.sources.{index}.label_map: {error}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _external_sources_are_configured(self) -> RunConfig:
+        names = [source.name for source in self.data.sources]
+        unknown = [name for name in self.evaluation.external_sources if name not in names]
+        if unknown:
+            raise ValueError(
+                f"evaluation.external_sources: {', '.join(map(repr, unknown))} not among data.sources "
+                f"({', '.join(names)})"
+            )
+        if set(names) <= set(self.evaluation.external_sources):
+            raise ValueError("evaluation.external_sources: every source is external; none is left to train on")
         return self
 
     @property
