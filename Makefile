@@ -1,6 +1,6 @@
 # Two commands are all the set-up there is:
 #   make run    create .venv, install, set up the local ZenML stack, train on the synthetic dataset
-#   make test   run the test suite (creates .venv if missing)
+#   make test   run the test suite (creates .venv if missing; installs headless Chromium if missing)
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -12,7 +12,7 @@ export ZENML_ANALYTICS_OPT_IN := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run test setup lint lock clean ui
+.PHONY: install browser run test setup lint lock clean ui
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,15 @@ setup: install
 run: install
 	$(BIN)/cxr train --config $(CONFIG)
 
-test: install
+# Headless Chromium from Debian's packages, for the tests that open the HTML pages in a real
+# browser (tests/browser.py drives it with Playwright; no browser is downloaded). Does nothing
+# when `chromium` is on PATH; needs root (or sudo) and apt-get otherwise.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 # Style and architecture: ruff (lint + format, configured in pyproject.toml) and

@@ -8,6 +8,10 @@ A checkpoint folder holds one training in flight:
     epoch-0002.weights.h5      the best epoch's weights (EarlyStopping restores them), kept while
                                it is the best; when the last epoch is the best, its file serves both
 
+The best epoch is the one with the best value of the monitored validation
+metric (`TrainingConfig.monitor`: a balanced metric, higher is better, or
+val_loss, lower is better); the state records its name, mode and value.
+
 Files are written first, `state.json` last, so a process killed at any moment
 leaves either the previous consistent state or the new one; files that no
 state refers to are removed on the next save. The folder may be on S3: all
@@ -24,13 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 STATE_FILE = "state.json"
-STATE_VERSION = 1
+# 2: the best epoch is chosen on a named metric (monitor, mode, best_value); 1 had best_val_loss only.
+STATE_VERSION = 2
 
 
 def checkpoint_key(*parts: Any) -> str:
@@ -98,8 +104,10 @@ class TrainingState:
         epoch: completed epochs, both phases together.
         phase_start: global epoch at which the current phase began (phase 1: 0).
         phase1_epochs: epochs of phase 1, set once it has finished (early stopping may end it early).
-        best_val_loss: the lowest validation loss so far.
-        best_epoch: 1-based global epoch of best_val_loss.
+        monitor: the validation metric the best epoch is chosen on (a key of the epoch's logs).
+        mode: "max" (higher `monitor` is better) or "min" (lower is better, as val_loss).
+        best_value: the best value of `monitor` so far.
+        best_epoch: 1-based global epoch of best_value.
         wait: epochs since the last improvement (EarlyStopping's counter).
         reduce_lr: ReduceLROnPlateau's counters.
         weights: file name of the last epoch's weights in the folder.
@@ -114,8 +122,10 @@ class TrainingState:
     epoch: int = 0  # completed epochs, both phases together
     phase_start: int = 0  # global epoch at which the current phase began (phase 1: 0)
     phase1_epochs: int | None = None  # set when phase 1 has finished (early stopping may end it before `epochs`)
-    best_val_loss: float | None = None
-    best_epoch: int | None = None  # 1-based global epoch of best_val_loss
+    monitor: str = "val_loss"
+    mode: str = "min"  # "max": higher `monitor` is better; "min": lower is better
+    best_value: float | None = None  # best value of `monitor` so far
+    best_epoch: int | None = None  # 1-based global epoch of best_value
     wait: int = 0  # epochs since the last improvement (EarlyStopping)
     reduce_lr: dict[str, Any] = field(default_factory=dict)  # ReduceLROnPlateau counters
     weights: str | None = None  # file names inside the folder
@@ -124,41 +134,65 @@ class TrainingState:
     history: dict[str, list[float]] = field(default_factory=dict)
     version: int = STATE_VERSION
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"checkpoint state mode {self.mode!r}; valid: min, max")
+
     def to_json(self) -> str:
         """The state as JSON text (what ``state.json`` holds)."""
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> TrainingState:
-        """Read a state written by to_json.
+        """Read a state written by to_json (this version, or version 1, which chose epochs on val_loss).
 
         Args:
             text: the content of ``state.json``.
 
         Returns:
-            The state.
+            The state; a version 1 state comes back as version 2 with monitor val_loss, mode min
+            and its best_val_loss as best_value.
 
         Raises:
-            ValueError: the text is not JSON or its format version is not STATE_VERSION.
+            ValueError: the text is not JSON, its format version is neither 1 nor STATE_VERSION,
+                or its mode is not min or max.
             TypeError: its fields are not TrainingState's.
         """
         data = json.loads(text)
+        if data.get("version") == 1:  # chose the best epoch on the lowest val_loss
+            data = {**data, "monitor": "val_loss", "mode": "min", "version": STATE_VERSION}
+            data["best_value"] = data.pop("best_val_loss", None)
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"checkpoint state version {data.get('version')!r}, expected {STATE_VERSION}")
         return cls(**data)
+
+    def is_improvement(self, value: float | None) -> bool:
+        """Whether `value` of the monitored metric beats the best so far (strictly; NaN and None never do).
+
+        Args:
+            value: this epoch's value of `monitor`, or None when the logs lack it.
+
+        Returns:
+            True for the first finite value and for any value better than best_value in `mode`.
+        """
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
 
     def record_epoch(self, logs: dict[str, float], improved: bool) -> None:
         """Advance by one completed epoch.
 
         Args:
-            logs: the epoch's Keras logs; ``val_loss`` is read when `improved`.
-            improved: whether this epoch is the new best (the caller decides what counts).
+            logs: the epoch's Keras logs; `monitor` is read when `improved`.
+            improved: whether this epoch is the new best (the caller decides, e.g. with is_improvement).
         """
         self.epoch += 1
         for name, value in logs.items():
             self.history.setdefault(name, []).append(float(value))
         if improved:
-            self.best_val_loss = float(logs["val_loss"])
+            self.best_value = float(logs[self.monitor])
             self.best_epoch = self.epoch
             self.wait = 0
         else:

@@ -191,8 +191,9 @@ class TrainingConfig(_Strict):
     Phase 2 unfreezes the top `fine_tune_layers` layers of the backbone
     (BatchNorm layers stay frozen, in inference mode) and trains for up to
     `fine_tune_epochs` more at `fine_tune_learning_rate`. Both phases stop
-    early on val_loss and restore the best weights; phase 2 keeps phase 1's
-    weights unless it beats phase 1's best val_loss.
+    early on `monitor` (a balanced validation metric, higher is better, or
+    val_loss, lower is better) and restore the best epoch's weights; phase 2
+    keeps phase 1's weights unless it beats phase 1's best `monitor`.
     """
 
     epochs: int = Field(30, ge=1)
@@ -208,7 +209,7 @@ class TrainingConfig(_Strict):
     fine_tune_layers: int = Field(0, ge=0)  # 0: no phase 2
     fine_tune_epochs: int = Field(10, ge=0)
     fine_tune_learning_rate: float = Field(1e-5, gt=0)
-    # ReduceLROnPlateau on val_loss, off unless reduce_lr_patience is set. It
+    # ReduceLROnPlateau on `monitor`, off unless reduce_lr_patience is set. It
     # changes a float learning rate, so it needs lr_schedule: constant, and it
     # only acts if its patience is shorter than EarlyStopping's.
     reduce_lr_patience: int | None = Field(None, ge=1)

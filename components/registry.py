@@ -1,46 +1,98 @@
-"""Model registry: register versions and move the `champion` / `challenger` aliases.
+"""Model registry: register versions, move the `champion` / `challenger` aliases on evidence, keep a history.
 
-Every registered version carries, as version tags, the primary metric (name
-and value) and a fingerprint of the test split it was evaluated on, so that a
-later candidate is compared with the champion on the same footing without
-re-reading runs.
+A training run registers its best backbone (chosen on validation) as a new
+version, with its evidence: the predictions on the test split and on every
+external source, the decision rule chosen on validation, and the evaluation
+and gate settings (``Evidence``, logged as ``evaluation/evidence.json`` in the
+version's run). Promotion (``promote_with_gate``) then, under a registry-wide
+lock (``promotion_lock``):
 
-Rules (higher metric is better):
+1. re-reads the champion (another run may have moved it meanwhile);
+2. evaluates the champion on the candidate's own test split and external
+   sources (``champion_predictor``) with the champion's own recorded decision;
+3. applies the configured gate (components.gate) with paired bootstrap
+   differences on the same patients;
+4. moves the alias (``champion`` when every criterion passed, else
+   ``challenger``), stores the reasons and the criteria on the version, and
+   appends the move to the promotion history (registered-model tags
+   ``history.NNNNNN``, read by ``promotion_history``).
 
-- The first version of a model becomes champion (above an optional floor).
-- A later version becomes champion only if its metric is greater than the
-  champion's by more than `min_improvement`; otherwise it gets `challenger`.
-  Moving `champion` takes the alias from the old version, which keeps its
-  version number and tags.
-- If the champion was evaluated on a different test split (other
-  fingerprint), the numbers are not strictly comparable. Re-evaluating the
-  champion is out of scope here, so the same rule applies and the reason says
-  that the splits differ (the tag `split_mismatch` is set to "true").
+MLflow has no compare-and-set on aliases: the lock is a registered model named
+``<model>.promotion-lock`` whose creation is atomic in every MLflow store (a
+unique key in SQL stores; RESOURCE_ALREADY_EXISTS otherwise), so it works for
+a local store and for a shared tracking server alike.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
-import math
-from collections.abc import Iterable
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Literal
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from pydantic import BaseModel
 
+from components.assessment import Assessment, Predictions, assess
+from components.bootstrap import Difference, bootstrap_weights, paired_differences
+from components.config import EvaluationConfig, RegistryConfig
 from components.errors import CxrError
-from components.metrics import SplitMetrics
+from components.gate import TEST, GateCriterion, evaluate_gate
+from components.metrics import Decision, SplitMetrics
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_METRIC_KEY = "primary_metric"
 TAG_METRIC_VALUE = "primary_metric_value"
 TAG_FINGERPRINT = "test_split_fingerprint"
+TAG_DATASET_VERSION = "dataset_version"
+TAG_DECISION = "decision"  # the Decision (JSON) chosen on validation, applied unchanged to any later data
+TAG_BACKBONE = "backbone"
 TAG_REASON = "promotion_reason"
-TAG_SPLIT_MISMATCH = "split_mismatch"
+TAG_CRITERIA = "promotion_criteria"  # JSON list of GateCriterion
+TAG_CARD = "evaluation_card"
+TAG_HEADLINE = "headline_metrics"  # JSON {key: [value, CI low, CI high]} on the test split
+TAG_ALIAS_HISTORY_PREFIX = "history."
+LOCK_SUFFIX = ".promotion-lock"
+EVIDENCE_ARTIFACT = "evaluation/evidence.json"
+INTENDED_USE = (
+    "Research use only. Not a medical device; not for diagnosis, triage or any clinical decision. "
+    "Trained and evaluated on public chest X-ray collections with known source confounding."
+)
+# MLflow limits tag values (5,000 characters in its SQL stores).
+_TAG_LIMIT = 4900
+
+
+class Evidence(BaseModel):
+    """What a version is judged on: its predictions and the settings they are read with.
+
+    ``predictions`` holds the test split first, then one entry per external
+    source ("external:<source>"). ``seed`` seeds the bootstrap.
+    """
+
+    decision: Decision
+    predictions: list[Predictions]
+    evaluation: EvaluationConfig
+    registry: RegistryConfig
+    seed: int
 
 
 class Registration(BaseModel):
@@ -54,26 +106,75 @@ class Registration(BaseModel):
     version: str
     model_uri: str
     backbone: str
+    task: str
     test_metrics: SplitMetrics
     val_metrics: SplitMetrics
     test_fingerprint: str
+    dataset_version: str
     mlflow_run_id: str
     candidates: dict[str, float]
+    evidence: Evidence
 
 
 class Promotion(BaseModel):
-    """Which alias a registered version got and why (the ZenML artifact `promotion`).
+    """Which alias a version got and why (the ZenML artifact `promotion`, and what `cxr promote` prints).
 
-    ``metric`` is the candidate's primary metric as read from its version tags
-    (None when missing).
+    ``criteria`` are the gate's, passed or failed with their numbers;
+    ``assessments`` the candidate's by split, ``champion_assessments`` the
+    champion's on the same images (None without a champion), ``differences``
+    the paired test-split differences candidate - champion by metric key.
     """
 
     model_name: str
     version: str
     alias: str  # CHAMPION or CHALLENGER
     promoted: bool
+    forced: bool = False
     reason: str
-    metric: float | None
+    criteria: list[GateCriterion]
+    champion_version: str | None  # the champion compared with, None when there was none
+    metric: float | None  # the candidate's primary metric on the test split
+    assessments: dict[str, Assessment]
+    champion_assessments: dict[str, Assessment] | None = None
+    differences: dict[str, Difference] = {}
+
+
+class AliasEvent(BaseModel):
+    """One alias move in the promotion history (``cxr models history``)."""
+
+    seq: int
+    time: str  # UTC, ISO 8601
+    alias: str
+    version: str
+    previous: str | None  # the version that held the alias before, None when none did
+    action: Literal["gate", "promote", "force", "rollback"]
+    who: str  # user@host
+    reason: str
+
+
+class RegistryUnavailableError(CxrError):
+    """The MLflow registry could not be reached or refused a write; the message names the step that failed."""
+
+
+class PromotionLockTimeoutError(CxrError):
+    """Another promotion held the registry's promotion lock for longer than the wait allowed."""
+
+
+class RollbackError(CxrError):
+    """No earlier champion to roll back to, or the version asked for does not exist."""
+
+
+def who() -> str:
+    """user@host of this process, recorded with every alias move."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def split_fingerprint(keys: Iterable[str]) -> str:
@@ -87,45 +188,6 @@ def split_fingerprint(keys: Iterable[str]) -> str:
     """
     digest = hashlib.sha256("\n".join(sorted(set(keys))).encode("utf-8"))
     return digest.hexdigest()[:16]
-
-
-def decide_promotion(
-    candidate_metric: float,
-    champion_metric: float | None,
-    min_improvement: float = 0.0,
-    metric_key: str = "metric",
-    min_metric: float | None = None,
-) -> tuple[bool, str]:
-    """Decide whether a candidate takes the champion alias (the module docstring's rules); no MLflow calls.
-
-    Args:
-        candidate_metric: the candidate's primary metric (higher is better); None or NaN is never promoted.
-        champion_metric: the champion's, or None (or NaN) when there is no champion.
-        min_improvement: the candidate must beat the champion by more than this.
-        metric_key: the metric's name, for the reason.
-        min_metric: optional floor below which nothing is promoted.
-
-    Returns:
-        (promote, reason): whether to promote, and a sentence with the numbers.
-    """
-    if candidate_metric is None or math.isnan(candidate_metric):
-        return False, f"candidate {metric_key} is missing or NaN: not promoted"
-    if min_metric is not None and candidate_metric < min_metric:
-        return False, (
-            f"candidate {metric_key}={candidate_metric:.4f} is below the floor {min_metric:.4f}: not promoted"
-        )
-    if champion_metric is None or math.isnan(champion_metric):
-        return True, f"no champion to compare with: first candidate promoted ({metric_key}={candidate_metric:.4f})"
-    needed = champion_metric + min_improvement
-    if candidate_metric > needed:
-        return True, (
-            f"candidate {metric_key}={candidate_metric:.4f} > champion {champion_metric:.4f} "
-            f"+ min_improvement {min_improvement:.4f}: promoted"
-        )
-    return False, (
-        f"candidate {metric_key}={candidate_metric:.4f} does not exceed champion {champion_metric:.4f} "
-        f"+ min_improvement {min_improvement:.4f} (needs > {needed:.4f}): champion kept"
-    )
 
 
 class RegisteredModelNotFoundError(CxrError, LookupError):
@@ -169,49 +231,59 @@ def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPIO
         raise
 
 
-def version_metric(client: MlflowClient, version: ModelVersion, metric_key: str) -> float | None:
-    """Read a version's metric: from its tags (register_version), else from the run that produced it.
+def _is_not_found(error: MlflowException) -> bool:
+    # A missing model is RESOURCE_DOES_NOT_EXIST; the SQL store reports a missing
+    # alias as INVALID_PARAMETER_VALUE ("Registered model alias ... not found").
+    if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        return True
+    return error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and "alias" in error.message.lower()
+
+
+def _is_already_exists(error: MlflowException) -> bool:
+    return error.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _TAG_LIMIT else text[: _TAG_LIMIT - 15] + " ... (clipped)"
+
+
+def decision_of(version: ModelVersion) -> Decision:
+    """The decision rule recorded on a version (argmax for versions registered before rules were recorded).
 
     Args:
-        client: MLflow client of the registry.
-        version: the model version.
-        metric_key: the metric's name.
+        version: a registered version.
 
     Returns:
-        The value, or None when neither the tags nor the run have it.
+        Its Decision.
     """
-    tags = version.tags or {}
-    if tags.get(TAG_METRIC_KEY) == metric_key and TAG_METRIC_VALUE in tags:
-        return float(tags[TAG_METRIC_VALUE])
-    if version.run_id:
-        value = client.get_run(version.run_id).data.metrics.get(metric_key)
-        return None if value is None else float(value)
-    return None
-
-
-def champion_metric(client: MlflowClient, model_name: str, metric_key: str, alias: str = CHAMPION) -> float | None:
-    """The metric of the version holding `alias` (version_metric), or None when there is none."""
-    champion = current_champion(client, model_name, alias)
-    return None if champion is None else version_metric(client, champion, metric_key)
+    raw = (version.tags or {}).get(TAG_DECISION)
+    return Decision.model_validate_json(raw) if raw else Decision(rule="argmax")
 
 
 def register_version(
     model_uri: str,
     model_name: str,
+    *,
+    backbone: str,
+    decision: Decision,
     metric_key: str,
     metric_value: float,
     test_fingerprint: str,
+    dataset_version: str,
 ) -> ModelVersion:
-    """Register a logged model as a new version tagged with its metric and test-split fingerprint.
+    """Register a logged model as a new version, tagged with what promotion and reviewers need.
 
     Uses the globally configured registry (mlflow.set_registry_uri / tracking URI).
 
     Args:
         model_uri: the logged model (``runs:/<run id>/<path>`` or ``models:/...``).
         model_name: registered model name (created if missing).
-        metric_key: the primary metric's name (tag TAG_METRIC_KEY).
-        metric_value: its value on the test split (tag TAG_METRIC_VALUE).
-        test_fingerprint: split_fingerprint of the test split (tag TAG_FINGERPRINT).
+        backbone: the backbone's name.
+        decision: the decision rule chosen on validation (tag TAG_DECISION, JSON).
+        metric_key: the primary metric's name.
+        metric_value: its value on the test split (NaN when undefined).
+        test_fingerprint: split_fingerprint of the test split.
+        dataset_version: components.manifest.dataset_version of the run's manifest.
 
     Returns:
         The new ModelVersion.
@@ -223,77 +295,469 @@ def register_version(
             TAG_METRIC_KEY: metric_key,
             TAG_METRIC_VALUE: repr(float(metric_value)),
             TAG_FINGERPRINT: test_fingerprint,
+            TAG_DATASET_VERSION: dataset_version,
+            TAG_DECISION: decision.model_dump_json(),
+            TAG_BACKBONE: backbone,
         },
     )
 
 
-def promote_version(
+# ---------------------------------------------------------------- the promotion lock
+
+
+@contextmanager
+def promotion_lock(
     client: MlflowClient,
     model_name: str,
-    version: str | int,
-    metric_key: str,
-    min_improvement: float = 0.0,
-    min_metric: float | None = None,
-) -> Promotion:
-    """Compare a registered, tagged version with the champion and set its alias and reason.
+    timeout_s: float = 600.0,
+    stale_after_s: float = 3600.0,
+    poll_s: float = 0.2,
+) -> Iterator[str]:
+    """Hold the registry-wide promotion lock of `model_name` (module docstring).
+
+    A lock older than `stale_after_s` (its holder was killed) is broken, and
+    breaking it is logged in the lock's place by the next holder; two waiters
+    breaking the same stale lock at once is the one race left (both then
+    compete for a fresh lock, and one may delete the other's: keep
+    `stale_after_s` far above the longest promotion).
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: the registered model whose aliases are protected.
+        timeout_s: how long to wait for the lock.
+        stale_after_s: age in seconds after which a held lock counts as abandoned.
+        poll_s: mean wait between attempts (jittered).
+
+    Yields:
+        The lock holder's description (who, pid, since).
+
+    Raises:
+        PromotionLockTimeoutError: the lock stayed held for `timeout_s`.
+        mlflow.exceptions.MlflowException: the registry failed otherwise (callers name the step).
+    """
+    lock_name = f"{model_name}{LOCK_SUFFIX}"
+    token = uuid.uuid4().hex
+    holder = f"{who()} pid {os.getpid()} since {_now()} token {token}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(lock_name, tags={"cxr.lock": "promotion"}, description=holder)
+            break
+        except MlflowException as error:
+            if not _is_already_exists(error):
+                raise
+        held = _lock_holder(client, lock_name)
+        if held is not None and time.time() - held[1] > stale_after_s:
+            _delete_lock(client, lock_name, held[0])
+            continue
+        if time.monotonic() > deadline:
+            raise PromotionLockTimeoutError(
+                f"another promotion of {model_name!r} holds the lock {lock_name!r} "
+                f"({held[0] if held else 'released meanwhile'}); waited {timeout_s:.0f} s. If its process "
+                f"was killed, delete the registered model {lock_name!r} in the MLflow UI"
+            )
+        time.sleep(poll_s * (0.5 + random.random()))
+    try:
+        yield holder
+    finally:
+        _delete_lock(client, lock_name, holder)
+
+
+def _lock_holder(client: MlflowClient, lock_name: str) -> tuple[str, float] | None:
+    try:
+        model = client.get_registered_model(lock_name)
+    except MlflowException as error:
+        if _is_not_found(error):
+            return None
+        raise
+    return model.description or "", model.creation_timestamp / 1000.0
+
+
+def _delete_lock(client: MlflowClient, lock_name: str, holder: str) -> None:
+    """Delete the lock if `holder` still holds it (checked first, to spare a lock taken meanwhile)."""
+    held = _lock_holder(client, lock_name)
+    if held is None or held[0] != holder:
+        return
+    try:
+        client.delete_registered_model(lock_name)
+    except MlflowException as error:
+        if not _is_not_found(error):
+            raise
+
+
+# ---------------------------------------------------------------- aliases and their history
+
+
+def promotion_history(client: MlflowClient, model_name: str) -> list[AliasEvent]:
+    """Every alias move recorded for `model_name`, oldest first.
 
     Args:
         client: MLflow client of the registry.
         model_name: registered model name.
-        version: the candidate version (registered by register_version, so tagged with its metric).
-        metric_key: the primary metric (higher is better).
-        min_improvement: the candidate must beat the champion by more than this.
-        min_metric: optional floor below which nothing is promoted.
 
     Returns:
-        The Promotion; the alias and the version tag `promotion_reason` are set in the registry.
-
-    Raises:
-        mlflow.exceptions.MlflowException: the model or version does not exist.
+        The events (empty when the model has none or does not exist).
     """
-    version = str(version)
-    candidate = client.get_model_version(model_name, version)
-    candidate_value = version_metric(client, candidate, metric_key)
-    champion = current_champion(client, model_name)
-    # Stores disagree on the type of ModelVersion.version (str vs int): compare as str.
-    if champion is not None and str(champion.version) == version:
-        promote, reason = True, f"version {version} already holds the {CHAMPION} alias"
-        mismatch = False
-    else:
-        champion_value = None if champion is None else version_metric(client, champion, metric_key)
-        promote, reason = decide_promotion(
-            float("nan") if candidate_value is None else candidate_value,
-            champion_value,
-            min_improvement,
-            metric_key=metric_key,
-            min_metric=min_metric,
-        )
-        if champion is not None:
-            reason = f"vs champion v{champion.version}: {reason}"
-        mismatch = champion is not None and _fingerprint(champion) != _fingerprint(candidate)
-        if mismatch:
-            reason += (
-                f" [test splits differ: champion {_fingerprint(champion) or 'unknown'}, candidate "
-                f"{_fingerprint(candidate) or 'unknown'}; champion not re-evaluated, compared as is]"
-            )
-    alias = CHAMPION if promote else CHALLENGER
+    try:
+        tags = client.get_registered_model(model_name).tags or {}
+    except MlflowException as error:
+        if _is_not_found(error):
+            return []
+        raise
+    events = [AliasEvent.model_validate_json(v) for k, v in tags.items() if k.startswith(TAG_ALIAS_HISTORY_PREFIX)]
+    return sorted(events, key=lambda event: event.seq)
+
+
+def move_alias(
+    client: MlflowClient,
+    model_name: str,
+    alias: str,
+    version: str,
+    *,
+    action: Literal["gate", "promote", "force", "rollback"],
+    reason: str,
+) -> AliasEvent:
+    """Point `alias` at `version` and append the move to the history. Call under promotion_lock.
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: registered model name.
+        alias: CHAMPION or CHALLENGER.
+        version: the version that gets it.
+        action: what moved it (the training gate, a manual promotion, a forced one, a rollback).
+        reason: why, in words.
+
+    Returns:
+        The recorded AliasEvent.
+    """
+    holder = current_champion(client, model_name, alias)
+    previous = None if holder is None else str(holder.version)
+    seq = len(promotion_history(client, model_name)) + 1
+    event = AliasEvent(
+        seq=seq,
+        time=_now(),
+        alias=alias,
+        version=str(version),
+        previous=previous,
+        action=action,
+        who=who(),
+        reason=_clip(reason),
+    )
     # set_registered_model_alias moves the alias: the previous holder loses it.
-    client.set_registered_model_alias(model_name, alias, version)
-    client.set_model_version_tag(model_name, version, TAG_REASON, reason)
-    if mismatch:
-        client.set_model_version_tag(model_name, version, TAG_SPLIT_MISMATCH, "true")
-    return Promotion(
-        model_name=model_name, version=version, alias=alias, promoted=promote, reason=reason, metric=candidate_value
+    client.set_registered_model_alias(model_name, alias, str(version))
+    client.set_registered_model_tag(model_name, f"{TAG_ALIAS_HISTORY_PREFIX}{seq:06d}", event.model_dump_json())
+    return event
+
+
+def model_description(task: str, class_names: list[str], registry: RegistryConfig) -> str:
+    """The registered model's description in the MLflow UI: task, classes, intended use, how versions are promoted.
+
+    Args:
+        task: binary or multiclass.
+        class_names: the classes in model output order.
+        registry: the registry settings (primary metric, gate).
+
+    Returns:
+        Markdown text.
+    """
+    gate = registry.gate
+    floors = "; ".join(
+        f"{f.metric} ({'95% CI lower bound' if f.bound == 'lower' else 'point'}) on {f.on} >= {f.min}"
+        for f in gate.floors
+    )
+    change = f"paired-bootstrap difference in {registry.primary_metric} vs the champion, lower bound > " + (
+        f"{gate.min_improvement}"
+        if gate.comparison == "superiority"
+        else f"-{gate.non_inferiority_margin} (non-inferiority)"
+    )
+    return (
+        f"Chest X-ray classifier, {task} task: {', '.join(class_names)} (model output order).\n\n"
+        f"**Intended use:** {INTENDED_USE}\n\n"
+        "**Promotion:** every training run registers its best backbone (chosen on validation). It becomes "
+        "`champion` only when every gate criterion passes, else `challenger`: the data gate; floors "
+        f"({floors or 'none'}); against the current champion, re-evaluated on the candidate's own test "
+        f"split and external sources: {change}; no slice losing more than {gate.slice_tolerance}; ECE not "
+        f"rising more than {gate.calibration_tolerance}. Manual moves: `cxr promote VERSION --reason TEXT`, "
+        "`cxr rollback`; every move is in the registered model's `history.*` tags (`cxr models history`)."
     )
 
 
-def _is_not_found(error: MlflowException) -> bool:
-    # A missing model is RESOURCE_DOES_NOT_EXIST; the SQL store reports a missing
-    # alias as INVALID_PARAMETER_VALUE ("Registered model alias ... not found").
-    if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-        return True
-    return error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and "alias" in error.message.lower()
+def version_description(promotion: Promotion, backbone: str, dataset_version: str, card_uri: str | None) -> str:
+    """A version's description in the MLflow UI: backbone, data, gated metrics with CIs, the decision, the card.
+
+    Args:
+        promotion: the gate's outcome for this version.
+        backbone: the backbone's name.
+        dataset_version: the training run's dataset version.
+        card_uri: where the evaluation card is (None when not written).
+
+    Returns:
+        Markdown text.
+    """
+    lines = [
+        f"**{promotion.alias}** ({'forced' if promotion.forced else 'gate'}): {promotion.reason}",
+        "",
+        f"Backbone {backbone}; dataset version {dataset_version}.",
+        "",
+        "| split | metric | value | 95% CI |",
+        "| --- | --- | --- | --- |",
+    ]
+    for split, assessment in promotion.assessments.items():
+        for key in _headline_keys(assessment.metrics.class_names):
+            value = assessment.metrics.scalar(key)
+            interval = assessment.intervals.get(key)
+            ci = "" if interval is None or interval.low is None else f"{interval.low:.3f} to {interval.high:.3f}"
+            lines.append(f"| {split} | {key} | {'' if np.isnan(value) else f'{value:.3f}'} | {ci} |")
+    lines += ["", "Criteria:"]
+    lines += [f"- {'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in promotion.criteria]
+    if card_uri:
+        lines += ["", f"Evaluation card: {card_uri}"]
+    return "\n".join(lines)
 
 
-def _fingerprint(version: ModelVersion) -> str | None:
-    return (version.tags or {}).get(TAG_FINGERPRINT)
+def headline_json(assessment: Assessment) -> str:
+    """The headline metrics of one assessment as JSON {key: [value, CI low, CI high]} (None when undefined).
+
+    Args:
+        assessment: usually the test split's.
+
+    Returns:
+        Compact JSON, short enough for an MLflow tag.
+    """
+    out = {}
+    for key in _headline_keys(assessment.metrics.class_names):
+        value = assessment.metrics.scalar(key)
+        interval = assessment.intervals.get(key)
+        out[key] = [
+            None if np.isnan(value) else round(value, 4),
+            None if interval is None or interval.low is None else round(interval.low, 4),
+            None if interval is None or interval.high is None else round(interval.high, 4),
+        ]
+    return json.dumps(out)
+
+
+def _headline_keys(class_names: list[str]) -> list[str]:
+    # Balanced numbers first: accuracy tracks prevalence.
+    per_class = [f"{stat}:{name}" for name in class_names for stat in ("sensitivity", "specificity")]
+    return [*per_class, "f1_macro", "roc_auc_macro", "balanced_accuracy", "ece"]
+
+
+# ---------------------------------------------------------------- promotion on evidence
+
+ChampionPredictor = Callable[[ModelVersion, list[Predictions]], list[Predictions]]
+
+
+def assess_all(evidence: Evidence, decision: Decision, predictions: list[Predictions]) -> dict[str, Assessment]:
+    """Assess each split's predictions with the bootstrap settings of `evidence`.
+
+    Args:
+        evidence: the candidate's evidence (evaluation settings, seed).
+        decision: the decision rule of the model that made `predictions`.
+        predictions: one entry per split (test, external:<source>).
+
+    Returns:
+        Assessments by split name.
+    """
+    return {p.split: assess(p, decision, evidence.evaluation, evidence.seed) for p in predictions}
+
+
+def promote_with_gate(
+    client: MlflowClient,
+    model_name: str,
+    version: str,
+    evidence: Evidence,
+    champion_predictor: ChampionPredictor,
+    *,
+    action: Literal["gate", "promote"] = "gate",
+    note: str = "",
+    force: bool = False,
+    data_gate_passed: bool = True,
+    lock_timeout_s: float = 600.0,
+) -> Promotion:
+    """Judge a registered version against the current champion on the same data and move the aliases.
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: registered model name.
+        version: the candidate version.
+        evidence: its predictions (test first, then external sources) and settings.
+        champion_predictor: predicts with a version on the images of the given predictions
+            (same order, same splits); called under the lock for the champion.
+        action: "gate" from a training run, "promote" from `cxr promote`.
+        note: the person's reason for a manual promotion, recorded with it.
+        force: give `champion` even when criteria fail (recorded as forced).
+        data_gate_passed: whether the data gate passed.
+        lock_timeout_s: how long to wait for another promotion to finish.
+
+    Returns:
+        The Promotion; alias, reason and criteria tags are set in the registry and the move is in the history.
+
+    Raises:
+        PromotionLockTimeoutError: another promotion held the lock too long.
+        RegistryUnavailableError: the registry could not be read or written; no alias moved
+            unless the failure came after the move (the message says which step failed).
+    """
+    version = str(version)
+    judged = [p for p in evidence.predictions if p.split != "val"]
+    assessments = assess_all(evidence, evidence.decision, judged)  # before the lock: it does not need the champion
+    metric = evidence.registry.primary_metric
+    step = "taking the promotion lock"
+    try:
+        with promotion_lock(client, model_name, timeout_s=lock_timeout_s):
+            step = "reading the champion"
+            champion = current_champion(client, model_name)
+            if champion is not None and str(champion.version) == version:
+                return _already_champion(model_name, version, assessments, metric)
+            champion_assessments, differences, champion_version = None, {}, None
+            if champion is not None:
+                champion_version = str(champion.version)
+                step = f"re-evaluating champion v{champion_version}"
+                theirs = [p.aligned(q) for p, q in zip(judged, champion_predictor(champion, judged), strict=True)]
+                champion_decision = decision_of(champion)
+                champion_assessments = assess_all(evidence, champion_decision, theirs)
+                differences = _test_differences(evidence, judged, theirs, champion_decision)
+            gate = evaluate_gate(
+                assessments,
+                evidence.registry.gate,
+                metric,
+                evidence.evaluation.min_slice_size,
+                champion=champion_assessments,
+                differences=differences,
+                champion_version=champion_version,
+                data_gate_passed=data_gate_passed,
+            )
+            promoted = gate.promote or force
+            reason = gate.reason if not force or gate.promote else f"FORCED despite the gate: {gate.reason}"
+            if note:
+                reason = f"{reason} | note: {note}"
+            alias = CHAMPION if promoted else CHALLENGER
+            step = f"moving the {alias} alias"
+            move_alias(
+                client,
+                model_name,
+                alias,
+                version,
+                action="force" if force and not gate.promote else action,
+                reason=reason,
+            )
+            step = "recording the reasons"
+            client.set_model_version_tag(model_name, version, TAG_REASON, _clip(reason))
+            client.set_model_version_tag(
+                model_name, version, TAG_CRITERIA, _clip(json.dumps([c.model_dump() for c in gate.criteria]))
+            )
+            if TEST in assessments:
+                client.set_model_version_tag(model_name, version, TAG_HEADLINE, headline_json(assessments[TEST]))
+    except (MlflowException, OSError) as error:  # OSError: connection refused or reset
+        raise _unavailable(f"promotion of {model_name} v{version}", step, error) from None
+    test = assessments.get(TEST)
+    return Promotion(
+        model_name=model_name,
+        version=version,
+        alias=alias,
+        promoted=promoted,
+        forced=force and not gate.promote,
+        reason=reason,
+        criteria=gate.criteria,
+        champion_version=champion_version,
+        metric=None if test is None else test.metrics.scalar(metric),
+        assessments=assessments,
+        champion_assessments=champion_assessments,
+        differences=differences,
+    )
+
+
+def _already_champion(model_name: str, version: str, assessments: dict[str, Assessment], metric: str) -> Promotion:
+    test = assessments.get(TEST)
+    return Promotion(
+        model_name=model_name,
+        version=version,
+        alias=CHAMPION,
+        promoted=True,
+        reason=f"version {version} already holds the {CHAMPION} alias",
+        criteria=[],
+        champion_version=version,
+        metric=None if test is None else test.metrics.scalar(metric),
+        assessments=assessments,
+    )
+
+
+def _test_differences(
+    evidence: Evidence, mine: list[Predictions], theirs: list[Predictions], champion_decision: Decision
+) -> dict[str, Difference]:
+    """Paired bootstrap differences (candidate - champion) on the test split, every gated key."""
+    by_split = {p.split: (p, q) for p, q in zip(mine, theirs, strict=True)}
+    if TEST not in by_split:
+        return {}
+    ours, other = by_split[TEST]
+    y_true, candidate = ours.arrays()
+    _, baseline = other.arrays()
+    weights = bootstrap_weights(ours.patient_ids, y_true, evidence.evaluation.bootstrap_resamples, evidence.seed)
+    return paired_differences(
+        y_true,
+        candidate,
+        evidence.decision,
+        baseline,
+        champion_decision,
+        ours.class_names,
+        weights,
+        level=evidence.evaluation.confidence_level,
+        n_bins=evidence.evaluation.calibration_bins,
+        keys=[evidence.registry.primary_metric, "ece"],
+    )
+
+
+def rollback(client: MlflowClient, model_name: str, reason: str, to_version: str | None = None) -> AliasEvent:
+    """Give `champion` back to the version that held it before the current one (or to `to_version`).
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: registered model name.
+        reason: why, recorded in the history.
+        to_version: a specific earlier version; default: the previous champion from the history.
+
+    Returns:
+        The recorded AliasEvent.
+
+    Raises:
+        RollbackError: no earlier champion is recorded, or `to_version` does not exist.
+    """
+    try:
+        return _rollback(client, model_name, reason, to_version)
+    except (MlflowException, OSError) as error:
+        raise _unavailable(f"rollback of {model_name}", "moving the champion alias", error) from None
+
+
+def _unavailable(what: str, step: str, error: Exception) -> RegistryUnavailableError:
+    detail = error.message if isinstance(error, MlflowException) else str(error)
+    return RegistryUnavailableError(
+        f"{what} failed while {step}; no alias moved unless the history says so "
+        f"(registry {mlflow.get_registry_uri()}): {detail}"
+    )
+
+
+def _rollback(client: MlflowClient, model_name: str, reason: str, to_version: str | None) -> AliasEvent:
+    with promotion_lock(client, model_name):
+        current = current_champion(client, model_name)
+        if to_version is None:
+            current_version = None if current is None else str(current.version)
+            to_version = _previous_champion(promotion_history(client, model_name), current_version)
+            if to_version is None:
+                raise RollbackError(
+                    f"no earlier champion of {model_name!r} is recorded in its promotion history "
+                    "(cxr models history); name a version with --to VERSION"
+                )
+        try:
+            client.get_model_version(model_name, str(to_version))
+        except MlflowException as error:
+            if _is_not_found(error):
+                raise RollbackError(f"{model_name!r} has no version {to_version}") from None
+            raise
+        return move_alias(client, model_name, CHAMPION, str(to_version), action="rollback", reason=reason)
+
+
+def _previous_champion(history: list[AliasEvent], current: str | None) -> str | None:
+    """The version that held `champion` before `current` took it last."""
+    for event in reversed(history):
+        if event.alias == CHAMPION and event.version == current:
+            return event.previous
+    return None

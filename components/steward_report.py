@@ -7,7 +7,8 @@ ValidationReports (components.validation); nothing here touches GX, and only
 * ``build_summary`` -> a ``StewardSummary`` (pydantic; ``model_dump(mode="json")``
   is summary.json): verdict and what blocked,
   counts, exclusions by reason, classes (counts, fractions), class x source,
-  class x age group, class x split, exact and near-duplicate pairs (uris,
+  class x age group, class x split, class x external source (the held-out
+  sources, evaluated only), exact and near-duplicate pairs (uris,
   distance, same patient?), patient and near-duplicate leaks across splits,
   every check with its severity and result, the Data Docs index.
 * ``render_html`` -> one HTML page with inline CSS and no external assets,
@@ -43,7 +44,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from components.labels import EXCLUDE_OUT_OF_TASK, EXCLUDE_UNKNOWN_FINDING, EXCLUDE_UNLABELLED, Task, labels_for_task
-from components.splitting import SPLITS
+from components.splitting import ALL_SPLITS, EVALUATION, EXTERNAL, SPLITS, TRAINING, DataPurpose
 from components.validation import Record, Severity, ValidationReport, used_rows
 
 EXCLUDED_COLUMNS: tuple[str, ...] = (
@@ -218,6 +219,10 @@ class StewardSummary(BaseModel):
     class_by_source: Crosstab
     class_by_age_group: Crosstab
     class_by_split: Crosstab | None
+    # What the drop is for (components.splitting): "evaluation" holds every image out (split "external").
+    purpose: DataPurpose = TRAINING
+    # Images per class and external source (split "external"); None when nothing is external.
+    class_by_external_source: Crosstab | None = None
     # Pairs and leaks from the validation reports (components.validation.tables).
     exact_duplicates: list[Record]
     near_duplicates: list[Record]
@@ -268,6 +273,7 @@ def build_summary(
     split_manifest: pd.DataFrame | None = None,
     split_report: ValidationReport | None = None,
     dataset_version: str | None = None,
+    purpose: DataPurpose = TRAINING,
 ) -> StewardSummary:
     """Everything a steward reads (see module doc).
 
@@ -278,6 +284,7 @@ def build_summary(
         split_manifest: Used rows with a `split` column; None before the split.
         split_report: `validate_split`'s report; None when the split was not checked.
         dataset_version: The data drop's version, shown in the header; None when not given.
+        purpose: "training", or "evaluation" for an evaluation-only drop (shown in the header).
 
     Returns:
         The summary; its verdict is BLOCKED when a blocking check of either report failed.
@@ -318,16 +325,24 @@ def build_summary(
     ]
 
     class_by_split = None
+    class_by_external_source = None
     split_counts = None
     if split_manifest is not None:
         split_frame = pd.DataFrame(
             {
                 "label": split_manifest["label"].fillna("").astype(str).to_numpy(),
                 "split": split_manifest["split"].fillna("").astype(str).to_numpy(),
+                "source": split_manifest["source"].fillna("").astype(str).to_numpy(),
             }
         )
-        class_by_split = _crosstab(split_frame, "label", "split", labels, SPLITS)
-        split_counts = {split: int(n) for split, n in split_frame["split"].value_counts().items()}
+        # Training splits in order (none for an evaluation drop), then "external" when present.
+        class_by_split = _crosstab(split_frame, "label", "split", labels, SPLITS if purpose == TRAINING else ())
+        per_split = split_frame["split"].value_counts()
+        order = [*(s for s in ALL_SPLITS if s in per_split.index), *(s for s in per_split.index if s not in ALL_SPLITS)]
+        split_counts = {str(split): int(per_split[split]) for split in order}
+        external = split_frame[split_frame["split"] == EXTERNAL]
+        if len(external):
+            class_by_external_source = _crosstab(external, "label", "source", labels)
 
     # Findings left out by the label map: what a steward may want to map next.
     findings = manifest.loc[reasons.isin(FINDING_REASONS), ["finding", "exclusion_reason"]].fillna("").astype(str)
@@ -362,6 +377,8 @@ def build_summary(
         class_by_source=_crosstab(frame, "label", "source", labels),
         class_by_age_group=_crosstab(frame, "label", "age_group", labels, AGE_GROUPS),
         class_by_split=class_by_split,
+        purpose=purpose,
+        class_by_external_source=class_by_external_source,
         exact_duplicates=list(manifest_listings.get("exact_duplicates", [])),
         near_duplicates=list(manifest_listings.get("near_duplicates", [])),
         patient_leaks=list(split_listings.get("patient_leaks", [])),
@@ -473,6 +490,9 @@ def _pairs_html(pairs: list[Record], with_split: bool = False, exact: bool = Fal
     return _table(headers, rows, numeric=(2,))
 
 
+_EVALUATION_NOTE = " (every image held out as external: not split, no training thresholds)"
+
+
 def render_html(summary: StewardSummary, link_base: str | Path | None = None) -> str:
     """One self-contained HTML page for `summary` (from build_summary); every data value escaped.
 
@@ -495,7 +515,8 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None) ->
         f"<h1>{_e(summary.title)}</h1>",
         f'<p class="muted">Task {_e(summary.task)} (labels {_e(", ".join(summary.labels))}); '
         f"dataset version {_e(summary.dataset_version or 'not given')}; "
-        f"generated {_e(summary.generated_at)}.</p>",
+        f"generated {_e(summary.generated_at)}; purpose {_e(summary.purpose)}"
+        f"{_EVALUATION_NOTE if summary.purpose == EVALUATION else ''}.</p>",
         f'<div class="banner {banner_class}">{_e(verdict)}: '
         f"{len(summary.blocked_by)} blocking failure(s), {len(summary.warnings)} warning(s)"
         f"{'' if summary.split_checked else '; split not checked yet'}</div>",
@@ -549,6 +570,13 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None) ->
     parts.append(_crosstab_html(summary.class_by_age_group, "class"))
     parts.append("<h2>Class &times; split</h2>")
     parts.append(_crosstab_html(summary.class_by_split, "class"))
+    if summary.class_by_external_source is not None:
+        parts.append("<h2>Class &times; external source</h2>")
+        parts.append(
+            '<p class="muted">External images are evaluated only: never trained on, augmented or used '
+            "for early stopping, model selection or the threshold.</p>"
+        )
+        parts.append(_crosstab_html(summary.class_by_external_source, "class"))
 
     parts.append("<h2>Checks</h2>")
     check_rows, check_classes = [], []
@@ -599,11 +627,19 @@ def summary_text(summary: StewardSummary) -> str:
     version = summary.dataset_version
     lines = [
         f"Data validation {summary.verdict} (task {summary.task}"
+        f"{', evaluation data' if summary.purpose == EVALUATION else ''}"
         f"{f', dataset version {version}' if version else ''}): {counts.total} rows, {counts.used} used, "
         f"{counts.excluded} excluded; {len(summary.blocked_by)} blocking failure(s), "
         f"{len(summary.warnings)} warning(s)" + ("" if summary.split_checked else "; split not checked"),
         "Classes:    " + ", ".join(f"{c.label} {c.count} ({c.fraction:.1%})" for c in summary.classes),
     ]
+    if summary.counts.splits:
+        lines.append("Splits:     " + ", ".join(f"{split} {n}" for split, n in summary.counts.splits.items()))
+    external = summary.class_by_external_source
+    for source in external.columns if external else []:
+        lines.append(
+            f"External:   {source}: " + ", ".join(f"{row.label} {row.counts[source]}" for row in external.rows)
+        )
     if summary.exclusions_by_reason:
         lines.append("Excluded:   " + ", ".join(f"{r} {n}" for r, n in summary.exclusions_by_reason.items()))
     lines.append(

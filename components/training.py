@@ -36,6 +36,17 @@ logger = logging.getLogger(__name__)
 # per epoch; one line per epoch reads well there and in `kubectl logs`.
 KERAS_VERBOSE = 2
 
+# What TrainingConfig.monitor can name, and which way is better. The balanced metrics come
+# from validation_scores (one batched prediction of the validation split per epoch); val_loss
+# is Keras' own, unweighted, which favours the majority class when one class dominates.
+MONITOR_MODES: dict[str, str] = {
+    "val_f1_macro": "max",
+    "val_balanced_accuracy": "max",
+    "val_roc_auc": "max",
+    "val_loss": "min",
+}
+BALANCED_MONITORS = ("val_f1_macro", "val_balanced_accuracy", "val_roc_auc")
+
 
 def resize_stack(grays: np.ndarray, size: int) -> np.ndarray:
     """Resize a stack of grayscale images with the shared (PIL bilinear) resize.
@@ -213,6 +224,67 @@ def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int
     raise ValueError(f"unknown lr_schedule {schedule!r}; valid: constant, cosine")
 
 
+def validation_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """The balanced validation metrics that training can monitor (sklearn).
+
+    Predictions are the argmax of the probabilities (binary: P(COVID-19) > 0.5).
+    Classes absent from `labels` count as F1 0 in the macro average; ROC-AUC
+    needs every class in `labels` and is NaN otherwise.
+
+    Args:
+        labels: int (N,) true class indices.
+        probabilities: float (N, k) class probabilities (components.backbones.probabilities;
+            binary: [1 - p, p] with p the sigmoid output).
+
+    Returns:
+        {"val_f1_macro": macro-averaged F1 over the k classes, "val_balanced_accuracy": mean
+        per-class recall, "val_roc_auc": ROC-AUC (binary: of P(class 1); else macro one-vs-rest)},
+        all NaN when there are no labels.
+    """
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+    nan = float("nan")
+    if len(labels) == 0:
+        return dict.fromkeys(BALANCED_MONITORS, nan)
+    num_classes = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    with warnings.catch_warnings():  # sklearn warns about classes absent from labels
+        warnings.simplefilter("ignore", UserWarning)
+        f1 = f1_score(labels, predicted, labels=list(range(num_classes)), average="macro", zero_division=0)
+        balanced = balanced_accuracy_score(labels, predicted)
+    if len(np.unique(labels)) < num_classes:
+        auc = nan
+    elif num_classes == 2:
+        auc = roc_auc_score(labels, probabilities[:, 1])
+    else:  # renormalised: sklearn requires rows summing to 1 within 1e-5, float32 softmax may not
+        scores = probabilities / probabilities.sum(axis=1, keepdims=True)
+        auc = roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=list(range(num_classes)))
+    return {"val_f1_macro": float(f1), "val_balanced_accuracy": float(balanced), "val_roc_auc": float(auc)}
+
+
+def check_monitor(monitor: str, val_labels: np.ndarray, num_classes: int) -> None:
+    """Refuse a monitor that the validation split cannot measure, before any training.
+
+    Args:
+        monitor: TrainingConfig.monitor.
+        val_labels: int (N,) class indices of the validation split.
+        num_classes: Number of classes k.
+
+    Raises:
+        ValueError: An unknown monitor, or val_roc_auc with a class missing from the validation split.
+    """
+    if monitor not in MONITOR_MODES:
+        raise ValueError(f"training.monitor {monitor!r} is unknown; valid: {', '.join(MONITOR_MODES)}")
+    missing = sorted(set(range(num_classes)) - set(np.unique(val_labels).tolist()))
+    if monitor == "val_roc_auc" and missing:
+        raise ValueError(
+            f"training.monitor val_roc_auc needs every class in the validation split; class index(es) "
+            f"{missing} have no validation images (choose val_f1_macro or val_balanced_accuracy, or resplit)"
+        )
+
+
 def compile_classifier(model, num_classes: int, learning_rate, run_eagerly: bool = False) -> None:
     """Compile with Adam and the task's loss, and create the optimizer's variables now.
 
@@ -384,12 +456,39 @@ def _reduce_lr_callback(training: TrainingConfig, restored: dict[str, Any]):
             return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter), "best": best}
 
     return ResumableReduceLROnPlateau(
-        monitor="val_loss",
+        monitor=training.monitor,
+        mode=MONITOR_MODES[training.monitor],
         factor=training.reduce_lr_factor,
         patience=training.reduce_lr_patience,
         min_lr=training.min_learning_rate,
         verbose=1,
     )
+
+
+def _validation_scores_callback(val_data, val_labels: np.ndarray, num_classes: int, timings: dict[str, float]):
+    """Adds validation_scores to each epoch's logs, from one batched prediction of `val_data`.
+
+    It must come first among fit's callbacks: the later ones (ReduceLROnPlateau, the phase
+    callback, MLflow logging, Keras' progress line) read the same logs dict. Adds its own
+    time to timings["monitor_seconds"].
+    """
+    import keras
+
+    from components.backbones import probabilities
+
+    class ValidationScores(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            started = time.perf_counter()
+            if len(val_labels):
+                output = self.model.predict(val_data, verbose=0)  # (x, y) batches; y is ignored
+                scores = validation_scores(val_labels, probabilities(output, num_classes))
+            else:
+                scores = validation_scores(val_labels, np.zeros((0, num_classes)))
+            if logs is not None:
+                logs.update(scores)
+            timings["monitor_seconds"] = timings.get("monitor_seconds", 0.0) + time.perf_counter() - started
+
+    return ValidationScores()
 
 
 def _phase_callback(
@@ -401,7 +500,7 @@ def _phase_callback(
     reduce_lr,
     timings: dict[str, float],
 ):
-    """EarlyStopping on val_loss that lives in `state`, plus a checkpoint after every epoch.
+    """EarlyStopping on state.monitor that lives in `state`, plus a checkpoint after every epoch.
 
     Adds its own time to timings["checkpoint_seconds"].
     """
@@ -419,8 +518,7 @@ def _phase_callback(
 
         def _end_epoch(self, logs: dict[str, Any] | None) -> None:
             logs = dict(logs or {})
-            val_loss = logs.get("val_loss")
-            improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
+            improved = state.is_improvement(logs.get(state.monitor))
             state.record_epoch(logs, improved)
             files: dict[str, str] = {}
             if improved:
@@ -449,6 +547,8 @@ def _run_phase(
     *,
     train_data,
     val_data,
+    val_labels: np.ndarray,
+    num_classes: int,
     class_weight,
     end_epoch: int,
     training: TrainingConfig,
@@ -461,17 +561,22 @@ def _run_phase(
 ):
     """Fit from state.epoch to end_epoch (global numbering); leaves the best weights in the model.
 
-    EarlyStopping waits `training.patience` epochs; ReduceLROnPlateau runs when
-    `training.reduce_lr_patience` is set (with a constant learning rate).
+    EarlyStopping waits `training.patience` epochs without an improvement of
+    `training.monitor`; ReduceLROnPlateau (on the same monitor) runs when
+    `training.reduce_lr_patience` is set (with a constant learning rate). The
+    balanced metrics are computed at each epoch end (validation_scores) when
+    the monitor is one of them.
     Returns the best weights seen so far (kept in memory for the next phase).
     """
     patience = training.patience
     reduce_lr = None
     if training.reduce_lr_patience and training.lr_schedule == "constant":
         reduce_lr = _reduce_lr_callback(training, state.reduce_lr)
-    phase_callback = _phase_callback(
-        state, patience, folder, scratch, best_weights, reduce_lr, timings if timings is not None else {}
-    )
+    timings = timings if timings is not None else {}
+    scores = []
+    if training.monitor in BALANCED_MONITORS:
+        scores = [_validation_scores_callback(val_data, val_labels, num_classes, timings)]
+    phase_callback = _phase_callback(state, patience, folder, scratch, best_weights, reduce_lr, timings)
     if state.epoch < end_epoch and state.wait < patience:
         model.fit(
             train_data,
@@ -479,7 +584,7 @@ def _run_phase(
             initial_epoch=state.epoch,
             epochs=end_epoch,
             class_weight=class_weight,
-            callbacks=[*([reduce_lr] if reduce_lr else []), phase_callback, *callbacks],
+            callbacks=[*scores, *([reduce_lr] if reduce_lr else []), phase_callback, *callbacks],
             verbose=verbose,
         )
     if phase_callback.best_weights is not None:
@@ -488,11 +593,16 @@ def _run_phase(
 
 
 def _summary(state: TrainingState, seconds: float, epochs_this_run: int, train_images: int) -> dict[str, Any]:
+    best_epoch = state.best_epoch or 0
+    val_losses = state.history.get("val_loss", [])
     return {
         "history": {key: [float(v) for v in values] for key, values in state.history.items()},
         "epochs_run": state.epoch,
-        "best_epoch": state.best_epoch or 0,
-        "best_val_loss": float(state.best_val_loss) if state.best_val_loss is not None else float("nan"),
+        "best_epoch": best_epoch,
+        "monitor": state.monitor,
+        "best_monitor_value": float(state.best_value) if state.best_value is not None else float("nan"),
+        # val_loss of the chosen epoch (the lowest one when the monitor is val_loss)
+        "best_val_loss": float(val_losses[best_epoch - 1]) if 0 < best_epoch <= len(val_losses) else float("nan"),
         "seconds": seconds,
         "images_per_second": epochs_this_run * train_images / seconds if seconds else 0.0,
     }
@@ -519,8 +629,10 @@ def train_classifier(
     phase 2, when `training.fine_tune_layers` > 0 and the backbone is
     pretrained, unfreezes its top layers and fits for up to
     `training.fine_tune_epochs` more at `training.fine_tune_learning_rate`,
-    epochs numbered on from phase 1. EarlyStopping's best carries over, so
-    phase 2 keeps phase 1's weights unless it beats them. This is what the
+    epochs numbered on from phase 1. Early stopping and the best epoch follow
+    `training.monitor` (a balanced validation metric, higher is better, or
+    val_loss, lower is better); the best carries over, so phase 2 keeps phase
+    1's weights unless it beats them on that metric. This is what the
     pipeline's train steps run.
 
     Args:
@@ -535,7 +647,8 @@ def train_classifier(
         checkpoint_dir: With a folder, every epoch is checkpointed there and a call
             with the same folder and `checkpoint_key` resumes after the last
             completed epoch. The caller removes the folder when done with it.
-        checkpoint_key: Identifies the training a checkpoint belongs to.
+        checkpoint_key: Identifies the training a checkpoint belongs to (the
+            pipeline's hashes the training config, monitor included).
         filesystem: zenml.io.fileio's interface for `checkpoint_dir`; local by default.
         callbacks: Extra Keras callbacks (e.g. per-epoch MLflow logging).
         num_gpus: GPUs to plan for; None counts the visible ones.
@@ -545,13 +658,21 @@ def train_classifier(
 
     Returns:
         The trained model (best weights restored) and a summary dict for logging:
-        history (per-epoch Keras logs), epochs_run, best_epoch (1-based),
-        best_val_loss, seconds (wall clock of this call), images_per_second,
+        history (per-epoch Keras logs, plus val_f1_macro, val_balanced_accuracy
+        and val_roc_auc when the monitor is one of them), epochs_run, best_epoch
+        (1-based), monitor, best_monitor_value, best_val_loss (val_loss at
+        best_epoch), seconds (wall clock of this call), images_per_second,
         phase1_epochs, phase2_epochs, fine_tuned_layers, pretrained,
-        resumed_from_epoch, checkpoint_seconds, seed and device (DevicePlan fields).
+        resumed_from_epoch, checkpoint_seconds, monitor_seconds (the balanced
+        metrics' share of the epochs), seed and device (DevicePlan fields).
+
+    Raises:
+        ValueError: The monitor cannot be measured on `val` (check_monitor), or the
+            checkpoint found under `checkpoint_key` chose its best epoch on another monitor.
     """
     import keras
 
+    check_monitor(training.monitor, val[1], num_classes)
     plan = device_plan(visible_gpus() if num_gpus is None else num_gpus, training.batch_size)
     train = as_training_data(train)
     keras.utils.set_random_seed(seed)  # Python, NumPy and backend RNGs: weight init, dropout
@@ -559,14 +680,19 @@ def train_classifier(
     state = folder.load(checkpoint_key) if folder is not None else None
     resumed_from = state.epoch if state is not None else 0
     if state is None:
-        state = TrainingState(key=checkpoint_key)
+        state = TrainingState(key=checkpoint_key, monitor=training.monitor, mode=MONITOR_MODES[training.monitor])
+    elif state.monitor != training.monitor:
+        raise ValueError(
+            f"the checkpoint in {checkpoint_dir} (key {checkpoint_key}) chose its best epoch on {state.monitor}; "
+            f"this training monitors {training.monitor}: use another checkpoint key or remove the folder"
+        )
     else:
         logger.info(
             "resuming training from checkpoint %s after epoch %d (phase %d)", checkpoint_dir, state.epoch, state.phase
         )
     batch = plan.global_batch_size
     steps_per_epoch = -(-train.count // batch)
-    timings = {"checkpoint_seconds": 0.0}
+    timings = {"checkpoint_seconds": 0.0, "monitor_seconds": 0.0}
     started = time.perf_counter()
     with device_scope(plan), tempfile.TemporaryDirectory() as scratch:
         model = build_model()
@@ -578,6 +704,8 @@ def train_classifier(
         common = {
             "train_data": train_data,
             "val_data": val_data,
+            "val_labels": np.asarray(val[1]),
+            "num_classes": num_classes,
             "class_weight": class_weights_from_counts(train.label_counts(num_classes)),
             "training": training,
             "folder": folder,
@@ -650,6 +778,7 @@ def train_classifier(
         "pretrained": pretrained,
         "resumed_from_epoch": resumed_from,
         "checkpoint_seconds": timings["checkpoint_seconds"],  # early stopping + checkpoint saving, all epochs
+        "monitor_seconds": timings["monitor_seconds"],  # predicting val and scoring it, all epochs
         "seed": seed,
         "device": asdict(plan),
     }
@@ -679,8 +808,10 @@ def predict_probabilities(model, grays: np.ndarray, num_classes: int, batch_size
 class TrainingSummary(BaseModel):
     """What one train step did (the ZenML artifact `training_summary`).
 
-    ``history`` holds every epoch's Keras logs (loss, val_loss, ...) in order;
-    ``best_epoch`` is 1-based; seconds are wall-clock seconds of this run
+    ``history`` holds every epoch's Keras logs (loss, val_loss, ...) and the
+    balanced validation metrics (val_f1_macro, ...) in order; ``best_epoch`` is
+    1-based, the epoch with the best ``monitor`` (``best_monitor_value``; its
+    val_loss is ``best_val_loss``); seconds are wall-clock seconds of this run
     (a resumed run counts only its own epochs in ``images_per_second``).
     ``device`` is the DevicePlan (strategy, replicas, precision).
     """
@@ -692,6 +823,9 @@ class TrainingSummary(BaseModel):
     history: dict[str, list[float]]
     epochs_run: int
     best_epoch: int
+    # Defaults: what a summary stored before the monitor existed meant (it chose on val_loss).
+    monitor: str = "val_loss"
+    best_monitor_value: float = float("nan")
     best_val_loss: float
     seconds: float
     images_per_second: float
@@ -701,5 +835,6 @@ class TrainingSummary(BaseModel):
     pretrained: bool
     resumed_from_epoch: int
     checkpoint_seconds: float
+    monitor_seconds: float = 0.0
     seed: int
     device: dict[str, str | int | bool | None]

@@ -2,11 +2,15 @@
 
     cxr setup                          create the local ZenML stack (idempotent)
     cxr train --config FILE            run the training pipeline
-    cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training)
+    cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training);
+                                       --purpose evaluation: an evaluation-only drop (not split, all external)
     cxr ablation --config FILE         the paper's ablation (Table 4) for one backbone
     cxr check-config --config FILE     validate a run config, run nothing
     cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
     cxr predict IMAGE...               label + probabilities from the champion
+    cxr models [show VERSION | history]  registered versions: aliases, metrics with CIs, why
+    cxr promote VERSION --reason TEXT  move `champion` by hand (gated unless --force; recorded)
+    cxr rollback --reason TEXT         give `champion` back to the previous champion (recorded)
     cxr ui                             print the command that opens the MLflow UI
     cxr sources                        list the source kinds and their options
     cxr backbones                      list the backbones, their input sizes and preprocessing
@@ -172,7 +176,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from pipelines.data import PIPELINE_NAME
 
     try:
-        outputs = run_validation(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
+        outputs = run_validation(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config, purpose=args.purpose)
     except ManifestValidationError:
         outputs = steward_outputs(latest_run_id(PIPELINE_NAME))
     print(format_validation(outputs))
@@ -199,27 +203,46 @@ def format_validation(outputs: StewardOutputs) -> str:
     return "\n".join(lines)
 
 
+def _with_ci(assessment, key: str) -> str:
+    value = assessment.metrics.scalar(key)
+    if value != value:  # NaN: undefined on this split
+        return f"{key} undefined"
+    interval = assessment.intervals.get(key)
+    ci = "" if interval is None or interval.low is None else f" [{interval.low:.2f}-{interval.high:.2f}]"
+    return f"{key} {value:.3f}{ci}"
+
+
+def format_assessment(assessment) -> str:
+    """Balanced numbers first, with 95% CIs: per-class sensitivity and specificity, macro-F1, ROC-AUC; then accuracy."""
+    metrics = assessment.metrics
+    keys = [f"{stat}:{name}" for name in metrics.class_names for stat in ("sensitivity", "specificity")]
+    keys += ["f1_macro", "roc_auc_macro", "balanced_accuracy", "ece", "accuracy"]
+    return f"{assessment.split} ({metrics.n_images} images): " + ", ".join(_with_ci(assessment, k) for k in keys)
+
+
 def format_summary(summary: TrainingRunSummary, paths) -> str:
     promotion = summary.promotion
-    test = summary.test_metrics
     lines = [
         "",
         "=" * 72,
         f"Training run '{summary.run_name}' finished ({summary.task}).",
-        f"Best backbone:     {summary.backbone}",
+        f"Best backbone:     {summary.backbone} (on validation); decision "
+        f"{summary.registration.evidence.decision.describe()}",
         f"Registered model:  {promotion.model_name} version {promotion.version} -> alias '{promotion.alias}'",
         f"Why:               {promotion.reason}",
-        "Test metrics:      "
-        + ", ".join(
-            f"{key}={test.scalar(key):.3f}"
-            for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "ece")
-        ),
+    ]
+    lines += [f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}" for c in promotion.criteria]
+    lines += ["Metrics (95% CI, patient bootstrap):"]
+    lines += [f"  {format_assessment(a)}" for a in promotion.assessments.values()]
+    lines += [
+        f"Evaluation card:   {summary.evaluation_card}",
         f"Data validation:   {summary.data_docs_index}",
         f"Steward report:    {summary.steward_report}/summary.html",
         f"MLflow run:        {summary.mlflow_run_id} (experiment '{summary.experiment}')",
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
-        f"Serve champion:    .venv/bin/cxr{_workdir_option(paths)} serve   "
+        f"Models:            .venv/bin/cxr{_workdir_option(paths)} models --model-name {promotion.model_name}",
+        f"Serve champion:    .venv/bin/cxr{_workdir_option(paths)} serve --model-name {promotion.model_name}   "
         "(then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
         "=" * 72,
     ]
@@ -289,6 +312,74 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_name(args: argparse.Namespace) -> str:
+    """--model-name, else the registry.model_name of --config, else the default."""
+    if getattr(args, "config", None):
+        return load_run_config(args.config, {}).registry.model_name
+    return args.model_name
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    _environment(args.workdir)
+    from cxr import models
+
+    name = _model_name(args)
+    if args.models_command == "show":
+        print(models.show_version(name, args.version))
+    elif args.models_command == "history":
+        print(models.history(name))
+    else:
+        print(models.list_versions(name))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Exit 0 when the version got `champion`, 1 when the gate kept it `challenger`."""
+    _environment(args.workdir)
+    from cxr import models
+
+    promotion = models.promote(_model_name(args), args.version, args.reason, args.force)
+    print(models.format_promotion(promotion))
+    return 0 if promotion.promoted else 1
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    _environment(args.workdir)
+    from cxr import models
+
+    print(models.roll_back(_model_name(args), args.reason, args.to))
+    return 0
+
+
+def _add_registry_parsers(commands) -> None:
+    """cxr models [show VERSION | history], cxr promote, cxr rollback."""
+
+    def model_options(sub) -> None:
+        sub.add_argument("--model-name", default="cxr-classifier", help="registered model (default cxr-classifier)")
+        sub.add_argument("--config", help="take the model name from this run config's registry.model_name")
+
+    sub = commands.add_parser("models", help="list registered versions; show one; the promotion history")
+    model_options(sub)
+    actions = sub.add_subparsers(dest="models_command")
+    show = actions.add_parser("show", help="one version: card, decision rule, gate criteria")
+    show.add_argument("version")
+    actions.add_parser("history", help="every alias move, oldest first")
+    sub.set_defaults(handler=cmd_models, models_command=None)
+
+    sub = commands.add_parser("promote", help="give a version `champion` by hand (gated unless --force)")
+    model_options(sub)
+    sub.add_argument("version")
+    sub.add_argument("--reason", required=True, help="why; recorded with who and when")
+    sub.add_argument("--force", action="store_true", help="promote even when gate criteria fail (recorded)")
+    sub.set_defaults(handler=cmd_promote)
+
+    sub = commands.add_parser("rollback", help="give `champion` back to the previous champion")
+    model_options(sub)
+    sub.add_argument("--reason", required=True, help="why; recorded with who and when")
+    sub.add_argument("--to", metavar="VERSION", help="a specific earlier version (default: the previous champion)")
+    sub.set_defaults(handler=cmd_rollback)
+
+
 def cmd_sources(args: argparse.Namespace) -> int:
     """List the registered source kinds and their options (no TensorFlow, no ZenML)."""
     from components.sources import describe_sources
@@ -324,7 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.set_defaults(handler=handler)
 
+    commands.choices["validate"].add_argument(
+        "--purpose",
+        choices=["training", "evaluation"],
+        default="training",
+        help="training: split the drop (evaluation.external_sources held out); evaluation: an evaluation-only "
+        "drop, every image external, no split and no training thresholds (labels still required)",
+    )
     _add_ablation_parser(commands)
+    _add_registry_parsers(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
     commands.add_parser("sources", help="list the source kinds and their options").set_defaults(handler=cmd_sources)

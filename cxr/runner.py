@@ -14,6 +14,7 @@ from components.config import RunConfig, merged_yaml_file
 from components.labels import Task
 from components.metrics import SplitMetrics
 from components.registry import Promotion, Registration
+from components.splitting import TRAINING, DataPurpose
 from components.steward_report import StewardSummary
 from cxr.stack import EXPERIMENT_NAME, LocalPaths, ensure_local_stack
 from steps.names import (
@@ -22,6 +23,7 @@ from steps.names import (
     ABLATION_SUMMARY,
     ABLATION_TABLE,
     DATA_DOCS_INDEX,
+    EVALUATION_CARD_HTML,
     PROMOTE_STEP,
     PROMOTION,
     REGISTER_STEP,
@@ -64,10 +66,12 @@ def _run_pipeline(
     project_root: Path,
     zenml_overlays: list[str] = (),
     train_step_ids: list[str] = (),
+    **parameters: Any,
 ) -> Any:
     """Run a pipeline of this project with the merged ZenML config; returns the pipeline run.
 
-    The `train_steps` settings of the ZenML config files apply to each of `train_step_ids`.
+    The `train_steps` settings of the ZenML config files apply to each of `train_step_ids`;
+    `parameters` are further pipeline parameters (e.g. the data steps' `purpose`).
     """
     zenml_config = merged_yaml_file(
         [project_root / "zenml_config.yaml", *zenml_overlays],
@@ -75,7 +79,10 @@ def _run_pipeline(
         train_step_ids=train_step_ids,
     )
     return pipeline.with_options(config_path=str(zenml_config))(
-        run=resolved_config(config), docs_dir=str(paths.reports / "data_docs"), reports_dir=str(paths.reports)
+        run=resolved_config(config),
+        docs_dir=str(paths.reports / "data_docs"),
+        reports_dir=str(paths.reports),
+        **parameters,
     )
 
 
@@ -94,6 +101,7 @@ class TrainingRunSummary(BaseModel):
     promotion: Promotion
     registration: Registration
     test_metrics: SplitMetrics
+    evaluation_card: str | None  # the card's HTML file
     data_docs_index: str
     steward_report: str | None
     mlflow_run_id: str
@@ -112,14 +120,19 @@ def run_training(
 
 
 def run_validation(
-    config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+    config: RunConfig,
+    paths: LocalPaths,
+    project_root: Path,
+    zenml_overlays: list[str] = (),
+    purpose: DataPurpose = TRAINING,
 ) -> StewardOutputs:
     """Ingest + validate + split + steward report, no training. A blocked data drop
-    raises ManifestValidationError after its report has been written."""
+    raises ManifestValidationError after its report has been written. Purpose "evaluation":
+    an evaluation-only drop, not split, every row external (pipelines.data)."""
     _prepare(config, paths, project_root)
     from pipelines.data import data_validation_pipeline
 
-    pipeline_run = _run_pipeline(data_validation_pipeline, config, paths, project_root, zenml_overlays)
+    pipeline_run = _run_pipeline(data_validation_pipeline, config, paths, project_root, zenml_overlays, purpose=purpose)
     return steward_outputs(pipeline_run.id)
 
 
@@ -174,11 +187,20 @@ def collect_summary(pipeline_run_id, config: RunConfig) -> TrainingRunSummary:
         promotion=promotion,
         registration=registration,
         test_metrics=registration.test_metrics,
+        evaluation_card=_card_path(run),
         data_docs_index=run.steps[VALIDATE_STEP].outputs[DATA_DOCS_INDEX][0].load(),
         steward_report=steward_outputs(pipeline_run_id).reports_folder,
         mlflow_run_id=registration.mlflow_run_id,
         experiment=EXPERIMENT_NAME,
     )
+
+
+def _card_path(run) -> str | None:
+    """The evaluation card's HTML file, from the promote step's card artifact metadata (None when absent)."""
+    outputs = run.steps[PROMOTE_STEP].outputs
+    if EVALUATION_CARD_HTML not in outputs:
+        return None
+    return outputs[EVALUATION_CARD_HTML][0].run_metadata.get("path")
 
 
 class AblationRunSummary(AblationSummary):

@@ -44,7 +44,12 @@ def ablation_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
         )
         evaluations.append(
             evaluate_model(
-                model, split, backbone=variant.backbone, class_names=class_names, id=evaluate_step_id(variant.key)
+                model,
+                split,
+                backbone=variant.backbone,
+                class_names=class_names,
+                evaluation=run.evaluation,
+                id=evaluate_step_id(variant.key),
             )
         )
     ablation_report(

@@ -1,6 +1,7 @@
 """The training pipeline.
 
-Data steps (ingest, validate, split, report, gate) -> augment -> train xN -> evaluate -> register -> promote.
+Data steps (ingest, validate, split, report, gate) -> augment -> train xN -> evaluate -> register ->
+promote (the champion re-evaluated on this run's test split and external sources, the gate, the card).
 
 The augment step follows `augmentation.mode` (pipelines/training_sets.py):
 in-memory arrays, offline shards in the artifact store, or originals that
@@ -14,7 +15,7 @@ train and one evaluate step per backbone.
 from zenml import pipeline
 
 from components.config import RunConfig
-from pipelines.data import data_steps
+from pipelines.data import data_artifacts
 from pipelines.training_sets import train_on, training_set
 from steps.evaluate import evaluate_model
 from steps.names import evaluate_step_id, train_step_id
@@ -27,7 +28,7 @@ PIPELINE_NAME = "cxr_training"
 @pipeline(name=PIPELINE_NAME)
 def training_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
     class_names = list(run.class_names)
-    split = data_steps(run, docs_dir, reports_dir)
+    manifest, split = data_artifacts(run, docs_dir, reports_dir)
     train_set = training_set(split, run.augmentation, class_names, image_size=run.largest_image_size, seed=run.seed)
     models, evaluations = [], []
     for backbone in run.backbones:
@@ -36,7 +37,23 @@ def training_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
         )
         models.append(model)
         evaluations.append(
-            evaluate_model(model, split, backbone=backbone, class_names=class_names, id=evaluate_step_id(backbone.name))
+            evaluate_model(
+                model,
+                split,
+                backbone=backbone,
+                class_names=class_names,
+                evaluation=run.evaluation,
+                id=evaluate_step_id(backbone.name),
+            )
         )
-    registration = register_best_model(models, evaluations, task=run.task, registry=run.registry, run_name=run.name)
-    promote_model(registration, registry=run.registry)
+    registration = register_best_model(
+        models,
+        evaluations,
+        manifest,
+        task=run.task,
+        registry=run.registry,
+        evaluation=run.evaluation,
+        run_name=run.name,
+        seed=run.seed,
+    )
+    promote_model(registration, class_names=class_names, run_name=run.name, reports_dir=reports_dir)

@@ -8,8 +8,9 @@ from zenml.logger import get_logger
 from zenml.types import CSVString, MarkdownString
 
 from components.ablation import AblationSummary, ablation_table, to_csv
+from components.evaluation import Evaluation
 from components.labels import Task
-from components.metrics import SCALAR_METRICS, Evaluation
+from components.metrics import SCALAR_METRICS
 from steps.names import ABLATION_CSV, ABLATION_SUMMARY, ABLATION_TABLE, EXPERIMENT_TRACKER
 
 logger = get_logger(__name__)

@@ -9,9 +9,9 @@ import pandas as pd
 from zenml import step
 from zenml.logger import get_logger
 
-from components.config import BackboneConfig
-from components.evaluation import evaluate_classifier
-from components.metrics import Evaluation, confusion_matrix_figure, flat_metrics
+from components.config import BackboneConfig, EvaluationConfig
+from components.evaluation import Evaluation, evaluate_classifier
+from components.metrics import confusion_matrix_figure, flat_metrics
 from steps.names import EVALUATION, EXPERIMENT_TRACKER
 from steps.train import NESTED_RUN
 
@@ -20,15 +20,19 @@ logger = get_logger(__name__)
 
 @step(experiment_tracker=EXPERIMENT_TRACKER, settings=NESTED_RUN)
 def evaluate_model(
-    model: keras.Model, split_manifest: pd.DataFrame, backbone: BackboneConfig, class_names: list[str]
+    model: keras.Model,
+    split_manifest: pd.DataFrame,
+    backbone: BackboneConfig,
+    class_names: list[str],
+    evaluation: EvaluationConfig,
 ) -> Annotated[Evaluation, EVALUATION]:
-    """Metrics on the validation split (used to pick a backbone) and the test split (reported)."""
-    evaluation = evaluate_classifier(model, split_manifest, backbone, class_names)
+    """The decision rule chosen on validation; predictions on validation, test and external sources."""
+    result = evaluate_classifier(model, split_manifest, backbone, class_names, evaluation)
     for split in ("val", "test"):
-        mlflow.log_metrics(flat_metrics(getattr(evaluation, split), prefix=f"{split}_"))
-    figure = confusion_matrix_figure(evaluation.test.confusion_matrix, class_names, f"{backbone.name} (test)")
+        mlflow.log_metrics(flat_metrics(getattr(result, split), prefix=f"{split}_"))
+    mlflow.set_tag("decision", result.decision.describe())
+    figure = confusion_matrix_figure(result.test.confusion_matrix, class_names, f"{backbone.name} (test)")
     mlflow.log_figure(figure, "confusion_matrix_test.png")
     plt.close(figure)
-    mlflow.log_dict(evaluation.model_dump(mode="json"), "evaluation.json")
-    logger.info("%s test: %s", backbone.name, {k: round(v, 4) for k, v in flat_metrics(evaluation.test).items()})
-    return evaluation
+    logger.info("%s: %s; validation f1_macro %.4f", backbone.name, result.decision.describe(), result.val.f1_macro)
+    return result

@@ -17,6 +17,8 @@ TRAINING_SUMMARY = "training_summary"
 EVALUATION = "evaluation"
 REGISTRATION = "registration"
 PROMOTION = "promotion"
+EVALUATION_CARD = "evaluation_card"
+EVALUATION_CARD_HTML = "evaluation_card_html"
 
 # Stack components the steps refer to by name (created by `cxr setup`, see cxr/stack.py).
 EXPERIMENT_TRACKER = "cxr_mlflow_tracker"

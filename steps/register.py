@@ -6,13 +6,16 @@ from typing import Annotated
 
 import keras
 import mlflow
+import pandas as pd
 from zenml import step
 from zenml.logger import get_logger
 
-from components.config import RegistryConfig
+from components.config import EvaluationConfig, RegistryConfig
+from components.evaluation import Evaluation, best_candidate
 from components.labels import Task
-from components.metrics import Evaluation, best_candidate, flat_metrics
-from components.registry import Registration, register_version
+from components.manifest import dataset_version
+from components.metrics import flat_metrics
+from components.registry import EVIDENCE_ARTIFACT, Evidence, Registration, register_version
 from components.serving import build_contract, log_pyfunc_model
 from steps.names import EXPERIMENT_TRACKER, REGISTRATION
 
@@ -21,31 +24,50 @@ logger = get_logger(__name__)
 
 @step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)
 def register_best_model(
-    models: list[keras.Model], evaluations: list[Evaluation], task: Task, registry: RegistryConfig, run_name: str
+    models: list[keras.Model],
+    evaluations: list[Evaluation],
+    manifest: pd.DataFrame,
+    task: Task,
+    registry: RegistryConfig,
+    evaluation: EvaluationConfig,
+    run_name: str,
+    seed: int,
 ) -> Annotated[Registration, REGISTRATION]:
-    """Log the best backbone (on validation) as an MLflow pyfunc model and register a new version."""
+    """Log the best backbone (on validation) as an MLflow pyfunc model and register a new version with its evidence."""
     metric = registry.primary_metric
     best = best_candidate(evaluations, metric)
-    evaluation = evaluations[best]
-    backbone = evaluation.backbone
+    chosen = evaluations[best]
+    backbone = chosen.backbone
     contract = build_contract(
         task,
         backbone.name,
         backbone.image_size,
         weights=backbone.weights,
         run_name=run_name,
-        test_metrics=flat_metrics(evaluation.test),
+        test_metrics=flat_metrics(chosen.test),
     )
-    mlflow.log_metrics(flat_metrics(evaluation.test, prefix="test_"))
-    mlflow.log_metrics(flat_metrics(evaluation.val, prefix="val_"))
-    mlflow.set_tags({"best_backbone": backbone.name, "task": task})
+    mlflow.log_metrics(flat_metrics(chosen.test, prefix="test_"))
+    mlflow.log_metrics(flat_metrics(chosen.val, prefix="val_"))
+    mlflow.set_tags({"best_backbone": backbone.name, "task": task, "decision": chosen.decision.describe()})
+    evidence = Evidence(
+        decision=chosen.decision, predictions=chosen.judged(), evaluation=evaluation, registry=registry, seed=seed
+    )
+    mlflow.log_text(evidence.model_dump_json(), EVIDENCE_ARTIFACT)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = os.path.join(folder, "model.keras")
         models[best].save(keras_path)
         model_info = log_pyfunc_model(keras_path, contract)
-    test_value = evaluation.test.scalar(metric)
+    version_of_data = dataset_version(manifest)
+    test_value = chosen.test.scalar(metric)
     version = register_version(
-        model_info.model_uri, registry.model_name, metric, test_value, evaluation.test_fingerprint
+        model_info.model_uri,
+        registry.model_name,
+        backbone=backbone.name,
+        decision=chosen.decision,
+        metric_key=metric,
+        metric_value=test_value,
+        test_fingerprint=chosen.test_fingerprint,
+        dataset_version=version_of_data,
     )
     logger.info(
         "Registered %s version %s (%s, test %s=%.4f)",
@@ -60,9 +82,12 @@ def register_best_model(
         version=str(version.version),
         model_uri=model_info.model_uri,
         backbone=backbone.name,
-        test_metrics=evaluation.test,
-        val_metrics=evaluation.val,
-        test_fingerprint=evaluation.test_fingerprint,
+        task=task,
+        test_metrics=chosen.test,
+        val_metrics=chosen.val,
+        test_fingerprint=chosen.test_fingerprint,
+        dataset_version=version_of_data,
         mlflow_run_id=mlflow.active_run().info.run_id,
         candidates={e.backbone.name: e.val.scalar(metric) for e in evaluations},
+        evidence=evidence,
     )

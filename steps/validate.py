@@ -19,6 +19,7 @@ from zenml.types import CSVString, HTMLString
 
 from components.labels import Task
 from components.manifest import dataset_version
+from components.splitting import TRAINING, DataPurpose
 from components.steward_report import SUMMARY_HTML, StewardSummary, build_summary, write_steward_report
 from components.validation import (
     ValidationConfig,
@@ -58,22 +59,24 @@ def _log_report(report: ValidationReport, metric: str) -> None:
 
 @step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)
 def validate_data(
-    manifest: pd.DataFrame, task: Task, docs_dir: str, checks: ValidationConfig
+    manifest: pd.DataFrame, task: Task, docs_dir: str, checks: ValidationConfig, purpose: DataPurpose = TRAINING
 ) -> tuple[Annotated[ValidationReport, VALIDATION_REPORT], Annotated[str, DATA_DOCS_INDEX]]:
-    """The manifest suite (files, labels, duplicates, sources, views); reports, never raises."""
+    """The manifest suite (files, labels, duplicates, sources, views); reports, never raises.
+    Purpose "evaluation" skips the training thresholds (components.validation.validate_manifest)."""
     _quiet_gx()
-    report = validate_manifest(manifest, task, _run_folder(docs_dir), checks)
+    report = validate_manifest(manifest, task, _run_folder(docs_dir), checks, purpose=purpose)
     _log_report(report, "data_validation_success")
     return report, report.data_docs_index
 
 
 @step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)
 def validate_data_split(
-    split_manifest: pd.DataFrame, task: Task, docs_dir: str, checks: ValidationConfig
+    split_manifest: pd.DataFrame, task: Task, docs_dir: str, checks: ValidationConfig, purpose: DataPurpose = TRAINING
 ) -> Annotated[ValidationReport, SPLIT_VALIDATION_REPORT]:
-    """The split suite (patient and near-duplicate leaks, images per class and split); never raises."""
+    """The split suite (patient and near-duplicate leaks, external included; images per class and
+    training split); never raises. Purpose "evaluation": every row external, no per-split minimum."""
     _quiet_gx()
-    report = validate_split(split_manifest, task, _run_folder(docs_dir), checks)
+    report = validate_split(split_manifest, task, _run_folder(docs_dir), checks, purpose=purpose)
     _log_report(report, "split_validation_success")
     return report
 
@@ -86,6 +89,7 @@ def steward_report(
     split_report: ValidationReport,
     task: Task,
     reports_dir: str,
+    purpose: DataPurpose = TRAINING,
 ) -> tuple[
     Annotated[StewardSummary, STEWARD_SUMMARY],
     Annotated[HTMLString, STEWARD_REPORT],
@@ -94,7 +98,9 @@ def steward_report(
     """One page for data stewards (HTML + JSON) and the excluded rows (CSV), as artifacts,
     in MLflow and in `reports_dir/<pipeline run>/`."""
     version = dataset_version(manifest)
-    summary = build_summary(manifest, task, manifest_report, split_manifest, split_report, dataset_version=version)
+    summary = build_summary(
+        manifest, task, manifest_report, split_manifest, split_report, dataset_version=version, purpose=purpose
+    )
     folder = _run_folder(reports_dir).resolve()
     files = write_steward_report(summary, manifest, folder)
     for name, text in files.by_name().items():

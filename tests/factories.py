@@ -264,3 +264,60 @@ def patient_rows(
         for p in range(patients_per_label)
         for i in range(images_per_patient)
     )
+
+
+# ---------------------------------------------------------------- model predictions
+
+
+def scored_predictions(
+    quality: float,
+    split: str = "test",
+    n_patients: int = 100,
+    images_per_patient: int = 2,
+    seed: int = 0,
+    sources: Sequence[str] = ("src",),
+    confidence: float | None = None,
+):
+    """Binary predictions (components.assessment.Predictions) of a model of known quality.
+
+    Patients alternate between the classes; a patient's images are all called right
+    (P(true class) = `confidence`) for the first `quality` share of patients in a fixed
+    random order drawn from `seed`, all wrong (1 - `confidence`) for the rest. The
+    default confidence, max(quality, 0.6) rounded to 2 places, makes the model about
+    calibrated. Two qualities with the same
+    seed are nested: every patient the worse model gets right, the better one does too.
+    Keys, uris and patient ids do not depend on `quality`, so predictions of two models
+    align. Sources cycle over `sources` by patient.
+    """
+    from components.assessment import Predictions
+
+    confidence = round(max(quality, 0.6), 2) if confidence is None else confidence
+    order = np.random.default_rng(seed).permutation(n_patients)
+    right = np.zeros(n_patients, dtype=bool)
+    right[order[: int(round(quality * n_patients))]] = True
+    y_true, probabilities, keys, patients, source_of = [], [], [], [], []
+    for patient in range(n_patients):
+        label = patient % 2
+        # Rounded: equal scores must tie exactly for ROC-AUC (1 - 0.8 != 0.2 in floats).
+        high, low = confidence, round(1 - confidence, 6)
+        p_true, p_other = (high, low) if right[patient] else (low, high)
+        for image in range(images_per_patient):
+            y_true.append(label)
+            row = [p_other, p_true] if label == 1 else [p_true, p_other]
+            probabilities.append(row)
+            keys.append(hex_digest(f"{split}-{patient}-{image}", 16))
+            patients.append(f"p{patient}")
+            source_of.append(sources[patient % len(sources)])
+    count = len(y_true)
+    return Predictions(
+        split=split,
+        class_names=["non-COVID", "COVID-19"],
+        keys=keys,
+        uris=[f"/images/{key}.png" for key in keys],
+        patient_ids=patients,
+        sources=source_of,
+        age_groups=["adult"] * count,
+        views=["PA"] * count,
+        y_true=y_true,
+        probabilities=probabilities,
+    )

@@ -33,15 +33,16 @@ def stop_process_group(process: subprocess.Popen) -> None:
         pass
 
 
-def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> float:
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 90, probe: str = "/ping") -> float:
+    """Seconds until GET url+probe answers 200 (the MLflow scoring server's /ping; a tracking server's /health)."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+            if requests.get(f"{url}{probe}", timeout=1).status_code == 200:
                 return time.perf_counter() - start
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
             pass
         time.sleep(0.25)
     pytest.fail(f"server not ready after {timeout_s} s:\n{log.read_text()[-3000:]}")

@@ -64,6 +64,53 @@ def test_state_round_trip_commit_and_cleanup(tmp_path):
     assert not (tmp_path / "ckpt").exists()
 
 
+def test_state_keeps_the_monitored_best(tmp_path):
+    folder = CheckpointFolder(str(tmp_path / "ckpt"))
+    state = TrainingState(key="k", monitor="val_f1_macro", mode="max")
+    for f1 in (0.4, 0.7, 0.6):
+        state.record_epoch({"val_loss": 0.5, "val_f1_macro": f1}, state.is_improvement(f1))
+    folder.save(state, {})
+    loaded = folder.load("k")
+    assert loaded == state
+    assert (loaded.monitor, loaded.mode) == ("val_f1_macro", "max")
+    assert (loaded.best_epoch, loaded.best_value, loaded.wait) == (2, 0.7, 1)
+    assert not loaded.is_improvement(0.7)  # strictly better only
+    assert loaded.is_improvement(0.71)
+    assert not loaded.is_improvement(float("nan"))
+
+
+def test_version_1_state_resumes_as_val_loss():
+    version_1 = {"key": "k", "epoch": 2, "best_val_loss": 0.3, "best_epoch": 1, "wait": 1, "version": 1}
+    state = TrainingState.from_json(json.dumps(version_1))
+    assert (state.monitor, state.mode, state.best_value, state.version) == ("val_loss", "min", 0.3, 2)
+    assert state.is_improvement(0.29)
+
+
+def test_resume_refuses_a_checkpoint_that_monitored_another_metric(tmp_path):
+    import pytest
+
+    from components.config import TrainingConfig
+    from components.training import train_classifier
+
+    folder = CheckpointFolder(str(tmp_path / "ckpt"))
+    state = TrainingState(key="k")  # val_loss, as every version 1 checkpoint
+    state.record_epoch({"val_loss": 0.9}, improved=True)
+    folder.save(state, {})
+    images, labels = np.zeros((4, 32, 32), np.uint8), np.arange(4) % 2
+    with pytest.raises(ValueError, match="chose its best epoch on val_loss; this training monitors val_f1_macro"):
+        train_classifier(
+            lambda: None,
+            (images, labels),
+            (images, labels),
+            num_classes=2,
+            training=TrainingConfig(epochs=2, monitor="val_f1_macro"),
+            seed=0,
+            checkpoint_dir=folder.path,
+            checkpoint_key="k",
+            num_gpus=0,
+        )
+
+
 TRAIN = textwrap.dedent("""
     import json, os, sys
     import numpy as np
@@ -121,3 +168,10 @@ def test_training_killed_after_epoch_2_resumes_at_epoch_3(tmp_path):
     assert len(summary["history"]["loss"]) == 4
     assert summary["history"]["loss"][:2] == state["history"]["loss"]
     assert np.isfinite(summary["best_val_loss"])
+    f1 = summary["history"]["val_f1_macro"]  # the default monitor, carried over the kill
+    assert state["monitor"] == "val_f1_macro"
+    assert f1[:2] == state["history"]["val_f1_macro"]
+    assert summary["monitor"] == "val_f1_macro"
+    assert summary["best_monitor_value"] == max(f1)
+    assert summary["best_epoch"] == 1 + int(np.argmax(f1))  # the first best: a tie after resuming is no improvement
+    assert summary["best_val_loss"] == summary["history"]["val_loss"][summary["best_epoch"] - 1]

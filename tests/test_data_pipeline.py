@@ -89,6 +89,8 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
     config["data"]["sources"].append({"kind": "ieee8023", "root": "s3://drops/ieee", "name": "drop"})
     config["data"]["workers"] = 2
     config["validation"]["near_duplicate_max_distance"] = 2
+    # The drop is held out: evaluated only, never split (and its 3 images meet no per-split minimum).
+    config["evaluation"] = {"external_sources": ["drop"]}
     code = run_cxr(local_stack, "validate", config, tmp_path, "--summary-json", str(tmp_path / "summary.json"))
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
@@ -114,6 +116,10 @@ def test_cxr_validate_on_disk_and_s3_with_bad_inputs(local_stack, s3_env, tmp_pa
     assert summary == json.loads((tmp_path / "summary.json").read_text())
     assert summary["counts"]["total"] == 36 + 12
     assert summary["counts"]["used"] == 36 + 3
+    assert summary["counts"]["splits"]["external"] == 3
+    assert sum(summary["counts"]["splits"].values()) == 36 + 3
+    assert summary["class_by_external_source"]["totals"] == {"drop": 3}
+    assert "External:   drop: COVID-19 1, normal 1, pneumonia 1" in out
     html = (folder / "summary.html").read_text()
     assert SCRIPT not in html
     assert "&lt;script&gt;" in html
@@ -169,13 +175,15 @@ def test_cxr_validate_blocked_drop_still_writes_the_report(local_stack, tmp_path
 
 
 def test_missing_metadata_column_is_named_without_a_traceback(local_stack, tmp_path, capsys):
+    # An evaluation drop without labels (no finding column): evaluating needs them (all-"todo"
+    # findings are test_splitting's unlabelled-source case).
     drop = tmp_path / "drop"
     (drop / "images").mkdir(parents=True)
     (drop / "metadata.csv").write_text("filename,patientid,view,modality\na.png,1,PA,X-ray\n")
     config = tiny_config(tmp_path / "synthetic", name="bad-metadata")
     config["data"]["sources"] = [{"kind": "ieee8023", "root": str(drop), "name": "drop"}]
     del config["data"]["synthetic"]
-    code = run_cxr(local_stack, "validate", config, tmp_path)
+    code = run_cxr(local_stack, "validate", config, tmp_path, "--purpose", "evaluation")
     message = capsys.readouterr().err
     assert code == 1
     assert str(drop / "metadata.csv") in message

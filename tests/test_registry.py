@@ -1,8 +1,19 @@
-"""Registry and aliases on a real SQLite MLflow store (no mocks)."""
+"""Registry, aliases, the promotion gate against a re-evaluated champion, the lock and the history.
+
+Real MLflow stores (SQLite, and a real `mlflow server` for the outage), no mocks.
+Registered versions point at a placeholder source: promotion reads predictions
+(Evidence and the champion predictor), not model files; the predictor here
+returns the predictions of a model of the quality tagged on the version
+(tests.factories.scored_predictions), which is what re-evaluating that model
+on the candidate's own test split would return.
+"""
 
 from __future__ import annotations
 
-import math
+import multiprocessing
+import os
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
@@ -12,33 +23,14 @@ from mlflow import MlflowClient
 
 from components import registry, serving
 from components.backbones import build_classifier
+from components.config import EvaluationConfig, GateConfig, RegistryConfig
 from components.imaging import encode_png
-from tests.servers import sqlite_mlflow
+from components.metrics import Decision
+from tests.factories import scored_predictions
+from tests.servers import free_port, sqlite_mlflow, stop_process_group, wait_ready
 
-METRIC = "f1_macro"
-SPLIT = registry.split_fingerprint(["sha-a", "sha-b", "sha-c"])
-
-
-@pytest.mark.parametrize(
-    ("candidate", "champion", "min_improvement", "min_metric", "promote", "in_reason"),
-    [
-        (0.70, None, 0.0, None, True, "first candidate promoted"),
-        (0.70, None, 0.0, 0.80, False, "below the floor"),
-        (0.80, 0.75, 0.0, None, True, "0.8000 > champion 0.7500"),
-        (0.75, 0.75, 0.0, None, False, "does not exceed"),  # a tie keeps the champion
-        (0.70, 0.75, 0.0, None, False, "champion kept"),
-        (0.78, 0.75, 0.05, None, False, "needs > 0.8000"),
-        (0.81, 0.75, 0.05, None, True, "min_improvement 0.0500: promoted"),
-        (math.nan, 0.75, 0.0, None, False, "NaN"),
-        (0.70, math.nan, 0.0, None, True, "no champion to compare"),
-    ],
-)
-def test_decide_promotion(candidate, champion, min_improvement, min_metric, promote, in_reason):
-    decided, reason = registry.decide_promotion(
-        candidate, champion, min_improvement, metric_key=METRIC, min_metric=min_metric
-    )
-    assert decided is promote
-    assert in_reason in reason
+QUALITY_TAG = "test_quality"
+FAST = EvaluationConfig(bootstrap_resamples=200)
 
 
 def test_split_fingerprint_ignores_order_and_duplicates():
@@ -50,83 +42,262 @@ def test_split_fingerprint_ignores_order_and_duplicates():
 def tracking(tmp_path_factory):
     """Each test registers its own model name in this module's store."""
     with sqlite_mlflow(tmp_path_factory.mktemp("mlflow"), "registry") as store:
-        yield store["experiment_id"]
+        yield store
 
 
-@pytest.fixture(scope="module")
-def keras_model_path(tmp_path_factory):
-    """A real (untrained) backbone from the backbone registry, as small as it gets."""
-    path = tmp_path_factory.mktemp("keras") / "mobilenet.keras"
+def evidence(quality: float, seed: int = 0, gate: GateConfig | None = None) -> registry.Evidence:
+    return registry.Evidence(
+        decision=Decision(rule="argmax"),
+        predictions=[scored_predictions(quality, seed=seed)],
+        evaluation=FAST,
+        registry=RegistryConfig(gate=gate or GateConfig()),
+        seed=0,
+    )
+
+
+def register(client: MlflowClient, name: str, quality: float) -> str:
+    """A version whose model would score `quality` on any test split of scored_predictions."""
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        pass
+    version = client.create_model_version(
+        name, source="s3://placeholder-bucket/model", tags={QUALITY_TAG: str(quality)}
+    )
+    return str(version.version)
+
+
+def predictor(champion, like):
+    """Re-evaluate `champion` on the images of `like`: the quality tagged on it, same patients and keys."""
+    quality = float(champion.tags[QUALITY_TAG])
+    return [scored_predictions(quality, split=p.split, seed=0) for p in like]
+
+
+def promote(client, name, version, quality, **options) -> registry.Promotion:
+    return registry.promote_with_gate(client, name, version, evidence(quality), predictor, **options)
+
+
+def test_a_first_version_no_better_than_chance_is_never_champion(tracking):
+    client, name = MlflowClient(), "first-at-chance"
+    version = register(client, name, 0.5)
+    result = promote(client, name, version, 0.5)
+    assert result.alias == "challenger"
+    assert registry.current_champion(client, name) is None
+    failed = [c.name for c in result.criteria if not c.passed]
+    assert "floor roc_auc_macro on test" in failed
+
+
+def test_champion_moves_only_on_a_paired_improvement_and_the_history_records_it(tracking):
+    client, name = MlflowClient(), "paired"
+    first = promote(client, name, register(client, name, 0.8), 0.8)
+    assert first.alias == "champion"
+    assert "no champion yet" in first.reason
+
+    worse = promote(client, name, register(client, name, 0.7), 0.7)
+    assert worse.alias == "challenger"
+    assert worse.champion_version == "1"
+    assert worse.differences["f1_macro"].high < 0  # re-evaluated champion is better on the same patients
+
+    better = promote(client, name, register(client, name, 0.95), 0.95)
+    assert better.alias == "champion", better.reason
+    assert better.differences["f1_macro"].low > 0
+    assert str(registry.current_champion(client, name).version) == "3"
+
+    tags = client.get_model_version(name, "2").tags
+    assert tags[registry.TAG_REASON] == worse.reason
+    assert '"passed": false' in tags[registry.TAG_CRITERIA]
+    history = registry.promotion_history(client, name)
+    assert [(e.alias, e.version, e.previous) for e in history] == [
+        ("champion", "1", None),
+        ("challenger", "2", None),
+        ("champion", "3", "1"),
+    ]
+
+
+def test_a_better_but_overconfident_candidate_fails_on_calibration(tracking):
+    client, name = MlflowClient(), "overconfident"
+    promote(client, name, register(client, name, 0.8), 0.8)
+    candidate = register(client, name, 0.9)
+    result = registry.promote_with_gate(
+        client,
+        name,
+        candidate,
+        registry.Evidence(
+            decision=Decision(rule="argmax"),
+            predictions=[scored_predictions(0.9, confidence=0.999)],
+            evaluation=FAST,
+            registry=RegistryConfig(),
+            seed=0,
+        ),
+        predictor,
+    )
+    assert result.alias == "challenger"
+    assert [c.name for c in result.criteria if not c.passed] == ["calibration: ECE rises by at most 0.0200"]
+
+
+def test_the_decision_follows_the_champion_on_the_candidates_split_not_its_stored_number(tracking):
+    """The champion's own stored test number (0.6 quality) would lose to the candidate's 0.8; re-evaluated on
+    the candidate's split it scores 0.95, so the candidate stays challenger."""
+    client, name = MlflowClient(), "re-evaluated"
+    champion = register(client, name, 0.95)
+    registry.move_alias(client, name, "champion", champion, action="promote", reason="set up")
+    client.set_model_version_tag(name, champion, registry.TAG_METRIC_VALUE, "0.6")
+    result = promote(client, name, register(client, name, 0.8), 0.8)
+    assert result.alias == "challenger"
+    assert result.champion_assessments["test"].metrics.f1_macro > result.assessments["test"].metrics.f1_macro
+
+
+def test_manual_force_and_rollback_are_recorded(tracking):
+    client, name = MlflowClient(), "force-rollback"
+    promote(client, name, register(client, name, 0.9), 0.9)
+    weak = register(client, name, 0.6)
+    forced = promote(client, name, weak, 0.6, action="promote", note="clinical review asked for it", force=True)
+    assert forced.alias == "champion"
+    assert forced.forced is True
+    assert "FORCED" in forced.reason
+    assert "clinical review" in forced.reason
+
+    event = registry.rollback(client, name, reason="forced model misbehaves")
+    assert (event.version, event.previous, event.action) == ("1", "2", "rollback")
+    assert str(registry.current_champion(client, name).version) == "1"
+    assert [e.action for e in registry.promotion_history(client, name)] == ["gate", "force", "rollback"]
+
+
+def test_rollback_without_an_earlier_champion_says_so(tracking):
+    client, name = MlflowClient(), "no-earlier"
+    promote(client, name, register(client, name, 0.9), 0.9)
+    with pytest.raises(registry.RollbackError, match="no earlier champion"):
+        registry.rollback(client, name, reason="why not")
+
+
+def test_a_held_lock_times_out_with_its_holder_named_and_a_stale_one_is_broken(tracking):
+    client, name = MlflowClient(), "locked"
+    with registry.promotion_lock(client, name) as holder:
+        with (
+            pytest.raises(registry.PromotionLockTimeoutError, match="holds the lock"),
+            registry.promotion_lock(client, name, timeout_s=0.5),
+        ):
+            pass
+        assert holder.split(" pid ")[0] == registry.who()
+        with registry.promotion_lock(client, name, timeout_s=1, stale_after_s=0):  # the first counts as stale
+            pass
+    with registry.promotion_lock(client, name, timeout_s=1):  # released
+        pass
+
+
+# ---------------------------------------------------------------- concurrency: two processes, one store
+
+
+def _promote_in_turn(uri: str, jobs: list[tuple[str, str, float]], barrier) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    for name, version, quality in jobs:
+        barrier.wait(timeout=120)
+        promote(client, name, version, quality, lock_timeout_s=120)
+
+
+def test_concurrent_promotions_leave_the_better_candidate_champion(tracking):
+    """v1 (0.5) is champion; v2 (0.9) and v3 (0.6) are promoted from two processes at the same moment."""
+    client, trials = MlflowClient(), 12
+    jobs_a, jobs_b = [], []
+    for trial in range(trials):
+        name = f"race-{trial}"
+        v1 = register(client, name, 0.5)
+        registry.move_alias(client, name, "champion", v1, action="promote", reason="set up")
+        v2, v3 = register(client, name, 0.9), register(client, name, 0.6)
+        # Alternate which process gets the better candidate.
+        (jobs_a if trial % 2 else jobs_b).append((name, v2, 0.9))
+        (jobs_b if trial % 2 else jobs_a).append((name, v3, 0.6))
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [
+        context.Process(target=_promote_in_turn, args=(tracking["uri"], jobs, barrier)) for jobs in (jobs_a, jobs_b)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=600)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    champions = [str(registry.current_champion(client, f"race-{t}").version) for t in range(trials)]
+    assert champions == ["2"] * trials
+    for trial in range(trials):
+        reasons = [client.get_model_version(f"race-{trial}", v).tags[registry.TAG_REASON] for v in ("2", "3")]
+        # Exactly one of them compared with v1: the other saw the first's result under the lock.
+        assert sum("vs champion v1" in reason for reason in reasons) == 1
+
+
+# ---------------------------------------------------------------- an MLflow server that goes away
+
+
+def test_an_mlflow_outage_before_aliasing_keeps_the_old_champion_and_says_what_failed(tmp_path, monkeypatch):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/server.db",
+        "--default-artifact-root",
+        (tmp_path / "artifacts").as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    log = tmp_path / "server.log"
+
+    def start():
+        process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(process, url, log, probe="/health")
+        return process
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
+    server = start()
+    try:
+        client, name = MlflowClient(url), "outage"
+        assert promote(client, name, register(client, name, 0.8), 0.8).alias == "champion"
+        candidate = register(client, name, 0.95)
+        stop_process_group(server)
+        with pytest.raises(registry.RegistryUnavailableError, match="failed while"):
+            promote(client, name, candidate, 0.95)
+        server = start()
+        assert str(registry.current_champion(client, name).version) == "1"
+        assert client.get_model_version(name, candidate).aliases == []
+        # No lock was left behind: the promotion can be retried.
+        assert promote(client, name, candidate, 0.95).alias == "champion"
+    finally:
+        stop_process_group(server)
+        mlflow.set_tracking_uri(None)
+
+
+# ---------------------------------------------------------------- a real model behind the alias
+
+
+def test_the_champion_alias_resolves_to_a_servable_model(tracking, tmp_path):
+    path = tmp_path / "mobilenet.keras"
     build_classifier("MobileNet", 2, 32, alpha=0.25).save(path)
-    return str(path)
-
-
-def register_and_promote(client: MlflowClient, uri: str, name: str, f1: float) -> registry.Promotion:
-    """What the pipeline's register and promote steps do, one after the other."""
-    registered = registry.register_version(uri, name, METRIC, f1, SPLIT)
-    return registry.promote_version(client, name, registered.version, METRIC)
-
-
-def log_candidate(experiment_id: str, keras_model_path: str, f1: float) -> str:
-    with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.log_metric(METRIC, f1)
-        info = serving.log_pyfunc_model(keras_model_path, serving.build_contract("binary", "MobileNet", 32))
-    return info.model_uri
-
-
-def test_champion_and_challenger_aliases(tracking, keras_model_path):
-    client, name = MlflowClient(), "cxr-aliases"
-    assert registry.current_champion(client, name) is None  # no registered model yet
-    assert registry.champion_metric(client, name, METRIC) is None
-
-    results = []
-    for f1 in (0.70, 0.65, 0.80):
-        uri = log_candidate(tracking, keras_model_path, f1)
-        results.append(register_and_promote(client, uri, name, f1))
-
-    assert [(r.version, r.alias) for r in results] == [("1", "champion"), ("2", "challenger"), ("3", "champion")]
-    assert "first candidate promoted" in results[0].reason
-    assert "vs champion v1" in results[1].reason
-    assert "0.6500" in results[1].reason
-    assert results[2].metric == pytest.approx(0.80)
-
-    champion = registry.current_champion(client, name)
-    assert str(champion.version) == "3"
-    assert registry.champion_metric(client, name, METRIC) == pytest.approx(0.80)
-    versions = {v: client.get_model_version(name, v) for v in ("1", "2", "3")}
-    assert versions["1"].aliases == []  # the old champion keeps its version, loses the alias
-    assert versions["2"].aliases == ["challenger"]
-    assert versions["2"].tags[registry.TAG_REASON] == results[1].reason
-    assert versions["3"].tags[registry.TAG_FINGERPRINT] == SPLIT
-
-    # The champion alias resolves to a servable model.
+    with mlflow.start_run(experiment_id=tracking["experiment_id"]):
+        info = serving.log_pyfunc_model(str(path), serving.build_contract("binary", "MobileNet", 32))
+    client, name = MlflowClient(), "servable"
+    version = registry.register_version(
+        info.model_uri,
+        name,
+        backbone="MobileNet",
+        decision=Decision(rule="argmax"),
+        metric_key="f1_macro",
+        metric_value=0.8,
+        test_fingerprint="abc",
+        dataset_version="v",
+    )
+    registry.move_alias(client, name, "champion", str(version.version), action="promote", reason="test")
+    assert registry.decision_of(client.get_model_version(name, "1")).rule == "argmax"
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     image = serving.encode_image_bytes(encode_png(np.zeros((40, 40), dtype=np.uint8)))
     result = model.predict(pd.DataFrame({"image": [image]}))
     assert result[["prob_non-COVID", "prob_COVID-19"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
-
-
-def test_split_mismatch_is_reported_and_metric_falls_back_to_the_run(tracking, keras_model_path):
-    client, name = MlflowClient(), "cxr-split-mismatch"
-    first = register_and_promote(client, log_candidate(tracking, keras_model_path, 0.70), name, 0.70)
-    assert first.alias == "champion"
-
-    # A version registered by log_model itself, tagged afterwards, on another test split.
-    with mlflow.start_run(experiment_id=tracking):
-        mlflow.log_metric(METRIC, 0.90)
-        info = serving.log_pyfunc_model(
-            keras_model_path, serving.build_contract("binary", "MobileNet", 32), registered_model_name=name
-        )
-    version = info.registered_model_version
-    client.set_model_version_tag(name, str(version), registry.TAG_FINGERPRINT, "other-split")
-    result = registry.promote_version(client, name, version, METRIC, min_improvement=0.05)
-
-    assert result.alias == "champion"
-    assert result.metric == pytest.approx(0.90)  # read from the run
-    assert "test splits differ" in result.reason
-    assert "other-split" in result.reason
-    assert client.get_model_version(name, str(version)).tags[registry.TAG_SPLIT_MISMATCH] == "true"
-
-    again = registry.promote_version(client, name, version, METRIC)
-    assert again.alias == "champion"
-    assert "already holds" in again.reason

@@ -111,6 +111,9 @@ def test_two_phases_fine_tune_top_layers_with_batchnorm_frozen(pretrained_weight
     assert summary["phase2_epochs"] == 1
     assert recorder.epochs == [0, 1, 2]  # phase 2 numbered after phase 1
     assert len(summary["history"]["val_loss"]) == 3
+    assert len(summary["history"]["val_f1_macro"]) == 3  # the default monitor, scored every epoch of both phases
+    assert summary["monitor"] == "val_f1_macro"
+    assert summary["best_monitor_value"] == max(summary["history"]["val_f1_macro"])
     assert summary["seed"] == 0
     backbone = find_backbone(model)
     trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
@@ -185,7 +188,7 @@ path = os.path.join(tempfile.mkdtemp(), "m.keras")
 model.save(path)
 loaded = keras.models.load_model(path)
 print(json.dumps({
-    "device": summary["device"], "epochs": summary["epochs_run"],
+    "device": summary["device"], "epochs": summary["epochs_run"], "history": summary["history"],
     "conv_dtype": find_backbone(model).layers[1].compute_dtype,
     "output_dtype": model.get_layer("probability").compute_dtype,
     "policy_after": keras.mixed_precision.global_policy().name,
@@ -220,6 +223,7 @@ def test_mixed_precision_under_mirrored_strategy_runs_on_cpu():
         "global_batch_size": 8,
     }
     assert report["epochs"] == 1
+    assert len(report["history"]["val_f1_macro"]) == 1  # scored by model.predict inside fit, under the strategy
     assert report["conv_dtype"] == "float16"
     assert report["output_dtype"] == "float32"
     assert report["policy_after"] == "float32"  # restored for the next step in the same process
@@ -238,3 +242,97 @@ def test_reduce_lr_needs_constant_schedule_and_shorter_patience():
         TrainingConfig(reduce_lr_patience=2, lr_schedule="cosine")
     with pytest.raises(ValidationError, match="shorter than patience"):
         TrainingConfig(reduce_lr_patience=5, patience=5)
+
+
+# --- the monitored metric: early stopping and the best epoch -------------------------------
+
+# The degenerate case seen on the public data: 80% of validation is COVID-19 (class 1) and an
+# early model calls every image COVID-19 with P = 0.8. A later epoch separates the classes
+# (P = 0.6 for COVID-19, 0.45 for the others: all right) but is less confident, so its
+# unweighted val_loss is higher (0.528 against 0.500).
+DEGENERATE_LABELS = np.array([1] * 40 + [0] * 10)
+EPOCH_P_COVID = [np.full(50, 0.8), np.where(DEGENERATE_LABELS == 1, 0.6, 0.45)]
+
+
+def binary_cross_entropy(labels: np.ndarray, p: np.ndarray) -> float:
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def fixed_output_model(p_covid: np.ndarray):
+    """A binary model (one sigmoid output, as build_classifier's) whose output on input [label] is p_covid[label]."""
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, activation="sigmoid")])
+    logit = np.log(p_covid / (1 - p_covid))
+    at_0, at_1 = logit[DEGENERATE_LABELS == 0][0], logit[DEGENERATE_LABELS == 1][0]
+    model.set_weights([np.array([[at_1 - at_0]], np.float32), np.array([at_0], np.float32)])
+    return model
+
+
+def epochs_through_callbacks(monitor: str):
+    """Two epochs' logs through the scores callback and the phase callback, as fit would run them."""
+    import tensorflow as tf
+
+    from components.checkpoints import TrainingState
+    from components.training import MONITOR_MODES, _phase_callback, _validation_scores_callback
+
+    features = DEGENERATE_LABELS[:, None].astype(np.float32)
+    val_data = tf.data.Dataset.from_tensor_slices((features, DEGENERATE_LABELS)).batch(16)
+    state = TrainingState(key="k", monitor=monitor, mode=MONITOR_MODES[monitor])
+    timings: dict[str, float] = {}
+    scores = _validation_scores_callback(val_data, DEGENERATE_LABELS, 2, timings)
+    phase = _phase_callback(state, 5, None, "", None, None, timings)
+    for epoch, p_covid in enumerate(EPOCH_P_COVID):
+        model = fixed_output_model(p_covid)
+        scores.set_model(model)
+        phase.set_model(model)
+        logs = {"val_loss": binary_cross_entropy(DEGENERATE_LABELS, p_covid)}
+        scores.on_epoch_end(epoch, logs)
+        phase.on_epoch_end(epoch, logs)
+    return state, phase, timings
+
+
+def test_balanced_monitor_prefers_the_epoch_that_separates_the_classes_over_lower_val_loss():
+    state, phase, timings = epochs_through_callbacks("val_f1_macro")
+    assert state.history["val_loss"][0] < state.history["val_loss"][1]  # val_loss would pick epoch 1
+    assert state.history["val_f1_macro"][0] < 0.5  # everything COVID-19: F1 0 for the other class
+    assert state.history["val_f1_macro"][1] == 1.0
+    assert state.history["val_balanced_accuracy"] == [0.5, 1.0]
+    assert state.history["val_roc_auc"] == [0.5, 1.0]
+    assert state.best_epoch == 2
+    assert state.best_value == 1.0
+    assert state.wait == 0
+    assert np.isclose(phase.best_weights[1][0], np.log(0.45 / 0.55))  # epoch 2's weights are kept to restore
+    assert timings["monitor_seconds"] > 0
+
+
+def test_val_loss_can_still_be_monitored():
+    state, phase, _ = epochs_through_callbacks("val_loss")
+    assert state.best_epoch == 1
+    assert state.best_value == state.history["val_loss"][0]
+    assert state.wait == 1
+    assert np.isclose(phase.best_weights[1][0], np.log(0.8 / 0.2))
+
+
+def test_reduce_lr_follows_the_monitor_in_its_direction():
+    from components.training import _reduce_lr_callback
+
+    balanced = _reduce_lr_callback(TrainingConfig(reduce_lr_patience=1, monitor="val_balanced_accuracy"), {})
+    assert (balanced.monitor, balanced.mode) == ("val_balanced_accuracy", "max")
+    loss = _reduce_lr_callback(TrainingConfig(reduce_lr_patience=1, monitor="val_loss"), {})
+    assert (loss.monitor, loss.mode) == ("val_loss", "min")
+
+
+def test_validation_scores_multiclass_and_a_missing_class():
+    from components.training import check_monitor, validation_scores
+
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]])
+    scores = validation_scores(labels, probabilities)
+    assert np.isclose(scores["val_balanced_accuracy"], (1 + 1 + 0.5) / 3)
+    assert np.isclose(scores["val_f1_macro"], (2 / 3 + 1 + 2 / 3) / 3)
+    assert scores["val_roc_auc"] == 1.0
+    assert np.isnan(validation_scores(labels[:2], probabilities[:2])["val_roc_auc"])  # class 2 absent
+    with pytest.raises(ValueError, match=r"val_roc_auc needs every class.*\[2\]"):
+        check_monitor("val_roc_auc", labels[:2], 3)
+    check_monitor("val_f1_macro", labels[:2], 3)  # F1 is defined without class 2

@@ -564,3 +564,67 @@ def test_without_data_docs_nothing_is_written(manifest, tmp_path):
     assert report.data_docs_index == ""
     assert "Data Docs: not built" in report.summary
     assert not (tmp_path / "docs").exists()
+
+
+# ---------------------------------------------------------------- external data and evaluation drops
+
+
+def _with_external(split_manifest: pd.DataFrame) -> pd.DataFrame:
+    """The split fixture plus one external COVID-19 image of source "ext" (no non-COVID one)."""
+    from tests.factories import manifest_row
+
+    row = manifest_row("/data/ext/covid.png", COVID, "ext")
+    return _add(split_manifest, **row).assign(split=[*split_manifest["split"], "external"])
+
+
+def test_external_rows_are_held_out_exempt_from_the_per_split_minimum_and_counted_per_source(split_manifest, tmp_path):
+    report = _validate_split(_with_external(split_manifest), tmp_path)
+
+    assert report.success, report.summary
+    assert "17 images (train 8, val 4, test 4, external 1)" in report.summary
+    assert {(r["split"], r["label"]) for r in report.tables["split_classes"]} == {
+        (split, label) for split in ("train", "val", "test") for label in (NON_COVID, COVID)
+    }
+    assert report.tables["external_classes"] == [
+        {"source": "ext", "label": NON_COVID, "count": 0},
+        {"source": "ext", "label": COVID, "count": 1},
+    ]
+
+
+def test_an_external_near_duplicate_of_a_training_image_is_a_leak(split_manifest, tmp_path):
+    frame = _with_external(split_manifest)
+    base = int(frame.loc[0, "phash"], 16)  # row 0: train
+    frame.loc[len(frame) - 1, "phash"] = f"{base ^ 0b1:016x}"
+    report = _validate_split(frame, tmp_path)
+
+    assert _failed(report) == ["no_near_duplicates_across_splits"]
+    leaks = report.listings["near_duplicate_leaks"]
+    assert [(p["uri_a"], p["uri_b"], p["split_a"], p["split_b"]) for p in leaks] == [
+        (frame.loc[0, "uri"], "/data/ext/covid.png", "train", "external")
+    ]
+
+
+def test_an_evaluation_drop_skips_the_training_thresholds(manifest, split_manifest, tmp_path):
+    evaluation = manifest.assign(split="external")
+    many = {"min_images_per_class": 1000, "min_class_fraction": 0.9, "min_images_per_split_class": 1000}
+    config = ValidationConfig(**many)
+    manifest_report = validate_manifest(manifest, "binary", tmp_path, config, data_docs=False, purpose="evaluation")
+    split_report = validate_split(evaluation, "binary", tmp_path, config, data_docs=False, purpose="evaluation")
+
+    assert manifest_report.success, manifest_report.summary
+    assert [r.name for r in manifest_report.results] == list(MANIFEST_CHECK_NAMES)
+    assert _result(manifest_report, "min_images_per_class").skipped
+    assert _result(manifest_report, "class_balance").skipped
+    assert "training thresholds do not apply" in _result(manifest_report, "class_balance").details
+    assert "(evaluation data)" in manifest_report.summary
+    assert split_report.success, split_report.summary
+    assert _result(split_report, "min_images_per_split_class").skipped
+    assert "16 images (external 16)" in split_report.summary
+    assert split_report.tables["split_classes"] == []
+    # The same data for training: blocked by the thresholds.
+    assert not _validate(manifest, tmp_path, **many).success
+    # An evaluation drop has no training split.
+    report = validate_split(split_manifest, "binary", tmp_path, config, data_docs=False, purpose="evaluation")
+    assert _failed(report) == ["split_values_known"]
+    with pytest.raises(ValueError, match="purpose"):
+        validate_split(evaluation, "binary", tmp_path, config, data_docs=False, purpose="serving")

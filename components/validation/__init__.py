@@ -26,8 +26,14 @@ table or column is computed first and GX checks that:
   in at most ``near_duplicate_max_distance`` bits, from
   components.duplicates): expected to have no rows.
 * split: ``split_images``, ``split_patients`` (splits per patient),
-  ``split_classes`` (images per split and class) and ``split_near_duplicates``
-  (near-duplicate pairs whose images sit in different splits).
+  ``split_classes`` (images per training split and class) and
+  ``split_near_duplicates`` (near-duplicate pairs whose images sit in
+  different splits; ``external``, the held-out split of components.splitting,
+  counts as one).
+
+Both validations take a ``purpose`` (components.splitting.DataPurpose):
+``evaluation`` (an evaluation-only drop, every row ``external``) skips the
+training thresholds (severities.TRAINING_THRESHOLDS), reported as skipped.
 
 Modules, lowest first (none imports the run-config module components.config,
 which imports ``settings``):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from components.candidates import LATERAL_VIEWS
 from components.labels import FILE_PROBLEM_REASONS
-from components.splitting import SPLITS
+from components.splitting import ALL_SPLITS, EXTERNAL
 from components.validation.settings import ValidationConfig
 from components.validation.severities import (
     AGE_GROUP_CONSISTENCY,
@@ -340,6 +340,7 @@ def split_suites(
     patients: pd.DataFrame,
     split_classes: pd.DataFrame,
     leaks: pd.DataFrame,
+    splits: Sequence[str] = ALL_SPLITS,
 ) -> list[Suite]:
     """The four suites of the split validation, in report order.
 
@@ -352,6 +353,8 @@ def split_suites(
         split_classes: `split_class_table` of the split manifest.
         leaks: The rows of `near_duplicate_table(..., extra=("split",))` whose images sit in
             different splits.
+        splits: The split values allowed (`split_values_known`): ALL_SPLITS, or only EXTERNAL for
+            an evaluation-only data drop.
 
     Returns:
         The suites over images, patients, (split, class) cells and near-duplicate leaks.
@@ -368,11 +371,11 @@ def split_suites(
         expect(
             SPLIT_VALUES_KNOWN,
             gxe.ExpectColumnValuesToBeInSet,
-            f"every image is in one of {list(SPLITS)}.",
+            f"every image is in one of {list(splits)}.",
             column="split",
-            value_set=list(SPLITS),
+            value_set=list(splits),
         ),
-        f"rows outside the splits {list(SPLITS)}",
+        f"rows outside the splits {list(splits)}",
     )
     one_split_per_patient = Check(
         NO_PATIENT_IN_TWO_SPLITS,
@@ -392,7 +395,7 @@ def split_suites(
         expect(
             MIN_IMAGES_PER_SPLIT_CLASS,
             gxe.ExpectColumnValuesToBeBetween,
-            f"every split has at least {m} image(s) of every task label.",
+            f"every training split has at least {m} image(s) of every task label ({EXTERNAL} data is exempt).",
             column="count",
             min_value=m,
         ),
@@ -404,7 +407,8 @@ def split_suites(
         NO_NEAR_DUPLICATES_ACROSS_SPLITS,
         severity,
         f"no near-duplicate pair (pHash distance <= {distance}) has its two "
-        "images in different splits: that is leakage, even between different patient ids.",
+        f"images in different splits: that is leakage, even between different patient ids ({EXTERNAL} counts "
+        "as a held-out split: an external image that copies a training image inflates the external numbers).",
         f"near-duplicate pairs across splits (pHash distance <= {distance})",
         _pair_examples(leaks, with_split=True),
     )

@@ -76,6 +76,9 @@ SPLIT_CHECKS: dict[str, Severity] = {
     MIN_IMAGES_PER_SPLIT_CLASS: BLOCKING,
 }
 DEFAULT_SEVERITY: dict[str, Severity] = {**MANIFEST_CHECKS, **SPLIT_CHECKS}
+# Thresholds that ask for enough training data: skipped (reported as such) for an evaluation-only
+# data drop, whose class counts and prevalence are what they are (components.splitting.EVALUATION).
+TRAINING_THRESHOLDS: tuple[str, ...] = (MIN_IMAGES_PER_CLASS, CLASS_BALANCE, MIN_IMAGES_PER_SPLIT_CLASS)
 MANIFEST_CHECK_NAMES: tuple[str, ...] = tuple(MANIFEST_CHECKS)
 SPLIT_CHECK_NAMES: tuple[str, ...] = tuple(SPLIT_CHECKS)
 CHECK_NAMES: tuple[str, ...] = MANIFEST_CHECK_NAMES + SPLIT_CHECK_NAMES

@@ -10,7 +10,7 @@ computed here first and GX checks that table:
   groups and the pediatric-share gap.
 * ``near_duplicate_table`` (one row per pair of near-duplicate images).
 * split: ``split_images_table``, ``split_patients_table``,
-  ``split_class_table``.
+  ``split_class_table``, ``external_class_table``.
 
 ``exact_duplicate_listing`` and ``records`` give the rows a report lists for
 stewards. Nothing here imports GX.
@@ -27,7 +27,7 @@ from components.candidates import ADULT, PEDIATRIC
 from components.duplicates import exact_duplicate_groups, near_duplicate_pairs
 from components.labels import EXCLUDE_DUPLICATE
 from components.manifest import MANIFEST_COLUMNS
-from components.splitting import SPLITS
+from components.splitting import EXTERNAL, SPLITS
 from components.validation.report import Record, json_scalar
 from components.validation.severities import REQUIRED_COLUMNS
 
@@ -359,23 +359,48 @@ def split_patients_table(split_manifest: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def split_class_table(split_manifest: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+def split_class_table(
+    split_manifest: pd.DataFrame, labels: Sequence[str], splits: Sequence[str] = SPLITS
+) -> pd.DataFrame:
     """One row per (split, task label), 0 when absent.
 
     Args:
         split_manifest: Used rows with label and split.
         labels: The task's labels.
+        splits: The splits to count (default the training splits: EXTERNAL rows are not held
+            to a per-split minimum; see `external_class_table`).
 
     Returns:
-        Columns split, label, count; splits in SPLITS order, then labels in `labels` order.
+        Columns split, label, count; splits in `splits` order, then labels in `labels` order.
     """
     counts = split_manifest.groupby(["split", "label"]).size()
     rows = [
         {"split": split, "label": label, "count": int(counts.get((split, label), 0))}
-        for split in SPLITS
+        for split in splits
         for label in labels
     ]
     return pd.DataFrame(rows, columns=["split", "label", "count"])
+
+
+def external_class_table(split_manifest: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
+    """One row per (external source, task label) among the EXTERNAL rows, 0 when absent.
+
+    Args:
+        split_manifest: Used rows with source, label and split.
+        labels: The task's labels.
+
+    Returns:
+        Columns source, label, count; sources sorted, then labels in `labels` order; no rows
+        when nothing is external.
+    """
+    external = split_manifest[split_manifest["split"] == EXTERNAL]
+    counts = external.groupby(["source", "label"]).size()
+    rows = [
+        {"source": source, "label": label, "count": int(counts.get((source, label), 0))}
+        for source in sorted(external["source"].fillna("").astype(str).unique())
+        for label in labels
+    ]
+    return pd.DataFrame(rows, columns=["source", "label", "count"])
 
 
 def split_images_table(split_manifest: pd.DataFrame) -> pd.DataFrame:

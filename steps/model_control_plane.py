@@ -1,0 +1,40 @@
+"""Mirror the MLflow aliases in ZenML's Model Control Plane, so that both registries agree.
+
+`champion` is the ZenML stage ``production``, `challenger` is ``staging``
+(stages: none, staging, production, archived; setting production with
+``force=True`` archives the previous holder). The ZenML model version of
+MLflow version N is named ``vN``. Not a step: the promote step and the
+``cxr promote`` / ``cxr rollback`` commands call it.
+"""
+
+from zenml.client import Client
+from zenml.enums import ModelStages
+
+from components.registry import CHAMPION, INTENDED_USE
+
+
+def zenml_version_name(version: str) -> str:
+    """The ZenML model version name of MLflow version `version`."""
+    return f"v{version}"
+
+
+def mirror_alias(model_name: str, version: str, alias: str, description: str = "") -> str:
+    """Give the ZenML model version of `version` the stage matching `alias`; returns the stage set.
+
+    Creates the ZenML model and model version when missing.
+    """
+    client = Client()
+    try:
+        client.get_model(model_name)
+    except KeyError:
+        client.create_model(
+            name=model_name, description="Chest X-ray classifier (MLflow registry mirror)", limitations=INTENDED_USE
+        )
+    name = zenml_version_name(version)
+    try:
+        client.get_model_version(model_name, name)
+    except KeyError:
+        client.create_model_version(model_name, name=name, description=description[:2000] or None)
+    stage = ModelStages.PRODUCTION if alias == CHAMPION else ModelStages.STAGING
+    client.update_model_version(model_name, name, stage=stage, force=True)
+    return stage.value
