@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from components.assessment import Predictions
 from components.config import BackboneConfig, EvaluationConfig
+from components.errors import CxrError
 from components.metrics import LOWER_IS_BETTER, Decision, SplitMetrics, choose_decision, classification_metrics
 from components.registry import split_fingerprint
 from components.splitting import EXTERNAL
@@ -27,6 +28,10 @@ from components.training import load_images, predict_probabilities
 # Rows of external sources (evaluation.external_sources, or a whole evaluation-only drop) carry
 # split EXTERNAL (components.splitting); they are reported per source as "external:<source>".
 EXTERNAL_PREFIX = "external:"
+
+
+class ModelMismatchError(CxrError, ValueError):
+    """A registered model cannot be compared on these data: its classes differ (another task)."""
 
 
 class Evaluation(BaseModel):
@@ -169,12 +174,20 @@ def predict_with_version(model_uri: str, like: list[Predictions]) -> list[Predic
 
     Returns:
         One Predictions per entry of `like`, same split names and row order, this model's probabilities.
+
+    Raises:
+        ModelMismatchError: the model's classes are not those of `like` (a model of another task).
     """
     import mlflow
 
     classifier = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     out = []
     for predictions in like:
+        if list(classifier.class_names) != list(predictions.class_names):
+            raise ModelMismatchError(
+                f"{model_uri} predicts {classifier.class_names}, but the data are labelled "
+                f"{predictions.class_names} (another task?)"
+            )
         images = load_images(predictions.uris, classifier.image_size)
         probabilities = predict_probabilities(classifier.model, images, len(classifier.class_names))
         out.append(predictions.model_copy(update={"probabilities": np.asarray(probabilities, float).tolist()}))

@@ -445,6 +445,10 @@ def move_alias(
     )
     # set_registered_model_alias moves the alias: the previous holder loses it.
     client.set_registered_model_alias(model_name, alias, str(version))
+    if alias == CHAMPION:  # the new champion is nobody's challenger any more
+        challenger = current_champion(client, model_name, CHALLENGER)
+        if challenger is not None and str(challenger.version) == str(version):
+            client.delete_registered_model_alias(model_name, CHALLENGER)
     client.set_registered_model_tag(model_name, f"{TAG_ALIAS_HISTORY_PREFIX}{seq:06d}", event.model_dump_json())
     return event
 

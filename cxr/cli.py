@@ -5,6 +5,8 @@
     cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training);
                                        --purpose evaluation: an evaluation-only drop (not split, all external)
     cxr ablation --config FILE         the paper's ablation (Table 4) for one backbone
+    cxr evaluate --model URI --config FILE  a registered version (models:/NAME@ALIAS or models:/NAME/N) on a
+                                       labelled data drop: data steps (purpose evaluation) + the evaluation card
     cxr check-config --config FILE     validate a run config, run nothing
     cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
     cxr predict IMAGE...               label + probabilities from the champion
@@ -34,7 +36,13 @@ from components.config import ConfigError, load_run_config
 from components.errors import CxrError
 
 if TYPE_CHECKING:
-    from cxr.runner import AblationRunSummary, StewardOutputs, TrainingRunSummary
+    from cxr.runner import (
+        AblationRunSummary,
+        EvaluationRunSummary,
+        RegisteredVersion,
+        StewardOutputs,
+        TrainingRunSummary,
+    )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = os.environ.get("CXR_WORKDIR", str(PROJECT_ROOT / ".cxr"))
@@ -249,6 +257,79 @@ def format_summary(summary: TrainingRunSummary, paths) -> str:
     return "\n".join(lines)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Exit 0 when the version was evaluated, 1 when the data gate blocked the drop (its summary printed)."""
+    from components.registered_evaluation import parse_model_reference
+
+    parse_model_reference(args.model)  # ModelReferenceError (exit 2) before anything runs
+    _check_summary_path(args.summary_json)
+    paths = _environment(args.workdir)
+    from components.validation import ManifestValidationError
+    from cxr.runner import latest_run_id, registered_version, run_evaluation, steward_outputs
+    from pipelines.evaluation import PIPELINE_NAME
+
+    registered = registered_version(args.model)
+    config = _evaluation_run_config(args.config, _parse_overrides(args.set), registered)
+    try:
+        summary = run_evaluation(config, args.model, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
+    except ManifestValidationError:
+        print(format_validation(steward_outputs(latest_run_id(PIPELINE_NAME))))
+        print(f"{registered.model_uri} was not evaluated: the data gate blocked this drop.")
+        return 1
+    print(format_evaluation(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(summary.model_dump_json(indent=2))
+    return 0
+
+
+def _evaluation_run_config(path: str, overrides: dict[str, Any], registered: RegisteredVersion):
+    """The run config of `cxr evaluate`: a data config may leave out `task` and `backbones`, which then
+    default to the registered version's own (its contract); --set applies last."""
+    from components.config import parse_run_config, read_yaml_mapping, set_dotted
+
+    data = read_yaml_mapping(path, "run config")
+    if not data:
+        raise ConfigError(f"run config {path} is empty")
+    contract = registered.contract
+    if "task" in contract:
+        data.setdefault("task", contract["task"])
+    if "backbone" in contract and "image_size" in contract:
+        backbone = {
+            "name": contract["backbone"],
+            "image_size": contract["image_size"],
+            "weights": registered.pinned_uri,
+        }
+        data.setdefault("backbones", [backbone])
+    for dotted, value in overrides.items():
+        set_dotted(data, dotted, value)
+    return parse_run_config(data, origin=str(path))
+
+
+def format_evaluation(summary: EvaluationRunSummary) -> str:
+    level = summary.assessments[0].confidence_level if summary.assessments else 0.95
+    given = f" ({summary.model_uri})" if summary.model_uri != f"models:/{summary.model_name}/{summary.version}" else ""
+    lines = [
+        "",
+        "=" * 72,
+        f"Evaluation run '{summary.run_name}' finished.",
+        f"Model:             {summary.model_name} version {summary.version}{given}",
+        f"Decision rule:     {summary.decision}; recorded at registration, not re-chosen on this data",
+        f"Data version:      {summary.dataset_version} (every image external: never trained on)",
+        f"Metrics ({level:.0%} CI, patient bootstrap), per source:",
+    ]
+    lines += [f"  {format_assessment(a)}" for a in summary.assessments]
+    lines += [
+        f"Evaluation card:   {summary.evaluation_card}",
+        f"Card (JSON):       {summary.evaluation_card_json}",
+        f"Recorded:          tag evaluated_on.{summary.dataset_version} on version {summary.version} "
+        f"= {summary.card_mlflow_uri}; no alias moved",
+        f"Steward report:    {summary.steward_report}/summary.html",
+        f"MLflow run:        {summary.mlflow_run_id} (experiment '{summary.experiment}')",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
 def _registered_model_uri(args: argparse.Namespace) -> str:
     """models:/<name>@<alias>, checked to exist (RegisteredModelNotFoundError otherwise)."""
     from mlflow import MlflowClient
@@ -423,6 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
         "drop, every image external, no split and no training thresholds (labels still required)",
     )
     _add_ablation_parser(commands)
+    sub = commands.add_parser("evaluate", help="evaluate a registered model version on a labelled data drop")
+    sub.add_argument(
+        "--model",
+        required=True,
+        metavar="URI",
+        help="models:/<name>@<alias> (e.g. models:/cxr-classifier@champion) or models:/<name>/<version>",
+    )
+    _add_run_arguments(
+        sub,
+        "data config YAML: a run config whose data is evaluated (task and backbones default to the model's)",
+        True,
+        "also write the evaluation summary (assessments with CIs) to this JSON file",
+    )
+    sub.set_defaults(handler=cmd_evaluate)
     _add_registry_parsers(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)

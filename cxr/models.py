@@ -36,13 +36,14 @@ from components.registry import (
 def _versions(client: MlflowClient, model_name: str) -> list[ModelVersion]:
     if model_name.endswith(LOCK_SUFFIX):
         raise RegisteredModelNotFoundError(f"{model_name!r} is a promotion lock, not a model")
-    versions = client.search_model_versions(f"name = '{model_name}'")
-    if not versions:
+    found = client.search_model_versions(f"name = '{model_name}'")
+    if not found:
         raise RegisteredModelNotFoundError(
             f"registered model {model_name!r} has no versions in the registry at {mlflow.get_registry_uri()}; "
             "train one first (cxr train) or check --model-name and --workdir"
         )
-    return sorted(versions, key=lambda v: int(v.version))
+    # Search results carry no aliases in the SQL stores: read each version.
+    return [client.get_model_version(model_name, str(v)) for v in sorted(int(v.version) for v in found)]
 
 
 def _version(client: MlflowClient, model_name: str, version: str) -> ModelVersion:

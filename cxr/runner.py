@@ -10,13 +10,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from components.ablation import VARIANTS, AblationSummary, ablation_config
+from components.assessment import Assessment
 from components.config import RunConfig, merged_yaml_file
 from components.labels import Task
 from components.metrics import SplitMetrics
 from components.registry import Promotion, Registration
 from components.splitting import TRAINING, DataPurpose
 from components.steward_report import StewardSummary
-from cxr.stack import EXPERIMENT_NAME, LocalPaths, ensure_local_stack
+from cxr.stack import EVALUATION_EXPERIMENT_NAME, EXPERIMENT_NAME, LocalPaths, ensure_local_stack
 from steps.names import (
     ABLATION_CSV,
     ABLATION_REPORT_STEP,
@@ -201,6 +202,105 @@ def _card_path(run) -> str | None:
     if EVALUATION_CARD_HTML not in outputs:
         return None
     return outputs[EVALUATION_CARD_HTML][0].run_metadata.get("path")
+
+
+class RegisteredVersion(BaseModel):
+    """A registered version a `models:/` URI names now, and its model contract (task, classes, backbone)."""
+
+    model_uri: str  # as given: models:/<name>@<alias> or models:/<name>/<version>
+    model_name: str
+    version: str
+    contract: dict[str, Any]
+
+    @property
+    def pinned_uri(self) -> str:
+        """models:/<name>/<version>: this version, whatever the alias points at later."""
+        return f"models:/{self.model_name}/{self.version}"
+
+
+def registered_version(model_uri: str) -> RegisteredVersion:
+    """Resolve a `models:/` URI in the configured MLflow registry and read the version's contract.
+
+    Raises:
+        ModelReferenceError: not models:/<name>@<alias> or models:/<name>/<version>.
+        RegisteredModelNotFoundError: no such model, alias or version (the message lists what exists).
+        ModelContractMismatchError: the version has no model contract.
+    """
+    from mlflow import MlflowClient
+
+    from components.registered_evaluation import model_contract, parse_model_reference, resolve_model_version
+
+    reference = parse_model_reference(model_uri)
+    version = str(resolve_model_version(MlflowClient(), reference).version)
+    contract = model_contract(f"models:/{reference.name}/{version}")
+    return RegisteredVersion(model_uri=model_uri, model_name=reference.name, version=version, contract=contract)
+
+
+class EvaluationRunSummary(BaseModel):
+    """What `cxr evaluate` prints and writes with --summary-json: the version, the data, each source's assessment."""
+
+    run_name: str
+    model_uri: str  # as given
+    model_name: str
+    version: str  # the version evaluated (an alias resolved when the run started)
+    dataset_version: str
+    decision: str  # the decision rule recorded on the version at registration, described
+    assessments: list[Assessment]  # one per source, "external:<source>"
+    evaluation_card: str | None  # the card's HTML file
+    evaluation_card_json: str | None
+    card_mlflow_uri: str | None  # also the version's tag evaluated_on.<dataset_version>
+    mlflow_run_id: str | None
+    steward_report: str | None
+    experiment: str
+
+
+def run_evaluation(
+    config: RunConfig, model_uri: str, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+) -> EvaluationRunSummary:
+    """Evaluate a registered version (`models:/<name>@<alias>` or `models:/<name>/<version>`) on the data of
+    `config` through the data steps with purpose "evaluation" (pipelines/evaluation.py). The reference and the
+    model's task are checked before anything runs; a blocked data drop raises ManifestValidationError after
+    its steward report has been written."""
+    from components.registered_evaluation import check_model_contract
+
+    registered = registered_version(model_uri)
+    check_model_contract(registered.contract, registered.pinned_uri, config.task, list(config.class_names))
+    _prepare(config, paths, project_root)
+    from pipelines.evaluation import evaluation_pipeline
+
+    pipeline_run = _run_pipeline(
+        evaluation_pipeline, config, paths, project_root, zenml_overlays, model_uri=registered.model_uri
+    )
+    return collect_evaluation(pipeline_run.id, model_uri)
+
+
+def collect_evaluation(pipeline_run_id, model_uri: str) -> EvaluationRunSummary:
+    """The card and its files from a finished evaluation run."""
+    from zenml.client import Client
+
+    from steps.names import EVALUATE_REGISTERED_STEP, EVALUATION_CARD
+
+    run = Client().get_pipeline_run(pipeline_run_id)
+    if run.status.value != "completed":
+        raise RuntimeError(f"pipeline run {run.name} ended with status {run.status.value}")
+    outputs = run.steps[EVALUATE_REGISTERED_STEP].outputs
+    card = outputs[EVALUATION_CARD][0].load()
+    files = outputs[EVALUATION_CARD_HTML][0].run_metadata
+    return EvaluationRunSummary(
+        run_name=run.name,
+        model_uri=model_uri,
+        model_name=card.model_name,
+        version=str(card.model_version),
+        dataset_version=card.dataset_version,
+        decision=card.decision.describe(),
+        assessments=card.assessments,
+        evaluation_card=files.get("path"),
+        evaluation_card_json=files.get("json"),
+        card_mlflow_uri=files.get("mlflow"),
+        mlflow_run_id=files.get("mlflow_run_id"),
+        steward_report=steward_outputs(pipeline_run_id).reports_folder,
+        experiment=EVALUATION_EXPERIMENT_NAME,
+    )
 
 
 class AblationRunSummary(AblationSummary):

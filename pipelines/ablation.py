@@ -57,4 +57,6 @@ def ablation_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
         variants=[variant.key for variant in plan],
         backbone=backbone.name,
         task=run.task,
+        evaluation=run.evaluation,
+        seed=run.seed,
     )

@@ -44,6 +44,7 @@ STEWARD_STEP = "steward_report"
 DATA_GATE_STEP = "data_gate"
 REGISTER_STEP = "register_best_model"
 PROMOTE_STEP = "promote_model"
+EVALUATE_REGISTERED_STEP = "evaluate_registered_model"  # cxr evaluate (pipelines/evaluation.py)
 ABLATION_REPORT_STEP = "ablation_report"
 AUGMENT_ON_STEP = "augment_on"  # the ablation's two augment steps
 AUGMENT_OFF_STEP = "augment_off"

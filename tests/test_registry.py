@@ -249,31 +249,24 @@ def test_an_mlflow_outage_before_aliasing_keeps_the_old_champion_and_says_what_f
     ]
     log = tmp_path / "server.log"
 
-    def start():
-        process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_ready(process, url, log, probe="/health")
-        return process
-
+    server = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    mlflow.set_tracking_uri(url)
-    server = start()
     try:
+        wait_ready(server, url, log, probe="/health")
         client, name = MlflowClient(url), "outage"
         assert promote(client, name, register(client, name, 0.8), 0.8).alias == "champion"
         candidate = register(client, name, 0.95)
         stop_process_group(server)
-        with pytest.raises(registry.RegistryUnavailableError, match="failed while"):
+        with pytest.raises(registry.RegistryUnavailableError, match="failed while taking the promotion lock"):
             promote(client, name, candidate, 0.95)
-        server = start()
-        assert str(registry.current_champion(client, name).version) == "1"
-        assert client.get_model_version(name, candidate).aliases == []
-        # No lock was left behind: the promotion can be retried.
-        assert promote(client, name, candidate, 0.95).alias == "champion"
     finally:
         stop_process_group(server)
-        mlflow.set_tracking_uri(None)
+    # The server's own store, read directly: the old champion is in place and no lock was left behind.
+    store = MlflowClient(f"sqlite:///{tmp_path}/server.db")
+    assert str(registry.current_champion(store, name).version) == "1"
+    assert store.get_model_version(name, candidate).aliases == []
+    assert promote(store, name, candidate, 0.95).alias == "champion"
 
 
 # ---------------------------------------------------------------- a real model behind the alias

@@ -105,6 +105,73 @@ def test_training_pipeline_registers_a_champion(trained, local_stack):
     assert str(local_stack.reports) in str(docs)
 
 
+def test_the_run_writes_the_evaluation_card_and_explains_itself_in_both_registries(trained, local_stack):
+    import json
+
+    from zenml.client import Client
+
+    summary = trained["summary"]
+    card = Path(summary.evaluation_card)
+    assert card.name == "evaluation_card.html"
+    content = json.loads(card.with_name("evaluation_card.json").read_text())
+    assert [a["split"] for a in content["assessments"]] == ["test"]
+    assert "sensitivity:COVID-19" in content["assessments"][0]["intervals"]
+    assert [c.name for c in summary.promotion.criteria] == ["data gate passed"]  # floors [] in this config
+
+    client = MlflowClient(local_stack.tracking_uri)
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.tags["evaluation_card"].endswith("evaluation/evaluation_card.html")
+    assert "sensitivity:COVID-19" in version.description
+    assert "Intended use" in client.get_registered_model(MODEL_NAME).description
+    assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "evaluation")] == [
+        "evaluation/evaluation_card.html",
+        "evaluation/evaluation_card.json",
+        "evaluation/evidence.json",
+    ]
+    assert Client().get_model_version(MODEL_NAME, "v1").stage == "production"
+
+
+def test_promoters_list_show_promote_and_roll_back_from_the_cli(trained, local_stack, capsys):
+    """A second version of the same model (same run, same evidence): the gate re-evaluates the real champion
+    (v1, loaded from the registry, on the real test images) and finds no improvement; --force promotes it
+    anyway; rollback gives v1 back. Every move is in the history."""
+    import mlflow
+    from zenml.client import Client
+
+    from cxr.cli import main
+
+    registration = trained["summary"].registration
+    mlflow.register_model(registration.model_uri, MODEL_NAME)  # v2
+    workdir = ["--workdir", str(local_stack.workdir)]
+    model = ["--model-name", MODEL_NAME]
+
+    assert main([*workdir, "promote", *model, "2", "--reason", "same model again"]) == 1
+    out = capsys.readouterr().out
+    assert "v2 -> challenger" in out
+    assert "FAIL  superiority on f1_macro vs champion v1" in out
+    assert main([*workdir, "promote", *model, "2", "--reason", "radiology asked", "--force"]) == 0
+    assert "v2 -> champion: FORCED" in capsys.readouterr().out
+
+    assert main([*workdir, "models", *model]) == 0
+    listing = capsys.readouterr().out
+    assert "v1  [-]  MobileNet" in listing
+    assert "v2  [champion]" in listing
+    assert main([*workdir, "models", *model, "show", "2"]) == 0
+    assert "FAIL  superiority" in capsys.readouterr().out
+
+    assert main([*workdir, "rollback", *model, "--reason", "forced one misbehaves"]) == 0
+    assert "champion v2 -> v1" in capsys.readouterr().out
+    assert str(MlflowClient(local_stack.tracking_uri).get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == "1"
+    assert Client().get_model_version(MODEL_NAME, "v1").stage == "production"
+    assert main([*workdir, "models", *model, "history"]) == 0
+    history = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in history] == ["champion", "challenger", "champion", "champion"]
+    assert [line.split()[6] for line in history] == ["gate", "promote", "force", "rollback"]
+
+    assert main([*workdir, "models", *model, "show", "9"]) == 1
+    assert "has no version '9'" in capsys.readouterr().err
+
+
 def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained, local_stack):
     from zenml.client import Client
 
@@ -232,3 +299,119 @@ def test_missing_source_folder_is_named_without_a_traceback(local_stack, tmp_pat
     assert str(tmp_path / "nowhere") in message
     assert "not a directory" in message
     assert "Traceback" not in message
+
+
+# ---------------------------------------------------------------- cxr evaluate: the champion on a new drop
+
+
+@pytest.fixture(scope="module")
+def evaluation_drop(tmp_path_factory) -> dict:
+    """A data config (no task, no backbones: they default to the model's) over a fresh labelled
+    SYNTHETIC drop from two sources the champion never saw (other generator seeds)."""
+    from components.synthetic import generate_dataset
+
+    folder = tmp_path_factory.mktemp("evaluation-drop")
+    sources = []
+    for index, name in enumerate(("hospital-a", "hospital-b")):
+        root = folder / name
+        generate_dataset(root, n_patients_per_class=3, images_per_patient=1, image_size=64, seed=20 + index)
+        sources.append({"kind": "folder", "root": str(root), "name": name, "default_view": "PA"})
+    return {
+        "name": "evaluate-test",
+        "data": {"sources": sources},
+        "validation": {"min_width": 64, "min_height": 64, "near_duplicate_max_distance": 2},
+        "evaluation": {"bootstrap_resamples": 50, "card_examples": 2},
+    }
+
+
+def test_cxr_evaluate_assesses_the_champion_on_each_source_of_a_new_drop(
+    trained, local_stack, evaluation_drop, tmp_path, capsys
+):
+    import json
+
+    # Earlier tests of this module may have moved `champion`: the alias is read now, as the command does.
+    client = MlflowClient(local_stack.tracking_uri)
+    champion = str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+    summary_path = tmp_path / "evaluation.json"
+    model = f"models:/{MODEL_NAME}@{CHAMPION}"
+    code = run_cxr(
+        local_stack, "evaluate", evaluation_drop, tmp_path, "--model", model, "--summary-json", str(summary_path)
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"{MODEL_NAME} version {champion} ({model})" in out
+    assert "external:hospital-a (9 images): sensitivity:COVID-19" in out
+    assert "external:hospital-b (9 images): sensitivity:COVID-19" in out
+    assert "no alias moved" in out
+    summary = json.loads(summary_path.read_text())
+    assert Path(summary["evaluation_card"]).is_file()
+    card = json.loads(Path(summary["evaluation_card_json"]).read_text())
+    assert [a["split"] for a in card["assessments"]] == ["external:hospital-a", "external:hospital-b"]
+    for assessment in card["assessments"]:
+        assert assessment["intervals"]["f1_macro"]["low"] is not None
+    assert card["model_version"] == champion
+    assert card["dataset_version"] in Path(summary["evaluation_card"]).parent.name
+    assert summary["evaluation_card"] in out
+    version = client.get_model_version(MODEL_NAME, champion)
+    assert version.tags[f"evaluated_on.{card['dataset_version']}"] == summary["card_mlflow_uri"]
+    logged = {item.path for item in client.list_artifacts(summary["mlflow_run_id"], "evaluation")}
+    assert "evaluation/evaluation_card.html" in logged
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == champion  # no alias moved
+
+
+@pytest.mark.parametrize(
+    ("model", "code", "fragments"),
+    [
+        (f"models:/{MODEL_NAME}@nope", 1, ("has no alias 'nope'", "its aliases: ", "champion (version ")),
+        (f"models:/{MODEL_NAME}/99", 1, ("has no version 99", "its versions: 1")),  # and any later ones
+        ("models:/no-such-model@champion", 1, ("no registered model 'no-such-model'", MODEL_NAME)),
+        ("runs:/x", 2, ("'runs:/x' is not a registered model version", "models:/<name>@<alias>")),
+    ],
+)
+def test_cxr_evaluate_names_a_wrong_model_reference(trained, local_stack, tmp_path, capsys, model, code, fragments):
+    config = {"data": {"sources": [{"kind": "folder", "root": str(tmp_path), "name": "any"}]}}
+    assert run_cxr(local_stack, "evaluate", config, tmp_path, "--model", model) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    for fragment in fragments:
+        assert fragment in errors[0]
+
+
+def test_cxr_evaluate_refuses_data_of_another_task(trained, local_stack, evaluation_drop, tmp_path, capsys):
+    model = f"models:/{MODEL_NAME}/1"
+    assert run_cxr(local_stack, "evaluate", evaluation_drop, tmp_path, "--model", model, "--set", "task=binary") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {model} predicts task 'multiclass'")
+    assert "the run config's task is 'binary'" in last
+
+
+def test_cxr_evaluate_refuses_a_source_without_labels(trained, local_stack, evaluation_drop, tmp_path, capsys):
+    from tests.factories import write_class_folders
+
+    unsorted = tmp_path / "unsorted-drop"
+    write_class_folders(unsorted, labels=("unsorted",), patients_per_label=3, size=64)
+    config = dict(evaluation_drop)
+    config["data"] = {"sources": [{"kind": "folder", "root": str(unsorted), "name": "hospital-c"}]}
+    code = run_cxr(local_stack, "evaluate", config, tmp_path, "--model", f"models:/{MODEL_NAME}@{CHAMPION}")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: evaluation data needs labelled images: source 'hospital-c'")
+    assert "unknown finding 3" in last
+
+
+def test_cxr_evaluate_of_a_blocked_drop_prints_the_steward_summary(
+    trained, local_stack, evaluation_drop, tmp_path, capsys
+):
+    model = f"models:/{MODEL_NAME}@{CHAMPION}"
+    code = run_cxr(
+        local_stack, "evaluate", evaluation_drop, tmp_path, "--model", model, "--set", "validation.min_width=1000"
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "min_width" in out
+    assert "Steward report:" in out
+    assert f"{model} was not evaluated: the data gate blocked this drop." in out
