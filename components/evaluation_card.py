@@ -635,7 +635,7 @@ def card_html(card: EvaluationCard, predictions_by_split: dict[str, Predictions]
     if card.decision_summary or card.gate:
         failed = any(not row.passed for row in card.gate)
         css = "BLOCKED" if failed else "PASSED"
-        parts.append("<h2>Promotion decision</h2>")
+        parts.append(f"<h2>{'Promotion decision' if card.gate else 'Decision'}</h2>")
         if card.decision_summary:
             parts.append(f'<div class="decision {css}">{_e(card.decision_summary)}</div>')
         if card.gate:
@@ -692,7 +692,8 @@ def card_html(card: EvaluationCard, predictions_by_split: dict[str, Predictions]
         )
         parts.append(_slices_table(card, assessment.slices))
 
-    parts.append("<h2>Examples from the test split</h2>")
+    has_test = any(assessment.split == "test" for assessment in card.assessments)
+    parts.append(f"<h2>Examples from {'the test split' if has_test else 'the evaluated data'}</h2>")
     parts.append(
         '<p class="muted">The most confidently wrong (red) and right (green) images, with the probability the '
         "model gave its predicted class.</p>"

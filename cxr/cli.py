@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.config import ConfigError, load_run_config
 from components.errors import CxrError
+from components.labels import COVID
 
 if TYPE_CHECKING:
     from cxr.runner import (
@@ -223,9 +224,22 @@ def _with_ci(assessment, key: str) -> str:
 def format_assessment(assessment) -> str:
     """Balanced numbers first, with 95% CIs: per-class sensitivity and specificity, macro-F1, ROC-AUC; then accuracy."""
     metrics = assessment.metrics
-    keys = [f"{stat}:{name}" for name in metrics.class_names for stat in ("sensitivity", "specificity")]
+    # Binary: the other class's sensitivity and specificity are the same two numbers swapped.
+    shown = [COVID] if len(metrics.class_names) == 2 and COVID in metrics.class_names else metrics.class_names
+    keys = [f"{stat}:{name}" for name in shown for stat in ("sensitivity", "specificity")]
     keys += ["f1_macro", "roc_auc_macro", "balanced_accuracy", "ece", "accuracy"]
     return f"{assessment.split} ({metrics.n_images} images): " + ", ".join(_with_ci(assessment, k) for k in keys)
+
+
+def _serve_hint(summary: TrainingRunSummary, paths) -> str:
+    promotion = summary.promotion
+    if not promotion.promoted and promotion.champion_version is None:
+        return "Serve champion:    none yet: no version has passed the gate (cxr models; cxr promote after review)"
+    version = promotion.version if promotion.promoted else promotion.champion_version
+    return (
+        f"Serve champion:    .venv/bin/cxr{_workdir_option(paths)} serve --model-name {promotion.model_name}   "
+        f"(version {version}; then POST base64 PNGs to http://127.0.0.1:5001/invocations)"
+    )
 
 
 def format_summary(summary: TrainingRunSummary, paths) -> str:
@@ -250,8 +264,7 @@ def format_summary(summary: TrainingRunSummary, paths) -> str:
         f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
         f"Models:            .venv/bin/cxr{_workdir_option(paths)} models --model-name {promotion.model_name}",
-        f"Serve champion:    .venv/bin/cxr{_workdir_option(paths)} serve --model-name {promotion.model_name}   "
-        "(then POST base64 PNGs to http://127.0.0.1:5001/invocations)",
+        _serve_hint(summary, paths),
         "=" * 72,
     ]
     return "\n".join(lines)
