@@ -56,6 +56,7 @@ from components.bootstrap import Difference, bootstrap_weights, paired_differenc
 from components.config import EvaluationConfig, RegistryConfig
 from components.errors import CxrError
 from components.gate import TEST, GateCriterion, evaluate_gate
+from components.labels import COVID
 from components.metrics import Decision, SplitMetrics
 
 CHAMPION = "champion"
@@ -541,8 +542,10 @@ def headline_json(assessment: Assessment) -> str:
 
 
 def _headline_keys(class_names: list[str]) -> list[str]:
-    # Balanced numbers first: accuracy tracks prevalence.
-    per_class = [f"{stat}:{name}" for name in class_names for stat in ("sensitivity", "specificity")]
+    # Balanced numbers first: accuracy tracks prevalence. Binary: the positive class only (the other
+    # class's sensitivity and specificity are the same two numbers swapped).
+    shown = [COVID] if len(class_names) == 2 and COVID in class_names else class_names
+    per_class = [f"{stat}:{name}" for name in shown for stat in ("sensitivity", "specificity")]
     return [*per_class, "f1_macro", "roc_auc_macro", "balanced_accuracy", "ece"]
 
 

@@ -68,6 +68,8 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
         "ZENML_ENABLE_RICH_TRACEBACK": "false",
         "ZENML_LOGGING_COLORS_DISABLED": "true",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # Reading a small artifact (evidence.json, a model) drew tqdm bars in the command's output.
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "MLFLOW_TRACKING_URI": paths.tracking_uri,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "AUTOGRAPH_VERBOSITY": "0",
