@@ -19,6 +19,7 @@ from components.registry import (
     LOCK_SUFFIX,
     TAG_BACKBONE,
     TAG_CARD,
+    TAG_CARD_FILE,
     TAG_CRITERIA,
     TAG_DATASET_VERSION,
     TAG_HEADLINE,
@@ -93,7 +94,7 @@ def show_version(model_name: str, version: str) -> str:
         f"dataset version: {tags.get(TAG_DATASET_VERSION, '?')}",
         f"decision rule:   {tags.get('decision', 'argmax')}",
         f"test metrics:    {_headline(found)}",
-        f"evaluation card: {tags.get(TAG_CARD, '(none)')}",
+        f"evaluation card: {tags.get(TAG_CARD_FILE, '(none)')}  (MLflow: {tags.get(TAG_CARD, 'none')})",
         f"decision:        {tags.get(TAG_REASON, '(not promoted yet)')}",
     ]
     criteria = json.loads(tags.get(TAG_CRITERIA, "[]"))

@@ -13,6 +13,7 @@ from components.evaluation import predict_with_version
 from components.evaluation_card import ComparisonRow, EvaluationCard, build_card, make_examples, write_card
 from components.registry import (
     TAG_CARD,
+    TAG_CARD_FILE,
     Promotion,
     Registration,
     model_description,
@@ -64,6 +65,7 @@ def promote_model(
     mlflow.log_artifact(str(json_path), "evaluation")
     card_uri = f"runs:/{registration.mlflow_run_id}/evaluation/{html_path.name}"
     client.set_model_version_tag(name, version, TAG_CARD, card_uri)
+    client.set_model_version_tag(name, version, TAG_CARD_FILE, str(html_path))
     client.update_model_version(
         name,
         version,

@@ -90,13 +90,17 @@ def _train_and_log(
             "phase1_epochs": result.phase1_epochs,
             "phase2_epochs": result.phase2_epochs,
             "resumed_from_epoch": result.resumed_from_epoch,
+            f"best_{result.monitor}": result.best_monitor_value,
         }
     )
+    mlflow.set_tag("monitor", result.monitor)
     logger.info(
-        "%s: best epoch %d of %d (%d head + %d fine-tuning, resumed after %d), %.1f images/s",
+        "%s: best epoch %d of %d by %s=%.4f (%d head + %d fine-tuning, resumed after %d), %.1f images/s",
         backbone.name,
         result.best_epoch,
         result.epochs_run,
+        result.monitor,
+        result.best_monitor_value,
         result.phase1_epochs,
         result.phase2_epochs,
         result.resumed_from_epoch,
