@@ -68,10 +68,24 @@ def trained(local_stack, tmp_path_factory):
     from cxr.cli import PROJECT_ROOT
     from cxr.runner import run_training
 
+    from components.synthetic import generate_dataset
+
     data_root = tmp_path_factory.mktemp("data") / "synthetic"
+    # A second hospital held out as an external source: evaluated in its own column, never trained on.
+    external_root = tmp_path_factory.mktemp("data") / "hospital-x"
+    generate_dataset(external_root, n_patients_per_class=3, images_per_patient=1, image_size=96, seed=30)
+    base = tiny_config(data_root)
+    sources = [*base["data"]["sources"], {"kind": "folder", "root": str(external_root), "name": "hospital-x"}]
     # Offline expansion: the augment step writes shards (2 workers, 16 images each) into
     # the artifact store and the train step reads them back through tf.data.
-    config = parse_run_config(tiny_config(data_root, augmentation=OFFLINE))
+    config = parse_run_config(
+        tiny_config(
+            data_root,
+            augmentation=OFFLINE,
+            data={**base["data"], "sources": sources},
+            evaluation={"external_sources": ["hospital-x"], "bootstrap_resamples": 200},
+        )
+    )
     return {"summary": run_training(config, local_stack, PROJECT_ROOT), "data_root": data_root}
 
 
@@ -114,7 +128,7 @@ def test_the_run_writes_the_evaluation_card_and_explains_itself_in_both_registri
     card = Path(summary.evaluation_card)
     assert card.name == "evaluation_card.html"
     content = json.loads(card.with_name("evaluation_card.json").read_text())
-    assert [a["split"] for a in content["assessments"]] == ["test"]
+    assert [a["split"] for a in content["assessments"]] == ["test", "external:hospital-x"]
     assert "sensitivity:COVID-19" in content["assessments"][0]["intervals"]
     assert [c.name for c in summary.promotion.criteria] == ["data gate passed"]  # floors [] in this config
 
