@@ -65,10 +65,9 @@ OFFLINE = {"preset": "paper", "copies_per_image": 2, "mode": "offline", "workers
 
 @pytest.fixture(scope="module")
 def trained(local_stack, tmp_path_factory):
+    from components.synthetic import generate_dataset
     from cxr.cli import PROJECT_ROOT
     from cxr.runner import run_training
-
-    from components.synthetic import generate_dataset
 
     data_root = tmp_path_factory.mktemp("data") / "synthetic"
     # A second hospital held out as an external source: evaluated in its own column, never trained on.
