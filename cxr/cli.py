@@ -5,6 +5,8 @@
     cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training);
                                        --purpose evaluation: an evaluation-only drop (not split, all external)
     cxr ablation --config FILE         the paper's ablation (Table 4) for one backbone
+    cxr reproduce --config FILE        the paper's Tables 3 and 4: both tasks x every backbone, then the
+                                       ablation; with CIs, beside the published figures (Markdown, CSV, card)
     cxr evaluate --model URI --config FILE  a registered version (models:/NAME@ALIAS or models:/NAME/N) on a
                                        labelled data drop: data steps (purpose evaluation) + the evaluation card
     cxr check-config --config FILE     validate a run config, run nothing
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         AblationRunSummary,
         EvaluationRunSummary,
         RegisteredVersion,
+        ReproductionSummary,
         StewardOutputs,
         TrainingRunSummary,
     )
@@ -173,6 +176,78 @@ def _add_ablation_parser(commands) -> None:
     sub.add_argument("--backbone", help="backbone to ablate (default: the config's first)")
     sub.add_argument("--task", choices=["binary", "multiclass"], help="task (default: the config's)")
     sub.set_defaults(handler=cmd_ablation)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    config = load_run_config(args.config, _parse_overrides(args.set))
+    _check_summary_path(args.summary_json)
+    paths = _environment(args.workdir)
+    from cxr.runner import run_reproduction
+
+    summary = run_reproduction(
+        config,
+        paths,
+        PROJECT_ROOT,
+        tasks=args.task or ("binary", "multiclass"),
+        ablation=not args.no_ablation,
+        zenml_overlays=args.zenml_config,
+        ablation_backbone=args.ablation_backbone,
+        published=args.published,
+    )
+    print(format_reproduction(summary, paths))
+    if args.summary_json:
+        Path(args.summary_json).write_text(summary.model_dump_json(indent=2))
+    return 0
+
+
+def format_reproduction(summary: ReproductionSummary, paths) -> str:
+    files = summary.files
+    runs = [f"{what}: {name}" for what, name in summary.tables.runs.items()]
+    models = ", ".join(f"{name} ({task})" for task, name in summary.registered_models.items())
+    lines = [
+        "",
+        "=" * 72,
+        f"Reproduction '{summary.name}' finished ({', '.join(summary.tasks)}).",
+        "",
+        summary.markdown.rstrip(),
+        "",
+        f"Runs:              {'; '.join(runs)}",
+        f"Registered models: {models}",
+        f"Markdown:          {files.markdown}",
+        f"CSV:               {files.table3_csv}, {files.table4_csv}",
+        f"Reproduction card: {files.html}",
+        f"JSON:              {files.json_file}",
+        f"MLflow run:        {summary.mlflow_run_id} (experiment '{summary.experiment}', artifacts reproduce/)",
+        f"MLflow UI:         .venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
+def _add_reproduce_parser(commands) -> None:
+    sub = commands.add_parser(
+        "reproduce", help="the paper's Tables 3 and 4: both tasks, every backbone, the ablation, with CIs"
+    )
+    _add_run_arguments(
+        sub,
+        "run config YAML (configs/paper.yaml; README 'Reproducing the paper' for the smoke-scale overrides)",
+        True,
+        "also write the tables, their files and runs to this JSON file",
+    )
+    sub.add_argument(
+        "--task",
+        action="append",
+        choices=["binary", "multiclass"],
+        help="a task to run (repeatable; default both)",
+    )
+    sub.add_argument("--no-ablation", action="store_true", help="Table 3 only: skip the ablation (Table 4)")
+    sub.add_argument("--ablation-backbone", help="the backbone to ablate (default: the config's first)")
+    sub.add_argument(
+        "--published",
+        metavar="YAML",
+        help="the paper's published figures (default configs/paper_published.yaml)",
+    )
+    sub.set_defaults(handler=cmd_reproduce)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -517,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drop, every image external, no split and no training thresholds (labels still required)",
     )
     _add_ablation_parser(commands)
+    _add_reproduce_parser(commands)
     sub = commands.add_parser("evaluate", help="evaluate a registered model version on a labelled data drop")
     sub.add_argument(
         "--model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,29 @@ from pydantic import BaseModel
 
 from components.ablation import VARIANTS, AblationSummary, ablation_config
 from components.assessment import Assessment
-from components.config import RunConfig, merged_yaml_file
+from components.config import ConfigError, RunConfig, merged_yaml_file
+from components.evaluation import Evaluation
 from components.labels import Task
 from components.metrics import SplitMetrics
 from components.registry import Promotion, Registration
+from components.reproduce import (
+    ReproductionFiles,
+    ReproductionTables,
+    load_published,
+    reproduction_tables,
+    task_config,
+    to_markdown,
+    write_reproduction,
+)
 from components.splitting import TRAINING, DataPurpose
 from components.steward_report import StewardSummary
-from cxr.stack import EVALUATION_EXPERIMENT_NAME, EXPERIMENT_NAME, LocalPaths, ensure_local_stack
+from cxr.stack import (
+    EVALUATION_EXPERIMENT_NAME,
+    EXPERIMENT_NAME,
+    REPRODUCTION_EXPERIMENT_NAME,
+    LocalPaths,
+    ensure_local_stack,
+)
 from steps.names import (
     ABLATION_CSV,
     ABLATION_REPORT_STEP,
@@ -32,6 +49,9 @@ from steps.names import (
     VALIDATE_STEP,
     train_step_id,
 )
+
+# The paper's published figures that `cxr reproduce` shows beside its own (components.reproduce.PublishedNumbers).
+PUBLISHED_FIGURES = Path("configs") / "paper_published.yaml"
 
 
 def ensure_synthetic_dataset(config: RunConfig) -> Path | None:
@@ -347,3 +367,121 @@ def collect_ablation(pipeline_run_id, experiment: str) -> AblationRunSummary:
         csv=str(outputs[ABLATION_CSV][0].load()),
         experiment=experiment,
     )
+
+
+class ReproductionSummary(BaseModel):
+    """What `cxr reproduce` prints and writes with --summary-json: Tables 3 and 4, their files and runs."""
+
+    name: str
+    tasks: list[Task]
+    tables: ReproductionTables
+    markdown: str
+    files: ReproductionFiles
+    training_runs: dict[str, str]  # task -> ZenML run name of the training pipeline
+    registered_models: dict[str, str]  # task -> the registered model name (the config's, suffixed with the task)
+    ablation_runs: dict[str, str]  # task -> ZenML run name of the ablation pipeline (empty with ablation off)
+    published_available: bool  # whether the published-figures file gives any figure
+    mlflow_run_id: str
+    experiment: str
+
+
+def run_reproduction(
+    config: RunConfig,
+    paths: LocalPaths,
+    project_root: Path,
+    tasks: Sequence[Task] = ("binary", "multiclass"),
+    ablation: bool = True,
+    zenml_overlays: list[str] = (),
+    ablation_backbone: str | None = None,
+    published: str | Path | None = None,
+) -> ReproductionSummary:
+    """The paper reproduced: per task a training run with every backbone of `config` (Table 3), then the
+    ablation of one backbone (the config's first, or `ablation_backbone`; Table 4); then both tables, with
+    CIs and beside the published figures (`published`, default configs/paper_published.yaml), written under
+    ``<reports>/reproduce/<config name>`` and logged to an MLflow run of experiment `cxr_reproduction`.
+
+    Each task trains into its own registered model, ``<registry.model_name>-<task>``. Every config (each
+    task's, each ablation's) and the published figures are checked before anything runs.
+
+    Raises:
+        ConfigError: no task or a task twice, a config invalid for a task, an ablation that cannot run
+            (weights none, augmentation off, an unknown backbone), or an invalid published-figures file.
+        RuntimeError: a pipeline run ended without completing.
+    """
+    tasks = list(tasks)
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"reproduce: give each task once (binary, multiclass), got {tasks}")
+    figures = load_published(published or project_root / PUBLISHED_FIGURES)
+    configs = {task: task_config(config, task) for task in tasks}
+    if ablation:
+        for task, task_run_config in configs.items():
+            ablation_config(task_run_config, backbone=ablation_backbone, task=task)
+    evaluations, ablations, training_runs, ablation_runs = {}, {}, {}, {}
+    for task, task_run_config in configs.items():
+        trained = run_training(task_run_config, paths, project_root, zenml_overlays)
+        training_runs[task] = trained.run_name
+        evaluations[task] = collect_evaluations(trained.run_name, task_run_config)
+        if ablation:
+            ablated = run_ablation(
+                task_run_config,
+                paths,
+                project_root,
+                backbone=ablation_backbone,
+                task=task,
+                zenml_overlays=zenml_overlays,
+            )
+            ablation_runs[task] = ablated.run_name
+            ablations[task] = ablated  # an AblationSummary (with the run's name and files)
+    runs = {f"training ({task})": name for task, name in training_runs.items()}
+    runs |= {f"ablation ({task})": name for task, name in ablation_runs.items()}
+    tables = reproduction_tables(config.name, evaluations, ablations, config.evaluation, config.seed, figures, runs)
+    files = write_reproduction(tables, paths.reports / "reproduce" / config.name)
+    return ReproductionSummary(
+        name=config.name,
+        tasks=tasks,
+        tables=tables,
+        markdown=to_markdown(tables),
+        files=files,
+        training_runs=training_runs,
+        registered_models={task: task_run_config.registry.model_name for task, task_run_config in configs.items()},
+        ablation_runs=ablation_runs,
+        published_available=figures.available,
+        mlflow_run_id=_log_reproduction(paths, tables, files),
+        experiment=REPRODUCTION_EXPERIMENT_NAME,
+    )
+
+
+def collect_evaluations(pipeline_run, config: RunConfig) -> list[Evaluation]:
+    """Each backbone's Evaluation (the `evaluate_<Backbone>` steps) of a finished training run, in config order."""
+    from zenml.client import Client
+
+    from steps.names import EVALUATION, evaluate_step_id
+
+    run = Client().get_pipeline_run(pipeline_run)
+    return [run.steps[evaluate_step_id(b.name)].outputs[EVALUATION][0].load() for b in config.backbones]
+
+
+def _log_reproduction(paths: LocalPaths, tables: ReproductionTables, files: ReproductionFiles) -> str:
+    """An MLflow run (experiment cxr_reproduction) with every figure as a metric and the files as artifacts."""
+    from mlflow import MlflowClient
+
+    from cxr.stack import ensure_mlflow_experiment
+
+    client = MlflowClient(paths.tracking_uri)
+    experiment_id = ensure_mlflow_experiment(paths.tracking_uri, paths.mlflow_artifacts, REPRODUCTION_EXPERIMENT_NAME)
+    tags = {"reproduction": tables.name, **{f"run.{what}": name for what, name in tables.runs.items()}}
+    run_id = client.create_run(experiment_id, run_name=f"reproduce-{tables.name}", tags=tags).info.run_id
+    metrics = {}
+    for row in tables.table3:
+        metrics[f"table3.{row.task}.{row.backbone}.test_accuracy"] = row.accuracy.point
+        metrics[f"table3.{row.task}.{row.backbone}.test_f1_macro"] = row.f1.point
+    for row in tables.table4:
+        metrics[f"table4.{row.task}.{row.variant}.test_f1_macro"] = row.f1.point
+        metrics[f"table4.{row.task}.{row.variant}.delta_f1_macro"] = row.delta.point
+    for key, value in metrics.items():
+        if value is not None:
+            client.log_metric(run_id, key, value)
+    for path in (files.markdown, files.table3_csv, files.table4_csv, files.html, files.json_file):
+        client.log_artifact(run_id, path, "reproduce")
+    client.set_terminated(run_id)
+    return run_id

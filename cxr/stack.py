@@ -20,6 +20,7 @@ EXPERIMENT_NAME = "cxr_training"  # = the training pipeline's name, which ZenML 
 DATA_EXPERIMENT_NAME = "cxr_data_validation"  # = the data validation pipeline's name
 ABLATION_EXPERIMENT_NAME = "cxr_ablation"  # = the ablation pipeline's name
 EVALUATION_EXPERIMENT_NAME = "cxr_evaluation"  # = the evaluation pipeline's name (cxr evaluate)
+REPRODUCTION_EXPERIMENT_NAME = "cxr_reproduction"  # cxr reproduce: the paper's Tables 3 and 4 (a run, no pipeline)
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,13 @@ def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
         existing = client.list_stack_components(name=name, type=component_type)
         if not existing.total:
             client.create_stack_component(name, flavor, component_type, configuration)
-    for experiment in (EXPERIMENT_NAME, DATA_EXPERIMENT_NAME, ABLATION_EXPERIMENT_NAME, EVALUATION_EXPERIMENT_NAME):
+    for experiment in (
+        EXPERIMENT_NAME,
+        DATA_EXPERIMENT_NAME,
+        ABLATION_EXPERIMENT_NAME,
+        EVALUATION_EXPERIMENT_NAME,
+        REPRODUCTION_EXPERIMENT_NAME,
+    ):
         ensure_mlflow_experiment(paths.tracking_uri, paths.mlflow_artifacts, experiment)
     if not client.list_stacks(name=STACK_NAME).total:
         client.create_stack(
