@@ -103,6 +103,20 @@ def test_threshold_free_metrics_match_scikit_learn():
     assert metrics.pr_auc_macro == pytest.approx(np.mean(average_precision))
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_threshold_free_metrics_match_scikit_learn_with_tied_scores(seed):
+    # Scores rounded to one decimal: many ties, within and across classes (computed without scikit-learn).
+    y_true, probabilities = _noisy_three_class(n=40, seed=seed)
+    probabilities = np.round(probabilities, 1)
+    metrics = classification_metrics(y_true, probabilities, CLASSES)
+    for index, name in enumerate(CLASSES):
+        positive = y_true == index
+        assert metrics.per_class[name].roc_auc == pytest.approx(roc_auc_score(positive, probabilities[:, index]))
+        assert metrics.per_class[name].pr_auc == pytest.approx(
+            average_precision_score(positive, probabilities[:, index])
+        )
+
+
 def test_undefined_roc_auc_is_none_and_left_out_of_mlflow_metrics():
     y_true = np.array([0, 0, 1, 1])  # no pneumonia image
     probabilities = np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3]])
