@@ -6,7 +6,7 @@ EvaluationConfig and seed, so the chosen backbone's numbers are those of its
 evaluation card). Table 4: the ablation per task (components.ablation: F1 (macro)
 per variant and its difference from the full model, with the ablation's own
 intervals: each F1's patient-bootstrap CI and ΔF1's paired CI). Each row carries
-the paper's published figure where ``configs/paper_published.yaml`` gives one
+the paper's published figure where ``configs/published/paper.yaml`` gives one
 (``PublishedNumbers``; null means not available, never a guess).
 
 Pure functions, no ZenML: the tables (``reproduction_tables``), their Markdown,
@@ -67,7 +67,7 @@ REPRODUCTION_CSV_TABLE3 = "table3.csv"
 REPRODUCTION_CSV_TABLE4 = "table4.csv"
 REPRODUCTION_HTML = "reproduction_card.html"
 REPRODUCTION_JSON = "reproduction.json"
-NOT_PUBLISHED = "–"  # a published figure that configs/paper_published.yaml leaves null
+NOT_PUBLISHED = "–"  # a published figure that configs/published/paper.yaml leaves null
 
 
 # ---------------------------------------------------------------- published numbers
@@ -92,7 +92,7 @@ class PublishedTable4Entry(_Strict):
 
 
 class PublishedNumbers(_Strict):
-    """The paper's published figures (configs/paper_published.yaml), with where they come from.
+    """The paper's published figures (configs/published/paper.yaml), with where they come from.
 
     ``table3``: task -> backbone name (as in ``cxr backbones``) -> figures.
     ``table4``: task -> ablation variant key (full, no_augmentation, no_transfer, no_both) -> figures.
@@ -145,7 +145,7 @@ def load_published(path: str | Path) -> PublishedNumbers:
     """Read the paper's published figures.
 
     Args:
-        path: a YAML file shaped as PublishedNumbers (configs/paper_published.yaml).
+        path: a YAML file shaped as PublishedNumbers (configs/published/paper.yaml).
 
     Returns:
         The PublishedNumbers.
@@ -600,7 +600,7 @@ def _published_text(tables: ReproductionTables) -> str:
     if tables.published_source:
         backbone = f" The paper ablated {tables.published_table4_backbone}." if tables.published_table4_backbone else ""
         return f"Published figures: {tables.published_source}.{backbone}"
-    return f"Published figures: not available (configs/paper_published.yaml gives none); shown as {NOT_PUBLISHED}."
+    return f"Published figures: not available (configs/published/paper.yaml gives none); shown as {NOT_PUBLISHED}."
 
 
 def to_markdown(tables: ReproductionTables) -> str:
@@ -647,7 +647,7 @@ def reproduction_html(tables: ReproductionTables) -> str:
         ["reproduction", tables.name],
         ["created", tables.created_at],
         ["confidence intervals", _uncertainty(tables)],
-        ["published figures", tables.published_source or "not available (configs/paper_published.yaml)"],
+        ["published figures", tables.published_source or "not available (configs/published/paper.yaml)"],
         *([["runs", "; ".join(f"{what}: {run}" for what, run in tables.runs.items())]] if tables.runs else []),
     ]
     if tables.published_note:

@@ -245,7 +245,7 @@ def _add_reproduce_parser(commands) -> None:
     sub.add_argument(
         "--published",
         metavar="YAML",
-        help="the paper's published figures (default configs/paper_published.yaml)",
+        help="the paper's published figures (default configs/published/paper.yaml)",
     )
     sub.set_defaults(handler=cmd_reproduce)
 

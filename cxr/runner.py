@@ -51,7 +51,7 @@ from steps.names import (
 )
 
 # The paper's published figures that `cxr reproduce` shows beside its own (components.reproduce.PublishedNumbers).
-PUBLISHED_FIGURES = Path("configs") / "paper_published.yaml"
+PUBLISHED_FIGURES = Path("configs") / "published" / "paper.yaml"
 
 
 def ensure_synthetic_dataset(config: RunConfig) -> Path | None:
@@ -397,7 +397,7 @@ def run_reproduction(
 ) -> ReproductionSummary:
     """The paper reproduced: per task a training run with every backbone of `config` (Table 3), then the
     ablation of one backbone (the config's first, or `ablation_backbone`; Table 4); then both tables, with
-    CIs and beside the published figures (`published`, default configs/paper_published.yaml), written under
+    CIs and beside the published figures (`published`, default configs/published/paper.yaml), written under
     ``<reports>/reproduce/<config name>`` and logged to an MLflow run of experiment `cxr_reproduction`.
 
     Each task trains into its own registered model, ``<registry.model_name>-<task>``. Every config (each

@@ -21,20 +21,20 @@ def zenml_version_name(version: str) -> str:
 def mirror_alias(model_name: str, version: str, alias: str, description: str = "") -> str:
     """Give the ZenML model version of `version` the stage matching `alias`; returns the stage set.
 
-    Creates the ZenML model and model version when missing.
+    Creates the ZenML model and model version when missing. Lookups are by exact name and
+    then by id: ZenML's get-by-name also matches a prefix (``cxr-a`` finds ``cxr-a-binary``).
     """
     client = Client()
-    try:
-        client.get_model(model_name)
-    except KeyError:
-        client.create_model(
+    model = next((m for m in client.list_models(name=model_name, size=100).items if m.name == model_name), None)
+    if model is None:
+        model = client.create_model(
             name=model_name, description="Chest X-ray classifier (MLflow registry mirror)", limitations=INTENDED_USE
         )
     name = zenml_version_name(version)
-    try:
-        client.get_model_version(model_name, name)
-    except KeyError:
-        client.create_model_version(model_name, name=name, description=description[:2000] or None)
+    found = client.list_model_versions(model_name_or_id=model.id, name=name, size=100).items
+    model_version = next((v for v in found if v.name == name), None)
+    if model_version is None:
+        model_version = client.create_model_version(model.id, name=name, description=description[:2000] or None)
     stage = ModelStages.PRODUCTION if alias == CHAMPION else ModelStages.STAGING
-    client.update_model_version(model_name, name, stage=stage, force=True)
+    client.update_model_version(model.id, model_version.id, stage=stage, force=True)
     return stage.value

@@ -194,7 +194,7 @@ def test_markdown_shows_both_tables_with_intervals_and_published_figures():
     assert "200 stratified bootstrap resamples of patients" in markdown
     no_ablation = to_markdown(_tables(ablations={}, published=PublishedNumbers()))
     assert "The ablation was not run." in no_ablation
-    assert "Published figures: not available (configs/paper_published.yaml gives none)" in no_ablation
+    assert "Published figures: not available (configs/published/paper.yaml gives none)" in no_ablation
 
 
 def test_estimates_describe_themselves():
@@ -266,7 +266,7 @@ def test_write_reproduction_writes_markdown_csv_card_and_json(tmp_path):
 
 
 def test_the_committed_published_figures_load_and_are_all_null_until_filled_in():
-    published = load_published(PROJECT_ROOT / "configs" / "paper_published.yaml")
+    published = load_published(PROJECT_ROOT / "configs" / "published" / "paper.yaml")
     assert published.available is False
     assert published.source is None
     assert set(published.table3) == {"binary", "multiclass"}
@@ -343,7 +343,7 @@ def test_reproduce_command_writes_table_3_beside_the_published_figures(local_sta
     row = tables.table3[0]
     assert 0.0 <= row.accuracy.low <= row.accuracy.point <= row.accuracy.high <= 1.0
     assert 0.0 <= row.f1.low <= row.f1.point <= row.f1.high <= 1.0
-    assert row.published_f1 is None  # configs/paper_published.yaml: all null
+    assert row.published_f1 is None  # configs/published/paper.yaml: all null
     run = Client().get_pipeline_run(summary["training_runs"]["binary"])
     registration = run.steps[REGISTER_STEP].outputs[REGISTRATION][0].load()
     assert registration.test_metrics.f1_macro == pytest.approx(row.f1.point)
