@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from components.backbones import BACKBONES, get_backbone, parse_models_uri, weights_kind
 from components.errors import CxrError
 from components.labels import TASK_LABELS, Task, label_map_for_task
+from components.metric_keys import LOWER_IS_BETTER, metric_keys
 from components.sources import SourceConfig  # validated by the options model of its kind
 from components.validation.settings import ValidationConfig  # declared beside its checks
 
@@ -365,6 +366,23 @@ class RunConfig(_Strict):
             )
         if set(names) <= set(self.evaluation.external_sources):
             raise ValueError("evaluation.external_sources: every source is external; none is left to train on")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_metrics_exist(self) -> RunConfig:
+        # A typo in a floor would otherwise surface only at promotion, after training.
+        valid = metric_keys(TASK_LABELS[self.task])
+        for index, floor in enumerate(self.registry.gate.floors):
+            if floor.metric not in valid:
+                raise ValueError(
+                    f"registry.gate.floors.{index}.metric: {floor.metric!r} is not a metric of the {self.task} task; "
+                    f"valid: {', '.join(valid)}"
+                )
+            if floor.metric in LOWER_IS_BETTER:
+                raise ValueError(
+                    f"registry.gate.floors.{index}.metric: {floor.metric} is lower-is-better and a floor is a minimum; "
+                    "calibration is gated by registry.gate.calibration_tolerance"
+                )
         return self
 
     @property

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 from components.config import ThresholdRule
 from components.errors import CxrError
+from components.metric_keys import LOWER_IS_BETTER, PER_CLASS_STATS, SCALAR_METRICS, metric_keys
 
 __all__ = [
     "ARGMAX",
@@ -69,27 +70,7 @@ __all__ = [
     "metric_keys",
 ]
 
-# Overall metrics, higher is better unless listed in LOWER_IS_BETTER. The metrics a run may
-# select and promote on (RegistryConfig.primary_metric) are among them.
-SCALAR_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_weighted",
-    "recall_weighted",
-    "f1_weighted",
-    "specificity_macro",
-    "roc_auc_macro",
-    "pr_auc_macro",
-    "brier",
-    "ece",
-    "mce",
-)
-# Per-class metrics: flat key "{stat}:{class}", e.g. "sensitivity:COVID-19".
-PER_CLASS_STATS = ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc")
-LOWER_IS_BETTER = ("brier", "ece", "mce")
+
 # The confusion-count metrics (everything but the threshold-free and calibration ones).
 COUNT_METRICS = tuple(key for key in SCALAR_METRICS if key not in ("roc_auc_macro", "pr_auc_macro") + LOWER_IS_BETTER)
 COUNT_CLASS_STATS = ("sensitivity", "specificity", "ppv", "npv", "f1")
@@ -101,18 +82,6 @@ class MetricsInputError(CxrError, ValueError):
 
 class DecisionError(CxrError, ValueError):
     """An operating threshold that cannot be chosen or applied: the message names the split, class or rule."""
-
-
-def metric_keys(class_names: Sequence[str]) -> list[str]:
-    """Every flat metric key for these classes: the overall ones, then ``"{stat}:{class}"`` per class.
-
-    Args:
-        class_names: the C class names in model output order.
-
-    Returns:
-        SCALAR_METRICS followed by ``f"{stat}:{name}"`` for each class and each stat of PER_CLASS_STATS.
-    """
-    return list(SCALAR_METRICS) + [f"{stat}:{name}" for name in class_names for stat in PER_CLASS_STATS]
 
 
 class Interval(BaseModel):

@@ -69,6 +69,17 @@ def test_backbone_default_size_comes_from_registry():
             "option 'manifest_file' does not apply to kind 'folder' (an option of manifest)",
         ),
         ({"data.sources.0.patient_id_pattern": "^(.+)_"}, "data.sources.0.patient_id_pattern", "named group"),
+        ({"evaluation.threshold": {"rule": "fixed"}}, "evaluation.threshold", "rule fixed needs a value"),
+        ({"evaluation.threshold": {"rule": "youden", "value": 0.3}}, "evaluation.threshold", "takes no value"),
+        ({"evaluation.external_sources": ["nope"]}, "<root>", "'nope' not among data.sources"),
+        (
+            {"registry.gate.floors": [{"metric": "sensitivity:COVID", "min": 0.5}]},
+            "<root>",
+            "registry.gate.floors.0.metric: 'sensitivity:COVID' is not a metric of the multiclass task",
+        ),
+        ({"registry.gate.floors": [{"metric": "ece", "min": 0.1}]}, "<root>", "ece is lower-is-better"),
+        ({"registry.gate.floors": [{"metric": "f1_macro", "min": 2}]}, "registry.gate.floors.0.min", "less than"),
+        ({"training.monitor": "val_accuracy"}, "training.monitor", "'val_f1_macro'"),
     ],
 )
 def test_invalid_config_names_field_and_reason(override, field, reason):
