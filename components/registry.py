@@ -28,14 +28,17 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import mlflow
@@ -58,6 +61,8 @@ from components.errors import CxrError
 from components.gate import TEST, GateCriterion, evaluate_gate
 from components.labels import COVID
 from components.metrics import Decision, SplitMetrics
+
+logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -317,8 +322,8 @@ def promotion_lock(
 ) -> Iterator[str]:
     """Hold the registry-wide promotion lock of `model_name` (module docstring).
 
-    A lock older than `stale_after_s` (its holder was killed) is broken, and
-    breaking it is logged in the lock's place by the next holder; two waiters
+    A lock whose holder process ran on this host and is gone (killed), or one
+    older than `stale_after_s` (a holder elsewhere), is broken; two waiters
     breaking the same stale lock at once is the one race left (both then
     compete for a fresh lock, and one may delete the other's: keep
     `stale_after_s` far above the longest promotion).
@@ -339,8 +344,9 @@ def promotion_lock(
     """
     lock_name = f"{model_name}{LOCK_SUFFIX}"
     token = uuid.uuid4().hex
-    holder = f"{who()} pid {os.getpid()} since {_now()} token {token}"
+    holder = f"{who()} pid {os.getpid()} machine {_machine_id()} since {_now()} token {token}"
     deadline = time.monotonic() + timeout_s
+    waited = False
     while True:
         try:
             client.create_registered_model(lock_name, tags={"cxr.lock": "promotion"}, description=holder)
@@ -349,9 +355,14 @@ def promotion_lock(
             if not _is_already_exists(error):
                 raise
         held = _lock_holder(client, lock_name)
-        if held is not None and time.time() - held[1] > stale_after_s:
+        if held is not None and (time.time() - held[1] > stale_after_s or _holder_is_dead(held[0])):
             _delete_lock(client, lock_name, held[0])
             continue
+        if not waited:
+            waited = True
+            logger.warning(
+                "waiting up to %.0f s for the promotion lock %r held by %s", timeout_s, lock_name, held and held[0]
+            )
         if time.monotonic() > deadline:
             raise PromotionLockTimeoutError(
                 f"another promotion of {model_name!r} holds the lock {lock_name!r} "
@@ -373,6 +384,35 @@ def _lock_holder(client: MlflowClient, lock_name: str) -> tuple[str, float] | No
             return None
         raise
     return model.description or "", model.creation_timestamp / 1000.0
+
+
+def _machine_id() -> str:
+    """/etc/machine-id (systemd), else the boot id: host names repeat across containers, these do not."""
+    for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text:
+            return text.replace("-", "")[:32]
+    return "unknown"
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """Whether the lock's holder ran on this host and its process is gone (killed mid-promotion).
+
+    Holders on other hosts cannot be checked from here: their locks go stale by age only.
+    """
+    match = re.match(r"^(?P<who>\S+) pid (?P<pid>\d+) machine (?P<machine>\S+) since ", holder)
+    if match is None or match["who"] != who() or match["machine"] in ("unknown",) or match["machine"] != _machine_id():
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _delete_lock(client: MlflowClient, lock_name: str, holder: str) -> None:

@@ -185,6 +185,24 @@ def test_a_held_lock_times_out_with_its_holder_named_and_a_stale_one_is_broken(t
         pass
 
 
+def test_a_lock_left_by_a_killed_process_on_this_machine_is_broken_at_once(tracking):
+    client, name = MlflowClient(), "killed-holder"
+    with registry.promotion_lock(client, name) as holder:
+        pass
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = holder.replace(f" pid {os.getpid()} ", f" pid {finished.stdout.strip()} ")
+    client.create_registered_model(f"{name}{registry.LOCK_SUFFIX}", description=dead)
+    with registry.promotion_lock(client, name, timeout_s=2):  # would time out if the dead holder were waited for
+        pass
+    live = holder  # this very process: alive, so its lock is respected
+    client.create_registered_model(f"{name}{registry.LOCK_SUFFIX}", description=live)
+    with (
+        pytest.raises(registry.PromotionLockTimeoutError),
+        registry.promotion_lock(client, name, timeout_s=0.5),
+    ):
+        pass
+
+
 # ---------------------------------------------------------------- concurrency: two processes, one store
 
 
