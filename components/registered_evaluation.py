@@ -241,7 +241,13 @@ def evaluated_on_tag(dataset_version: str) -> str:
     return f"{EVALUATED_ON_PREFIX}{dataset_version}"
 
 
-def evaluation_summary(reference: ModelReference, version: str, dataset_version: str, decision: str) -> str:
+def evaluation_summary(
+    reference: ModelReference,
+    version: str,
+    dataset_version: str,
+    decision: str,
+    training_dataset_version: str | None = None,
+) -> str:
     """The card's one-line decision summary: what was evaluated on what, and that no alias moved.
 
     Args:
@@ -249,12 +255,18 @@ def evaluation_summary(reference: ModelReference, version: str, dataset_version:
         version: the version it resolved to.
         dataset_version: the data version evaluated on.
         decision: the version's recorded decision rule, described (Decision.describe()).
+        training_dataset_version: the data version the version was trained on (its tag), when known.
 
     Returns:
-        One line.
+        One line; it warns when the data are those the version was trained on (not an external validation).
     """
     given = f" (given as {reference.describe()})" if reference.alias else ""
     return (
         f"Evaluation of {reference.name} version {version}{given} on data version {dataset_version}, with the "
         f"decision rule recorded at registration: {decision}. Not a promotion: no alias moved."
+    ) + (
+        " WARNING: this is the data version the model was trained on; its training and validation images are "
+        "among these, so the figures are not an external validation."
+        if training_dataset_version == dataset_version
+        else ""
     )

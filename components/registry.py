@@ -352,6 +352,13 @@ def promotion_lock(
             client.create_registered_model(lock_name, tags={"cxr.lock": "promotion"}, description=holder)
             break
         except MlflowException as error:
+            if _is_not_found(error):
+                # The SQL store answers a lost race by reading the existing lock, which its holder
+                # may have deleted meanwhile: the lock is free again, try again soon.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(poll_s * random.random())
+                continue
             if not _is_already_exists(error):
                 raise
         held = _lock_holder(client, lock_name)
@@ -798,8 +805,10 @@ def _rollback(client: MlflowClient, model_name: str, reason: str, to_version: st
             client.get_model_version(model_name, str(to_version))
         except MlflowException as error:
             if _is_not_found(error):
-                raise RollbackError(f"{model_name!r} has no version {to_version}") from None
+                raise RollbackError(f"{model_name!r} has no version {to_version} (cxr models lists them)") from None
             raise
+        if current is not None and str(current.version) == str(to_version):
+            raise RollbackError(f"version {to_version} of {model_name!r} already holds the {CHAMPION} alias")
         return move_alias(client, model_name, CHAMPION, str(to_version), action="rollback", reason=reason)
 
 

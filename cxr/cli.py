@@ -393,6 +393,11 @@ def _evaluation_run_config(path: str, overrides: dict[str, Any], registered: Reg
     return parse_run_config(data, origin=str(path))
 
 
+def _warnings(text: str | None) -> list[str]:
+    """The card summary's warning (evaluating on the model's own training data), as a line of its own."""
+    return [f"WARNING:{text.split('WARNING:', 1)[1]}"] if text and "WARNING:" in text else []
+
+
 def format_evaluation(summary: EvaluationRunSummary) -> str:
     level = summary.assessments[0].confidence_level if summary.assessments else 0.95
     given = f" ({summary.model_uri})" if summary.model_uri != f"models:/{summary.model_name}/{summary.version}" else ""
@@ -402,7 +407,12 @@ def format_evaluation(summary: EvaluationRunSummary) -> str:
         f"Evaluation run '{summary.run_name}' finished.",
         f"Model:             {summary.model_name} version {summary.version}{given}",
         f"Decision rule:     {summary.decision}; recorded at registration, not re-chosen on this data",
-        f"Data version:      {summary.dataset_version} (every image external: never trained on)",
+        f"Data version:      {summary.dataset_version} (every image evaluated; nothing split)",
+        *(
+            [f"WARNING:{summary.summary.split('WARNING:', 1)[1]}"]
+            if summary.summary and "WARNING:" in summary.summary
+            else []
+        ),
         f"Metrics ({level:.0%} CI, patient bootstrap), per source:",
     ]
     lines += [f"  {format_assessment(a)}" for a in summary.assessments]

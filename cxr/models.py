@@ -27,6 +27,7 @@ from components.registry import (
     Evidence,
     Promotion,
     RegisteredModelNotFoundError,
+    decision_of,
     promote_with_gate,
     promotion_history,
     rollback,
@@ -92,7 +93,7 @@ def show_version(model_name: str, version: str) -> str:
         f"{model_name} v{found.version}  aliases: {', '.join(found.aliases) or 'none'}",
         f"backbone:        {tags.get(TAG_BACKBONE, '?')}",
         f"dataset version: {tags.get(TAG_DATASET_VERSION, '?')}",
-        f"decision rule:   {tags.get('decision', 'argmax')}",
+        f"decision rule:   {decision_of(found).describe()}",
         f"test metrics:    {_headline(found)}",
         f"evaluation card: {tags.get(TAG_CARD_FILE, '(none)')}  (MLflow: {tags.get(TAG_CARD, 'none')})",
         f"decision:        {tags.get(TAG_REASON, '(not promoted yet)')}",
@@ -104,6 +105,7 @@ def show_version(model_name: str, version: str) -> str:
 
 def history(model_name: str) -> str:
     """Every alias move, oldest first."""
+    _versions(MlflowClient(), model_name)  # an unknown model is an error, not an empty history
     events = promotion_history(MlflowClient(), model_name)
     if not events:
         return f"no alias moves recorded for {model_name!r}"

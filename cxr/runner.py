@@ -265,6 +265,7 @@ class EvaluationRunSummary(BaseModel):
     version: str  # the version evaluated (an alias resolved when the run started)
     dataset_version: str
     decision: str  # the decision rule recorded on the version at registration, described
+    summary: str | None = None  # the card's one-line summary (warns when these are the training data)
     assessments: list[Assessment]  # one per source, "external:<source>"
     evaluation_card: str | None  # the card's HTML file
     evaluation_card_json: str | None
@@ -312,6 +313,7 @@ def collect_evaluation(pipeline_run_id, model_uri: str) -> EvaluationRunSummary:
         model_name=card.model_name,
         version=str(card.model_version),
         dataset_version=card.dataset_version,
+        summary=card.decision_summary,
         decision=card.decision.describe(),
         assessments=card.assessments,
         evaluation_card=files.get("path"),

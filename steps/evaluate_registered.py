@@ -28,7 +28,7 @@ from components.registered_evaluation import (
     pooled_predictions,
     resolve_model_version,
 )
-from components.registry import TAG_BACKBONE, decision_of, split_fingerprint
+from components.registry import TAG_BACKBONE, TAG_DATASET_VERSION, decision_of, split_fingerprint
 from components.splitting import EXTERNAL
 from steps.names import EVALUATION_CARD, EVALUATION_CARD_HTML, EXPERIMENT_TRACKER
 
@@ -87,7 +87,9 @@ def evaluate_registered_model(
         run_name=run_name,
         assessments=assessments,
         examples=make_examples(pooled, decision, evaluation.card_examples),
-        decision_summary=evaluation_summary(reference, number, data_version, decision.describe()),
+        decision_summary=evaluation_summary(
+            reference, number, data_version, decision.describe(), (version.tags or {}).get(TAG_DATASET_VERSION)
+        ),
     )
     by_split = {p.split: p for p in predictions}
     folder = Path(reports_dir) / "evaluation" / card_folder_name(reference.name, number, data_version)
