@@ -31,7 +31,7 @@ def mirror_alias(model_name: str, version: str, alias: str, description: str = "
             name=model_name, description="Chest X-ray classifier (MLflow registry mirror)", limitations=INTENDED_USE
         )
     name = zenml_version_name(version)
-    found = client.list_model_versions(model_name_or_id=model.id, name=name, size=100).items
+    found = client.list_model_versions(model=model.id, name=name, size=100).items
     model_version = next((v for v in found if v.name == name), None)
     if model_version is None:
         model_version = client.create_model_version(model.id, name=name, description=description[:2000] or None)

@@ -13,6 +13,6 @@ def test_stages_follow_the_aliases_and_a_name_prefix_is_not_another_model(local_
     assert mirror_alias("mcp-a", "1", "champion") == "production"  # a rollback: v2 is archived
 
     client = Client()
-    stages = {v.name: v.stage for v in client.list_model_versions(model_name_or_id="mcp-a").items}
+    stages = {v.name: v.stage for v in client.list_model_versions(model="mcp-a").items}
     assert stages == {"v1": "production", "v2": "archived"}
     assert client.get_model_version("mcp-a-binary", "v1").stage == "production"
