@@ -315,6 +315,42 @@ def headline_keys(class_names: Sequence[str], positive: str | None = None) -> li
     return keys + ["f1_macro", "roc_auc_macro", "balanced_accuracy", "pr_auc_macro"]
 
 
+def summary_keys(class_names: Sequence[str]) -> list[str]:
+    """The keys a one-line summary shows (the registry's headline tag, `cxr train` and `cxr evaluate` output).
+
+    Args:
+        class_names: The task's classes in model output order (binary: the positive class second).
+
+    Returns:
+        headline_keys without PR-AUC, then "ece".
+    """
+    positive = class_names[1] if len(class_names) == 2 else None
+    return [key for key in headline_keys(class_names, positive) if key != "pr_auc_macro"] + ["ece"]
+
+
+def page_head(title: str, intended_use: str, identity: Sequence[Sequence[Any]]) -> list[str]:
+    """The opening of a card page: doctype, CSP, styles, title, intended-use banner and the identity table.
+
+    Args:
+        title: The page title (escaped here).
+        intended_use: The banner's text (escaped here).
+        identity: (label, value) rows of the identity table.
+
+    Returns:
+        HTML fragments to join; the caller appends the body and closes the page.
+    """
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_BASE_CSS}{_CARD_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<div class="use"><b>Intended use.</b> {_e(intended_use)}</div>',
+        _definitions(identity),
+    ]
+
+
 def _label(key: str) -> str:
     if ":" in key:
         stat, name = key.split(":", 1)
@@ -622,16 +658,7 @@ def card_html(card: EvaluationCard, predictions_by_split: dict[str, Predictions]
             ]
         )
         identity.append(["calibration", f"{first.metrics.calibration_bins} equal-width bins over 0..1"])
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_BASE_CSS}{_CARD_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<div class="use"><b>Intended use.</b> {_e(card.intended_use)}</div>',
-        _definitions(identity),
-    ]
+    parts = page_head(title, card.intended_use, identity)
     if card.decision_summary or card.gate:
         failed = any(not row.passed for row in card.gate)
         css = "BLOCKED" if failed else "PASSED"

@@ -58,8 +58,8 @@ from components.assessment import Assessment, Predictions, assess
 from components.bootstrap import Difference, bootstrap_weights, paired_differences
 from components.config import EvaluationConfig, RegistryConfig
 from components.errors import CxrError
+from components.evaluation_card import INTENDED_USE, summary_keys
 from components.gate import TEST, GateCriterion, evaluate_gate
-from components.labels import COVID
 from components.metrics import Decision, SplitMetrics
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,6 @@ TAG_HEADLINE = "headline_metrics"  # JSON {key: [value, CI low, CI high]} on the
 TAG_ALIAS_HISTORY_PREFIX = "history."
 LOCK_SUFFIX = ".promotion-lock"
 EVIDENCE_ARTIFACT = "evaluation/evidence.json"
-INTENDED_USE = (
-    "Research use only. Not a medical device; not for diagnosis, triage or any clinical decision. "
-    "Trained and evaluated on public chest X-ray collections with known source confounding."
-)
 # MLflow limits tag values (5,000 characters in its SQL stores).
 _TAG_LIMIT = 4900
 
@@ -556,7 +552,7 @@ def version_description(promotion: Promotion, backbone: str, dataset_version: st
         "| --- | --- | --- | --- |",
     ]
     for split, assessment in promotion.assessments.items():
-        for key in _headline_keys(assessment.metrics.class_names):
+        for key in summary_keys(assessment.metrics.class_names):
             value = assessment.metrics.scalar(key)
             interval = assessment.intervals.get(key)
             ci = "" if interval is None or interval.low is None else f"{interval.low:.3f} to {interval.high:.3f}"
@@ -578,7 +574,7 @@ def headline_json(assessment: Assessment) -> str:
         Compact JSON, short enough for an MLflow tag.
     """
     out = {}
-    for key in _headline_keys(assessment.metrics.class_names):
+    for key in summary_keys(assessment.metrics.class_names):
         value = assessment.metrics.scalar(key)
         interval = assessment.intervals.get(key)
         out[key] = [
@@ -587,14 +583,6 @@ def headline_json(assessment: Assessment) -> str:
             None if interval is None or interval.high is None else round(interval.high, 4),
         ]
     return json.dumps(out)
-
-
-def _headline_keys(class_names: list[str]) -> list[str]:
-    # Balanced numbers first: accuracy tracks prevalence. Binary: the positive class only (the other
-    # class's sensitivity and specificity are the same two numbers swapped).
-    shown = [COVID] if len(class_names) == 2 and COVID in class_names else class_names
-    per_class = [f"{stat}:{name}" for name in shown for stat in ("sensitivity", "specificity")]
-    return [*per_class, "f1_macro", "roc_auc_macro", "balanced_accuracy", "ece"]
 
 
 # ---------------------------------------------------------------- promotion on evidence

@@ -31,10 +31,9 @@ from components.assessment import assess
 from components.backbones import BACKBONES
 from components.config import ConfigError, EvaluationConfig, RunConfig, parse_run_config, read_yaml_mapping
 from components.evaluation import Evaluation
-from components.evaluation_card import _CARD_CSS, _CSP, INTENDED_USE, _definitions, _table
+from components.evaluation_card import INTENDED_USE, _table, page_head
 from components.labels import Task
 from components.metrics import Interval
-from components.steward_report import _CSS as _BASE_CSS
 from components.steward_report import _e
 
 __all__ = [
@@ -653,14 +652,7 @@ def reproduction_html(tables: ReproductionTables) -> str:
     if tables.published_note:
         identity.append(["note on the published figures", tables.published_note])
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_BASE_CSS}{_CARD_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f'<div class="use"><b>Intended use.</b> {_e(INTENDED_USE)}</div>',
-        _definitions(identity),
+        *page_head(title, INTENDED_USE, identity),
         "<h2>Table 3: accuracy and F1 per backbone and task (test split)</h2>",
         '<p class="muted">Cells: point estimate [interval]. F1 is macro-averaged; accuracy tracks prevalence. '
         f"{_e(NOT_PUBLISHED)}: no published figure.</p>",

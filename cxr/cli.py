@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from components.config import ConfigError, load_run_config
 from components.errors import CxrError
-from components.labels import COVID
 
 if TYPE_CHECKING:
     from cxr.runner import (
@@ -298,11 +297,10 @@ def _with_ci(assessment, key: str) -> str:
 
 def format_assessment(assessment) -> str:
     """Balanced numbers first, with 95% CIs: per-class sensitivity and specificity, macro-F1, ROC-AUC; then accuracy."""
+    from components.evaluation_card import summary_keys
+
     metrics = assessment.metrics
-    # Binary: the other class's sensitivity and specificity are the same two numbers swapped.
-    shown = [COVID] if len(metrics.class_names) == 2 and COVID in metrics.class_names else metrics.class_names
-    keys = [f"{stat}:{name}" for name in shown for stat in ("sensitivity", "specificity")]
-    keys += ["f1_macro", "roc_auc_macro", "balanced_accuracy", "ece", "accuracy"]
+    keys = [*summary_keys(metrics.class_names), "accuracy"]
     return f"{assessment.split} ({metrics.n_images} images): " + ", ".join(_with_ci(assessment, k) for k in keys)
 
 

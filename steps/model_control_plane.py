@@ -10,7 +10,8 @@ MLflow version N is named ``vN``. Not a step: the promote step and the
 from zenml.client import Client
 from zenml.enums import ModelStages
 
-from components.registry import CHAMPION, INTENDED_USE
+from components.evaluation_card import INTENDED_USE
+from components.registry import CHAMPION
 
 
 def zenml_version_name(version: str) -> str:
