@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 
 from components.assessment import Assessment, Predictions, SliceResult
 from components.imaging import encode_png, load_images
+from components.leakage import ExcludedImage
 from components.metrics import Decision, Interval, SplitMetrics, confusion_matrix_figure
 from components.steward_report import _CSS as _BASE_CSS
 from components.steward_report import _e
@@ -48,6 +49,8 @@ INTENDED_USE = (
 )
 CARD_HTML = "evaluation_card.html"
 CARD_JSON = "evaluation_card.json"
+# The HTML lists this many left-out images; the JSON lists every one.
+_LEFT_OUT_SHOWN = 200
 THUMBNAIL_SIZE = 96
 # The paper's figures, shown after the balanced ones; then calibration (lower is better).
 PAPER_KEYS: tuple[str, ...] = (
@@ -149,6 +152,8 @@ class EvaluationCard(BaseModel):
     examples: list[CardExample] = []
     gate: list[ComparisonRow] = []
     decision_summary: str | None = None
+    left_out: list[ExcludedImage] = []  # images a compared model had seen (components.leakage), with reasons
+    left_out_note: str = ""  # what they were left out of
 
 
 def _split_order(split: str) -> int:
@@ -171,6 +176,8 @@ def build_card(
     decision_summary: str | None = None,
     intended_use: str = INTENDED_USE,
     created_at: str | None = None,
+    left_out: Sequence[ExcludedImage] = (),
+    left_out_note: str = "",
 ) -> EvaluationCard:
     """Assemble a card: assessments ordered test, external sources (as given), then any other split.
 
@@ -189,6 +196,8 @@ def build_card(
         decision_summary: One line on the promotion decision (e.g. "champion: every criterion passed").
         intended_use: What the model may be used for; INTENDED_USE by default.
         created_at: ISO 8601 time; now (UTC, seconds) by default.
+        left_out: Images left out because a compared model had trained or been selected on them.
+        left_out_note: What they were left out of (the champion comparison, this evaluation).
 
     Returns:
         The card; its class_names are the assessments' classes.
@@ -226,6 +235,8 @@ def build_card(
         examples=list(examples),
         gate=list(gate),
         decision_summary=decision_summary,
+        left_out=list(left_out),
+        left_out_note=left_out_note,
     )
 
 
@@ -673,6 +684,16 @@ def card_html(card: EvaluationCard, predictions_by_split: dict[str, Predictions]
                     ["" if row.passed else "fail" for row in card.gate],
                     numeric=False,
                 )
+            )
+
+    if card.left_out:
+        parts.append(f"<h2>Images left out ({len(card.left_out)})</h2>")
+        parts.append(f'<p class="muted">{_e(card.left_out_note)}</p>')
+        shown = card.left_out[:_LEFT_OUT_SHOWN]
+        parts.append(_table(["split", "image", "reason"], [[i.split, i.uri, i.reason] for i in shown], numeric=False))
+        if len(card.left_out) > len(shown):
+            parts.append(
+                f'<p class="muted">and {len(card.left_out) - len(shown)} more: every one is in {_e(CARD_JSON)}.</p>'
             )
 
     parts.append(f"<h2>Metrics with {_e(level)} confidence intervals</h2>")

@@ -10,12 +10,16 @@ Criteria, in order (RegistryConfig.gate, components.config.GateConfig):
 
 1. the data gate passed;
 2. each floor, on the test split or on every external source;
-3. with a champion: the change threshold on the primary metric (superiority:
+3. with a champion: the comparison is made on test images the champion never
+   saw (components.leakage); it fails, and the next three are not computed,
+   when the champion's training images are not recorded or the unseen test
+   images miss a class (few images are left to the paired interval);
+4. with a champion: the change threshold on the primary metric (superiority:
    the difference's lower bound > ``min_improvement``; non-inferiority: >
    ``-non_inferiority_margin``);
-4. with a champion: no slice with at least ``min_slice_size`` images loses
+5. with a champion: no slice with at least ``min_slice_size`` images loses
    more than ``slice_tolerance`` on the primary metric (point estimates);
-5. with a champion: the ECE does not rise by more than ``calibration_tolerance``.
+6. with a champion: the ECE does not rise by more than ``calibration_tolerance``.
 
 The candidate becomes champion only if every criterion passes.
 """
@@ -26,9 +30,10 @@ import math
 
 from pydantic import BaseModel
 
-from components.assessment import Assessment
+from components.assessment import Assessment, Predictions
 from components.bootstrap import Difference
 from components.config import FloorCriterion, GateConfig
+from components.leakage import Overlap
 
 TEST = "test"
 EXTERNAL_PREFIX = "external:"
@@ -101,6 +106,47 @@ def floor_criteria(floor: FloorCriterion, assessments: dict[str, Assessment]) ->
             )
         )
     return criteria
+
+
+def comparison_criterion(
+    champion_version: str, *, recorded: bool, overlap: Overlap | None, kept: Predictions | None
+) -> GateCriterion:
+    """Whether the champion can be compared fairly: on test images it never trained or was selected on.
+
+    How few images are too few is left to the paired bootstrap interval (a handful of images
+    cannot give a lower bound above the change threshold); what cannot be compared at all is
+    a split without every class.
+
+    Args:
+        champion_version: the champion's version.
+        recorded: whether the champion's training and validation images are recorded (its evidence).
+        overlap: the test split against the champion's images (None without a test split).
+        kept: the candidate's test predictions of the images the champion never saw.
+
+    Returns:
+        The criterion; failed when the champion's images are unknown or the unseen images miss a class.
+    """
+    name = f"champion v{champion_version} compared on test images it never saw"
+    by_hand = "review the card and promote by hand if warranted (cxr promote VERSION --reason TEXT --force)"
+    if not recorded:
+        return GateCriterion(
+            name=name,
+            passed=False,
+            detail=(
+                f"v{champion_version}'s training and validation images are not recorded (registered before they "
+                f"were, or not by cxr train): it may have trained on this test split, so no fair comparison; {by_hand}"
+            ),
+        )
+    if overlap is None:
+        return GateCriterion(name=name, passed=True, detail="no test split in this run: not applicable")
+    detail = overlap.describe()
+    if kept is None:
+        return GateCriterion(name=name, passed=False, detail=f"{detail}; no image left to compare on; {by_hand}")
+    present = {kept.class_names[y] for y in kept.y_true}
+    missing = [c for c in kept.class_names if c not in present]
+    if missing:
+        detail += f"; no image of {', '.join(missing)} left to compare on; {by_hand}"
+    return GateCriterion(name=name, passed=not missing, detail=detail)
 
 
 def change_criterion(difference: Difference | None, gate: GateConfig, metric: str, champion: str) -> GateCriterion:
@@ -197,6 +243,8 @@ def evaluate_gate(
     differences: dict[str, Difference] | None = None,
     champion_version: str | None = None,
     data_gate_passed: bool = True,
+    compared: dict[str, Assessment] | None = None,
+    comparison: GateCriterion | None = None,
 ) -> GateDecision:
     """Apply every criterion (module docstring) and decide.
 
@@ -209,6 +257,10 @@ def evaluate_gate(
         differences: paired differences (candidate - champion) on the test split by metric key.
         champion_version: the champion's version, for the details.
         data_gate_passed: whether the run's data gate passed (a run stops before this when not).
+        compared: the candidate's assessments on the images the champion is compared on (those it
+            never saw); default `candidate`.
+        comparison: comparison_criterion's verdict on those images; when it failed, the change,
+            slice and calibration criteria are not computed.
 
     Returns:
         The GateDecision.
@@ -222,16 +274,19 @@ def evaluate_gate(
     ]
     for floor in gate.floors:
         criteria += floor_criteria(floor, candidate)
-    if champion is not None and TEST in champion and TEST in candidate:
+    if comparison is not None:
+        criteria.append(comparison)
+    mine = candidate if compared is None else compared
+    if champion is not None and TEST in champion and TEST in mine and (comparison is None or comparison.passed):
         criteria.append(
             change_criterion((differences or {}).get(primary_metric), gate, primary_metric, str(champion_version))
         )
         criteria.append(
-            slice_criteria(candidate[TEST], champion[TEST], primary_metric, gate.slice_tolerance, min_slice_size)
+            slice_criteria(mine[TEST], champion[TEST], primary_metric, gate.slice_tolerance, min_slice_size)
         )
-        criteria.append(calibration_criterion(candidate[TEST], champion[TEST], gate.calibration_tolerance))
+        criteria.append(calibration_criterion(mine[TEST], champion[TEST], gate.calibration_tolerance))
     failed = [criterion for criterion in criteria if not criterion.passed]
-    versus = f"vs champion v{champion_version}" if champion is not None else "no champion yet"
+    versus = f"vs champion v{champion_version}" if champion_version is not None else "no champion yet"
     if failed:
         reason = f"{versus}: failed {len(failed)} of {len(criteria)} criteria: " + "; ".join(
             f"{c.name} ({c.detail})" for c in failed

@@ -34,6 +34,7 @@ __all__ = [
     "ModelContractMismatchError",
     "ModelReference",
     "ModelReferenceError",
+    "NothingUnseenError",
     "card_folder_name",
     "check_model_contract",
     "evaluated_on_tag",
@@ -52,6 +53,10 @@ _LISTED = 20
 
 class ModelReferenceError(ConfigError):
     """A --model value is not ``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+
+
+class NothingUnseenError(CxrError, ValueError):
+    """Every image of an evaluation drop was in the evaluated version's training or validation data."""
 
 
 class ModelContractMismatchError(CxrError, ValueError):
@@ -247,6 +252,9 @@ def evaluation_summary(
     dataset_version: str,
     decision: str,
     training_dataset_version: str | None = None,
+    *,
+    images_recorded: bool = True,
+    n_left_out: int = 0,
 ) -> str:
     """The card's one-line decision summary: what was evaluated on what, and that no alias moved.
 
@@ -256,17 +264,30 @@ def evaluation_summary(
         dataset_version: the data version evaluated on.
         decision: the version's recorded decision rule, described (Decision.describe()).
         training_dataset_version: the data version the version was trained on (its tag), when known.
+        images_recorded: whether the version's training images are recorded (then the images it saw
+            were left out, `n_left_out` of them).
+        n_left_out: how many images were left out as seen by the version.
 
     Returns:
-        One line; it warns when the data are those the version was trained on (not an external validation).
+        One line; it warns when the version's training images are unknown and the data are those it
+        was trained on (not an external validation), and counts the images left out.
     """
     given = f" (given as {reference.describe()})" if reference.alias else ""
-    return (
+    text = (
         f"Evaluation of {reference.name} version {version}{given} on data version {dataset_version}, with the "
         f"decision rule recorded at registration: {decision}. Not a promotion: no alias moved."
-    ) + (
-        " WARNING: this is the data version the model was trained on; its training and validation images are "
-        "among these, so the figures are not an external validation."
-        if training_dataset_version == dataset_version
-        else ""
     )
+    if images_recorded:
+        if n_left_out:
+            text += (
+                f" {n_left_out} image(s) that version {version} trained or was selected on were left out "
+                "(listed below)."
+            )
+        return text
+    text += f" Version {version}'s training images are not recorded, so overlap with them was not checked."
+    if training_dataset_version == dataset_version:
+        text += (
+            " WARNING: this is the data version the model was trained on; its training and validation images are "
+            "among these, so the figures are not an external validation."
+        )
+    return text

@@ -33,6 +33,7 @@ import os
 import random
 import re
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -59,7 +60,8 @@ from components.bootstrap import Difference, bootstrap_weights, paired_differenc
 from components.config import EvaluationConfig, RegistryConfig
 from components.errors import CxrError
 from components.evaluation_card import INTENDED_USE, summary_keys
-from components.gate import TEST, GateCriterion, evaluate_gate
+from components.gate import TEST, GateCriterion, comparison_criterion, evaluate_gate
+from components.leakage import Overlap, SplitImages, overlap_with
 from components.metrics import Decision, SplitMetrics
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,10 @@ class Evidence(BaseModel):
     """What a version is judged on: its predictions and the settings they are read with.
 
     ``predictions`` holds the test split first, then one entry per external
-    source ("external:<source>"). ``seed`` seeds the bootstrap.
+    source ("external:<source>"). ``seed`` seeds the bootstrap. ``images`` records
+    every used image of the run by split (components.leakage), so that a later
+    comparison can leave out the images this version trained on; None for a
+    version registered before it was recorded.
     """
 
     decision: Decision
@@ -96,6 +101,7 @@ class Evidence(BaseModel):
     evaluation: EvaluationConfig
     registry: RegistryConfig
     seed: int
+    images: SplitImages | None = None
 
 
 class Registration(BaseModel):
@@ -140,6 +146,7 @@ class Promotion(BaseModel):
     assessments: dict[str, Assessment]
     champion_assessments: dict[str, Assessment] | None = None
     differences: dict[str, Difference] = {}
+    overlaps: list[Overlap] = []  # per judged split: images the champion had trained on, left out of the comparison
 
 
 class AliasEvent(BaseModel):
@@ -587,6 +594,58 @@ def headline_json(assessment: Assessment) -> str:
 
 # ---------------------------------------------------------------- promotion on evidence
 
+
+def load_evidence(client: MlflowClient, version: ModelVersion) -> Evidence | None:
+    """The evidence the training run logged for `version` (EVIDENCE_ARTIFACT in its MLflow run).
+
+    Args:
+        client: MLflow client of the tracking server holding the version's run.
+        version: the registered version.
+
+    Returns:
+        The Evidence, or None when the version has no run or its run has no evidence (it was not
+        registered by this project's training pipeline).
+
+    Raises:
+        mlflow.exceptions.MlflowException, OSError: the tracking server or artifact store failed.
+    """
+    if not version.run_id:
+        return None
+    folder, name = EVIDENCE_ARTIFACT.rsplit("/", 1)
+    if not any(item.path == EVIDENCE_ARTIFACT for item in client.list_artifacts(version.run_id, folder)):
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # this client's store, not the global tracking URI
+        path = client.download_artifacts(version.run_id, EVIDENCE_ARTIFACT, folder)
+        return Evidence.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+def compared_on_unseen(
+    judged: list[Predictions], theirs: list[Predictions], images: SplitImages | None, seen: SplitImages, version: str
+) -> tuple[list[Overlap], list[Predictions], list[Predictions]]:
+    """Leave out of a champion comparison the images the champion trained or was selected on.
+
+    Args:
+        judged: the candidate's predictions by split (test, external:<source>).
+        theirs: the champion's predictions of the same images, aligned row by row.
+        images: the candidate's recorded images (for the pHashes of the judged images); None: no pHash.
+        seen: the champion's recorded images (components.leakage).
+        version: the champion's version.
+
+    Returns:
+        (overlaps, mine, theirs): one Overlap per judged split, and both models' predictions of
+        the images the champion never saw; splits left with no image are dropped from both.
+    """
+    phashes = {} if images is None else images.phash_of()
+    overlaps, mine_kept, theirs_kept = [], [], []
+    for ours, other in zip(judged, theirs, strict=True):
+        overlap = overlap_with(ours, [phashes.get(key, "") for key in ours.keys], seen, version)
+        overlaps.append(overlap)
+        if overlap.kept:
+            mine_kept.append(ours.subset(overlap.kept))
+            theirs_kept.append(other.subset(overlap.kept))
+    return overlaps, mine_kept, theirs_kept
+
+
 ChampionPredictor = Callable[[ModelVersion, list[Predictions]], list[Predictions]]
 
 
@@ -652,13 +711,28 @@ def promote_with_gate(
             if champion is not None and str(champion.version) == version:
                 return _already_champion(model_name, version, assessments, metric)
             champion_assessments, differences, champion_version = None, {}, None
+            compared, comparison, overlaps = assessments, None, []
             if champion is not None:
                 champion_version = str(champion.version)
-                step = f"re-evaluating champion v{champion_version}"
-                theirs = [p.aligned(q) for p, q in zip(judged, champion_predictor(champion, judged), strict=True)]
-                champion_decision = decision_of(champion)
-                champion_assessments = assess_all(evidence, champion_decision, theirs)
-                differences = _test_differences(evidence, judged, theirs, champion_decision)
+                step = f"reading the images champion v{champion_version} trained on"
+                champion_evidence = load_evidence(client, champion)
+                seen = None if champion_evidence is None else champion_evidence.images
+                if seen is not None:
+                    step = f"re-evaluating champion v{champion_version}"
+                    theirs = [p.aligned(q) for p, q in zip(judged, champion_predictor(champion, judged), strict=True)]
+                    overlaps, mine, theirs = compared_on_unseen(judged, theirs, evidence.images, seen, champion_version)
+                comparison = comparison_criterion(
+                    champion_version,
+                    recorded=seen is not None,
+                    overlap=next((o for o in overlaps if o.split == TEST), None),
+                    kept=next((p for p in (mine if seen is not None else []) if p.split == TEST), None),
+                )
+                if comparison.passed:
+                    champion_decision = decision_of(champion)
+                    champion_assessments = assess_all(evidence, champion_decision, theirs)
+                    if any(o.excluded for o in overlaps):
+                        compared = assess_all(evidence, evidence.decision, mine)
+                    differences = _test_differences(evidence, mine, theirs, champion_decision)
             gate = evaluate_gate(
                 assessments,
                 evidence.registry.gate,
@@ -668,6 +742,8 @@ def promote_with_gate(
                 differences=differences,
                 champion_version=champion_version,
                 data_gate_passed=data_gate_passed,
+                compared=compared,
+                comparison=comparison,
             )
             promoted = gate.promote or force
             reason = gate.reason if not force or gate.promote else f"FORCED despite the gate: {gate.reason}"
@@ -706,6 +782,7 @@ def promote_with_gate(
         assessments=assessments,
         champion_assessments=champion_assessments,
         differences=differences,
+        overlaps=overlaps,
     )
 
 

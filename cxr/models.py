@@ -27,7 +27,9 @@ from components.registry import (
     Evidence,
     Promotion,
     RegisteredModelNotFoundError,
+    RegistryUnavailableError,
     decision_of,
+    load_evidence,
     promote_with_gate,
     promotion_history,
     rollback,
@@ -116,16 +118,20 @@ def history(model_name: str) -> str:
     )
 
 
-def load_evidence(version: ModelVersion) -> Evidence:
-    """The evidence a training run logged for `version` (evaluation/evidence.json in its run)."""
+def evidence_of(client: MlflowClient, version: ModelVersion) -> Evidence:
+    """The evidence a training run logged for `version`; a version without it cannot be gated."""
     try:
-        text = mlflow.artifacts.load_text(f"runs:/{version.run_id}/{EVIDENCE_ARTIFACT}")
-    except (MlflowException, OSError):
+        evidence = load_evidence(client, version)
+    except (MlflowException, OSError) as error:  # OSError: connection refused or reset
+        raise RegistryUnavailableError(
+            f"cannot read the evidence of version {version.version} (run {version.run_id}): {error}"
+        ) from None
+    if evidence is None:
         raise RegisteredModelNotFoundError(
             f"version {version.version} has no {EVIDENCE_ARTIFACT} in run {version.run_id}: it was not registered by "
             "cxr train, so the gate has nothing to judge it on (use --force to promote it anyway)"
-        ) from None
-    return Evidence.model_validate_json(text)
+        )
+    return evidence
 
 
 def promote(model_name: str, version: str, reason: str, force: bool) -> Promotion:
@@ -135,7 +141,7 @@ def promote(model_name: str, version: str, reason: str, force: bool) -> Promotio
 
     client = MlflowClient()
     found = _version(client, model_name, version)
-    evidence = load_evidence(found)
+    evidence = evidence_of(client, found)
 
     def champion_predictions(champion, like):
         return predict_with_version(f"models:/{model_name}/{champion.version}", like)

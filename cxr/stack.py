@@ -9,6 +9,7 @@ must run before ZenML is imported, because ZenML reads ZENML_CONFIG_PATH once.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,13 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
     for key, value in defaults.items():
         if not os.environ.get(key):  # unset or empty (ZenML's MLflow tracker blanks MLFLOW_TRACKING_URI)
             os.environ[key] = value
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        # After each step ZenML's MLflow tracker calls mlflow.set_tracking_uri(""), which outranks the
+        # variable: a second command in one process (tests, notebooks) would read ./mlruns instead.
+        if not mlflow.get_tracking_uri():
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     for folder in (
         paths.zenml_config,
         paths.artifact_store,

@@ -50,10 +50,12 @@ def training_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
         models,
         evaluations,
         manifest,
+        split,
         task=run.task,
         registry=run.registry,
         evaluation=run.evaluation,
         run_name=run.name,
         seed=run.seed,
+        near_duplicate_max_distance=run.validation.near_duplicate_max_distance,
     )
     promote_model(registration, class_names=class_names, run_name=run.name, reports_dir=reports_dir)

@@ -16,9 +16,11 @@ from components.config import EvaluationConfig
 from components.evaluation import EXTERNAL_PREFIX, evaluated_splits, predict_with_version, predictions_from
 from components.evaluation_card import EvaluationCard, build_card, make_examples, write_card
 from components.labels import TASK_LABELS, Task
+from components.leakage import overlap_with
 from components.manifest import dataset_version
 from components.metrics import flat_metrics
 from components.registered_evaluation import (
+    NothingUnseenError,
     card_folder_name,
     check_model_contract,
     evaluated_on_tag,
@@ -28,7 +30,7 @@ from components.registered_evaluation import (
     pooled_predictions,
     resolve_model_version,
 )
-from components.registry import TAG_BACKBONE, TAG_DATASET_VERSION, decision_of, split_fingerprint
+from components.registry import TAG_BACKBONE, TAG_DATASET_VERSION, decision_of, load_evidence, split_fingerprint
 from components.splitting import EXTERNAL
 from steps.names import EVALUATION_CARD, EVALUATION_CARD_HTML, EXPERIMENT_TRACKER
 
@@ -51,6 +53,9 @@ def evaluate_registered_model(
 ]:
     """Assess the version `model_uri` names on each source of the drop with its recorded decision rule.
 
+    Images the version trained or was selected on (its recorded training and validation images,
+    components.leakage) are left out and listed on the card with their reason.
+
     Writes the card under ``<reports_dir>/evaluation/<name>-v<version>-on-<dataset version>/``, logs it
     to this step's MLflow run and tags the version ``evaluated_on.<dataset version>`` with its URI.
     No alias moves.
@@ -72,6 +77,29 @@ def evaluate_registered_model(
         predictions_from(rows, name, class_names, np.zeros((len(rows), len(class_names))))
         for name, rows in rows_by_split
     ]
+    evidence = load_evidence(client, version)
+    seen = None if evidence is None else evidence.images
+    left_out = []
+    if seen is not None:
+        overlaps = [
+            overlap_with(p, rows["phash"].fillna("").astype(str).tolist(), seen, number)
+            for p, (_, rows) in zip(empty, rows_by_split, strict=True)
+        ]
+        left_out = [image for overlap in overlaps for image in overlap.excluded]
+        empty = [p.subset(o.kept) for p, o in zip(empty, overlaps, strict=True) if o.kept]
+        if not empty:
+            raise NothingUnseenError(
+                f"every one of the {len(left_out)} images of this drop was in the training or validation data of "
+                f"{reference.name} v{number} (same bytes, same patient or a near-copy): nothing left to evaluate it on"
+            )
+        if left_out:
+            logger.warning(
+                "Left out %d image(s) that %s v%s trained or was selected on: %s",
+                len(left_out),
+                reference.name,
+                number,
+                "; ".join(o.describe() for o in overlaps if o.excluded),
+            )
     logger.info("Predicting with %s (%s) on %s", pinned, model_uri, ", ".join(p.split for p in empty))
     predictions = predict_with_version(pinned, empty)
     assessments = [assess(p, decision, evaluation, seed) for p in predictions]
@@ -88,7 +116,18 @@ def evaluate_registered_model(
         assessments=assessments,
         examples=make_examples(pooled, decision, evaluation.card_examples),
         decision_summary=evaluation_summary(
-            reference, number, data_version, decision.describe(), (version.tags or {}).get(TAG_DATASET_VERSION)
+            reference,
+            number,
+            data_version,
+            decision.describe(),
+            (version.tags or {}).get(TAG_DATASET_VERSION),
+            images_recorded=seen is not None,
+            n_left_out=len(left_out),
+        ),
+        left_out=left_out,
+        left_out_note=(
+            f"Left out of this evaluation: {reference.name} v{number} trained or was selected on these images "
+            "(or their patients, or near-copies)."
         ),
     )
     by_split = {p.split: p for p in predictions}

@@ -59,6 +59,11 @@ def promote_model(
         examples=make_examples(predictions["test"], evidence.decision, evidence.evaluation.card_examples),
         gate=[ComparisonRow(criterion=c.name, passed=c.passed, detail=c.detail) for c in promotion.criteria],
         decision_summary=f"{promotion.alias}: {promotion.reason}",
+        left_out=[image for overlap in promotion.overlaps for image in overlap.excluded],
+        left_out_note=(
+            f"Left out of the comparison with champion v{promotion.champion_version} only: it trained or was "
+            "selected on these images (or their patients, or near-copies). This version's own figures use every image."
+        ),
     )
     html_path, json_path = write_card(card, predictions, Path(reports_dir) / "evaluation" / f"{name}-v{version}")
     mlflow.log_artifact(str(html_path), "evaluation")

@@ -13,6 +13,7 @@ from zenml.logger import get_logger
 from components.config import EvaluationConfig, RegistryConfig
 from components.evaluation import Evaluation, best_candidate
 from components.labels import Task
+from components.leakage import split_images
 from components.manifest import dataset_version
 from components.metrics import flat_metrics
 from components.registry import EVIDENCE_ARTIFACT, Evidence, Registration, register_version
@@ -27,13 +28,20 @@ def register_best_model(
     models: list[keras.Model],
     evaluations: list[Evaluation],
     manifest: pd.DataFrame,
+    split_manifest: pd.DataFrame,
     task: Task,
     registry: RegistryConfig,
     evaluation: EvaluationConfig,
     run_name: str,
     seed: int,
+    near_duplicate_max_distance: int,
 ) -> Annotated[Registration, REGISTRATION]:
-    """Log the best backbone (on validation) as an MLflow pyfunc model and register a new version with its evidence."""
+    """Log the best backbone (on validation) as an MLflow pyfunc model and register a new version with its evidence.
+
+    The evidence (logged to the run as evaluation/evidence.json) holds the test and external
+    predictions and every used image by split, so that a later champion comparison or
+    `cxr evaluate` can leave out what this version trained on (components.leakage).
+    """
     metric = registry.primary_metric
     best = best_candidate(evaluations, metric)
     chosen = evaluations[best]
@@ -50,7 +58,12 @@ def register_best_model(
     mlflow.log_metrics(flat_metrics(chosen.val, prefix="val_"))
     mlflow.set_tags({"best_backbone": backbone.name, "task": task, "decision": chosen.decision.describe()})
     evidence = Evidence(
-        decision=chosen.decision, predictions=chosen.judged(), evaluation=evaluation, registry=registry, seed=seed
+        decision=chosen.decision,
+        predictions=chosen.judged(),
+        evaluation=evaluation,
+        registry=registry,
+        seed=seed,
+        images=split_images(split_manifest, near_duplicate_max_distance),
     )
     mlflow.log_text(evidence.model_dump_json(), EVIDENCE_ARTIFACT)
     with tempfile.TemporaryDirectory() as folder:

@@ -17,6 +17,7 @@ from components.assessment import Predictions, assess
 from components.config import EvaluationConfig
 from components.evaluation_card import ComparisonRow, EvaluationCard, build_card, make_examples
 from components.labels import TASK_LABELS
+from components.leakage import ExcludedImage
 from components.metrics import choose_decision
 from tests.factories import write_noise_image
 
@@ -87,5 +88,15 @@ def tiny_card(
             ComparisonRow(criterion=f"external:{SCRIPT} f1_macro >= 0.6", passed=False, detail="0.41 < 0.6"),
         ],
         decision_summary="challenger: 1 of 2 criteria failed",
+        left_out=[
+            ExcludedImage(
+                split="test",
+                uri=f"/data/{SCRIPT}.png",
+                sha256="0" * 64,
+                kind="same patient",
+                reason="same patient as training/validation images of v2 (patient_id ieee8023:1)",
+            )
+        ],
+        left_out_note="Left out of the comparison with champion v2 only.",
     )
     return card, predictions

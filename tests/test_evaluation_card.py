@@ -92,7 +92,15 @@ def test_balanced_numbers_lead_with_their_intervals(card_and_predictions, page):
 def test_every_section_is_there(card_and_predictions, page):
     card, _ = card_and_predictions
 
-    for heading in ("Promotion decision", "Per class", "Confusion matrix", "Calibration: Brier", "Slices", "Examples"):
+    for heading in (
+        "Promotion decision",
+        "Images left out (1)",
+        "Per class",
+        "Confusion matrix",
+        "Calibration: Brier",
+        "Slices",
+        "Examples",
+    ):
         assert page.count(heading) >= 1, heading
     assert page.count('alt="confusion matrix, ') == 3
     assert page.count('alt="ROC and PR curves, ') == 3
@@ -107,7 +115,7 @@ def test_every_section_is_there(card_and_predictions, page):
 
 def test_metadata_is_escaped_and_the_page_has_no_script(page):
     assert SCRIPT not in page
-    assert html.escape(SCRIPT) in page  # the source, its slices, the run name, a gate criterion
+    assert html.escape(SCRIPT) in page  # the source, its slices, the run name, a gate criterion, a left-out image
     assert "<script" not in page.lower()
     assert not re.search(r"(https?:|src=\"(?!data:image/png;base64,))", page)
     assert "Content-Security-Policy" in page

@@ -25,8 +25,9 @@ from components import registry, serving
 from components.backbones import build_classifier
 from components.config import EvaluationConfig, GateConfig, RegistryConfig
 from components.imaging import encode_png
+from components.leakage import SplitImages
 from components.metrics import Decision
-from tests.factories import scored_predictions
+from tests.factories import hex_digest, scored_predictions
 from tests.servers import free_port, sqlite_mlflow, stop_process_group, wait_ready
 
 QUALITY_TAG = "test_quality"
@@ -55,14 +56,41 @@ def evidence(quality: float, seed: int = 0, gate: GateConfig | None = None) -> r
     )
 
 
-def register(client: MlflowClient, name: str, quality: float) -> str:
-    """A version whose model would score `quality` on any test split of scored_predictions."""
+def trained_on(patients: list[str], images_per_patient: int = 2) -> SplitImages:
+    """The recorded images of a run that trained on `patients` (train split; other bytes than any test image)."""
+    keys = [hex_digest(f"train-{p}-{i}", 16) for p in patients for i in range(images_per_patient)]
+    return SplitImages(
+        near_duplicate_max_distance=0,
+        split=["train"] * len(keys),
+        sha256=keys,
+        phash=[""] * len(keys),
+        patient_id=[p for p in patients for _ in range(images_per_patient)],
+    )
+
+
+# A run's own training patients: none of them is in a test split of scored_predictions (patients p0..p99).
+OWN_TRAINING = trained_on([f"train-p{n}" for n in range(20)])
+
+
+def register(
+    client: MlflowClient, name: str, quality: float, seen: SplitImages | None = OWN_TRAINING, evidence_logged=True
+) -> str:
+    """A version whose model would score `quality` on any test split of scored_predictions.
+
+    Its run logs its evidence with `seen` as its recorded images (what it trained on), as
+    steps/register.py does; without `evidence_logged` the version has no evidence at all.
+    """
     try:
         client.create_registered_model(name)
     except mlflow.exceptions.MlflowException:
         pass
+    experiment = client.get_experiment_by_name("registry")
+    run = client.create_run("0" if experiment is None else experiment.experiment_id)
+    if evidence_logged:
+        logged = evidence(quality).model_copy(update={"images": seen})
+        client.log_text(run.info.run_id, logged.model_dump_json(), registry.EVIDENCE_ARTIFACT)
     version = client.create_model_version(
-        name, source="s3://placeholder-bucket/model", tags={QUALITY_TAG: str(quality)}
+        name, source="s3://placeholder-bucket/model", run_id=run.info.run_id, tags={QUALITY_TAG: str(quality)}
     )
     return str(version.version)
 
@@ -145,6 +173,80 @@ def test_the_decision_follows_the_champion_on_the_candidates_split_not_its_store
     result = promote(client, name, register(client, name, 0.8), 0.8)
     assert result.alias == "challenger"
     assert result.champion_assessments["test"].metrics.f1_macro > result.assessments["test"].metrics.f1_macro
+
+
+def memorising_predictor(memorised: set[str], unseen_right: float):
+    """A champion that is right on every image of the patients it trained on (`memorised`) and right on only
+    the first `unseen_right` share of the other patients: what a model that overfits its training set does."""
+
+    def predict(champion, like):
+        out = []
+        for p in like:
+            perfect = scored_predictions(1.0, split=p.split, seed=0)
+            unseen = sorted({patient for patient in perfect.patient_ids if patient not in memorised})
+            wrong = set(unseen[int(round(unseen_right * len(unseen))) :])
+            rows = [
+                row[::-1] if patient in wrong else row
+                for row, patient in zip(perfect.probabilities, perfect.patient_ids, strict=True)
+            ]
+            out.append(perfect.model_copy(update={"probabilities": rows}))
+        return out
+
+    return predict
+
+
+def test_a_champion_is_compared_only_on_test_images_it_never_saw(tracking):
+    """The champion trained on 80 of the candidate's 100 test patients (another split of the same data): on all
+    200 images it looks better (F1 about 0.84 vs 0.8) and would stay; on the 40 images of the 20 patients it
+    never saw it is right on 4 of 20, and the candidate, right on most of them, becomes champion."""
+    client, name = MlflowClient(), "seen-test-patients"
+    memorised = {f"p{n}" for n in range(80)}
+    champion = register(client, name, 0.84, seen=trained_on(sorted(memorised)))
+    registry.move_alias(client, name, "champion", champion, action="promote", reason="set up")
+    candidate = register(client, name, 0.8)
+    predictor_ = memorising_predictor(memorised, unseen_right=0.2)
+
+    naive = scored_predictions(0.8)
+    theirs = predictor_(None, [naive])[0]
+    assert np.mean(np.argmax(theirs.probabilities, axis=1) == np.asarray(theirs.y_true)) > 0.8  # looks better
+
+    result = registry.promote_with_gate(client, name, candidate, evidence(0.8), predictor_)
+    assert result.alias == "champion", result.reason
+    comparison = next(c for c in result.criteria if c.name.startswith("champion v1 compared on test images"))
+    assert comparison.passed
+    assert "40 of 200 test images unseen by v1; 160 left out" in comparison.detail
+    assert "160 same patient" in comparison.detail
+    (overlap,) = result.overlaps
+    assert len(overlap.excluded) == 160 and all(e.kind == "same patient" for e in overlap.excluded)
+    assert np.sum(result.champion_assessments["test"].metrics.confusion_matrix) == 40
+    assert np.sum(result.assessments["test"].metrics.confusion_matrix) == 200  # own figures: every image
+    assert result.differences["f1_macro"].low > 0
+
+
+def test_a_champion_that_saw_almost_every_test_image_cannot_be_compared(tracking):
+    client, name = MlflowClient(), "seen-almost-all"
+    # Patients alternate classes (p0 class 0, p1 class 1 ...): the one unseen patient, p98, is class 0.
+    champion = register(client, name, 0.9, seen=trained_on([f"p{n}" for n in range(100) if n != 98]))
+    registry.move_alias(client, name, "champion", champion, action="promote", reason="set up")
+    result = promote(client, name, register(client, name, 0.95), 0.95)
+    assert result.alias == "challenger"
+    failed = [c for c in result.criteria if not c.passed]
+    assert [c.name for c in failed] == ["champion v1 compared on test images it never saw"]
+    assert "2 of 200 test images unseen by v1; 198 left out" in failed[0].detail
+    assert "no image of COVID-19 left to compare on" in failed[0].detail
+    assert "--force" in failed[0].detail
+    assert result.champion_assessments is None  # no change, slice or calibration criterion without a class
+
+
+def test_a_champion_whose_training_images_are_unknown_is_not_compared_blindly(tracking):
+    client, name = MlflowClient(), "unknown-training"
+    for logged in (True, False):  # evidence without images (an older version), and no evidence at all
+        champion = register(client, name, 0.5, seen=None, evidence_logged=logged)
+        registry.move_alias(client, name, "champion", champion, action="promote", reason="set up")
+        result = promote(client, name, register(client, name, 0.95), 0.95)
+        assert result.alias == "challenger"
+        failed = [c for c in result.criteria if not c.passed]
+        assert len(failed) == 1 and "training and validation images are not recorded" in failed[0].detail
 
 
 def test_manual_force_and_rollback_are_recorded(tracking):

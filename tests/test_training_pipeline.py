@@ -428,3 +428,51 @@ def test_cxr_evaluate_of_a_blocked_drop_prints_the_steward_summary(
     assert "min_width" in out
     assert "Steward report:" in out
     assert f"{model} was not evaluated: the data gate blocked this drop." in out
+
+
+def test_cxr_evaluate_leaves_out_what_the_version_trained_on_and_refuses_a_drop_of_nothing_else(
+    trained, local_stack, tmp_path, capsys
+):
+    """The version's own data as an 'evaluation drop': its training and validation images are left out
+    and listed with their reason, its test images are evaluated; a drop made only of its training images
+    is refused with one error line."""
+    import json
+    import shutil
+
+    images = trained["summary"].registration.evidence.images
+    n_seen = sum(split in ("train", "val") for split in images.split)
+    n_test = images.split.count("test")
+    data_root = trained["data_root"]
+    own = {
+        "name": "own-data",
+        "data": {"sources": [{"kind": "folder", "root": str(data_root), "name": "synthetic", "default_view": "PA"}]},
+        "validation": {"min_width": 64, "min_height": 64, "near_duplicate_max_distance": 2},
+        "evaluation": {"bootstrap_resamples": 50, "card_examples": 2},
+    }
+    summary_path = tmp_path / "own.json"
+    model = f"models:/{MODEL_NAME}/1"
+    assert run_cxr(local_stack, "evaluate", own, tmp_path, "--model", model, "--summary-json", str(summary_path)) == 0
+    capsys.readouterr()
+    card = json.loads(Path(json.loads(summary_path.read_text())["evaluation_card_json"]).read_text())
+    assert len(card["left_out"]) == n_seen
+    assert {image["kind"] for image in card["left_out"]} <= {"same bytes", "same patient", "near-duplicate"}
+    assert sum(sum(row) for row in card["assessments"][0]["metrics"]["confusion_matrix"]) == n_test
+    assert f"{n_seen} image(s) that version 1 trained or was selected on were left out" in card["decision_summary"]
+
+    seen_only = tmp_path / "seen-only"
+    for image in card["left_out"]:
+        target = seen_only / Path(image["uri"]).relative_to(data_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image["uri"], target)
+    own["data"]["sources"][0]["root"] = str(seen_only)
+    assert run_cxr(local_stack, "evaluate", own, tmp_path, "--model", model) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: every one of the {n_seen} images of this drop was in the training or validation data of "
+            f"{MODEL_NAME} v1"
+        )
+    )
