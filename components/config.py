@@ -8,7 +8,7 @@ slices of it (``model_dump(mode="json")``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -468,12 +468,53 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     if not data:
         raise ConfigError(f"run config {path} is empty")
     for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value, defaults=run_config_default)
     return parse_run_config(data, origin=str(path))
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+def run_config_default(parts: Sequence[str]) -> Any:
+    """The default value of a RunConfig field path, as JSON-like data (None when it has none).
+
+    e.g. ["registry", "gate", "floors"] -> the default floors as a list of dicts: what
+    ``--set registry.gate.floors.0.min=0.6`` edits when the file does not list floors.
+    """
+    field = RunConfig.model_fields.get(parts[0]) if parts else None
+    if field is None or field.is_required():
+        return None
+    value: Any = _plain(field.get_default(call_default_factory=True))
+    for part in parts[1:]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Pydantic models, also inside lists and dicts, as JSON-like data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def set_dotted(
+    data: dict[str, Any], dotted: str, value: Any, defaults: Callable[[Sequence[str]], Any] | None = None
+) -> None:
     """Set data["a"]["b"] = value for dotted="a.b" (lists indexed by number from 0).
+
+    Args:
+        data: the parsed YAML mapping, changed in place.
+        dotted: the field path, e.g. "training.epochs" or "registry.gate.floors.0.min".
+        value: the new value.
+        defaults: the default value at a path (run_config_default); a path that goes through
+            a field the file leaves out starts from it, so that an item of a default list
+            can be edited. Without it a missing field starts as an empty mapping.
 
     Raises:
         ConfigError: a part is empty, a list index is not a number in range, or a part
@@ -497,7 +538,10 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             if last:
                 node[part] = value
             else:
-                node = node.setdefault(part, {})
+                if part not in node:
+                    default = None if defaults is None else defaults(parts[: depth + 1])
+                    node[part] = default if isinstance(default, dict | list) else {}
+                node = node[part]
         else:
             parent = ".".join(parts[:depth])
             raise ConfigError(f"--set {dotted}: {parent} holds the value {node!r}, which has no field {part!r}")

@@ -39,6 +39,15 @@ def test_set_names_the_path_that_does_not_exist(dotted, message):
         set_dotted(data, dotted, 1)
 
 
+def test_set_edits_one_item_of_a_default_list_the_file_leaves_out():
+    """quickstart.yaml lists no gate floors: --set edits the default ones, the other stays."""
+    floors = load_run_config(QUICKSTART, {"registry.gate.floors.0.min": 0.6}).registry.gate.floors
+    assert [(f.metric, f.min) for f in floors] == [("roc_auc_macro", 0.6), ("balanced_accuracy", 0.5)]
+    with pytest.raises(ConfigError, match=r"registry\.gate\.floors\.2 needs a list index 0\.\.1"):
+        load_run_config(QUICKSTART, {"registry.gate.floors.2.min": 0.6})
+    assert load_run_config(QUICKSTART, {"registry.gate.floors": []}).registry.gate.floors == []
+
+
 def test_set_with_a_value_that_is_not_yaml_is_a_config_error(capsys):
     code = main(["check-config", "--config", str(QUICKSTART), "--set", "training.epochs=[1,2"])
     assert code == 2
