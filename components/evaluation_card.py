@@ -38,15 +38,12 @@ from pydantic import BaseModel, ConfigDict
 
 from components.assessment import Assessment, Predictions, SliceResult
 from components.imaging import encode_png, load_images
+from components.intended_use import INTENDED_USE
 from components.leakage import ExcludedImage
 from components.metrics import Decision, Interval, SplitMetrics, confusion_matrix_figure
 from components.steward_report import _CSS as _BASE_CSS
 from components.steward_report import _e
 
-INTENDED_USE = (
-    "Research use only. This model is not a medical device: it is not cleared or approved for clinical use "
-    "and must not be used for diagnosis, triage or any decision about a patient."
-)
 CARD_HTML = "evaluation_card.html"
 CARD_JSON = "evaluation_card.json"
 # The HTML lists this many left-out images; the JSON lists every one.

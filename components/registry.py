@@ -59,8 +59,9 @@ from components.assessment import Assessment, Predictions, assess
 from components.bootstrap import Difference, bootstrap_weights, paired_differences
 from components.config import EvaluationConfig, RegistryConfig
 from components.errors import CxrError
-from components.evaluation_card import INTENDED_USE, summary_keys
+from components.evaluation_card import summary_keys
 from components.gate import TEST, GateCriterion, comparison_criterion, evaluate_gate
+from components.intended_use import INTENDED_USE
 from components.leakage import Overlap, SplitImages, overlap_with
 from components.metrics import Decision, SplitMetrics
 

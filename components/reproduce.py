@@ -31,7 +31,8 @@ from components.assessment import assess
 from components.backbones import BACKBONES
 from components.config import ConfigError, EvaluationConfig, RunConfig, parse_run_config, read_yaml_mapping
 from components.evaluation import Evaluation
-from components.evaluation_card import INTENDED_USE, _table, page_head
+from components.evaluation_card import _table, page_head
+from components.intended_use import INTENDED_USE
 from components.labels import Task
 from components.metrics import Interval
 from components.steward_report import _e

@@ -33,6 +33,7 @@ from mlflow.types import ColSpec, Schema
 from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT: the Keras model's artifact name
 from components.errors import CxrError
 from components.imaging import decode_image_bytes, encode_png, to_model_input
+from components.intended_use import INTENDED_USE
 from components.labels import labels_for_task
 
 IMAGE_COLUMN = "image"
@@ -57,7 +58,7 @@ def build_contract(
     task: str,
     backbone: str,
     image_size: int,
-    intended_use: str = ("Research and MLOps demonstration only. Not a medical device; not for diagnosis or triage."),
+    intended_use: str = INTENDED_USE,
     **extra: Any,
 ) -> dict[str, Any]:
     """The model contract for a trained classifier (MONAI-bundle-like metadata)."""

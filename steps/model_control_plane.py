@@ -10,7 +10,7 @@ MLflow version N is named ``vN``. Not a step: the promote step and the
 from zenml.client import Client
 from zenml.enums import ModelStages
 
-from components.evaluation_card import INTENDED_USE
+from components.intended_use import INTENDED_USE
 from components.registry import CHAMPION
 
 
