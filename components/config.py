@@ -323,6 +323,43 @@ class RegistryConfig(_Strict):
     gate: GateConfig = GateConfig()
 
 
+class DeploymentConfig(_Strict):
+    """Deploying the champion with the stack's model deployer, serve before switch (steps/deployment.py)."""
+
+    # The training pipeline deploys a new champion at its end; false: only `cxr deploy` does.
+    enabled: bool = True
+    # Test images stored with each version (components.deployment.CANARY_ARTIFACT) and sent to a new server.
+    canary_images: int = Field(4, ge=1, le=64)
+    # Largest absolute difference between the served probabilities and the evaluation's.
+    canary_tolerance: float = Field(1e-5, gt=0, le=1)
+    # The canary request's longest wall time, in seconds.
+    latency_budget_s: float = Field(30.0, gt=0)
+    # How long a new server may take to answer its health check, in seconds.
+    start_timeout_s: float = Field(180.0, gt=0)
+    # Server processes of the deployment (MLflow scoring server workers).
+    workers: int = Field(1, ge=1, le=64)
+
+
+class ServingConfig(_Strict):
+    """`cxr serve` and the served model's input limits (README "Serving and prediction"); CLI options override."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5001, ge=1, le=65535)
+    # Server processes, each with its own copy of the model (uvicorn workers).
+    workers: int = Field(1, ge=1, le=64)
+    # Larger request bodies get HTTP 413 before they are read.
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # Images per request (rows); more get HTTP 400 before any is decoded.
+    max_rows: int = Field(64, ge=1)
+    # Declared width x height of one image; None: ingest's limit (components.imaging.MAX_IMAGE_PIXELS),
+    # which a lower value tightens (never loosens).
+    max_image_pixels: int | None = Field(None, ge=1)
+    # Declared pixels of all images of one request together (bounds the decoding work of a request).
+    max_request_pixels: int = Field(640_000_000, ge=1)
+    # Seconds before a request gets HTTP 504; its work stops at the next image or batch.
+    request_timeout_s: float = Field(60.0, gt=0, le=3600)
+
+
 class RunConfig(_Strict):
     """One run config (configs/*.yaml): what to train on, how, and where to register it."""
 
@@ -337,6 +374,8 @@ class RunConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
+    serving: ServingConfig = ServingConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
 
     @model_validator(mode="after")
     def _unique_backbones(self) -> RunConfig:

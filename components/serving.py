@@ -10,38 +10,68 @@ contract (JSON: class names, input size, dtype and range, preprocessing,
 intended use). The class lives here, not in ``__main__``, and the
 ``components`` package travels with the model as ``code_paths``, so a served
 model imports it from its own copy, whatever the server's working directory.
+
+Input limits (``InputLimits``) hold in any server that loads the model (``cxr
+serve``, ``mlflow models serve``, ZenML's MLflow deployer): at most
+``max_rows`` images per request, each at least ingest's minimum width and
+height (``validation.min_width``/``min_height``) and at most its pixel limit
+(components.imaging), all declared pixels together at most
+``max_request_pixels``. They are checked from the images' headers before any
+pixel is decoded; a request that breaks one gets an MlflowException
+INVALID_PARAMETER_VALUE (HTTP 400) naming the rows (0-based). A server may set
+a deadline (``request_deadline``): past it, the work stops at the next image or
+batch with DEADLINE_EXCEEDED (HTTP 504).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import csv
+import io
 import json
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT: the Keras model's artifact name
+from components.candidates import IMAGE_EXTENSIONS
+from components.config import ServingConfig
 from components.errors import CxrError
-from components.imaging import decode_image_bytes, encode_png, to_model_input
+from components.imaging import decode_image_bytes, encode_png, pixel_limit, pixel_limit_problem, to_model_input
 from components.intended_use import INTENDED_USE
 from components.labels import labels_for_task
+from components.validation.settings import ValidationConfig
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
 CONTRACT_ARTIFACT = "contract"
+ERROR_COLUMN = "error"
+PATH_COLUMN = "path"
 PREDICT_BATCH_SIZE = 32
 # Bad rows listed in one error message; more are counted, not listed.
 MAX_LISTED_ERRORS = 5
+# The defaults of the limits: ingest's validation and the run config's `serving` section.
+_INGEST = ValidationConfig()
+_SERVING = ServingConfig()
+# Side of the input example and of the readiness check's image: ingest's minimum.
+EXAMPLE_SIZE = max(_INGEST.min_width, _INGEST.min_height)
+TABLE_FORMATS = ("tsv", "csv", "json")
 
 # Distributions pinned in the logged model's requirements. Passing them
 # explicitly skips MLflow's requirement inference (about 5 s per log_model).
@@ -128,48 +158,237 @@ def encode_image_file(path: str | Path) -> str:
     return encode_image_bytes(Path(path).read_bytes())
 
 
-def example_input(size: int = 16) -> pd.DataFrame:
-    """A tiny base64 PNG (a gradient) used as the logged input example."""
+def example_input(size: int = EXAMPLE_SIZE) -> pd.DataFrame:
+    """A small base64 PNG (a gradient) in the served input format.
+
+    The logged input example, and the image of the server's readiness check.
+
+    Args:
+        size: side in pixels (default ingest's minimum width and height, so the image is accepted).
+
+    Returns:
+        A one-row DataFrame with the column ``image``.
+    """
     gradient = np.linspace(0, 255, size * size).reshape(size, size).astype(np.uint8)
     return pd.DataFrame({IMAGE_COLUMN: [encode_image_bytes(encode_png(gradient))]})
 
 
-def decode_base64_image(value: Any, row: int) -> np.ndarray:
-    """One cell -> uint8 grayscale; ValueError naming the row on bad data."""
+class InputLimits(BaseModel):
+    """What one request may hold; checked from the images' headers before any pixel is decoded.
+
+    Defaults: ingest's validation (``min_width``, ``min_height``, pixel limit) and the run config's
+    ``serving`` section (components.config.ServingConfig).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_width: int = Field(_INGEST.min_width, ge=1)  # px
+    min_height: int = Field(_INGEST.min_height, ge=1)  # px
+    max_rows: int = Field(_SERVING.max_rows, ge=1)
+    # None: ingest's limit (components.imaging.pixel_limit); a lower value tightens it.
+    max_image_pixels: int | None = Field(_SERVING.max_image_pixels, ge=1)
+    max_request_pixels: int = Field(_SERVING.max_request_pixels, ge=1)
+
+    @classmethod
+    def from_config(cls, serving: ServingConfig, validation: ValidationConfig) -> InputLimits:
+        """The limits of a run config: its ``serving`` section and its ingest minimum size.
+
+        Args:
+            serving: the run config's ``serving`` section.
+            validation: the run config's ``validation`` section (``min_width``, ``min_height``).
+
+        Returns:
+            The InputLimits.
+        """
+        return cls(
+            min_width=validation.min_width,
+            min_height=validation.min_height,
+            max_rows=serving.max_rows,
+            max_image_pixels=serving.max_image_pixels,
+            max_request_pixels=serving.max_request_pixels,
+        )
+
+    def image_pixels(self) -> int:
+        """The largest declared width x height of one image: ingest's limit, or ``max_image_pixels`` when lower."""
+        limit = pixel_limit()
+        return limit if self.max_image_pixels is None else min(limit, self.max_image_pixels)
+
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why an image of this declared size is refused, or None.
+
+        Args:
+            width: declared width in pixels (from the file's header).
+            height: declared height in pixels.
+
+        Returns:
+            A sentence naming the limit broken, or None when the image may be decoded.
+        """
+        if width < self.min_width or height < self.min_height:
+            return (
+                f"{width}x{height} pixels is below the {self.min_width}x{self.min_height} minimum "
+                "(ingest's validation.min_width and min_height)"
+            )
+        if (problem := pixel_limit_problem(width, height)) is not None:
+            return problem
+        if width * height > self.image_pixels():
+            return (
+                f"declared size {width}x{height} = {width * height:,} pixels is above the server's "
+                f"{self.image_pixels():,}-pixel limit (serving.max_image_pixels); not decoded"
+            )
+        return None
+
+
+class InvalidRowsError(MlflowException, CxrError):
+    """Some rows of a request cannot be used (INVALID_PARAMETER_VALUE, HTTP 400; one `error:` line at the CLI).
+
+    Attributes:
+        row_errors: {row position (0-based): what is wrong with it}.
+    """
+
+    def __init__(self, message: str, row_errors: dict[int, str]):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.row_errors = row_errors
+
+
+# The deadline (time.monotonic() seconds) of the request being served, set by the server around a
+# prediction. A ContextVar: asyncio.to_thread copies it into the worker thread of that request only.
+_DEADLINE: ContextVar[float | None] = ContextVar("cxr_serving_deadline", default=None)
+
+
+@contextlib.contextmanager
+def request_deadline(seconds: float | None) -> Iterator[None]:
+    """Within the block, predictions in this context stop with DEADLINE_EXCEEDED once `seconds` have passed.
+
+    The check runs before each image is decoded and before each batch of PREDICT_BATCH_SIZE images
+    goes through the model: work already started (one decode, one batch) finishes first.
+
+    Args:
+        seconds: the time allowed from now; None for no deadline.
+    """
+    token = _DEADLINE.set(None if seconds is None else time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_deadline(done: int, total: int) -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise MlflowException(
+            f"the request ran past its deadline after {done} of {total} images; its work was stopped",
+            error_code=DEADLINE_EXCEEDED,
+        )
+
+
+def base64_bytes(value: Any, row: int) -> bytes:
+    """One cell -> the image file's bytes; ValueError naming the row when it is not strict base64."""
     if isinstance(value, str):
         value = value.encode("ascii", errors="replace")
     if not isinstance(value, bytes | bytearray):
         raise ValueError(f"row {row}: expected a base64 string, got {type(value).__name__}")
     try:
         # Strict: without validate=True, b64decode silently drops stray characters.
-        data = base64.b64decode(b"".join(value.split()), validate=True)
+        return base64.b64decode(b"".join(value.split()), validate=True)
     except binascii.Error as error:
         raise ValueError(f"row {row}: not valid base64 ({error})") from error
-    # ImageDecodeError is a ValueError whose message names the row.
-    return decode_image_bytes(data, name=f"row {row}")
 
 
-def decode_batch(values: pd.Series, size: int) -> np.ndarray:
-    """base64 cells -> float32 (N, size, size, 3) model input.
+def declared_size(data: bytes, name: str) -> tuple[int, int]:
+    """An image's declared (width, height) from its header; no pixel is decoded.
 
-    Every row is tried so that one INVALID_PARAMETER_VALUE error (HTTP 400)
-    lists all bad rows. Images are resized as soon as they are decoded, so
-    memory stays N x size^2, whatever the resolution of the uploads.
+    Args:
+        data: the image file's bytes.
+        name: what to call it in an error (``row 3``).
+
+    Returns:
+        (width, height) in pixels.
+
+    Raises:
+        ValueError: PIL cannot identify the bytes as an image; the message starts with `name`.
     """
-    batch = np.empty((len(values), size, size, 3), dtype=np.float32)
-    errors = []
-    for row, value in enumerate(values):
-        try:
-            batch[row] = to_model_input(decode_base64_image(value, row), size)
-        except ValueError as error:
-            errors.append(str(error))
-    if errors:
-        listed = "; ".join(errors[:MAX_LISTED_ERRORS])
-        more = f" (and {len(errors) - MAX_LISTED_ERRORS} more)" if len(errors) > MAX_LISTED_ERRORS else ""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{name}: cannot decode image ({error})") from error
+
+
+def decode_base64_image(value: Any, row: int) -> np.ndarray:
+    """One cell -> uint8 grayscale; ValueError naming the row on bad data."""
+    # ImageDecodeError is a ValueError whose message names the row.
+    return decode_image_bytes(base64_bytes(value, row), name=f"row {row}")
+
+
+def _rows_error(errors: dict[int, str], total: int) -> InvalidRowsError:
+    listed = "; ".join(errors[row] for row in sorted(errors)[:MAX_LISTED_ERRORS])
+    more = f" (and {len(errors) - MAX_LISTED_ERRORS} more)" if len(errors) > MAX_LISTED_ERRORS else ""
+    return InvalidRowsError(f"{len(errors)} of {total} images could not be used: {listed}{more}", dict(errors))
+
+
+def decode_batch(values: pd.Series, size: int, limits: InputLimits | None = None) -> np.ndarray:
+    """base64 cells -> float32 (N, size, size, 3) model input, values 0..255.
+
+    Every row's header is read first (base64, format, declared size against `limits`), then the
+    total of declared pixels; only then is any image decoded, so a request holding one oversized
+    image costs no decoding. Images are resized as soon as they are decoded, so memory stays
+    N x size^2, whatever the resolution of the uploads.
+
+    Args:
+        values: N base64 strings (the ``image`` column).
+        size: the model's input side in pixels.
+        limits: the request limits (default InputLimits()).
+
+    Returns:
+        float32 array of shape (N, size, size, 3).
+
+    Raises:
+        InvalidRowsError: rows that are not base64, not an image, too small or too large, or that
+            cannot be decoded; every bad row is named (HTTP 400).
+        MlflowException: more rows than ``max_rows``, or more declared pixels than
+            ``max_request_pixels`` (INVALID_PARAMETER_VALUE, HTTP 400); the deadline passed
+            (DEADLINE_EXCEEDED, HTTP 504).
+    """
+    limits = limits or InputLimits()
+    total = len(values)
+    if total > limits.max_rows:
         raise MlflowException(
-            f"{len(errors)} of {len(values)} images could not be decoded: {listed}{more}",
+            f"{total} images in one request; at most {limits.max_rows} (serving.max_rows): "
+            "send them in smaller batches",
             error_code=INVALID_PARAMETER_VALUE,
         )
+    payloads: dict[int, bytes] = {}
+    errors: dict[int, str] = {}
+    pixels = 0
+    for row, value in enumerate(values):
+        try:
+            data = base64_bytes(value, row)
+            width, height = declared_size(data, f"row {row}")
+        except ValueError as error:
+            errors[row] = str(error)
+            continue
+        if (problem := limits.size_problem(width, height)) is not None:
+            errors[row] = f"row {row}: {problem}"
+            continue
+        payloads[row] = data
+        pixels += width * height
+    if errors:
+        raise _rows_error(errors, total)
+    if pixels > limits.max_request_pixels:
+        raise MlflowException(
+            f"the {total} images declare {pixels:,} pixels together, above the {limits.max_request_pixels:,} "
+            "allowed per request (serving.max_request_pixels): send fewer or smaller images per request",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    batch = np.empty((total, size, size, 3), dtype=np.float32)
+    for row, data in payloads.items():
+        _check_deadline(row, total)
+        try:
+            batch[row] = to_model_input(decode_image_bytes(data, name=f"row {row}"), size)
+        except ValueError as error:
+            errors[row] = str(error)
+    if errors:
+        raise _rows_error(errors, total)
     return batch
 
 
@@ -200,6 +419,8 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         self.contract = read_contract(context.artifacts[CONTRACT_ARTIFACT])
         self.class_names = list(self.contract["class_names"])
         self.image_size = int(self.contract["image_size"])
+        # The default limits; a server that holds the model in-process may replace them (components.server).
+        self.limits = InputLimits()
         # compile=False: inference needs no optimizer or loss.
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
 
@@ -211,13 +432,13 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
                 f"input must be a DataFrame with a column {IMAGE_COLUMN!r} of base64 images; got {found}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        batch = decode_batch(model_input[IMAGE_COLUMN], self.image_size)
+        batch = decode_batch(model_input[IMAGE_COLUMN], self.image_size, self.limits)
         if len(batch) == 0:
             return probabilities_frame(np.zeros((0, len(self.class_names))), self.class_names)
-        outputs = [
-            np.asarray(self.model.predict_on_batch(batch[start : start + PREDICT_BATCH_SIZE]))
-            for start in range(0, len(batch), PREDICT_BATCH_SIZE)
-        ]
+        outputs = []
+        for start in range(0, len(batch), PREDICT_BATCH_SIZE):
+            _check_deadline(start, len(batch))
+            outputs.append(np.asarray(self.model.predict_on_batch(batch[start : start + PREDICT_BATCH_SIZE])))
         probs = probabilities(np.concatenate(outputs), len(self.class_names))
         return probabilities_frame(probs, self.class_names)
 
@@ -254,35 +475,158 @@ def log_pyfunc_model(
 
 
 class PredictionInputError(CxrError, ValueError):
-    """An image given to `cxr predict` cannot be read or decoded; the message names it."""
+    """The images given to `cxr predict` cannot be listed (a CSV list without paths, no images found)."""
 
 
-def predict_files(model_uri: str, paths: list[str | Path]) -> pd.DataFrame:
-    """Score image files with a logged/registered model (used by `cxr predict`).
+def _csv_paths(path: Path) -> list[str]:
+    """The paths a CSV lists: its column ``path`` (else ``uri``, else the first), relative to the CSV's folder."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise PredictionInputError(f"cannot read the list {path}: {error}") from None
+    if not rows:
+        raise PredictionInputError(f"the list {path} has no rows (a header, then one path per row)")
+    header = list(rows[0])
+    column = next((name for name in (PATH_COLUMN, "uri") if name in header), header[0])
+    listed = [(row.get(column) or "").strip() for row in rows]
+    return [item if Path(item).is_absolute() else str(path.parent / item) for item in listed if item]
+
+
+def collect_image_paths(items: Sequence[str | Path]) -> list[str]:
+    """What `cxr predict` scores: files as given, image files under folders, paths listed in CSV files.
 
     Args:
-        model_uri: an MLflow model URI (``models:/<name>@<alias>``).
-        paths: PNG/JPEG files.
+        items: files (any name: each is tried as an image), folders (searched recursively for
+            .png/.jpg/.jpeg, sorted), and ``.csv`` files listing paths in a column ``path`` (or ``uri``,
+            or the first column; relative paths are relative to the CSV's folder).
 
     Returns:
-        One row per file: ``path``, ``prob_<class>`` columns and ``label``.
+        Paths in order, without repeats. A path that does not exist is kept: its row reports it.
 
     Raises:
-        PredictionInputError: a file cannot be read, or the model cannot decode one
-            (every bad file is named; nothing is scored then).
+        PredictionInputError: a CSV list cannot be read or is empty, or nothing is left to score.
     """
-    encoded = []
-    for path in paths:
-        try:
-            encoded.append(encode_image_file(path))
-        except OSError as error:
-            raise PredictionInputError(f"cannot read {path}: {error.strerror or error}") from None
-    model = mlflow.pyfunc.load_model(model_uri)
+    paths: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise PredictionInputError(f"no .png/.jpg/.jpeg image under the folder {path}")
+            paths += found
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            paths += _csv_paths(path)
+        else:
+            paths.append(str(item))
+    if not paths:
+        raise PredictionInputError("no image to score")
+    return list(dict.fromkeys(paths))
+
+
+def _read_file(path: str) -> str:
+    """A file as the base64 text of the served input; ValueError saying why it cannot be read."""
     try:
-        result = model.predict(pd.DataFrame({IMAGE_COLUMN: encoded}))
-    except MlflowException as error:
-        # The pyfunc names bad rows by index; say which files they are.
-        names = ", ".join(f"row {index} = {path}" for index, path in enumerate(paths))
-        raise PredictionInputError(f"{error.message} ({names})") from None
-    result.insert(0, "path", [str(path) for path in paths])
-    return result
+        return encode_image_file(path)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except IsADirectoryError:
+        raise ValueError("is a folder") from None
+    except OSError as error:
+        raise ValueError(f"cannot read the file ({error.strerror or error})") from None
+
+
+def _score_chunk(model, encoded: dict[int, str], errors: dict[int, str]) -> dict[int, pd.Series]:
+    """Score rows {position: base64}; rows the model refuses go to `errors` and the others are scored again."""
+    pending = dict(encoded)
+    while pending:
+        positions = list(pending)
+        try:
+            result = model.predict(pd.DataFrame({IMAGE_COLUMN: [pending[p] for p in positions]}))
+        except MlflowException as error:
+            # InvalidRowsError (by attribute: a model may import its own copy of this module).
+            row_errors = getattr(error, "row_errors", None)
+            if not row_errors:
+                raise
+            for row, message in row_errors.items():
+                # "row 3: cannot decode image (...)" -> "cannot decode image (...)": the table names the file.
+                errors[positions[row]] = message.split(": ", 1)[1] if message.startswith(f"row {row}: ") else message
+                del pending[positions[row]]
+            continue
+        return {position: result.iloc[index] for index, position in enumerate(positions)}
+    return {}
+
+
+def predict_files(
+    model_uri: str, paths: Sequence[str | Path], limits: InputLimits | None = None, chunk_rows: int = 64
+) -> pd.DataFrame:
+    """Score image files with a logged or registered model (`cxr predict`).
+
+    A file that cannot be read, decoded or used (too small, too large) is reported in the
+    ``error`` column; every other file is scored. Files are read ``chunk_rows`` at a time.
+
+    Args:
+        model_uri: an MLflow model URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``).
+        paths: image files.
+        limits: the input limits (default InputLimits(); rows and request pixels do not apply here).
+        chunk_rows: images read and scored together.
+
+    Returns:
+        One row per path, in order: ``path``, ``label`` (empty on error), one float64 ``prob_<class>``
+        per class (NaN on error) and ``error`` (empty when scored).
+    """
+    model = mlflow.pyfunc.load_model(model_uri)
+    classifier = model.unwrap_python_model()
+    base = limits or InputLimits()
+    classifier.limits = base.model_copy(
+        update={"max_rows": chunk_rows, "max_request_pixels": chunk_rows * base.image_pixels()}
+    )
+    names = [str(path) for path in paths]
+    errors: dict[int, str] = {}
+    scored: dict[int, pd.Series] = {}
+    for start in range(0, len(names), chunk_rows):
+        encoded = {}
+        for position in range(start, min(start + chunk_rows, len(names))):
+            try:
+                encoded[position] = _read_file(names[position])
+            except ValueError as error:
+                errors[position] = str(error)
+        scored.update(_score_chunk(model, encoded, errors))
+    columns = [prob_column(name) for name in classifier.class_names]
+    table = pd.DataFrame(
+        {
+            PATH_COLUMN: names,
+            LABEL_COLUMN: [str(scored[i][LABEL_COLUMN]) if i in scored else "" for i in range(len(names))],
+            **{
+                column: [float(scored[i][column]) if i in scored else np.nan for i in range(len(names))]
+                for column in columns
+            },
+            ERROR_COLUMN: [errors.get(i, "") for i in range(len(names))],
+        }
+    )
+    return table
+
+
+def format_predictions(table: pd.DataFrame, fmt: Literal["tsv", "csv", "json"] = "tsv", digits: int = 6) -> str:
+    """The `cxr predict` table as text a script reads.
+
+    Args:
+        table: predict_files's table.
+        fmt: ``tsv`` or ``csv`` (a header row, then one row per file; empty label and probabilities
+            on error), or ``json`` (a list of objects; ``null`` probabilities and label, and an
+            ``error`` string, on error; ``error`` null when scored).
+        digits: decimals of the probabilities.
+
+    Returns:
+        The text, ending with a newline.
+    """
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(TABLE_FORMATS)}, got {fmt!r}")
+    rounded = table.round({c: digits for c in table.columns if c.startswith("prob_")})
+    if fmt == "json":
+        records = json.loads(rounded.to_json(orient="records", double_precision=digits))
+        for record in records:
+            record[ERROR_COLUMN] = record[ERROR_COLUMN] or None
+            record[LABEL_COLUMN] = record[LABEL_COLUMN] or None
+        return json.dumps(records, indent=2) + "\n"
+    return rounded.to_csv(sep="\t" if fmt == "tsv" else ",", index=False, lineterminator="\n")

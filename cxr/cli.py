@@ -10,8 +10,8 @@
     cxr evaluate --model URI --config FILE  a registered version (models:/NAME@ALIAS or models:/NAME/N) on a
                                        labelled data drop: data steps (purpose evaluation) + the evaluation card
     cxr check-config --config FILE     validate a run config, run nothing
-    cxr serve [--port 5001]            serve the champion model over HTTP (MLflow)
-    cxr predict IMAGE...               label + probabilities from the champion
+    cxr serve [--config FILE]          serve the champion over HTTP (MLflow's protocol; limits, /health, /version)
+    cxr predict IMAGE|DIR|LIST.csv...  label + probabilities from the champion, as a TSV/CSV/JSON table
     cxr models [show VERSION | history]  registered versions: aliases, metrics with CIs, why
     cxr promote VERSION --reason TEXT  move `champion` by hand (gated unless --force; recorded)
     cxr rollback --reason TEXT         give `champion` back to the previous champion (recorded)
@@ -29,12 +29,11 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.config import ConfigError, load_run_config
+from components.config import ConfigError, DeploymentConfig, load_run_config
 from components.errors import CxrError
 
 if TYPE_CHECKING:
@@ -49,6 +48,10 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = os.environ.get("CXR_WORKDIR", str(PROJECT_ROOT / ".cxr"))
+# `cxr serve` and `cxr predict` without --model-name or --config.
+DEFAULT_MODEL_NAME = "cxr-classifier"
+# `cxr serve` options that override the run config's `serving` section.
+SERVING_OPTIONS = ("host", "port", "workers", "max_body_bytes", "max_rows", "request_timeout_s")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -338,8 +341,10 @@ def format_summary(summary: TrainingRunSummary, paths) -> str:
         f"ZenML dashboard:   ZENML_CONFIG_PATH={paths.zenml_config} .venv/bin/zenml login --local",
         f"Models:            .venv/bin/cxr{_workdir_option(paths)} models --model-name {promotion.model_name}",
         _serve_hint(summary, paths),
-        "=" * 72,
     ]
+    if summary.deployment is not None:
+        lines.append(f"Deployment:        {summary.deployment.message}")
+    lines.append("=" * 72)
     return "\n".join(lines)
 
 
@@ -426,14 +431,35 @@ def format_evaluation(summary: EvaluationRunSummary) -> str:
     return "\n".join(lines)
 
 
-def _registered_model_uri(args: argparse.Namespace) -> str:
-    """models:/<name>@<alias>, checked to exist (RegisteredModelNotFoundError otherwise)."""
+def _serving_config(args: argparse.Namespace):
+    """The run config of --config (with --set) for `cxr serve` and `cxr predict`, or None without --config."""
+    if args.set and not args.config:
+        raise ConfigError("--set overrides a field of --config; give --config FILE too")
+    return load_run_config(args.config, _parse_overrides(args.set)) if args.config else None
+
+
+def _registered_model_uri(args: argparse.Namespace, config=None) -> tuple[str, str]:
+    """(model name, version) holding --alias; RegisteredModelNotFoundError (one line: how to train one) if none.
+
+    The name is --model-name, else --config's registry.model_name, else DEFAULT_MODEL_NAME.
+    """
+    import mlflow
     from mlflow import MlflowClient
 
-    from components.registry import version_by_alias
+    from components.registry import RegisteredModelNotFoundError, current_champion
 
-    version_by_alias(MlflowClient(), args.model_name, args.alias)
-    return f"models:/{args.model_name}@{args.alias}"
+    name = args.model_name or (config.registry.model_name if config is not None else DEFAULT_MODEL_NAME)
+    version = current_champion(MlflowClient(), name, args.alias)
+    if version is None:
+        workdir = (
+            "" if Path(args.workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {args.workdir}"
+        )
+        raise RegisteredModelNotFoundError(
+            f"no version of registered model {name!r} holds the alias {args.alias!r} in the registry at "
+            f"{mlflow.get_registry_uri()}; train one: .venv/bin/cxr{workdir} train --config "
+            f"{args.config or 'configs/quickstart.yaml'} (or check --model-name, --alias, --config and --workdir)"
+        )
+    return name, str(version.version)
 
 
 def _workdir_option(paths) -> str:
@@ -441,46 +467,86 @@ def _workdir_option(paths) -> str:
     return "" if Path(paths.workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {paths.workdir}"
 
 
+def _serving_section(args: argparse.Namespace, config):
+    """The run config's `serving` section (defaults without --config) with the command's options over it."""
+    from pydantic import ValidationError
+
+    from components.config import ServingConfig
+
+    options = {key: getattr(args, key, None) for key in SERVING_OPTIONS}
+    data = (config.serving if config is not None else ServingConfig()).model_dump()
+    data.update({key: value for key, value in options.items() if value is not None})
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as error:
+        item = error.errors()[0]
+        raise ConfigError(f"--{'-'.join(map(str, item['loc'])).replace('_', '-')}: {item['msg']}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    _environment(args.workdir)
-    uri = _registered_model_uri(args)
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    command = [
-        str(mlflow_bin),
-        "models",
-        "serve",
-        "-m",
-        uri,
-        "--env-manager",
-        "local",
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-    ]
-    print(f"Serving {uri} on http://{args.host}:{args.port}/invocations", flush=True)
-    # The served model imports `components` from its code path; keep the project importable too.
-    # `mlflow models serve --env-manager local` execs a bare `uvicorn`: the venv's bin must be on PATH.
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([str(mlflow_bin.parent), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    return subprocess.call(command, env=env)
+    """Serve until SIGTERM or SIGINT; a taken port or no champion: one error line, before the model loads."""
+    from components.validation import ValidationConfig
+
+    config = _serving_config(args)
+    serving = _serving_section(args, config)
+    from components.server import ServedModel, ServerSettings, bind_socket, serve
+    from components.serving import InputLimits
+
+    sock = bind_socket(serving.host, serving.port)  # a taken port fails now, not after loading the model
+    try:
+        _environment(args.workdir)
+        name, version = _registered_model_uri(args, config)
+        validation = config.validation if config is not None else ValidationConfig()
+        settings = ServerSettings(
+            model=ServedModel(name=name, version=version, alias=args.alias),
+            serving=serving,
+            limits=InputLimits.from_config(serving, validation),
+        )
+        url = f"http://{serving.host}:{serving.port}"
+        print(
+            f"Serving {name} version {version} (@{args.alias}) on {url}/invocations; loading the model "
+            f"({serving.workers} worker{'s' if serving.workers > 1 else ''}); ready when {url}/health answers",
+            flush=True,
+        )
+        serve(settings, sock)
+    except KeyboardInterrupt:  # Ctrl+C while the model loads
+        return 130
+    finally:
+        sock.close()
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit 0 when every image was scored, 1 when some could not be (named in the table's error column)."""
+    config = _serving_config(args)
     _environment(args.workdir)
-    from components.serving import predict_files
+    from components.serving import InputLimits, collect_image_paths, format_predictions, predict_files
+    from components.validation import ValidationConfig
 
-    uri = _registered_model_uri(args)
-    frame = predict_files(uri, args.images)
-    for path, (_, row) in zip(args.images, frame.iterrows(), strict=False):
-        probabilities = {
-            key[len("prob_") :]: round(float(value), 4) for key, value in row.items() if key.startswith("prob_")
-        }
-        print(f"{path}\t{row['label']}\t{json.dumps(probabilities)}")
-    return 0
+    if args.output and Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output} is a folder; give a file name")
+    paths = collect_image_paths(args.images)
+    name, version = _registered_model_uri(args, config)
+    limits = InputLimits.from_config(
+        _serving_section(args, config), config.validation if config is not None else ValidationConfig()
+    )
+    table = predict_files(f"models:/{name}/{version}", paths, limits)
+    text = format_predictions(table, args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"{len(table)} images scored by {name} version {version}: {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    failed = table[table["error"] != ""]
+    if failed.empty:
+        return 0
+    listed = "; ".join(f"{row.path}: {row.error}" for row in failed.head(5).itertuples())
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    print(
+        f"error: {len(failed)} of {len(table)} images could not be decoded or scored (error column): {listed}{more}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -557,6 +623,54 @@ def _add_registry_parsers(commands) -> None:
     sub.set_defaults(handler=cmd_rollback)
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Exit 0 when the version serves (deployed or kept), 1 when it failed to start or its canary."""
+    _environment(args.workdir)
+    from cxr.deploy import deploy
+
+    settings = load_run_config(args.config, {}).deployment if args.config else DeploymentConfig()
+    print(deploy(_model_name(args), args.version, args.alias, settings))
+    return 0
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    _environment(args.workdir)
+    from cxr.deploy import format_deployments
+    from steps.deployment import deployments
+
+    print(format_deployments(deployments(args.model_name if args.model_name != "*" else None)))
+    return 0
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    _environment(args.workdir)
+    from steps.deployment import undeploy
+
+    removed = undeploy(_model_name(args))
+    print("\n".join(f"stopped {d.model_name} v{d.version} ({d.url})" for d in removed) or "nothing was deployed")
+    return 0
+
+
+def _add_deployment_parsers(commands) -> None:
+    """cxr deploy, cxr deployments, cxr undeploy."""
+    sub = commands.add_parser("deploy", help="serve a version with the stack's model deployer (serve before switch)")
+    sub.add_argument("--model-name", default="cxr-classifier", help="registered model (default cxr-classifier)")
+    sub.add_argument("--config", help="model name and deployment settings from this run config")
+    which = sub.add_mutually_exclusive_group()
+    which.add_argument("--version", help="a version number")
+    which.add_argument("--alias", help="an alias (default: champion)")
+    sub.set_defaults(handler=cmd_deploy)
+
+    sub = commands.add_parser("deployments", help="running model servers: URL, version, since when, healthy")
+    sub.add_argument("--model-name", default="*", help="one registered model (default: all)")
+    sub.set_defaults(handler=cmd_deployments)
+
+    sub = commands.add_parser("undeploy", help="stop and delete a model's servers")
+    sub.add_argument("--model-name", default="cxr-classifier", help="registered model (default cxr-classifier)")
+    sub.add_argument("--config", help="take the model name from this run config's registry.model_name")
+    sub.set_defaults(handler=cmd_undeploy)
+
+
 def cmd_sources(args: argparse.Namespace) -> int:
     """List the registered source kinds and their options (no TensorFlow, no ZenML)."""
     from components.sources import describe_sources
@@ -616,25 +730,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.set_defaults(handler=cmd_evaluate)
     _add_registry_parsers(commands)
+    _add_deployment_parsers(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
     commands.add_parser("sources", help="list the source kinds and their options").set_defaults(handler=cmd_sources)
     commands.add_parser("backbones", help="list the backbones").set_defaults(handler=cmd_backbones)
 
+    _add_serving_parsers(commands)
+    return parser
+
+
+def _add_serving_parsers(commands) -> None:
+    """cxr serve, cxr predict."""
     for name, handler, help_text in (
-        ("serve", cmd_serve, "serve the champion over HTTP"),
-        ("predict", cmd_predict, "predict image files with the champion"),
+        ("serve", cmd_serve, "serve the champion over HTTP (limits, /health, /version; README 'Serving')"),
+        ("predict", cmd_predict, "score image files, folders or a CSV list with the champion; write a table"),
     ):
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--model-name", default="cxr-classifier")
-        sub.add_argument("--alias", default="champion")
+        sub.add_argument(
+            "--model-name",
+            help=f"registered model (default: --config's registry.model_name, else {DEFAULT_MODEL_NAME})",
+        )
+        sub.add_argument("--alias", default="champion", help="the alias whose version is used (default champion)")
+        sub.add_argument(
+            "--config", help="a run config: its registry.model_name, its `serving` section and ingest's minimum size"
+        )
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         sub.set_defaults(handler=handler)
-        if name == "serve":
-            sub.add_argument("--host", default="127.0.0.1")
-            sub.add_argument("--port", type=int, default=5001)
-        else:
-            sub.add_argument("images", nargs="+")
-    return parser
+    serve = commands.choices["serve"]
+    serve.add_argument("--host", help="address to listen on (default serving.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default serving.port, 5001)")
+    serve.add_argument("--workers", type=int, help="server processes, each loading the model (default 1)")
+    serve.add_argument("--max-body-bytes", type=int, help="larger request bodies get 413 (default 64 MiB)")
+    serve.add_argument("--max-rows", type=int, help="images per request; more get 400 (default 64)")
+    serve.add_argument("--request-timeout-s", type=float, help="seconds before a request gets 504 (default 60)")
+    predict = commands.choices["predict"]
+    predict.add_argument(
+        "images", nargs="+", help="image files, folders (searched for .png/.jpg/.jpeg) or .csv lists (column path)"
+    )
+    predict.add_argument("--format", choices=["tsv", "csv", "json"], default="tsv", help="table format (default tsv)")
+    predict.add_argument("--output", metavar="FILE", help="write the table to FILE (default: standard output)")
 
 
 # ZenML's local orchestrator logs a failed step with its traceback (logger.exception, on stdout)

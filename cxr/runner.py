@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from components.ablation import VARIANTS, AblationSummary, ablation_config
 from components.assessment import Assessment
 from components.config import ConfigError, RunConfig, merged_yaml_file
+from components.deployment import DeploymentOutcome
 from components.evaluation import Evaluation
 from components.labels import Task
 from components.metrics import SplitMetrics
@@ -41,6 +42,8 @@ from steps.names import (
     ABLATION_SUMMARY,
     ABLATION_TABLE,
     DATA_DOCS_INDEX,
+    DEPLOY_STEP,
+    DEPLOYMENT,
     EVALUATION_CARD_HTML,
     PROMOTE_STEP,
     PROMOTION,
@@ -122,6 +125,7 @@ class TrainingRunSummary(BaseModel):
     promotion: Promotion
     registration: Registration
     test_metrics: SplitMetrics
+    deployment: DeploymentOutcome | None = None  # the deploy step's outcome (None in runs without one)
     evaluation_card: str | None  # the card's HTML file
     data_docs_index: str
     steward_report: str | None
@@ -201,6 +205,7 @@ def collect_summary(pipeline_run_id, config: RunConfig) -> TrainingRunSummary:
         raise RuntimeError(f"pipeline run {run.name} ended with status {run.status.value}")
     promotion = run.steps[PROMOTE_STEP].outputs[PROMOTION][0].load()
     registration = run.steps[REGISTER_STEP].outputs[REGISTRATION][0].load()
+    deployment = run.steps[DEPLOY_STEP].outputs[DEPLOYMENT][0].load() if DEPLOY_STEP in run.steps else None
     return TrainingRunSummary(
         run_name=run.name,
         task=config.task,
@@ -208,6 +213,7 @@ def collect_summary(pipeline_run_id, config: RunConfig) -> TrainingRunSummary:
         promotion=promotion,
         registration=registration,
         test_metrics=registration.test_metrics,
+        deployment=deployment,
         evaluation_card=_card_path(run),
         data_docs_index=run.steps[VALIDATE_STEP].outputs[DATA_DOCS_INDEX][0].load(),
         steward_report=steward_outputs(pipeline_run_id).reports_folder,

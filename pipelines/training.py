@@ -17,6 +17,7 @@ from zenml import pipeline
 from components.config import RunConfig
 from pipelines.data import data_artifacts
 from pipelines.training_sets import train_on, training_set
+from steps.deploy import deploy_model
 from steps.evaluate import evaluate_model
 from steps.names import evaluate_step_id, train_step_id
 from steps.promote import promote_model
@@ -57,5 +58,7 @@ def training_pipeline(run: RunConfig, docs_dir: str, reports_dir: str) -> None:
         run_name=run.name,
         seed=run.seed,
         near_duplicate_max_distance=run.validation.near_duplicate_max_distance,
+        canary_images=run.deployment.canary_images,
     )
-    promote_model(registration, class_names=class_names, run_name=run.name, reports_dir=reports_dir)
+    promotion, _, _ = promote_model(registration, class_names=class_names, run_name=run.name, reports_dir=reports_dir)
+    deploy_model(promotion, deployment=run.deployment)

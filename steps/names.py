@@ -17,6 +17,7 @@ TRAINING_SUMMARY = "training_summary"
 EVALUATION = "evaluation"
 REGISTRATION = "registration"
 PROMOTION = "promotion"
+DEPLOYMENT = "deployment"
 EVALUATION_CARD = "evaluation_card"
 EVALUATION_CARD_HTML = "evaluation_card_html"
 
@@ -44,6 +45,7 @@ STEWARD_STEP = "steward_report"
 DATA_GATE_STEP = "data_gate"
 REGISTER_STEP = "register_best_model"
 PROMOTE_STEP = "promote_model"
+DEPLOY_STEP = "deploy_model"
 EVALUATE_REGISTERED_STEP = "evaluate_registered_model"  # cxr evaluate (pipelines/evaluation.py)
 ABLATION_REPORT_STEP = "ablation_report"
 AUGMENT_ON_STEP = "augment_on"  # the ablation's two augment steps

@@ -11,6 +11,7 @@ from zenml import step
 from zenml.logger import get_logger
 
 from components.config import EvaluationConfig, RegistryConfig
+from components.deployment import CANARY_ARTIFACT, make_canary
 from components.evaluation import Evaluation, best_candidate
 from components.labels import Task
 from components.leakage import split_images
@@ -35,6 +36,7 @@ def register_best_model(
     run_name: str,
     seed: int,
     near_duplicate_max_distance: int,
+    canary_images: int = 4,
 ) -> Annotated[Registration, REGISTRATION]:
     """Log the best backbone (on validation) as an MLflow pyfunc model and register a new version with its evidence.
 
@@ -66,6 +68,9 @@ def register_best_model(
         images=split_images(split_manifest, near_duplicate_max_distance),
     )
     mlflow.log_text(evidence.model_dump_json(), EVIDENCE_ARTIFACT)
+    # The images a new model server must answer as the evaluation did before it takes traffic.
+    test = next(p for p in chosen.predictions if p.split == "test")
+    mlflow.log_text(make_canary(test, canary_images).model_dump_json(), CANARY_ARTIFACT)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = os.path.join(folder, "model.keras")
         models[best].save(keras_path)

@@ -60,6 +60,14 @@ def shared_datasets():
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # Model servers the deployer left running (a test that failed before undeploying): stop them.
+    import signal
+
+    for pid_file in _SESSION_DIR.rglob("service.pid"):
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 

@@ -411,6 +411,6 @@ def test_the_champion_alias_resolves_to_a_servable_model(tracking, tmp_path):
     registry.move_alias(client, name, "champion", str(version.version), action="promote", reason="test")
     assert registry.decision_of(client.get_model_version(name, "1")).rule == "argmax"
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    image = serving.encode_image_bytes(encode_png(np.zeros((40, 40), dtype=np.uint8)))
+    image = serving.encode_image_bytes(encode_png(np.zeros((64, 64), dtype=np.uint8)))
     result = model.predict(pd.DataFrame({"image": [image]}))
     assert result[["prob_non-COVID", "prob_COVID-19"]].sum(axis=1).iloc[0] == pytest.approx(1.0)

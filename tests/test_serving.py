@@ -8,11 +8,17 @@ mid-grey -> "normal".
 
 from __future__ import annotations
 
+import functools
+import io
+import json
 import os
+import resource
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import mlflow
@@ -58,12 +64,28 @@ def brightness_model(num_classes: int):
     return keras.Model(inputs, outputs)
 
 
-def gray_png_b64(level: int, shape: tuple[int, int] = (40, 50)) -> str:
+def gray_png_b64(level: int, shape: tuple[int, int] = (64, 80)) -> str:
+    """A uniform grey PNG as base64; the default shape passes ingest's 64x64 minimum."""
     return serving.encode_image_bytes(encode_png(np.full(shape, level, dtype=np.uint8)))
 
 
+@functools.cache
+def bomb_png() -> bytes:
+    """A valid 16-bit grayscale PNG of 8,900 x 8,900 black pixels: about 154 KB of file, 158 MB of pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side = 8900
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + 2 * side)  # filter byte 0, then 16-bit zeros
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def rgb_jpeg_b64(level: int) -> str:
-    return serving.encode_image_bytes(encode(Image.new("RGB", (64, 48), (level, level, level)), "JPEG"))
+    return serving.encode_image_bytes(encode(Image.new("RGB", (80, 64), (level, level, level)), "JPEG"))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +127,7 @@ def test_contract_and_signature():
 
 
 def test_decode_base64_image():
-    wrapped = "\n".join(textwrap.wrap(gray_png_b64(7), 20))  # e.g. `base64` CLI output
+    wrapped = "\n".join(textwrap.wrap(gray_png_b64(7, (40, 50)), 20))  # e.g. `base64` CLI output
     assert serving.decode_base64_image(wrapped, 0).shape == (40, 50)
     with pytest.raises(ValueError, match="row 3: not valid base64"):
         serving.decode_base64_image("not base64!", 3)
@@ -148,15 +170,147 @@ def test_pyfunc_empty_input_gives_empty_output(logged):
     assert list(result.columns) == ["prob_non-COVID", "prob_COVID-19", "label"]
 
 
+def test_pyfunc_refuses_a_decompression_bomb_from_its_header(logged):
+    """154 KB declaring 8,900 x 8,900 16-bit pixels: refused as ingest refuses it, without decoding (seconds, GBs)."""
+    data = bomb_png()
+    assert len(data) < 200_000
+    model = mlflow.pyfunc.load_model(logged["binary"].model_uri)
+    frame = pd.DataFrame({"image": [gray_png_b64(10), serving.encode_image_bytes(data)]})
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    start = time.perf_counter()
+    with pytest.raises(MlflowException) as caught:
+        model.predict(frame)
+    seconds = time.perf_counter() - start
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "row 1: declared size 8900x8900" in caught.value.message
+    assert "40,000,000-pixel limit" in caught.value.message
+    assert seconds < 2  # decoding it takes 9 to 13 s
+    assert grown_mib < 100  # decoded, it holds 158 MB of pixels
+
+
+def test_pyfunc_refuses_images_below_the_ingest_minimum(logged):
+    model = mlflow.pyfunc.load_model(logged["binary"].model_uri)
+    frame = pd.DataFrame({"image": [gray_png_b64(10, (1, 1)), gray_png_b64(10, (64, 64)), gray_png_b64(10, (64, 63))]})
+    with pytest.raises(MlflowException) as caught:
+        model.predict(frame)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "2 of 3 images" in caught.value.message
+    assert "row 0: 1x1 pixels is below the 64x64 minimum" in caught.value.message
+    assert "row 2: 63x64 pixels" in caught.value.message
+    assert caught.value.row_errors.keys() == {0, 2}
+
+
+def test_pyfunc_bounds_rows_and_pixels_per_request(logged):
+    model = mlflow.pyfunc.load_model(logged["binary"].model_uri)
+    classifier = model.unwrap_python_model()
+    classifier.limits = serving.InputLimits(max_rows=2, max_request_pixels=64 * 80 * 2 - 1, max_image_pixels=64 * 90)
+    with pytest.raises(MlflowException, match=r"3 images in one request; at most 2 \(serving.max_rows\)"):
+        model.predict(pd.DataFrame({"image": [gray_png_b64(10)] * 3}))
+    with pytest.raises(MlflowException, match=r"declare 10,240 pixels together, above the 10,239"):
+        model.predict(pd.DataFrame({"image": [gray_png_b64(10)] * 2}))
+    with pytest.raises(MlflowException, match=r"row 0: declared size 100x64 .* above the server's 5,760-pixel limit"):
+        model.predict(pd.DataFrame({"image": [gray_png_b64(10, (64, 100))]}))
+    assert len(model.predict(pd.DataFrame({"image": [gray_png_b64(10)]}))) == 1
+
+
+def test_pyfunc_stops_at_its_deadline(logged):
+    model = mlflow.pyfunc.load_model(logged["binary"].model_uri)
+    frame = pd.DataFrame({"image": [gray_png_b64(10)] * 3})
+    with serving.request_deadline(0), pytest.raises(MlflowException) as caught:
+        model.predict(frame)
+    assert caught.value.error_code == "DEADLINE_EXCEEDED"
+    assert caught.value.get_http_status_code() == 504
+    assert "after 0 of 3 images" in caught.value.message
+    with serving.request_deadline(60):
+        assert len(model.predict(frame)) == 3
+    assert len(model.predict(frame)) == 3  # the deadline ended with its block
+
+
 def test_predict_files(logged, tmp_path):
     paths = []
     for level in (5, 128, 250):
         path = tmp_path / f"x{level}.png"
-        path.write_bytes(encode_png(np.full((30, 30), level, dtype=np.uint8)))
+        path.write_bytes(encode_png(np.full((64, 64), level, dtype=np.uint8)))
         paths.append(path)
     result = serving.predict_files(logged["multiclass"].model_uri, paths)
     assert list(result["path"]) == [str(path) for path in paths]
     assert list(result["label"]) == list(TASK_LABELS["multiclass"])
+
+
+def test_predict_files_names_bad_files_and_scores_the_others(logged, tmp_path):
+    good = tmp_path / "good.png"
+    good.write_bytes(encode_png(np.full((64, 64), 250, dtype=np.uint8)))
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    small = tmp_path / "small.png"
+    small.write_bytes(encode_png(np.full((8, 8), 250, dtype=np.uint8)))
+    locked = tmp_path / "locked.png"
+    locked.write_bytes(good.read_bytes())
+    locked.chmod(0)
+    paths = [fake, good, tmp_path / "missing.png", small, locked, good]
+    result = serving.predict_files(logged["binary"].model_uri, paths, chunk_rows=2)
+    locked.chmod(0o600)
+    errors = dict(zip(result["path"], result["error"], strict=True))
+    assert list(result.columns) == ["path", "label", "prob_non-COVID", "prob_COVID-19", "error"]
+    assert list(result["label"]) == ["", "COVID-19", "", "", "" if os.geteuid() else "COVID-19", "COVID-19"]
+    assert errors[str(fake)].startswith("cannot decode image")
+    assert errors[str(tmp_path / "missing.png")] == "no such file"
+    assert errors[str(small)] == "8x8 pixels is below the 64x64 minimum (ingest's validation.min_width and min_height)"
+    if os.geteuid():  # root reads any file
+        assert errors[str(locked)] == "cannot read the file (Permission denied)"
+    assert errors[str(good)] == ""
+    assert np.isnan(result["prob_COVID-19"].iloc[0])
+
+
+def test_collect_image_paths(tmp_path):
+    folder = tmp_path / "drop"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.png", "a.JPG", "sub/c.jpeg", "notes.txt"):
+        (folder / name).write_bytes(b"x")
+    listing = tmp_path / "list.csv"
+    listing.write_text("patient,path\np1,drop/b.png\np2,/abs/x.png\np3,\n")
+    found = serving.collect_image_paths([str(tmp_path / "one.png"), folder, listing, folder / "b.png"])
+    assert found == [
+        str(tmp_path / "one.png"),
+        str(folder / "a.JPG"),
+        str(folder / "b.png"),
+        str(folder / "sub" / "c.jpeg"),
+        "/abs/x.png",
+    ]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(serving.PredictionInputError, match="no .png/.jpg/.jpeg image under the folder"):
+        serving.collect_image_paths([tmp_path / "empty"])
+    (tmp_path / "blank.csv").write_text("")
+    with pytest.raises(serving.PredictionInputError, match="has no rows"):
+        serving.collect_image_paths([tmp_path / "blank.csv"])
+
+
+def test_format_predictions_round_trips():
+    table = pd.DataFrame(
+        {
+            "path": ["a.png", "b, c.png"],
+            "label": ["COVID-19", ""],
+            "prob_non-COVID": [0.25, np.nan],
+            "prob_COVID-19": [0.75, np.nan],
+            "error": ["", "cannot decode image (x)"],
+        }
+    )
+    tsv = pd.read_csv(io.StringIO(serving.format_predictions(table, "tsv")), sep="\t")
+    assert list(tsv.columns) == list(table.columns)
+    assert tsv["prob_COVID-19"].iloc[0] == 0.75
+    csv = pd.read_csv(io.StringIO(serving.format_predictions(table, "csv")))
+    assert csv["path"].iloc[1] == "b, c.png"
+    records = json.loads(serving.format_predictions(table, "json"))
+    assert records[0] == {
+        "path": "a.png",
+        "label": "COVID-19",
+        "prob_non-COVID": 0.25,
+        "prob_COVID-19": 0.75,
+        "error": None,
+    }
+    assert records[1]["prob_COVID-19"] is None
+    assert records[1]["label"] is None
 
 
 def test_logging_needs_an_active_run(tmp_path):

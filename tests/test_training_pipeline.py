@@ -85,7 +85,12 @@ def trained(local_stack, tmp_path_factory):
             evaluation={"external_sources": ["hospital-x"], "bootstrap_resamples": 200},
         )
     )
-    return {"summary": run_training(config, local_stack, PROJECT_ROOT), "data_root": data_root}
+    from steps.deployment import undeploy
+
+    try:
+        yield {"summary": run_training(config, local_stack, PROJECT_ROOT), "data_root": data_root}
+    finally:
+        undeploy(MODEL_NAME)  # the deploy step's model server
 
 
 def test_training_pipeline_registers_a_champion(trained, local_stack):
@@ -112,6 +117,14 @@ def test_training_pipeline_registers_a_champion(trained, local_stack):
     artifacts = {item.path for child in children for item in client.list_artifacts(child.info.run_id)}
     assert "confusion_matrix_test.png" in artifacts
 
+    # The pipeline's last step deployed the new champion (serve before switch: its canary passed).
+    import requests
+
+    assert summary.deployment.action == "deployed"
+    assert summary.deployment.deployment.version == "1"
+    assert summary.deployment.canary.passed
+    assert requests.get(summary.deployment.deployment.health_url, timeout=5).status_code == 200
+
     docs = Path(summary.data_docs_index)
     assert docs.is_file()
     assert docs.stat().st_size > 0
@@ -137,6 +150,7 @@ def test_the_run_writes_the_evaluation_card_and_explains_itself_in_both_registri
     assert "sensitivity:COVID-19" in version.description
     assert "Intended use" in client.get_registered_model(MODEL_NAME).description
     assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "evaluation")] == [
+        "evaluation/canary.json",
         "evaluation/evaluation_card.html",
         "evaluation/evaluation_card.json",
         "evaluation/evidence.json",
@@ -183,6 +197,22 @@ def test_promoters_list_show_promote_and_roll_back_from_the_cli(trained, local_s
 
     assert main([*workdir, "models", *model, "show", "9"]) == 1
     assert "has no version '9'" in capsys.readouterr().err
+
+
+def test_deployments_are_listed_kept_and_a_wrong_version_is_one_error_line(trained, local_stack, capsys):
+    from cxr.cli import main
+
+    workdir = ["--workdir", str(local_stack.workdir)]
+    deployed = trained["summary"].deployment.deployment
+    assert main([*workdir, "deployments", "--model-name", MODEL_NAME]) == 0
+    listing = capsys.readouterr().out
+    assert f"{MODEL_NAME} v{deployed.version}  healthy  {deployed.url}" in listing
+    assert main([*workdir, "deploy", "--model-name", MODEL_NAME, "--version", deployed.version]) == 0
+    assert f"{MODEL_NAME} v{deployed.version} already serves at {deployed.url}: kept" in capsys.readouterr().out
+    assert main([*workdir, "deploy", "--model-name", MODEL_NAME, "--version", "99"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"error: registered model {MODEL_NAME!r} has no version 99"
 
 
 def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained, local_stack):
@@ -259,7 +289,8 @@ def test_cxr_serve_answers_with_the_champion(trained, local_stack, tmp_path):
 
 
 def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
-    import json
+    import csv
+    import io
 
     paths = _some_images(trained["data_root"])
     result = subprocess.run(
@@ -270,11 +301,14 @@ def test_cxr_predict_prints_label_and_probabilities(trained, local_stack):
         env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith(str(paths[0].parent.parent))]
+    # A TSV table: a header, then path, label, one prob_<class> column per class and error.
+    rows = list(csv.DictReader(io.StringIO(result.stdout), delimiter="\t"))
+    lines = [row for row in rows if row["path"].startswith(str(paths[0].parent.parent))]
     assert len(lines) == 2
-    path, label, probabilities = lines[0].split("\t")
+    label = lines[0]["label"]
+    probabilities = {key: float(value) for key, value in lines[0].items() if key.startswith("prob_")}
     assert label in ("COVID-19", "normal", "pneumonia")
-    assert sum(json.loads(probabilities).values()) == pytest.approx(1.0, abs=1e-3)
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_cxr_predict_names_a_file_it_cannot_decode(trained, local_stack, tmp_path, capsys):
