@@ -22,9 +22,12 @@ Every metric is computed for all resamples at once with matrix operations
   scikit-learn's step form, sum over thresholds of (recall step) x precision.
 
 The percentile interval (Efron) at ``level`` is read from the resampled values. A
-resample where a metric is undefined (ROC-AUC of a class when no image of it, or no image
-of another class, was drawn) is skipped for that metric; if it is undefined in every
-resample the interval is None. Binned calibration errors (ECE, MCE) are biased upward
+resample where a metric is undefined (NaN, with components.metrics' conventions: ROC-AUC
+or sensitivity of a class when no image of it was drawn, ROC-AUC or specificity when only
+images of it were, PPV when the class was never predicted, ...) is skipped for that
+metric; if it is undefined in every resample the interval is None. A metric undefined on
+the split itself is undefined in every resample (a resample draws only the split's
+images), so its interval is None too. Binned calibration errors (ECE, MCE) are biased upward
 in small samples, resampled ones too: read their intervals as a guide, and compare
 models on them with the paired difference. Resampling is memory-bound: the weights of 1,000
 resamples of 10,000 images take 40 MB (int32), and the metrics are computed a chunk of

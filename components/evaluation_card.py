@@ -454,9 +454,11 @@ def curves_png(predictions: Predictions, metrics: SplitMetrics, title: str) -> s
         (line,) = roc_axes.plot(fpr, tpr, label=f"{label} (AUC {auc(fpr, tpr):.3f})")
         pr_axes.plot(recall, precision, color=line.get_color(), label=f"{label} (prevalence {positive.mean():.2f})")
         point = metrics.per_class.get(name)
-        if point is not None:
+        # With both classes present, sensitivity and specificity are defined; PPV is not when never predicted.
+        if point is not None and point.sensitivity is not None and point.specificity is not None:
             roc_axes.plot(1 - point.specificity, point.sensitivity, "o", color=line.get_color())
-            pr_axes.plot(point.sensitivity, point.ppv, "o", color=line.get_color())
+            if point.ppv is not None:
+                pr_axes.plot(point.sensitivity, point.ppv, "o", color=line.get_color())
     roc_axes.set(xlabel="false positive rate (1 - specificity)", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.02))
     pr_axes.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", xlim=(0, 1), ylim=(0, 1.02))
     roc_axes.set_title("ROC, one-vs-rest (dot: the decision)")
@@ -651,7 +653,12 @@ def card_html(card: EvaluationCard, predictions_by_split: dict[str, Predictions]
         ["backbone", card.backbone],
         ["task", f"{card.task} ({', '.join(card.class_names)})"],
         ["dataset version", card.dataset_version],
-        ["test-split fingerprint", card.test_fingerprint],
+        [
+            "test-split fingerprint"
+            if any(a.split == "test" for a in card.assessments)
+            else "evaluated images fingerprint",
+            card.test_fingerprint,
+        ],
         ["decision rule", card.decision.describe()],
         ["evaluated on", ", ".join(a.split for a in card.assessments)],
         ["run", card.run_name or "not given"],

@@ -109,7 +109,12 @@ def floor_criteria(floor: FloorCriterion, assessments: dict[str, Assessment]) ->
 
 
 def comparison_criterion(
-    champion_version: str, *, recorded: bool, overlap: Overlap | None, kept: Predictions | None
+    champion_version: str,
+    *,
+    recorded: bool,
+    overlap: Overlap | None,
+    kept: Predictions | None,
+    candidate_version: str = "VERSION",
 ) -> GateCriterion:
     """Whether the champion can be compared fairly: on test images it never trained or was selected on.
 
@@ -122,12 +127,16 @@ def comparison_criterion(
         recorded: whether the champion's training and validation images are recorded (its evidence).
         overlap: the test split against the champion's images (None without a test split).
         kept: the candidate's test predictions of the images the champion never saw.
+        candidate_version: the candidate's version, for the command the detail suggests.
 
     Returns:
         The criterion; failed when the champion's images are unknown or the unseen images miss a class.
     """
     name = f"champion v{champion_version} compared on test images it never saw"
-    by_hand = "review the card and promote by hand if warranted (cxr promote VERSION --reason TEXT --force)"
+    by_hand = (
+        f"review the card and promote by hand if warranted (cxr promote {candidate_version} --reason TEXT --force; "
+        "--force also overrides any failed floor)"
+    )
     if not recorded:
         return GateCriterion(
             name=name,

@@ -18,10 +18,25 @@ by a configured rule (`choose_decision`) and applied unchanged to test and exter
 Conventions (shared with the vectorised bootstrap, components.bootstrap, which
 computes the same formulas for many resamples at once):
 
-- A ratio whose denominator is 0 counts 0 (scikit-learn's ``zero_division=0``): a
-  class never predicted has PPV 0, a class without images sensitivity 0. The macro
-  averages include such classes (the paper's convention); balanced accuracy is the
-  mean sensitivity over the classes that have images (scikit-learn's).
+- A ratio whose denominator is 0 is undefined, not 0 (scikit-learn's ``zero_division=np.nan``,
+  "ill-defined" in its warnings; MONAI's ``compute_confusion_matrix_metric`` likewise returns NaN
+  for a zero denominator): the sensitivity of a class without images in the split, the
+  specificity of a class when every image is of it, the PPV of a class never predicted, the NPV
+  of a class predicted for every image, and F1 when the class is neither present nor predicted
+  (2 TP + FP + FN = 0). Undefined is NaN in arrays and None in the pydantic models;
+  ``SplitMetrics.scalar`` reads it as NaN, cards and summaries show it as "n/a", MLflow gets no
+  value, and the gate counts it as failed.
+- Macro averages (and balanced accuracy, the mean sensitivity) are the unweighted mean over the
+  classes where the metric is defined (a NaN-mean: scikit-learn's averages with
+  ``zero_division=np.nan`` exclude such classes, and its ``balanced_accuracy_score`` drops
+  classes absent from y_true; torchmetrics' multiclass macro average likewise gives no weight
+  to a class with TP + FP + FN = 0). Weighted averages weigh the defined classes by support;
+  when those supports sum to 0 the plain mean of the defined values is taken, as
+  scikit-learn's ``_nanaverage`` does. An average is undefined only when no class defines the
+  metric (with two classes or more and at least one image, none of them is).
+  So a split or slice without images of a class neither scores that class 0 nor pulls the
+  averages down with it; a class that is absent but predicted keeps its F1 of 0 (its false
+  alarms count) and its PPV of 0.
 - ROC-AUC of a class is undefined (None) when the split has no image of the class or
   only images of it; PR-AUC is undefined when it has no image of the class. Their
   macro averages are the mean over the classes where they are defined.
@@ -293,17 +308,40 @@ def choose_decision(
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Elementwise numerator / denominator, 0 where the denominator is 0."""
-    out = np.zeros(np.broadcast(numerator, denominator).shape)
+    """Elementwise numerator / denominator, NaN (undefined) where the denominator is 0."""
+    out = np.full(np.broadcast(numerator, denominator).shape, np.nan)
     np.divide(numerator, denominator, out=out, where=denominator != 0)
     return out
+
+
+def _nan_average(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The mean of each row over its defined (non-NaN) entries, optionally weighted.
+
+    Args:
+        values: (B, C) float, NaN where undefined.
+        weights: (B, C) non-negative weights, or None for the plain mean. A row whose defined
+            entries all weigh 0 gets their plain mean (scikit-learn's ``_nanaverage``).
+
+    Returns:
+        (B,) float64; NaN for a row without a defined entry.
+    """
+    defined = ~np.isnan(values)
+    filled = np.where(defined, values, 0.0)
+    mean = _ratio(filled.sum(axis=1), defined.sum(axis=1))
+    if weights is None:
+        return mean
+    weights = np.where(defined, weights, 0.0)
+    weighted = _ratio((filled * weights).sum(axis=1), weights.sum(axis=1))
+    return np.where(np.isnan(weighted), mean, weighted)
 
 
 def confusion_statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
     """The confusion-count metrics of a batch of confusion matrices (one per resample).
 
     Each class is taken one-vs-rest: TP = counts[c, c], FN = rest of row c, FP = rest of
-    column c, TN = everything else. A ratio with denominator 0 counts 0.
+    column c, TN = everything else. A ratio with denominator 0 is undefined (NaN); macro
+    averages and balanced accuracy are NaN-means over the classes, weighted averages weigh the
+    defined classes by support (module docstring: scikit-learn's ``zero_division=np.nan``).
 
     Args:
         counts: (B, C, C) float or int (weighted) counts, ``counts[b, i, j]`` images of class i
@@ -311,7 +349,8 @@ def confusion_statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
 
     Returns:
         {key: (B,) float64} for the keys of COUNT_METRICS, and ``"{stat}:{index}"`` for
-        each class index and each stat of COUNT_CLASS_STATS (class indices, not names).
+        each class index and each stat of COUNT_CLASS_STATS (class indices, not names); NaN
+        where undefined.
     """
     counts = np.asarray(counts, dtype=float)
     n_classes = counts.shape[1]
@@ -329,17 +368,16 @@ def confusion_statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
         "npv": _ratio(tn, tn + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
     }
-    present = support > 0
     values = {
         "accuracy": _ratio(tp.sum(axis=1), total),
-        "balanced_accuracy": _ratio((per_class["sensitivity"] * present).sum(axis=1), present.sum(axis=1)),
-        "precision_macro": per_class["ppv"].mean(axis=1),
-        "recall_macro": per_class["sensitivity"].mean(axis=1),
-        "f1_macro": per_class["f1"].mean(axis=1),
-        "precision_weighted": _ratio((per_class["ppv"] * support).sum(axis=1), total),
-        "recall_weighted": _ratio((per_class["sensitivity"] * support).sum(axis=1), total),
-        "f1_weighted": _ratio((per_class["f1"] * support).sum(axis=1), total),
-        "specificity_macro": per_class["specificity"].mean(axis=1),
+        "balanced_accuracy": _nan_average(per_class["sensitivity"]),
+        "precision_macro": _nan_average(per_class["ppv"]),
+        "recall_macro": _nan_average(per_class["sensitivity"]),
+        "f1_macro": _nan_average(per_class["f1"]),
+        "precision_weighted": _nan_average(per_class["ppv"], support),
+        "recall_weighted": _nan_average(per_class["sensitivity"], support),
+        "f1_weighted": _nan_average(per_class["f1"], support),
+        "specificity_macro": _nan_average(per_class["specificity"]),
     }
     for stat, array in per_class.items():
         for index in range(n_classes):
@@ -436,27 +474,30 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, n_
 
 
 class ClassMetrics(BaseModel):
-    """One class, one-vs-rest at the decision, plus its threshold-free ROC-AUC and PR-AUC (None when undefined)."""
+    """One class, one-vs-rest at the decision, plus its threshold-free ROC-AUC and PR-AUC.
+
+    A metric whose denominator is 0 in this split is None (undefined; module docstring), never 0.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    sensitivity: float  # recall: TP / (TP + FN)
-    specificity: float  # TN / (TN + FP)
-    ppv: float  # precision: TP / (TP + FP)
-    npv: float  # TN / (TN + FN)
-    f1: float
+    sensitivity: float | None  # recall: TP / (TP + FN); None without images of the class
+    specificity: float | None  # TN / (TN + FP); None when every image is of the class
+    ppv: float | None  # precision: TP / (TP + FP); None when the class is never predicted
+    npv: float | None  # TN / (TN + FN); None when the class is predicted for every image
+    f1: float | None  # 2 TP / (2 TP + FP + FN); None when the class is neither present nor predicted
     support: int  # images of this class in the split
     roc_auc: float | None  # one-vs-rest, from P(class); None without images of the class or of the rest
     pr_auc: float | None  # average precision of P(class); None without images of the class
 
     @property
-    def precision(self) -> float:
-        """PPV under its other name (the paper's)."""
+    def precision(self) -> float | None:
+        """PPV under its other name (the paper's); None when the class is never predicted."""
         return self.ppv
 
     @property
-    def recall(self) -> float:
-        """Sensitivity under its other name (the paper's)."""
+    def recall(self) -> float | None:
+        """Sensitivity under its other name (the paper's); None without images of the class."""
         return self.sensitivity
 
 
@@ -475,7 +516,10 @@ class ReliabilityBin(BaseModel):
 class SplitMetrics(BaseModel):
     """The metrics of one split at one decision (see the module docstring for the conventions).
 
-    Macro averages are unweighted means over classes, weighted averages weigh by support.
+    Macro averages are unweighted means over the classes where the metric is defined,
+    weighted averages weigh those classes by support; a metric that is undefined is None
+    (module docstring). The averages are None only when no class defines them, which
+    cannot happen with two classes or more; ``accuracy`` is defined for any non-empty split.
     ``confusion_matrix[i][j]`` counts images of class i predicted as class j, in
     ``class_names`` order. ``brier`` is the multiclass Brier score (mean over images of
     the sum over classes of (p - onehot)^2). ``ece`` and ``mce`` are the expected and
@@ -486,14 +530,14 @@ class SplitMetrics(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     accuracy: float
-    balanced_accuracy: float
-    precision_macro: float
-    recall_macro: float
-    f1_macro: float
-    precision_weighted: float
-    recall_weighted: float
-    f1_weighted: float
-    specificity_macro: float
+    balanced_accuracy: float | None
+    precision_macro: float | None
+    recall_macro: float | None
+    f1_macro: float | None
+    precision_weighted: float | None
+    recall_weighted: float | None
+    f1_weighted: float | None
+    specificity_macro: float | None
     roc_auc_macro: float | None
     pr_auc_macro: float | None
     brier: float
@@ -582,6 +626,10 @@ def _threshold_free(y_true: np.ndarray, probabilities: np.ndarray, index: int) -
     return twice_area / (2 * n_positive * n_negative), pr
 
 
+def _defined_or_none(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
 def _mean_defined(values: list[float | None]) -> float | None:
     defined = [value for value in values if value is not None]
     return float(np.mean(defined)) if defined else None
@@ -607,8 +655,8 @@ def classification_metrics(
         patient_ids: (N,) the patient of each image, to count patients; None: not counted.
 
     Returns:
-        SplitMetrics: the overall, per-class and calibration metrics, the C x C confusion
-        matrix (counts) and the decision.
+        SplitMetrics: the overall, per-class and calibration metrics (None where undefined,
+        module docstring), the C x C confusion matrix (counts) and the decision.
 
     Raises:
         MetricsInputError: the arrays do not fit the classes (check_predictions), or
@@ -628,7 +676,7 @@ def classification_metrics(
     threshold_free = [_threshold_free(labels, probs, index) for index in range(n_classes)]
     per_class = {
         name: ClassMetrics(
-            **{stat: float(counts[f"{stat}:{index}"][0]) for stat in COUNT_CLASS_STATS},
+            **{stat: _defined_or_none(counts[f"{stat}:{index}"][0]) for stat in COUNT_CLASS_STATS},
             support=int(matrix[index].sum()),
             roc_auc=threshold_free[index][0],
             pr_auc=threshold_free[index][1],
@@ -636,7 +684,7 @@ def classification_metrics(
         for index, name in enumerate(class_names)
     }
     return SplitMetrics(
-        **{key: float(counts[key][0]) for key in COUNT_METRICS},
+        **{key: _defined_or_none(counts[key][0]) for key in COUNT_METRICS},
         roc_auc_macro=_mean_defined([roc for roc, _ in threshold_free]),
         pr_auc_macro=_mean_defined([pr for _, pr in threshold_free]),
         **{key: float(calibration[key][0]) for key in LOWER_IS_BETTER},

@@ -727,6 +727,7 @@ def promote_with_gate(
                     recorded=seen is not None,
                     overlap=next((o for o in overlaps if o.split == TEST), None),
                     kept=next((p for p in (mine if seen is not None else []) if p.split == TEST), None),
+                    candidate_version=version,
                 )
                 if comparison.passed:
                     champion_decision = decision_of(champion)
@@ -859,28 +860,53 @@ def _unavailable(what: str, step: str, error: Exception) -> RegistryUnavailableE
 def _rollback(client: MlflowClient, model_name: str, reason: str, to_version: str | None) -> AliasEvent:
     with promotion_lock(client, model_name):
         current = current_champion(client, model_name)
+        lineage = champion_lineage(promotion_history(client, model_name))
+        earlier = lineage[:-1] if current is not None and lineage and lineage[-1] == str(current.version) else lineage
         if to_version is None:
-            current_version = None if current is None else str(current.version)
-            to_version = _previous_champion(promotion_history(client, model_name), current_version)
-            if to_version is None:
+            if not earlier:
                 raise RollbackError(
-                    f"no earlier champion of {model_name!r} is recorded in its promotion history "
-                    "(cxr models history); name a version with --to VERSION"
+                    f"no earlier champion of {model_name!r} is left to roll back to (cxr models history); "
+                    "give champion to another version with cxr promote VERSION --reason TEXT (gated)"
                 )
+            to_version = earlier[-1]
+        to_version = str(to_version)
         try:
-            client.get_model_version(model_name, str(to_version))
+            client.get_model_version(model_name, to_version)
         except MlflowException as error:
             if _is_not_found(error):
                 raise RollbackError(f"{model_name!r} has no version {to_version} (cxr models lists them)") from None
             raise
-        if current is not None and str(current.version) == str(to_version):
+        if current is not None and str(current.version) == to_version:
             raise RollbackError(f"version {to_version} of {model_name!r} already holds the {CHAMPION} alias")
-        return move_alias(client, model_name, CHAMPION, str(to_version), action="rollback", reason=reason)
+        if to_version not in earlier:
+            raise RollbackError(
+                f"version {to_version} of {model_name!r} is not an earlier champion still in line "
+                f"({', '.join('v' + v for v in earlier) or 'none'}): a rollback only returns to one; give champion "
+                f"to v{to_version} with cxr promote {to_version} --reason TEXT (gated, or --force)"
+            )
+        return move_alias(client, model_name, CHAMPION, to_version, action="rollback", reason=reason)
 
 
-def _previous_champion(history: list[AliasEvent], current: str | None) -> str | None:
-    """The version that held `champion` before `current` took it last."""
-    for event in reversed(history):
-        if event.alias == CHAMPION and event.version == current:
-            return event.previous
-    return None
+def champion_lineage(history: list[AliasEvent]) -> list[str]:
+    """The champions in line, oldest first, the current one last, replayed from the promotion history.
+
+    A promotion (gate, promote, force) puts its version on top; a rollback to a version in
+    line drops every version above it, so a second rollback goes further back instead of
+    returning to the version just rolled back. A rollback to a version not in line (from a
+    history written before this rule) puts it on top.
+
+    Args:
+        history: promotion_history's events, oldest first.
+
+    Returns:
+        Version numbers, without repeats next to each other.
+    """
+    line: list[str] = []
+    for event in history:
+        if event.alias != CHAMPION:
+            continue
+        if event.action == "rollback" and event.version in line:
+            del line[len(line) - line[::-1].index(event.version) :]  # above its last place in line
+        elif not line or line[-1] != event.version:
+            line.append(event.version)
+    return line

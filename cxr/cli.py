@@ -254,7 +254,10 @@ def _add_reproduce_parser(commands) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Exit 0 when the data pass (warnings allowed), 1 when a blocking check failed."""
-    config = load_run_config(args.config, _parse_overrides(args.set))
+    if args.purpose == "evaluation":
+        config = _data_only_run_config(args.config, _parse_overrides(args.set))
+    else:
+        config = load_run_config(args.config, _parse_overrides(args.set))
     _check_summary_path(args.summary_json)
     paths = _environment(args.workdir)
     from components.validation import ManifestValidationError
@@ -354,7 +357,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     parse_model_reference(args.model)  # ModelReferenceError (exit 2) before anything runs
     _check_summary_path(args.summary_json)
-    paths = _environment(args.workdir)
+    paths = _registry_paths(args.workdir)
     from components.validation import ManifestValidationError
     from cxr.runner import latest_run_id, registered_version, run_evaluation, steward_outputs
     from pipelines.evaluation import PIPELINE_NAME
@@ -373,10 +376,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_only_run_config(path: str, overrides: dict[str, Any]):
+    """A data config for `cxr validate --purpose evaluation`: the same file `cxr evaluate` takes, which may
+    leave out `backbones` (nothing is trained or predicted when validating); --set applies last."""
+    from components.config import parse_run_config, read_yaml_mapping, run_config_default, set_dotted
+
+    data = read_yaml_mapping(path, "run config")
+    if not data:
+        raise ConfigError(f"run config {path} is empty")
+    data.setdefault("backbones", [{"name": "MobileNet", "weights": "none"}])  # unused: validation only
+    for dotted, value in overrides.items():
+        set_dotted(data, dotted, value, defaults=run_config_default)
+    return parse_run_config(data, origin=str(path))
+
+
 def _evaluation_run_config(path: str, overrides: dict[str, Any], registered: RegisteredVersion):
     """The run config of `cxr evaluate`: a data config may leave out `task` and `backbones`, which then
     default to the registered version's own (its contract); --set applies last."""
-    from components.config import parse_run_config, read_yaml_mapping, set_dotted
+    from components.config import parse_run_config, read_yaml_mapping, run_config_default, set_dotted
 
     data = read_yaml_mapping(path, "run config")
     if not data:
@@ -392,7 +409,7 @@ def _evaluation_run_config(path: str, overrides: dict[str, Any], registered: Reg
         }
         data.setdefault("backbones", [backbone])
     for dotted, value in overrides.items():
-        set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value, defaults=run_config_default)
     return parse_run_config(data, origin=str(path))
 
 
@@ -410,7 +427,7 @@ def format_evaluation(summary: EvaluationRunSummary) -> str:
         f"Evaluation run '{summary.run_name}' finished.",
         f"Model:             {summary.model_name} version {summary.version}{given}",
         f"Decision rule:     {summary.decision}; recorded at registration, not re-chosen on this data",
-        f"Data version:      {summary.dataset_version} (every image evaluated; nothing split)",
+        f"Data version:      {summary.dataset_version} (not split: every image it did not train on is evaluated)",
         *(
             [f"WARNING:{summary.summary.split('WARNING:', 1)[1]}"]
             if summary.summary and "WARNING:" in summary.summary
@@ -494,7 +511,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     sock = bind_socket(serving.host, serving.port)  # a taken port fails now, not after loading the model
     try:
-        _environment(args.workdir)
+        _registry_paths(args.workdir)
         name, version = _registered_model_uri(args, config)
         validation = config.validation if config is not None else ValidationConfig()
         settings = ServerSettings(
@@ -519,7 +536,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every image was scored, 1 when some could not be (named in the table's error column)."""
     config = _serving_config(args)
-    _environment(args.workdir)
+    _registry_paths(args.workdir)
     from components.serving import InputLimits, collect_image_paths, format_predictions, predict_files
     from components.validation import ValidationConfig
 
@@ -563,7 +580,7 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    _environment(args.workdir)
+    _registry_paths(args.workdir)
     from cxr import models
 
     name = _model_name(args)
@@ -578,7 +595,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Exit 0 when the version got `champion`, 1 when the gate kept it `challenger`."""
-    _environment(args.workdir)
+    _registry_paths(args.workdir)
     from cxr import models
 
     promotion = models.promote(_model_name(args), args.version, args.reason, args.force)
@@ -587,11 +604,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    _environment(args.workdir)
+    _registry_paths(args.workdir)
     from cxr import models
 
     print(models.roll_back(_model_name(args), args.reason, args.to))
     return 0
+
+
+def _reason(text: str) -> str:
+    """A --reason that says something: it is what the promotion history keeps."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a reason: it is recorded with who and when (an empty one is not)")
+    return text.strip()
 
 
 def _add_registry_parsers(commands) -> None:
@@ -612,20 +636,20 @@ def _add_registry_parsers(commands) -> None:
     sub = commands.add_parser("promote", help="give a version `champion` by hand (gated unless --force)")
     model_options(sub)
     sub.add_argument("version")
-    sub.add_argument("--reason", required=True, help="why; recorded with who and when")
+    sub.add_argument("--reason", required=True, type=_reason, help="why; recorded with who and when")
     sub.add_argument("--force", action="store_true", help="promote even when gate criteria fail (recorded)")
     sub.set_defaults(handler=cmd_promote)
 
     sub = commands.add_parser("rollback", help="give `champion` back to the previous champion")
     model_options(sub)
-    sub.add_argument("--reason", required=True, help="why; recorded with who and when")
+    sub.add_argument("--reason", required=True, type=_reason, help="why; recorded with who and when")
     sub.add_argument("--to", metavar="VERSION", help="a specific earlier version (default: the previous champion)")
     sub.set_defaults(handler=cmd_rollback)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Exit 0 when the version serves (deployed or kept), 1 when it failed to start or its canary."""
-    _environment(args.workdir)
+    _registry_paths(args.workdir)
     from cxr.deploy import deploy
 
     settings = load_run_config(args.config, {}).deployment if args.config else DeploymentConfig()
@@ -805,10 +829,42 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         # Errors about the user's config, data, weights or environment end the run with their
         # message, not a traceback; anything else is a bug and keeps its traceback.
+        if _is_unreadable_database(error):
+            print(
+                f"error: the MLflow database at {os.environ.get('MLFLOW_TRACKING_URI')} cannot be read: "
+                f"{getattr(error, 'orig', error)}",
+                file=sys.stderr,
+            )
+            return 1
         if not _is_user_facing(error):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
+
+
+def _is_unreadable_database(error: BaseException) -> bool:
+    """SQLAlchemy's DatabaseError (e.g. "file is not a database"), however MLflow wrapped it."""
+    seen = 0
+    while error is not None and seen < 5:
+        if type(error).__name__ == "DatabaseError" and type(error).__module__.startswith("sqlalchemy"):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _registry_paths(workdir: str):
+    """The work folder's paths, refusing a work folder whose MLflow registry does not exist yet.
+
+    Commands that read the registry (models, promote, rollback, evaluate, deploy, serve, predict)
+    would otherwise create an empty one and report "no versions", hiding a wrong --workdir.
+    """
+    paths = _environment(workdir)
+    if os.environ.get("MLFLOW_TRACKING_URI") == paths.tracking_uri and not paths.mlflow_db.is_file():
+        raise ConfigError(
+            f"no MLflow registry in the work folder {paths.workdir} ({paths.mlflow_db} does not exist): nothing "
+            "was trained there yet (cxr train), or give the work folder that holds your models with --workdir"
+        )
+    return paths
 
 
 def _is_user_facing(error: BaseException) -> bool:

@@ -156,6 +156,8 @@ def promote(model_name: str, version: str, reason: str, force: bool) -> Promotio
         note=reason,
         force=force,
     )
+    if promotion.alias == "champion" and not promotion.criteria:  # it already was: nothing moved, nothing to record
+        return promotion
     tags = found.tags or {}
     client.update_model_version(
         model_name,

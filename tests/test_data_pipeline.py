@@ -183,6 +183,7 @@ def test_missing_metadata_column_is_named_without_a_traceback(local_stack, tmp_p
     config = tiny_config(tmp_path / "synthetic", name="bad-metadata")
     config["data"]["sources"] = [{"kind": "ieee8023", "root": str(drop), "name": "drop"}]
     del config["data"]["synthetic"]
+    del config["backbones"]  # the data-only config `cxr evaluate` takes: validating it needs no backbone
     code = run_cxr(local_stack, "validate", config, tmp_path, "--purpose", "evaluation")
     message = capsys.readouterr().err
     assert code == 1

@@ -265,6 +265,20 @@ def test_manual_force_and_rollback_are_recorded(tracking):
     assert [e.action for e in registry.promotion_history(client, name)] == ["gate", "force", "rollback"]
 
 
+def test_rollback_goes_back_down_the_line_and_only_to_an_earlier_champion(tracking):
+    client, name = MlflowClient(), "line"
+    for quality in (0.7, 0.8, 0.9):  # v1, v2, v3 each champion in turn
+        assert promote(client, name, register(client, name, quality), quality).alias == "champion"
+    weak = register(client, name, 0.5)  # v4: never champion
+    with pytest.raises(registry.RollbackError, match="version 4 of 'line' is not an earlier champion still in line"):
+        registry.rollback(client, name, reason="try v4", to_version=weak)
+    assert registry.rollback(client, name, reason="v3 misbehaves").version == "2"
+    assert registry.rollback(client, name, reason="v2 too").version == "1"  # not back to v3
+    with pytest.raises(registry.RollbackError, match="no earlier champion of 'line' is left"):
+        registry.rollback(client, name, reason="and v1?")
+    assert registry.champion_lineage(registry.promotion_history(client, name)) == ["1"]
+
+
 def test_rollback_without_an_earlier_champion_says_so(tracking):
     client, name = MlflowClient(), "no-earlier"
     promote(client, name, register(client, name, 0.9), 0.9)
