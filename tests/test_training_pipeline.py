@@ -215,6 +215,34 @@ def test_deployments_are_listed_kept_and_a_wrong_version_is_one_error_line(train
     assert err.strip().splitlines()[-1] == f"error: registered model {MODEL_NAME!r} has no version 99"
 
 
+def test_a_version_failing_its_canary_is_not_deployed_and_the_champion_keeps_serving(trained, local_stack):
+    """The champion's own model registered again with a canary it does not reproduce (as a broken export
+    would): its server starts beside the running one, fails the canary, and is removed; v1 still answers."""
+    import mlflow
+    import requests
+
+    from components.deployment import CANARY_ARTIFACT, DeploymentError, check_canary
+    from steps.deployment import deploy_version, deployments, load_canary
+
+    client = MlflowClient(local_stack.tracking_uri)
+    registration = trained["summary"].registration
+    settings = parse_run_config(tiny_config(trained["data_root"])).deployment
+    canary = load_canary(client, MODEL_NAME, registration.version)
+    broken = canary.model_copy(update={"expected": [[p + 0.01 for p in row] for row in canary.expected]})
+    run = client.create_run(client.get_run(registration.mlflow_run_id).info.experiment_id)
+    client.log_text(run.info.run_id, broken.model_dump_json(), CANARY_ARTIFACT)
+    client.set_terminated(run.info.run_id)
+    version = str(client.create_model_version(MODEL_NAME, registration.model_uri, run_id=run.info.run_id).version)
+    mlflow.set_tracking_uri(local_stack.tracking_uri)
+
+    with pytest.raises(DeploymentError, match=f"{MODEL_NAME} v{version} failed its canary: probabilities differ"):
+        deploy_version(MODEL_NAME, version, settings, load_canary(client, MODEL_NAME, version))
+    serving = deployments(MODEL_NAME)
+    assert [(d.version, d.healthy) for d in serving] == [(registration.version, True)]
+    assert check_canary(serving[0].url, canary, 1e-5, 60).passed
+    assert requests.get(serving[0].health_url, timeout=5).status_code == 200
+
+
 def test_offline_shards_are_written_to_the_artifact_store_and_trained_on(trained, local_stack):
     from zenml.client import Client
 
