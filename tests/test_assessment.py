@@ -1,5 +1,7 @@
 """One evaluated split (components.assessment): predictions, CIs for every metric, slices."""
 
+import re
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -7,6 +9,7 @@ from pydantic import ValidationError
 from components.assessment import Assessment, Predictions, PredictionsMismatchError, assess
 from components.config import EvaluationConfig
 from components.errors import CxrError
+from components.evaluation_card import build_card, card_html
 from components.metrics import ARGMAX, Decision, metric_keys
 
 BINARY = ["non-COVID", "COVID-19"]
@@ -167,3 +170,72 @@ def test_assess_works_for_the_multiclass_task():
     )
     assessment = assess(predictions, ARGMAX, CONFIG, seed=0)
     assert assessment.slices[1].value == "unknown"
+
+
+# ---------------------------------------------------------------- a slice without some class
+
+
+def _covid_only_source_b() -> Predictions:
+    """_predictions with source B = the images of COVID-19 patients 1 and 3 only (4 images, no negative)."""
+    predictions = _predictions()
+    sources = ["B" if y == 1 and i < 8 else "A" for i, y in enumerate(predictions.y_true)]
+    return predictions.model_copy(update={"sources": sources})
+
+
+def _slice(assessment: Assessment, value: str):
+    return next(s for s in assessment.slices if s.column == "source" and s.value == value)
+
+
+def test_a_slice_without_negatives_has_no_specificity_and_no_interval():
+    source_b = _slice(assess(_covid_only_source_b(), DECISION, CONFIG, seed=0), "B")
+    assert source_b.metrics.per_class["COVID-19"].specificity is None
+    assert source_b.intervals["specificity:COVID-19"].low is None
+    assert source_b.intervals["specificity:COVID-19"].high is None
+    assert source_b.metrics.per_class["non-COVID"].sensitivity is None
+
+
+def test_a_slice_without_negatives_is_not_pulled_down_by_the_missing_class():
+    source_b = _slice(assess(_covid_only_source_b(), DECISION, CONFIG, seed=0), "B")
+    covid = source_b.metrics.per_class["COVID-19"]
+    assert source_b.metrics.balanced_accuracy == pytest.approx(covid.sensitivity)  # the only class with images
+    assert source_b.metrics.specificity_macro == pytest.approx(source_b.metrics.per_class["non-COVID"].specificity)
+
+
+def test_the_card_shows_an_undefined_slice_metric_as_not_available():
+    predictions = _covid_only_source_b()
+    assessment = assess(predictions, DECISION, CONFIG, seed=0)
+    card = build_card(
+        model_name="cxr-classifier",
+        model_version="1",
+        backbone="mobilenet_v2",
+        task="binary",
+        dataset_version="data-v1",
+        test_fingerprint="f" * 16,
+        decision=DECISION,
+        assessments=[assessment],
+    )
+    page = card_html(card, {"test": predictions})
+    row = page.split("<td>source = B (small)</td>", 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)  # images, patients, COVID-19 sensitivity, specificity, ...
+    assert cells[3] == "n/a"
+
+
+def test_the_card_draws_a_class_never_predicted_without_its_precision_point():
+    predictions = _predictions()
+    never_covid = Decision(rule="fixed", threshold=1.1, positive_class="COVID-19", chosen_on="config")
+    assessment = assess(predictions, never_covid, CONFIG, seed=0)
+    assert assessment.metrics.per_class["COVID-19"].ppv is None
+    card = build_card(
+        model_name="cxr-classifier",
+        model_version="1",
+        backbone="mobilenet_v2",
+        task="binary",
+        dataset_version="data-v1",
+        test_fingerprint="f" * 16,
+        decision=never_covid,
+        assessments=[assessment],
+    )
+    page = card_html(card, {"test": predictions})  # the curves are drawn without a PPV point for COVID-19
+    row = page.split("<tr><td>COVID-19</td>", 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row)  # support, sensitivity, specificity, PPV, ...
+    assert cells[3] == "n/a"

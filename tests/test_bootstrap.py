@@ -235,3 +235,70 @@ def test_each_model_keeps_its_own_decision():
         y_true, good, ARGMAX, good, calls_all_covid, BINARY, weights, keys=["specificity:COVID-19"]
     )
     assert differences["specificity:COVID-19"].point == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- undefined count metrics
+
+
+def test_vectorised_metrics_equal_the_split_metrics_when_resamples_lose_a_class():
+    # Rows of zeros and ones over a split with two pneumonia images: some resamples draw none,
+    # some predict no class 2; the per-resample NaNs and NaN-means must be classification_metrics'.
+    y_true, probabilities = _three_class(n=24, seed=7)
+    y_true[:] = np.arange(24) % 2
+    y_true[[5, 11]] = 2
+    weights = np.random.default_rng(8).integers(0, 2, size=(12, len(y_true)))
+    weights[:, 0] = 1  # no empty resample
+    weights[:6, [5, 11]] = 0  # no pneumonia image in the first six
+    values = resample_metrics(y_true, probabilities, CLASSES, ARGMAX, weights)
+    assert np.isnan(values["sensitivity:pneumonia"][:6]).all()
+    for b, row in enumerate(weights):
+        drawn = np.repeat(np.arange(len(y_true)), row)
+        expected = classification_metrics(y_true[drawn], probabilities[drawn], CLASSES)
+        wrong = [key for key in metric_keys(CLASSES) if not _same(values[key][b], expected.scalar(key))]
+        assert wrong == [], f"resample {b}"
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_vectorised_averages_equal_scikit_learn_zero_division_nan_without_a_class():
+    y_true, probabilities = _three_class(n=40, seed=9)
+    keep = y_true != 2
+    y_true, probabilities = y_true[keep], probabilities[keep]
+    weights = np.random.default_rng(10).integers(0, 3, size=(3, len(y_true)))
+    values = resample_metrics(y_true, probabilities, CLASSES, ARGMAX, weights)
+    for b, row in enumerate(weights):
+        drawn = np.repeat(np.arange(len(y_true)), row)
+        y, predicted = y_true[drawn], probabilities[drawn].argmax(axis=1)
+        expected = f1_score(y, predicted, labels=[0, 1, 2], average="macro", zero_division=np.nan)
+        assert values["f1_macro"][b] == pytest.approx(expected)
+        assert values["balanced_accuracy"][b] == pytest.approx(balanced_accuracy_score(y, predicted))
+
+
+def test_a_specificity_undefined_on_the_split_has_no_interval():
+    y_true = np.ones(8, dtype=int)  # only COVID-19 images: no negative for its specificity
+    probabilities = np.c_[np.linspace(0.6, 0.1, 8), np.linspace(0.4, 0.9, 8)]
+    weights = bootstrap_weights([str(i // 2) for i in range(8)], y_true, 50, seed=0)
+    intervals = metric_intervals(y_true, probabilities, BINARY, ARGMAX, weights)
+    assert intervals["specificity:COVID-19"].low is None
+    assert intervals["specificity:COVID-19"].high is None
+    assert intervals["sensitivity:non-COVID"].low is None
+    assert intervals["specificity_macro"].low is not None  # non-COVID's specificity is defined
+
+
+def test_resamples_where_a_sensitivity_is_undefined_are_skipped():
+    # As for ROC-AUC: the only COVID-19 image is in a non-COVID patient's stratum, so many resamples lack it.
+    y_true = np.array([1, 0, 0, 0, 0, 0, 0])
+    probabilities = np.c_[1 - np.linspace(0.9, 0.3, 7), np.linspace(0.9, 0.3, 7)]
+    patients = ["x", "x", "x", "a", "b", "c", "d"]
+    weights = bootstrap_weights(patients, y_true, 100, seed=0)
+    values = resample_metrics(y_true, probabilities, BINARY, ARGMAX, weights, keys=["sensitivity:COVID-19"])
+    assert np.isnan(values["sensitivity:COVID-19"]).any()
+    interval = metric_intervals(y_true, probabilities, BINARY, ARGMAX, weights, keys=["sensitivity:COVID-19"])
+    assert interval["sensitivity:COVID-19"].low == pytest.approx(1.0)  # never 0: undefined resamples are skipped
+
+
+def test_a_difference_in_an_undefined_ppv_is_none():
+    y_true, good, _, patients = _binary_pair()
+    weights = bootstrap_weights(patients, y_true, 20, seed=0)
+    never_covid = Decision(rule="fixed", threshold=1.1, positive_class="COVID-19", chosen_on="config")
+    difference = paired_differences(y_true, good, ARGMAX, good, never_covid, BINARY, weights, keys=["ppv:COVID-19"])
+    assert difference["ppv:COVID-19"].point is None

@@ -24,6 +24,7 @@ from components.metrics import (
     SplitMetrics,
     choose_decision,
     classification_metrics,
+    confusion_statistics,
     expected_calibration_error,
     flat_metrics,
     metric_keys,
@@ -319,3 +320,100 @@ def test_best_candidate_is_chosen_on_validation_not_test():
 def test_an_unknown_metric_names_the_valid_ones():
     with pytest.raises(KeyError, match="f1_macro"):
         _split_metrics(0.5).scalar("auc")
+
+
+# ---------------------------------------------------------------- undefined metrics (zero denominators)
+# Expected values follow scikit-learn's zero_division=np.nan: a 0/0 ratio is undefined, and the
+# macro and weighted averages (and balanced accuracy) leave undefined classes out.
+
+
+def test_a_split_of_one_class_leaves_the_other_class_undefined():
+    # Only non-COVID images, one called COVID-19: COVID-19 has no positive image.
+    metrics = classification_metrics([0, 0, 0], [[0.8, 0.2], [0.3, 0.7], [0.9, 0.1]], BINARY)
+    assert metrics.per_class["COVID-19"].sensitivity is None
+    assert metrics.per_class["non-COVID"].specificity is None
+    assert metrics.per_class["COVID-19"].specificity == pytest.approx(2 / 3)
+    assert metrics.per_class["COVID-19"].ppv == pytest.approx(0.0)  # called once, wrongly: defined, 0
+    assert metrics.per_class["COVID-19"].f1 == pytest.approx(0.0)  # its false alarm counts
+    assert metrics.balanced_accuracy == pytest.approx(2 / 3)  # non-COVID's sensitivity alone
+    assert metrics.specificity_macro == pytest.approx(2 / 3)  # COVID-19's specificity alone
+
+
+def test_a_split_of_one_class_never_predicted_otherwise_has_every_average_of_that_class():
+    metrics = classification_metrics([0, 0, 0], [[0.8, 0.2], [0.6, 0.4], [0.9, 0.1]], BINARY)
+    assert metrics.per_class["COVID-19"].f1 is None  # neither present nor predicted
+    assert metrics.per_class["COVID-19"].ppv is None
+    assert metrics.per_class["non-COVID"].npv is None  # predicted for every image
+    assert metrics.f1_macro == pytest.approx(1.0)
+    assert metrics.balanced_accuracy == pytest.approx(1.0)
+    assert metrics.precision_macro == pytest.approx(1.0)
+
+
+def test_a_slice_without_negatives_has_no_specificity():
+    # Every image is COVID-19 (the card's slice with no non-COVID image).
+    metrics = classification_metrics([1, 1, 1, 1], [[0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]], BINARY)
+    assert metrics.per_class["COVID-19"].specificity is None
+    assert math.isnan(metrics.scalar("specificity:COVID-19"))
+    assert "specificity_COVID-19" not in flat_metrics(metrics)
+    assert metrics.per_class["COVID-19"].sensitivity == pytest.approx(3 / 4)
+    assert metrics.specificity_macro == pytest.approx(3 / 4)  # non-COVID's: 3 of the 4 COVID-19 images not called it
+    assert metrics.balanced_accuracy == pytest.approx(3 / 4)
+    assert metrics.per_class["non-COVID"].sensitivity is None
+
+
+def test_a_class_never_predicted_has_no_ppv_and_keeps_its_f1_of_zero():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    metrics = classification_metrics(y_true, np.eye(3)[[0, 0, 0, 1, 1, 1]], CLASSES)  # pneumonia never predicted
+    assert metrics.per_class["pneumonia"].ppv is None
+    assert metrics.per_class["pneumonia"].npv == pytest.approx(4 / 6)
+    assert metrics.per_class["pneumonia"].sensitivity == pytest.approx(0.0)
+    assert metrics.per_class["pneumonia"].f1 == pytest.approx(0.0)
+    assert metrics.precision_macro == pytest.approx(np.mean([2 / 3, 1 / 3]))
+
+
+def test_a_class_predicted_for_every_image_has_no_npv():
+    metrics = classification_metrics([0, 1, 1], [[0.4, 0.6], [0.3, 0.7], [0.2, 0.8]], BINARY)
+    assert metrics.per_class["COVID-19"].npv is None
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("seed", range(4))
+def test_averages_match_scikit_learn_when_a_class_is_absent(seed):
+    y_true, probabilities = _noisy_three_class(n=30, seed=seed)
+    keep = y_true != 2  # no pneumonia image; pneumonia still predicted for some images
+    y_true, probabilities = y_true[keep], probabilities[keep]
+    metrics = classification_metrics(y_true, probabilities, CLASSES)
+    y_pred = probabilities.argmax(axis=1)
+    for average in ("macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=[0, 1, 2], average=average, zero_division=np.nan
+        )
+        assert metrics.scalar(f"precision_{average}") == pytest.approx(precision), average
+        assert metrics.scalar(f"recall_{average}") == pytest.approx(recall), average
+        assert metrics.scalar(f"f1_{average}") == pytest.approx(f1), average
+    assert metrics.balanced_accuracy == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
+def test_per_class_metrics_match_scikit_learn_zero_division_nan_when_a_class_is_absent():
+    y_true = np.array([0, 0, 1, 1])
+    probabilities = np.eye(3)[[0, 0, 0, 0]]
+    metrics = classification_metrics(y_true, probabilities, CLASSES)
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, probabilities.argmax(axis=1), labels=[0, 1, 2], zero_division=np.nan
+    )
+    assert [metrics.scalar(f"ppv:{c}") for c in CLASSES] == pytest.approx(precision, nan_ok=True)
+    assert [metrics.scalar(f"sensitivity:{c}") for c in CLASSES] == pytest.approx(recall, nan_ok=True)
+    assert [metrics.scalar(f"f1:{c}") for c in CLASSES] == pytest.approx(f1, nan_ok=True)
+
+
+def test_an_average_is_undefined_only_when_no_class_defines_it():
+    values = confusion_statistics(np.zeros((1, 2, 2)))  # no image at all: nothing is defined
+    assert np.isnan(values["balanced_accuracy"][0])
+    assert np.isnan(values["f1_macro"][0])
+    assert np.isnan(values["specificity_macro"][0])
+
+
+def test_undefined_metrics_round_trip_through_json_as_null():
+    metrics = classification_metrics([1, 1], [[0.2, 0.8], [0.6, 0.4]], BINARY)
+    assert '"specificity":null' in metrics.model_dump_json()
+    assert SplitMetrics.model_validate_json(metrics.model_dump_json()) == metrics
