@@ -22,6 +22,12 @@ Keras files are written to a local temporary folder and copied in.
 
 Epochs are counted globally: phase 2 (fine-tuning) continues the numbering of
 phase 1, as in the logs and in MLflow.
+
+A resumed training must be the uninterrupted one, so everything random in an
+epoch (the order of the images, on-the-fly augmentation draws, dropout masks)
+is drawn from `epoch_seed(seed, epoch)`, never from a generator that has been
+running since the process started; an `EpochClock` tells the input pipeline
+which epoch Keras is in.
 """
 
 from __future__ import annotations
@@ -92,6 +98,50 @@ def array_digest(*arrays) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()[:16]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The random seed of one epoch's order and draws, from the run's seed.
+
+    A fixed mix with two primes (7,919 and 104,729, the 1,000th and 10,000th) modulo
+    the Mersenne prime 2^31 - 1, so nearby (seed, epoch) pairs give unrelated seeds.
+
+    Args:
+        seed: the run's seed.
+        epoch: 0-based global epoch number (a resumed run continues it).
+
+    Returns:
+        A seed in 0..2^31 - 2, accepted by numpy, TensorFlow and imgaug.
+    """
+    return (seed * 7_919 + epoch * 104_729) % (2**31 - 1)
+
+
+class EpochClock:
+    """Which 0-based global epoch a training input pipeline draws its next iteration for.
+
+    Keras iterates a tf.data training set once per epoch, and once more, before the
+    first epoch, to read one batch that builds its metrics; counting iterations
+    would then number the epochs differently in an uninterrupted and a resumed
+    run. Training sets the clock at every epoch's start (a Keras callback in
+    components.training); without one, each iteration takes the next number.
+
+    Args:
+        first: the epoch of the first iteration (a resumed run: its completed epochs).
+    """
+
+    def __init__(self, first: int = 0):
+        self.epoch = first
+
+    def take(self) -> int:
+        """The epoch of the iteration starting now; the next one gets the following number unless set."""
+        epoch = self.epoch
+        self.epoch += 1
+        return epoch
+
+    @classmethod
+    def of(cls, first_epoch: int | EpochClock) -> EpochClock:
+        """`first_epoch` itself when it is a clock, else a clock starting at it."""
+        return first_epoch if isinstance(first_epoch, EpochClock) else cls(int(first_epoch))
 
 
 @dataclass

@@ -9,7 +9,9 @@ outside the training process's GIL, as the input pipeline needs on a GPU node.
 
 An epoch holds the same images as an offline expansion by the same factor:
 each original once plus `copies_per_image` augmented copies, drawn anew each
-epoch from (seed, epoch) so a run is reproducible.
+epoch from (seed, epoch) so a run is reproducible; the mixing of originals and
+copies is drawn from (seed, epoch) too, so a resumed run's epochs are the
+uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -20,25 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from components.checkpoints import EpochClock, epoch_seed
 from components.shards import augmented_chunks
 
 SHUFFLE_BUFFER = 4096
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The random seed of one epoch's order and draws, from the run's seed.
-
-    A fixed mix with two primes (7,919 and 104,729, the 1,000th and 10,000th) modulo
-    the Mersenne prime 2^31 - 1, so nearby (seed, epoch) pairs give unrelated seeds.
-
-    Args:
-        seed: the run's seed.
-        epoch: 0-based epoch number (a resumed run continues it).
-
-    Returns:
-        A seed in 0..2^31 - 2, accepted by numpy and imgaug.
-    """
-    return (seed * 7_919 + epoch * 104_729) % (2**31 - 1)
 
 
 @dataclass
@@ -104,27 +91,33 @@ class OnTheFlyData:
             self.workers,
         )
 
-    def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int = 0):
+    def dataset(self, batch_size: int, shuffle_seed: int | None, first_epoch: int | EpochClock = 0):
         """A tf.data pipeline that runs one epoch of epoch_chunks per iteration (Keras iterates once per epoch).
 
         Args:
             batch_size: images per batch.
-            shuffle_seed: seed of a shuffle buffer (up to SHUFFLE_BUFFER images) that mixes each
-                chunk's originals and copies; None keeps the chunks' order.
-            first_epoch: the first iteration's epoch number: a resumed run continues the
-                numbering, and so the draws.
+            shuffle_seed: mixes each window of SHUFFLE_BUFFER images (whole chunks: a chunk's
+                originals and copies arrive together) in an order drawn from
+                epoch_seed(shuffle_seed, epoch); None keeps the chunks' order.
+            first_epoch: the first iteration's 0-based epoch number (a resumed run continues
+                the numbering, and so the draws), or the EpochClock that training sets at each
+                epoch's start.
 
         Returns:
             A tf.data.Dataset of (float32 (B, S, S, 3) raw pixels 0..255, int64 (B,) labels) batches.
         """
         import tensorflow as tf
 
-        epochs_started = [0]
+        clock = EpochClock.of(first_epoch)
 
         def one_epoch():
-            epoch = first_epoch + epochs_started[0]
-            epochs_started[0] += 1
-            for chunk_images, chunk_labels in self.epoch_chunks(epoch):
+            epoch = clock.take()
+            chunks = self.epoch_chunks(epoch)
+            if shuffle_seed is not None:
+                chunks = mixed_windows(
+                    chunks, SHUFFLE_BUFFER, np.random.default_rng([epoch_seed(shuffle_seed, epoch), 1])
+                )
+            for chunk_images, chunk_labels in chunks:
                 yield chunk_images, chunk_labels.astype(np.int64)  # whole chunks: one Python call each
 
         side = self.images.shape[1:]
@@ -135,8 +128,6 @@ class OnTheFlyData:
             .unbatch()
             .apply(tf.data.experimental.assert_cardinality(self.count))
         )
-        if shuffle_seed is not None:  # a chunk's originals and copies arrive together; mix them
-            dataset = dataset.shuffle(min(SHUFFLE_BUFFER, self.count), seed=shuffle_seed)
 
         def to_model_input(gray, label):
             return tf.repeat(tf.cast(gray[..., None], tf.float32), 3, axis=-1), label
@@ -146,3 +137,34 @@ class OnTheFlyData:
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+
+def mixed_windows(chunks, window: int, rng: np.random.Generator):
+    """Shuffle a stream of (images, labels) chunks within windows of at least `window` images.
+
+    A window gathers whole chunks until it holds `window` images (the last one: what is
+    left), then comes out in an order drawn from `rng`; memory stays within a window plus
+    a chunk. Unlike a tf.data shuffle buffer, the order depends only on the chunks and `rng`.
+
+    Args:
+        chunks: an iterable of (uint8 (n, S, S) images, int (n,) labels) pairs.
+        window: images per window (a window with at least this many is let out).
+        rng: draws each window's permutation.
+
+    Yields:
+        (images, labels) pairs, one per window: the window's images and labels, permuted alike.
+    """
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    held = 0
+    for chunk_images, chunk_labels in chunks:
+        images.append(chunk_images)
+        labels.append(chunk_labels)
+        held += len(chunk_images)
+        if held >= window:
+            order = rng.permutation(held)
+            yield np.concatenate(images)[order], np.concatenate(labels)[order]
+            images, labels, held = [], [], 0
+    if held:
+        order = rng.permutation(held)
+        yield np.concatenate(images)[order], np.concatenate(labels)[order]

@@ -83,9 +83,10 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
     if "mlflow" in sys.modules:
         import mlflow
 
-        # After each step ZenML's MLflow tracker calls mlflow.set_tracking_uri(""), which outranks the
-        # variable: a second command in one process (tests, notebooks) would read ./mlruns instead.
-        if not mlflow.get_tracking_uri():
+        # MLflow's own setting outranks the variable: after each step ZenML's MLflow tracker sets it to ""
+        # (a second command in one process, tests or notebooks, would read ./mlruns), and an earlier
+        # command may have set another work folder's. The variable (the user's, else this folder's) wins.
+        if mlflow.get_tracking_uri() != os.environ["MLFLOW_TRACKING_URI"]:
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     for folder in (
         paths.zenml_config,

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from components.checkpoints import CheckpointFolder, TrainingState, checkpoint_key, split_digest
 from tests.factories import manifest_row, manifest_table
@@ -175,3 +176,122 @@ def test_training_killed_after_epoch_2_resumes_at_epoch_3(tmp_path):
     assert summary["best_monitor_value"] == max(f1)
     assert summary["best_epoch"] == 1 + int(np.argmax(f1))  # the first best: a tie after resuming is no improvement
     assert summary["best_val_loss"] == summary["history"]["val_loss"][summary["best_epoch"] - 1]
+
+
+def _epoch_orders(dataset, iterations: int) -> list[list[int]]:
+    """The labels of each iteration of a training dataset, in order (labels here are image indices)."""
+    return [np.concatenate([labels.numpy() for _, labels in dataset]).tolist() for _ in range(iterations)]
+
+
+def test_an_epoch_order_depends_on_the_seed_and_the_epoch_only():
+    from components.checkpoints import EpochClock
+    from components.training import make_dataset
+
+    images, indices = np.zeros((10, 4, 4), np.uint8), np.arange(10)
+    uninterrupted = _epoch_orders(make_dataset(images, indices, 4, shuffle_seed=5), 3)
+    assert len({tuple(order) for order in uninterrupted}) == 3  # a new order every epoch
+    assert sorted(uninterrupted[2]) == list(range(10))
+    assert _epoch_orders(make_dataset(images, indices, 4, shuffle_seed=5, first_epoch=2), 1) == uninterrupted[2:]
+    clock = EpochClock(0)
+    resumed = make_dataset(images, indices, 4, shuffle_seed=5, first_epoch=clock)
+    _epoch_orders(resumed, 1)  # an extra iteration (Keras reads a batch to build its metrics)...
+    clock.epoch = 2  # ...then training sets the clock at the epoch's start
+    assert _epoch_orders(resumed, 1) == uninterrupted[2:]
+    assert _epoch_orders(make_dataset(images, indices, 4, shuffle_seed=6), 1) != uninterrupted[:1]
+
+
+def test_on_the_fly_mixing_resumes_with_the_epoch():
+    from components.augmentation import resolve_operations
+    from components.online_augmentation import OnTheFlyData
+    from tests.factories import noise_images
+
+    data = OnTheFlyData(noise_images(12, 8), np.arange(12), resolve_operations("paper"), copies_per_image=1, seed=2)
+    uninterrupted = _epoch_orders(data.dataset(batch_size=5, shuffle_seed=4), 2)
+    assert sorted(uninterrupted[1]) == sorted(list(range(12)) * 2)  # each original and its copy
+    # One chunk (12 < shards.CHUNK_SIZE) yields its 12 originals, then their copies; mixed, the
+    # first 12 images hold some original and its copy.
+    assert len(set(uninterrupted[1][:12])) < 12
+    assert _epoch_orders(data.dataset(batch_size=5, shuffle_seed=4, first_epoch=1), 1) == uninterrupted[1:]
+
+
+class Killed(Exception):
+    """Stands for the process dying after an epoch's checkpoint was committed."""
+
+
+def _tiny_two_phase_model():
+    """A 'pretrained' frozen backbone (Conv + BatchNorm) and a head with Dropout: every RNG training uses."""
+    import keras
+
+    backbone = keras.Sequential(
+        [keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Conv2D(4, 3)]
+        + [keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.Conv2D(4, 3)],
+        name="tiny_backbone",
+    )
+    backbone.trainable = False
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False))
+    x = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def _train_tiny(folder: str, kill_after_epoch: int | None = None):
+    """Train the tiny model 3 + 2 epochs (phase 1, then fine-tuning); returns summary and per-epoch weights."""
+    import keras
+
+    from components.config import TrainingConfig
+    from components.training import train_classifier
+    from tests.factories import cycling_labels, noise_images
+
+    weights: dict[int, list] = {}
+
+    class Watch(keras.callbacks.Callback):  # runs after the checkpoint callback
+        def on_epoch_end(self, epoch, logs=None):
+            weights[epoch + 1] = [np.array(w) for w in self.model.get_weights()]
+            if epoch + 1 == kill_after_epoch:
+                raise Killed()
+
+    images, labels = noise_images(16, 16, seed=1), cycling_labels(16, 2)
+    training = TrainingConfig(
+        epochs=3, batch_size=8, learning_rate=1e-2, patience=10, fine_tune_layers=2, fine_tune_epochs=2
+    )
+    _, summary = train_classifier(
+        _tiny_two_phase_model,
+        (images, labels),
+        (images[:8], labels[:8]),
+        num_classes=2,
+        training=training,
+        seed=3,
+        checkpoint_dir=folder,
+        checkpoint_key="key",
+        callbacks=[Watch()],
+        num_gpus=0,
+        run_eagerly=True,
+        verbose=0,
+    )
+    return summary, weights
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_tiny_run(tmp_path_factory):
+    return _train_tiny(str(tmp_path_factory.mktemp("uninterrupted")))
+
+
+@pytest.mark.parametrize("kill_after_epoch", [2, 4])  # in phase 1; in phase 2 (fine-tuning)
+def test_a_resumed_training_is_the_uninterrupted_one(tmp_path, uninterrupted_tiny_run, kill_after_epoch):
+    """Shuffling, dropout and the optimizer continue as if the process had never died."""
+    expected, expected_weights = uninterrupted_tiny_run
+    folder = str(tmp_path / "checkpoints")
+    with pytest.raises(Killed):
+        _train_tiny(folder, kill_after_epoch)
+    resumed, resumed_weights = _train_tiny(folder)
+    assert resumed["resumed_from_epoch"] == kill_after_epoch
+    assert sorted(resumed_weights) == list(range(kill_after_epoch + 1, 6))
+    assert expected["epochs_run"] == 5
+    assert resumed["epochs_run"] == 5
+    assert resumed["phase1_epochs"] == 3
+    assert set(resumed["history"]) == set(expected["history"])
+    for name, values in expected["history"].items():
+        np.testing.assert_allclose(resumed["history"][name], values, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert resumed["best_epoch"] == expected["best_epoch"]
+    for resumed_array, expected_array in zip(resumed_weights[5], expected_weights[5], strict=True):
+        np.testing.assert_allclose(resumed_array, expected_array, rtol=1e-6, atol=1e-7)

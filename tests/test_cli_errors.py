@@ -131,17 +131,26 @@ def test_the_failed_step_log_keeps_a_trace_only_for_bugs(error, keeps_trace):
     assert (record.exc_info is not None) is keeps_trace
 
 
-def test_registry_commands_in_a_work_folder_without_a_registry_say_so(tmp_path, monkeypatch, capsys):
-    """A wrong --workdir must not look like an empty registry ("no versions"), nor leave one behind."""
+@pytest.fixture
+def another_workdir(monkeypatch):
+    """The commands below point MLflow at their own work folder: this process's setting comes back after."""
+    import mlflow
+
+    original = mlflow.get_tracking_uri()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield
+    mlflow.set_tracking_uri(original)
+
+
+def test_registry_commands_in_a_work_folder_without_a_registry_say_so(tmp_path, another_workdir, capsys):
+    """A wrong --workdir must not look like an empty registry ("no versions"), nor leave one behind."""
     assert main(["--workdir", str(tmp_path), "models", "--model-name", "m"]) == 2
     err = _error_line(capsys)
     assert f"no MLflow registry in the work folder {tmp_path}" in err
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
-def test_a_corrupt_registry_database_is_one_error_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_a_corrupt_registry_database_is_one_error_line(tmp_path, another_workdir, capsys):
     database = tmp_path / "mlflow" / "mlflow.db"
     database.parent.mkdir(parents=True)
     database.write_text("garbage")
