@@ -358,6 +358,13 @@ class ServingConfig(_Strict):
     max_request_pixels: int = Field(640_000_000, ge=1)
     # Seconds before a request gets HTTP 504; its work stops at the next image or batch.
     request_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # Micro-batching (components.server.MicroBatcher): the rows of concurrent requests go through the
+    # model together, at most this many per model call (32: the model's own batch, PREDICT_BATCH_SIZE);
+    # a larger request is cut into calls of this many. 1 turns it off (each request runs the model itself).
+    max_batch_rows: int = Field(32, ge=1, le=1024)
+    # Milliseconds a model call may wait for the rows of requests still being received or decoded; never
+    # when the server has no other request in flight. 0: run with what is queued.
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
 
 
 class RunConfig(_Strict):

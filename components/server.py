@@ -11,6 +11,8 @@ protocol (JSON ``dataframe_split``, ``dataframe_records``, ``instances`` or
   with the reason when it fails or runs past the request timeout.
 * ``/version``: JSON with the served registered model's name, version and URI
   and MLflow's version (MLflow answers its own version only).
+* ``/stats``: the micro-batching counters of this process (requests, rows,
+  model calls, largest call, rows dropped past their deadline).
 * ``/invocations``: a request without a Content-Type gets 415 (MLflow: 500);
   a body above ``max_body_bytes`` gets 413 before it is read (from its
   Content-Length, or as soon as a chunked body passes the limit); rows, image
@@ -21,7 +23,19 @@ protocol (JSON ``dataframe_split``, ``dataframe_records``, ``instances`` or
 * Request timeout (``request_timeout_s``, replacing MLflow's middleware): a
   request still running then gets 504 DEADLINE_EXCEEDED at once; its work,
   in a worker thread, stops at its next image decode or batch of 32 images
-  and its result is discarded.
+  (or, waiting for the model, is dropped from the next model call) and its
+  result is discarded.
+* Micro-batching (``max_batch_rows`` > 1, ``MicroBatcher``): each request is
+  parsed, checked and decoded in its own thread, as above; only the model
+  call is shared: the decoded rows of concurrent requests go through the model
+  together, at most ``max_batch_rows`` rows per call, and each request gets its
+  own rows back. A bad image fails its own request (400) before it reaches the
+  model; the others are not affected. A model call may wait up to
+  ``max_batch_wait_ms`` for requests still being decoded, never when no other
+  request is in flight. Queued rows go through in arrival order, so a large
+  request delays the others by its own rows only. ``/stats`` counts requests,
+  rows and model calls. Before the app serves, the model runs on 1 and 2 blank
+  images, so that no request waits for TensorFlow to trace a new batch size.
 
 ``serve`` runs the app with uvicorn in this process (``workers: 1``), or in
 uvicorn worker processes (``workers: N``, each loading the model), on a
@@ -34,8 +48,11 @@ workers stop, the port is free.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import errno
+import functools
 import json
 import math
 import os
@@ -43,9 +60,11 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
@@ -58,7 +77,7 @@ MODEL_VERSION_HEADER = "X-Model-Version"
 # The settings of a worker process (workers > 1): JSON of ServerSettings.
 SETTINGS_ENV = "CXR_SERVER_SETTINGS"
 # MLflow's routes that this app answers itself.
-_REPLACED_ROUTES = frozenset({"/invocations", "/health", "/version"})
+_REPLACED_ROUTES = frozenset({"/invocations", "/health", "/version", "/stats"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -222,6 +241,233 @@ class _Guard:
         await send({"type": "http.response.body", "body": body})
 
 
+class _Ticket:
+    """One request of a MicroBatcher, from ``request`` until it hands its rows over (``decoding``) and returns."""
+
+    __slots__ = ("batcher", "deadline", "decoding", "slot")
+
+    def __init__(self, batcher: MicroBatcher, deadline: float | None, slot: bool):
+        self.batcher = batcher
+        self.deadline = deadline
+        self.slot = slot
+        self.decoding = True
+
+
+class _Piece:
+    """Up to max_rows rows of one request, queued for a model call, with the future of their output."""
+
+    __slots__ = ("deadline", "future", "rows")
+
+    def __init__(self, rows: np.ndarray, deadline: float | None):
+        self.rows = rows
+        self.deadline = deadline
+        self.future: Future = Future()
+
+
+# The request whose work runs in this thread (MicroBatcher.request); None outside one. Its batcher is
+# the app's: apps built on the same loaded model (tests) each batch their own requests.
+_TICKET: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar("cxr_batch_ticket", default=None)
+
+
+def batch_runner(forward: Callable[[np.ndarray], Any]) -> Callable[[np.ndarray], Any]:
+    """The classifier's ``batch_runner``: inside ``MicroBatcher.request``, its batcher's ``run``; else ``forward``.
+
+    Args:
+        forward: the classifier's own model call (ChestXrayClassifier.forward).
+
+    Returns:
+        float32 (N, H, W, 3) -> the model's output for the N rows.
+    """
+
+    def run(batch: np.ndarray) -> Any:
+        ticket = _TICKET.get()
+        return forward(batch) if ticket is None else ticket.batcher.run(batch)
+
+    return run
+
+
+def _deadline_exceeded(message: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
+
+    return MlflowException(message, error_code=DEADLINE_EXCEEDED)
+
+
+class BatchStats(BaseModel):
+    """What a MicroBatcher has done since it started (``/stats``; one server process)."""
+
+    requests: int = 0  # predictions that reached the model (HTTP requests and readiness checks)
+    rows: int = 0  # images that went through the model
+    model_calls: int = 0
+    largest_call_rows: int = 0
+    expired_rows: int = 0  # rows dropped from a model call: their request had run past its deadline
+
+
+class MicroBatcher:
+    """Runs the rows of concurrent requests through the model together, in one thread.
+
+    A request's thread decodes its images (``request``), hands the float32 rows to ``run`` and
+    blocks until its own rows' output comes back. One thread takes the queued rows in arrival
+    order, at most ``max_rows`` per call, concatenates them, calls ``forward`` once and hands each
+    request its slice. A request of more than ``max_rows`` rows is cut into pieces of ``max_rows``.
+    Before a call, the thread may wait up to ``max_wait_s`` for more rows while other requests
+    are still decoding (holding a slot of ``request``); with no other request in flight it runs at
+    once, so a lone request pays no wait.
+
+    Args:
+        forward: float32 (N, H, W, 3) -> the model's output, an array whose first axis is the N rows
+            (components.serving.ChestXrayClassifier.forward).
+        max_rows: rows per model call (>= 1).
+        max_wait_s: seconds a call may wait for requests still decoding (>= 0).
+        decoders: requests decoding at once (slots of ``request``): the memory bound of decoding;
+            requests waiting for the model hold no slot.
+    """
+
+    def __init__(self, forward: Callable[[np.ndarray], Any], max_rows: int, max_wait_s: float, decoders: int):
+        self._forward = forward
+        self.max_rows = max_rows
+        self.max_wait_s = max_wait_s
+        self._slots = threading.BoundedSemaphore(decoders)
+        self._condition = threading.Condition()
+        self._queue: collections.deque[_Piece] = collections.deque()
+        self._queued_rows = 0
+        self._decoding = 0
+        self._closed = False
+        self._stats = BatchStats()
+        self._thread = threading.Thread(target=self._loop, name="cxr-micro-batcher", daemon=True)
+        self._thread.start()
+
+    def stats(self) -> BatchStats:
+        """A copy of the counters."""
+        with self._condition:
+            return self._stats.model_copy()
+
+    @contextlib.contextmanager
+    def request(self, deadline: float | None, slot: bool = True) -> Iterator[None]:
+        """Around one request's work in its thread: its model calls go through this batcher, which may wait for it.
+
+        Args:
+            deadline: the request's deadline (``time.monotonic()`` seconds), or None.
+            slot: take a decode slot (an HTTP request; the readiness check's one small image takes none).
+
+        Raises:
+            MlflowException: DEADLINE_EXCEEDED when no decode slot frees up before the deadline.
+        """
+        timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if slot and not self._slots.acquire(timeout=timeout):
+            raise _deadline_exceeded("the request ran past its deadline waiting for a decode slot")
+        ticket = _Ticket(self, deadline, slot)
+        with self._condition:
+            self._decoding += 1
+        token = _TICKET.set(ticket)
+        try:
+            yield
+        finally:
+            _TICKET.reset(token)
+            self._done_decoding(ticket)
+
+    def _done_decoding(self, ticket: _Ticket) -> None:
+        with self._condition:
+            if not ticket.decoding:
+                return
+            ticket.decoding = False
+            self._decoding -= 1
+            self._condition.notify_all()
+        if ticket.slot:
+            self._slots.release()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model's output for `batch`, computed together with the rows of concurrent requests.
+
+        Called in the request's thread, inside ``request`` (through ``batch_runner``): the request's
+        decode slot is given back and its deadline applies.
+
+        Args:
+            batch: float32 (N, H, W, 3) decoded rows of one request, N >= 1.
+
+        Returns:
+            The model's output for these N rows, in order (as ``forward`` gives it).
+
+        Raises:
+            MlflowException: DEADLINE_EXCEEDED past the request's deadline; whatever ``forward`` raised.
+            RuntimeError: the batcher is closed (the server is stopping).
+        """
+        ticket = _TICKET.get()
+        ticket = ticket if ticket is not None and ticket.batcher is self else None
+        deadline = ticket.deadline if ticket is not None else None
+        pieces = [
+            _Piece(batch[start : start + self.max_rows], deadline) for start in range(0, len(batch), self.max_rows)
+        ]
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the server is stopping")
+            self._queue.extend(pieces)
+            self._queued_rows += len(batch)
+            self._stats.requests += 1
+            self._condition.notify_all()
+        if ticket is not None:
+            self._done_decoding(ticket)
+        outputs = []
+        for piece in pieces:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                outputs.append(piece.future.result(timeout=timeout))
+            except TimeoutError:
+                raise _deadline_exceeded("the request ran past its deadline waiting for the model") from None
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def close(self) -> None:
+        """Stop taking rows; the thread ends once the rows already queued have gone through the model."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    def _next_call(self) -> list[_Piece] | None:
+        """The pieces of the next model call (waiting as the class docstring says); None once closed and empty."""
+        with self._condition:
+            while not self._queue and not self._closed:
+                self._condition.wait()
+            if not self._queue:
+                return None
+            limit = time.monotonic() + self.max_wait_s
+            while self._queued_rows < self.max_rows and self._decoding > 0 and not self._closed:
+                left = limit - time.monotonic()
+                if left <= 0:
+                    break
+                self._condition.wait(left)
+            pieces, rows = [], 0
+            while self._queue and (not pieces or rows + len(self._queue[0].rows) <= self.max_rows):
+                pieces.append(self._queue.popleft())
+                rows += len(pieces[-1].rows)
+            self._queued_rows -= rows
+            return pieces
+
+    def _loop(self) -> None:
+        while (pieces := self._next_call()) is not None:
+            now = time.monotonic()
+            live = [piece for piece in pieces if piece.deadline is None or piece.deadline > now]
+            expired = [piece for piece in pieces if piece.deadline is not None and piece.deadline <= now]
+            for piece in expired:  # its request has had its 504: nobody waits for these rows
+                piece.future.set_exception(_deadline_exceeded("the request ran past its deadline"))
+            done = 0
+            if live:
+                try:
+                    rows = live[0].rows if len(live) == 1 else np.concatenate([piece.rows for piece in live])
+                    output = self._forward(rows)
+                except Exception as error:  # the model failed: every request of this call gets the error
+                    for piece in live:
+                        piece.future.set_exception(error)
+                else:
+                    for piece in live:
+                        piece.future.set_result(output[done : done + len(piece.rows)])
+                        done += len(piece.rows)
+            with self._condition:
+                self._stats.model_calls += bool(live)
+                self._stats.rows += done
+                self._stats.largest_call_rows = max(self._stats.largest_call_rows, done)
+                self._stats.expired_rows += sum(len(piece.rows) for piece in expired)
+
+
 def _drop_mlflow_timeout(app) -> None:
     """Remove MLflow's timeout middleware (it answers 504 and lets the work run on); /invocations has its own."""
     app.user_middleware[:] = [
@@ -258,6 +504,30 @@ def build_app(model, settings: ServerSettings):
     app = scoring_server.init(model)
     _drop_mlflow_timeout(app)
     app.router.routes[:] = [route for route in app.router.routes if getattr(route, "path", "") not in _REPLACED_ROUTES]
+    _warm_up(classifier)
+    batcher, executor = _batching(classifier, settings.serving)
+    if batcher is not None:
+        _close_on_shutdown(app, batcher, executor)
+
+    async def predict_in_thread(data: bytes, content_type: str):
+        """MLflow's invocation (parse, check, decode, predict) in a worker thread, the deadline carried into it."""
+        if batcher is None:  # asyncio.to_thread copies this context (the deadline) into the thread
+            return await asyncio.to_thread(scoring_server.invocations, data, content_type, model, input_schema)
+        deadline = time.monotonic() + timeout
+
+        def work():
+            with batcher.request(deadline):
+                return scoring_server.invocations(data, content_type, model, input_schema)
+
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(context.run, work))
+
+    def predict_canned(deadline: float):
+        """The readiness check's prediction: through the batcher when there is one, as requests go."""
+        if batcher is None:
+            return model.predict(canned)
+        with batcher.request(deadline, slot=False):
+            return model.predict(canned)
 
     @app.post("/invocations")
     async def invocations(request: Request):
@@ -273,9 +543,7 @@ def build_app(model, settings: ServerSettings):
         try:
             # The task wait_for creates, and asyncio.to_thread after it, carry the deadline into the thread.
             with request_deadline(timeout):
-                result = await asyncio.wait_for(
-                    asyncio.to_thread(scoring_server.invocations, data, content_type, model, input_schema), timeout
-                )
+                result = await asyncio.wait_for(predict_in_thread(data, content_type), timeout)
         except TimeoutError:
             return _json_error(
                 504,
@@ -302,12 +570,23 @@ def build_app(model, settings: ServerSettings):
             "mlflow_version": VERSION,
         }
 
+    @app.get("/stats")
+    async def stats():
+        return {
+            "model": served.label,
+            "pid": os.getpid(),
+            "max_batch_rows": settings.serving.max_batch_rows,
+            "max_batch_wait_ms": settings.serving.max_batch_wait_ms,
+            # None when micro-batching is off (max_batch_rows 1, or a model without forward).
+            "batching": batcher.stats().model_dump() if batcher is not None else None,
+        }
+
     @app.get("/health")
     async def health():
         start = time.perf_counter()
         try:
             with request_deadline(timeout):
-                frame = await asyncio.wait_for(asyncio.to_thread(model.predict, canned), timeout)
+                frame = await asyncio.wait_for(asyncio.to_thread(predict_canned, time.monotonic() + timeout), timeout)
             problem = _readiness_problem(frame, class_names)
         except TimeoutError:
             problem = f"the canned image took longer than serving.request_timeout_s = {timeout:g} s"
@@ -320,6 +599,54 @@ def build_app(model, settings: ServerSettings):
 
     app.add_middleware(_Guard, max_body_bytes=settings.serving.max_body_bytes, model_label=served.label)
     return app
+
+
+def _warm_up(classifier: Any) -> None:
+    """Run the model on 1 and then 2 blank images, so that a server is ready with every batch size traced.
+
+    TensorFlow traces the Keras predict function for the first batch size, and again, for any batch
+    size, at the second one (reduce_retracing): about a second each on 2 cores, which the first
+    request of another size (or the first micro-batch of two requests) would otherwise wait for.
+    Models without ``forward`` and ``image_size`` (not a ChestXrayClassifier) are left as they are.
+    """
+    size = getattr(classifier, "image_size", None)
+    if not callable(getattr(classifier, "forward", None)) or not isinstance(size, int):
+        return
+    for rows in (1, 2):
+        classifier.forward(np.zeros((rows, size, size, 3), dtype=np.float32))
+
+
+def _batching(classifier: Any, serving: ServingConfig) -> tuple[MicroBatcher | None, ThreadPoolExecutor | None]:
+    """A MicroBatcher (the classifier's batch_runner routes to it), and the threads of /invocations; or (None, None).
+
+    None when ``serving.max_batch_rows`` is 1 or the model has no ``forward`` (not a ChestXrayClassifier).
+    Decoding requests: as many as asyncio's default thread pool runs (CPUs + 4, at most 32), the memory
+    bound of decoding as without batching; threads: that many more than twice ``max_batch_rows`` (at most
+    256), so that a full call gathers while the previous one runs.
+    """
+    if serving.max_batch_rows <= 1 or not callable(getattr(classifier, "forward", None)):
+        return None, None
+    decoders = min(32, (os.cpu_count() or 1) + 4)
+    batcher = MicroBatcher(classifier.forward, serving.max_batch_rows, serving.max_batch_wait_ms / 1000, decoders)
+    classifier.batch_runner = batch_runner(classifier.forward)
+    threads = min(256, decoders + 2 * serving.max_batch_rows)
+    return batcher, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cxr-invocations")
+
+
+def _close_on_shutdown(app, batcher: MicroBatcher, executor: ThreadPoolExecutor) -> None:
+    """When the app shuts down (after requests in flight), stop the batcher's thread and the request threads."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application):
+        async with inner(application) as state:
+            try:
+                yield state
+            finally:
+                batcher.close()
+                executor.shutdown(wait=False)
+
+    app.router.lifespan_context = lifespan
 
 
 def _readiness_problem(frame: Any, class_names: list[str]) -> str | None:

@@ -412,6 +412,11 @@ def read_contract(path: str | Path) -> dict[str, Any]:
 class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
     """base64 images in, class probabilities and label out (see module docstring)."""
 
+    # Set by a server that gathers the rows of concurrent requests into one model call
+    # (components.server.MicroBatcher.run): float32 (N, size, size, 3) -> the model's output for those
+    # N rows, as forward gives it. None: each predict call runs the model itself.
+    batch_runner = None
+
     def load_context(self, context) -> None:
         """Load the contract and the Keras model from the pyfunc's artifacts (MLflow calls this once)."""
         import keras
@@ -435,12 +440,24 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         batch = decode_batch(model_input[IMAGE_COLUMN], self.image_size, self.limits)
         if len(batch) == 0:
             return probabilities_frame(np.zeros((0, len(self.class_names))), self.class_names)
+        output = self.forward(batch) if self.batch_runner is None else self.batch_runner(batch)
+        probs = probabilities(output, len(self.class_names))
+        return probabilities_frame(probs, self.class_names)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """The Keras model on decoded images, PREDICT_BATCH_SIZE at a time (the deadline checked before each).
+
+        Args:
+            batch: float32 (N, size, size, 3), values 0..255 (decode_batch), N >= 1.
+
+        Returns:
+            The model's output for the N rows: (N, 1) for a binary model, else (N, classes).
+        """
         outputs = []
         for start in range(0, len(batch), PREDICT_BATCH_SIZE):
             _check_deadline(start, len(batch))
             outputs.append(np.asarray(self.model.predict_on_batch(batch[start : start + PREDICT_BATCH_SIZE])))
-        probs = probabilities(np.concatenate(outputs), len(self.class_names))
-        return probabilities_frame(probs, self.class_names)
+        return np.concatenate(outputs)
 
 
 def package_dir() -> str:

@@ -51,7 +51,16 @@ DEFAULT_WORKDIR = os.environ.get("CXR_WORKDIR", str(PROJECT_ROOT / ".cxr"))
 # `cxr serve` and `cxr predict` without --model-name or --config.
 DEFAULT_MODEL_NAME = "cxr-classifier"
 # `cxr serve` options that override the run config's `serving` section.
-SERVING_OPTIONS = ("host", "port", "workers", "max_body_bytes", "max_rows", "request_timeout_s")
+SERVING_OPTIONS = (
+    "host",
+    "port",
+    "workers",
+    "max_body_bytes",
+    "max_rows",
+    "request_timeout_s",
+    "max_batch_rows",
+    "max_batch_wait_ms",
+)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -788,6 +797,12 @@ def _add_serving_parsers(commands) -> None:
     serve.add_argument("--max-body-bytes", type=int, help="larger request bodies get 413 (default 64 MiB)")
     serve.add_argument("--max-rows", type=int, help="images per request; more get 400 (default 64)")
     serve.add_argument("--request-timeout-s", type=float, help="seconds before a request gets 504 (default 60)")
+    serve.add_argument(
+        "--max-batch-rows", type=int, help="rows of concurrent requests per model call; 1: no micro-batching (32)"
+    )
+    serve.add_argument(
+        "--max-batch-wait-ms", type=float, help="ms a model call may wait for requests being decoded (default 5)"
+    )
     predict = commands.choices["predict"]
     predict.add_argument(
         "images", nargs="+", help="image files, folders (searched for .png/.jpg/.jpeg) or .csv lists (column path)"

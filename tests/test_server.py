@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -25,12 +26,14 @@ import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from components import serving
 from components.config import ServingConfig
 from components.imaging import encode_png
 from components.server import (
     MODEL_VERSION_HEADER,
+    MicroBatcher,
     ServedModel,
     ServerError,
     ServerSettings,
@@ -356,3 +359,116 @@ def test_cxr_serve_stops_cleanly_on_a_signal(tracking, registered, tmp_path, wor
     assert code == 0, log.read_text()[-3000:]
     assert left == []
     assert free
+
+
+# Micro-batching: the model call is shared by concurrent requests; each request still gets its own rows.
+BATCH_ROWS = 3  # below MAX_ROWS, so that one request is cut into several model calls too
+CLIENTS = 8
+
+
+@pytest.fixture(scope="module")
+def batched_url(model, registered):
+    """A server gathering up to BATCH_ROWS rows per model call; a call waits up to 200 ms for requests decoding."""
+    settings = _settings(registered, max_batch_rows=BATCH_ROWS, max_batch_wait_ms=200)
+    with _running(build_app(model, settings)) as address:
+        yield address
+
+
+def _stats(url: str) -> dict:
+    return requests.get(f"{url}/stats", timeout=10).json()["batching"]
+
+
+def _concurrently(url: str, payloads: list[dict]) -> list[requests.Response]:
+    """POST each payload from its own thread, all released at once; the answers in the payloads' order."""
+    barrier = threading.Barrier(len(payloads))
+
+    def post(payload: dict) -> requests.Response:
+        barrier.wait()
+        return _post(url, payload)
+
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        return list(pool.map(post, payloads))
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows(batched_url, registered):
+    levels = [int(level) for level in np.linspace(0, 255, CLIENTS)]
+    images = [gray_png_b64(level) for level in levels]
+    # In-process, one batched call of a separately loaded copy of the model (no server involved).
+    expected = mlflow.pyfunc.load_model(registered.uri).predict(pd.DataFrame({"image": images}))
+    before = _stats(batched_url)
+    answers = _concurrently(batched_url, [_split([image]) for image in images])
+    after = _stats(batched_url)
+    assert [answer.status_code for answer in answers] == [200] * CLIENTS
+    assert {answer.headers[MODEL_VERSION_HEADER] for answer in answers} == {f"{MODEL_NAME}/{registered.version}"}
+    served = pd.DataFrame([answer.json()["predictions"][0] for answer in answers])
+    columns = [column for column in expected.columns if column.startswith("prob_")]
+    np.testing.assert_allclose(served[columns].to_numpy(), expected[columns].to_numpy(), rtol=0, atol=1e-6)
+    assert served["label"].tolist() == expected["label"].tolist()
+    assert after["requests"] - before["requests"] == CLIENTS
+    assert after["rows"] - before["rows"] == CLIENTS
+    assert after["model_calls"] - before["model_calls"] < CLIENTS
+    assert after["largest_call_rows"] <= BATCH_ROWS
+
+
+def test_a_request_above_the_batch_rows_is_cut_and_comes_back_in_order(batched_url):
+    before = _stats(batched_url)
+    answer = _post(batched_url, _split([gray_png_b64(level) for level in (250, 10, 128, 250)]))
+    after = _stats(batched_url)
+    assert answer.status_code == 200, answer.text
+    assert [row["label"] for row in answer.json()["predictions"]] == ["pneumonia", "COVID-19", "normal", "pneumonia"]
+    assert after["model_calls"] - before["model_calls"] == 2  # 3 rows, then 1
+
+
+def test_a_bad_request_among_concurrent_ones_fails_alone(batched_url, registered):
+    payloads = [_split([gray_png_b64(250)]) for _ in range(CLIENTS)]
+    payloads[3] = _split([gray_png_b64(250, (1, 1))])  # below ingest's minimum size
+    payloads[5] = _split(["not base64 !"])
+    answers = _concurrently(batched_url, payloads)
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 400, 200, 400, 200, 200]
+    assert answers[3].json()["message"].startswith("1 of 1 images could not be used: row 0: 1x1 pixels is below")
+    assert "row 0: not valid base64" in answers[5].json()["message"]
+    assert {answer.headers[MODEL_VERSION_HEADER] for answer in answers} == {f"{MODEL_NAME}/{registered.version}"}
+    assert {answers[i].json()["predictions"][0]["label"] for i in (0, 1, 2, 4, 6, 7)} == {"pneumonia"}
+
+
+def test_with_one_row_per_call_each_request_runs_the_model_itself(model, registered):
+    with _running(build_app(model, _settings(registered, max_batch_rows=1))) as unbatched:
+        stats = requests.get(f"{unbatched}/stats", timeout=10).json()
+        answer = _post(unbatched, _split([gray_png_b64(10), gray_png_b64(250)]))
+    assert stats["batching"] is None
+    assert stats["max_batch_rows"] == 1
+    assert answer.status_code == 200, answer.text
+    assert [row["label"] for row in answer.json()["predictions"]] == ["COVID-19", "pneumonia"]
+
+
+def test_a_request_past_its_deadline_while_waiting_for_the_model_is_dropped_from_the_next_call():
+    """The batcher itself, on a slow stand-in for the model: the timeout holds while a request waits its turn."""
+    calls = threading.Event()
+
+    def slow_forward(rows: np.ndarray) -> np.ndarray:
+        calls.set()
+        time.sleep(0.5)
+        return rows.reshape(len(rows), -1)[:, :1]
+
+    batcher = MicroBatcher(slow_forward, max_rows=4, max_wait_s=0, decoders=2)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            first = pool.submit(batcher.run, np.ones((1, 2, 2, 3), dtype=np.float32))  # no deadline: runs
+            assert calls.wait(timeout=5)
+            start = time.monotonic()
+            with batcher.request(start + 0.05), pytest.raises(MlflowException) as late:
+                batcher.run(np.zeros((2, 2, 2, 3), dtype=np.float32))
+            waited = time.monotonic() - start
+            assert first.result(timeout=5).tolist() == [[1.0]]
+        deadline = time.monotonic() + 5
+        while batcher.stats().expired_rows == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stats = batcher.stats()
+    finally:
+        batcher.close()
+    assert late.value.error_code == "DEADLINE_EXCEEDED"
+    assert "past its deadline waiting for the model" in late.value.message
+    assert waited < 0.4  # at its deadline, not when the model call before it ended
+    assert stats.expired_rows == 2
+    assert stats.model_calls == 1
+    assert stats.requests == 2
