@@ -539,6 +539,9 @@ def build_app(model, settings: ServerSettings):
                 "no Content-Type header: send application/json (dataframe_split, dataframe_records, instances "
                 "or inputs), text/csv or application/vnd.apache.parquet",
             )
+        # Media types are case-insensitive (RFC 9110, 8.3.1); MLflow compares them as given.
+        mime, separator, parameters = content_type.partition(";")
+        content_type = mime.strip().lower() + separator + parameters
         data = await request.body()
         try:
             # The task wait_for creates, and asyncio.to_thread after it, carry the deadline into the thread.

@@ -31,6 +31,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -59,6 +60,8 @@ from components.labels import labels_for_task
 from components.validation.settings import ValidationConfig
 
 IMAGE_COLUMN = "image"
+MODEL_VERSION_COLUMN = "model_version"
+SERVED_VERSION_VARIABLE = "CXR_SERVED_MODEL_VERSION"
 LABEL_COLUMN = "label"
 CONTRACT_ARTIFACT = "contract"
 ERROR_COLUMN = "error"
@@ -428,6 +431,9 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         self.limits = InputLimits()
         # compile=False: inference needs no optimizer or loss.
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        # Set by the deployer for the server it launches (steps/deployment.py): "<name>/<version>",
+        # answered in a model_version column so that every deployed answer names its model.
+        self.served_version = os.environ.get(SERVED_VERSION_VARIABLE) or None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Probabilities and label per row of base64 images; MlflowException (HTTP 400) naming bad rows."""
@@ -442,7 +448,10 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             return probabilities_frame(np.zeros((0, len(self.class_names))), self.class_names)
         output = self.forward(batch) if self.batch_runner is None else self.batch_runner(batch)
         probs = probabilities(output, len(self.class_names))
-        return probabilities_frame(probs, self.class_names)
+        frame = probabilities_frame(probs, self.class_names)
+        if getattr(self, "served_version", None):
+            frame[MODEL_VERSION_COLUMN] = self.served_version
+        return frame
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """The Keras model on decoded images, PREDICT_BATCH_SIZE at a time (the deadline checked before each).

@@ -656,9 +656,19 @@ def _add_registry_parsers(commands) -> None:
     sub.set_defaults(handler=cmd_rollback)
 
 
+def _deployment_stack(workdir: str):
+    """The work folder's registry and its local stack, activated again: another --workdir may have
+    activated its own in the ZenML repository that every work folder shares."""
+    from cxr.stack import ensure_local_stack
+
+    paths = _registry_paths(workdir)
+    ensure_local_stack(paths, PROJECT_ROOT)
+    return paths
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Exit 0 when the version serves (deployed or kept), 1 when it failed to start or its canary."""
-    _registry_paths(args.workdir)
+    _deployment_stack(args.workdir)
     from cxr.deploy import deploy
 
     settings = load_run_config(args.config, {}).deployment if args.config else DeploymentConfig()
@@ -667,7 +677,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_deployments(args: argparse.Namespace) -> int:
-    _environment(args.workdir)
+    _deployment_stack(args.workdir)
     from cxr.deploy import format_deployments
     from steps.deployment import deployments
 
@@ -676,7 +686,7 @@ def cmd_deployments(args: argparse.Namespace) -> int:
 
 
 def cmd_undeploy(args: argparse.Namespace) -> int:
-    _environment(args.workdir)
+    _deployment_stack(args.workdir)
     from steps.deployment import undeploy
 
     removed = undeploy(_model_name(args))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mlflow import MlflowClient
 
 from components.deployment import Deployment
-from components.registry import CHAMPION, RegisteredModelNotFoundError, version_by_alias
+from components.registry import CHAMPION, RegisteredModelNotFoundError, current_champion, version_by_alias
 
 
 def resolve_version(client: MlflowClient, model_name: str, version: str | None, alias: str | None) -> str:
@@ -34,6 +34,9 @@ def deploy(model_name: str, version: str | None, alias: str | None, settings) ->
     client = MlflowClient()
     number = resolve_version(client, model_name, version, alias)
     outcome = deploy_version(model_name, number, settings, load_canary(client, model_name, number))
+    champion = current_champion(client, model_name)
+    if champion is not None and str(champion.version) != number:
+        return f"{outcome.message}. Note: the champion is v{champion.version}; v{number} now serves instead of it"
     return outcome.message
 
 

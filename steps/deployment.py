@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -34,6 +34,7 @@ from components.deployment import (
     wait_until_healthy,
 )
 from components.errors import CxrError
+from components.serving import SERVED_VERSION_VARIABLE
 
 # Recorded in the service config's pipeline fields: who made the deployment.
 PIPELINE_NAME = "cxr_deployment"
@@ -110,7 +111,10 @@ def _describe(service) -> Deployment:
             healthy = requests.get(health, timeout=2).status_code == 200
         except requests.RequestException:
             healthy = False
-    created = getattr(service, "creation", None)
+    runtime = getattr(service.status, "runtime_path", None)
+    pid_file = Path(runtime) / "service.pid" if runtime else None
+    # Since when it serves: its daemon's pid file is written when it starts.
+    created = datetime.fromtimestamp(pid_file.stat().st_mtime, UTC) if pid_file and pid_file.is_file() else None
     return Deployment(
         model_name=service.config.registry_model_name or service.config.model_name,
         version=str(service.config.registry_model_version or ""),
@@ -181,6 +185,10 @@ def deploy_version(model_name: str, version: str, settings: DeploymentConfig, ca
                 deployment=_describe(service),
                 message=f"{model_name} v{version} already serves at {service.get_prediction_url()}: kept",
             )
+    for service in [s for s in running if str(s.config.registry_model_version) == str(version)]:
+        # Not healthy (checked above): a dead or stuck server of this version holds its name; remove it.
+        deployer.delete_model_server(service.uuid, force=True)
+        running.remove(service)
     _daemon_environment()
     config = MLFlowDeploymentConfig(
         model_uri=f"models:/{model_name}/{version}",
@@ -236,11 +244,15 @@ def _start_service(deployer, config):
 
     client = Client()
     response = client.create_service(config=config, service_type=_service_type(), model_version_id=None)
+    # The daemon is forked now and keeps this environment: its answers name their model.
+    os.environ[SERVED_VERSION_VARIABLE] = f"{config.registry_model_name}/{config.registry_model_version}"
     try:
         service = deployer.perform_deploy_model(id=response.id, config=config, timeout=0)
     except Exception:
         client.delete_service(response.id)
         raise
+    finally:
+        os.environ.pop(SERVED_VERSION_VARIABLE, None)
     client.update_service(
         id=service.uuid,
         name=service.config.service_name,

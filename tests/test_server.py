@@ -173,6 +173,17 @@ def test_a_request_without_content_type_is_a_client_error(url):
     assert broken.status_code == 400
 
 
+def test_the_media_type_is_read_case_insensitively(url):
+    """RFC 9110 8.3.1: type and subtype are case-insensitive (MLflow compares them as given: 415)."""
+    answer = requests.post(
+        f"{url}/invocations",
+        data=json.dumps(_split([gray_png_b64(64)])),
+        headers={"Content-Type": "APPLICATION/JSON; charset=utf-8"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def test_a_body_above_the_limit_gets_413(url):
     big = b"x" * (MAX_BODY_BYTES + 1)
     declared = requests.post(f"{url}/invocations", data=big, headers={"Content-Type": "application/json"}, timeout=30)

@@ -214,6 +214,42 @@ def test_deployments_are_listed_kept_and_a_wrong_version_is_one_error_line(train
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"error: registered model {MODEL_NAME!r} has no version 99"
 
+    # Every deployed answer names its model version.
+    import json
+
+    import requests
+
+    from steps.deployment import load_canary
+
+    canary = load_canary(MlflowClient(local_stack.tracking_uri), MODEL_NAME, deployed.version)
+    body = {"dataframe_split": {"columns": ["image"], "data": [[canary.images[0]]]}}
+    answer = requests.post(
+        deployed.url, data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert answer.json()["predictions"][0]["model_version"] == f"{MODEL_NAME}/{deployed.version}"
+
+    # A server that died is listed as not healthy, and `cxr deploy` starts the version again.
+    import os
+    import signal
+    import time
+
+    pid_file = Path(deployed.log_file).with_name("service.pid")
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    for _ in range(50):  # until its port refuses
+        try:
+            requests.get(deployed.health_url, timeout=1)
+        except requests.RequestException:
+            break
+        time.sleep(0.2)
+    assert main([*workdir, "deployments", "--model-name", MODEL_NAME]) == 0
+    assert "NOT HEALTHY" in capsys.readouterr().out
+    assert main([*workdir, "deploy", "--model-name", MODEL_NAME, "--version", deployed.version]) == 0
+    assert f"{MODEL_NAME} v{deployed.version} serves at" in capsys.readouterr().out
+    assert main([*workdir, "deployments", "--model-name", MODEL_NAME]) == 0
+    listing = capsys.readouterr().out
+    assert "  healthy  " in listing
+    assert "since None" not in listing
+
 
 def test_a_version_failing_its_canary_is_not_deployed_and_the_champion_keeps_serving(trained, local_stack):
     """The champion's own model registered again with a canary it does not reproduce (as a broken export
