@@ -321,6 +321,9 @@ class RegistryConfig(_Strict):
     # Picks the backbone on validation, and is the metric the gate compares with the champion.
     primary_metric: Literal["f1_macro", "balanced_accuracy", "roc_auc_macro", "accuracy"] = "f1_macro"
     gate: GateConfig = GateConfig()
+    # The served out-of-distribution flag (components.ood, fitted at registration): `ood` is true above this
+    # percentile of the validation images' scores (training images' without validation rows); ~1% flagged at 99.
+    ood_percentile: float = Field(99.0, gt=50, lt=100)
 
 
 class DeploymentConfig(_Strict):

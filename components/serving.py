@@ -57,6 +57,7 @@ from components.errors import CxrError
 from components.imaging import decode_image_bytes, encode_png, pixel_limit, pixel_limit_problem, to_model_input
 from components.intended_use import INTENDED_USE
 from components.labels import labels_for_task
+from components.ood import OOD_FLAG_COLUMN, OOD_PYFUNC_ARTIFACT, OOD_SCORE_COLUMN, OodReference, with_embedding
 from components.validation.settings import ValidationConfig
 
 IMAGE_COLUMN = "image"
@@ -129,12 +130,16 @@ def validate_contract(contract: dict[str, Any]) -> None:
         raise ValueError(f"contract needs a positive integer image_size, got {size!r}")
 
 
-def model_signature(class_names: list[str] | tuple[str, ...]) -> ModelSignature:
-    """The MLflow signature: a string column ``image`` in, one double ``prob_<class>`` per class and ``label`` out."""
+def model_signature(class_names: list[str] | tuple[str, ...], ood: bool = False) -> ModelSignature:
+    """The MLflow signature: a string column ``image`` in, one double ``prob_<class>`` per class and ``label`` out.
+
+    With ``ood``, also a double ``ood_score`` and a boolean ``ood`` (components.ood).
+    """
     outputs = [ColSpec("double", prob_column(name)) for name in class_names]
+    extra = [ColSpec("double", OOD_SCORE_COLUMN), ColSpec("boolean", OOD_FLAG_COLUMN)] if ood else []
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
-        outputs=Schema([*outputs, ColSpec("string", LABEL_COLUMN)]),
+        outputs=Schema([*outputs, ColSpec("string", LABEL_COLUMN), *extra]),
     )
 
 
@@ -431,6 +436,13 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         self.limits = InputLimits()
         # compile=False: inference needs no optimizer or loss.
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        # The out-of-distribution reference (components.ood), when the version was logged with one: one
+        # forward pass of `runner` gives the output and the embedding, side by side (forward).
+        self.ood = None
+        self.runner = self.model
+        if OOD_PYFUNC_ARTIFACT in context.artifacts:
+            self.ood = OodReference.model_validate_json(Path(context.artifacts[OOD_PYFUNC_ARTIFACT]).read_text())
+            self.runner = with_embedding(self.model, self.ood.layer)
         # Set by the deployer for the server it launches (steps/deployment.py): "<name>/<version>",
         # answered in a model_version column so that every deployed answer names its model.
         self.served_version = os.environ.get(SERVED_VERSION_VARIABLE) or None
@@ -447,8 +459,17 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
         if len(batch) == 0:
             return probabilities_frame(np.zeros((0, len(self.class_names))), self.class_names)
         output = self.forward(batch) if self.batch_runner is None else self.batch_runner(batch)
+        ood = getattr(self, "ood", None)
+        if ood is not None:
+            # forward's columns: the model's output (1 for a binary model, else one per class), then the embedding.
+            width = 1 if len(self.class_names) == 2 else len(self.class_names)
+            output, embedding = output[:, :width], output[:, width:]
         probs = probabilities(output, len(self.class_names))
         frame = probabilities_frame(probs, self.class_names)
+        if ood is not None:
+            scores = ood.score(embedding)
+            frame[OOD_SCORE_COLUMN] = scores.astype(np.float64)
+            frame[OOD_FLAG_COLUMN] = ood.flag(scores)
         if getattr(self, "served_version", None):
             frame[MODEL_VERSION_COLUMN] = self.served_version
         return frame
@@ -460,12 +481,17 @@ class ChestXrayClassifier(mlflow.pyfunc.PythonModel):
             batch: float32 (N, size, size, 3), values 0..255 (decode_batch), N >= 1.
 
         Returns:
-            The model's output for the N rows: (N, 1) for a binary model, else (N, classes).
+            The model's output for the N rows: (N, 1) for a binary model, else (N, classes); with an OOD
+            reference, the embedding's D columns follow (N, 1 + D) or (N, classes + D).
         """
         outputs = []
+        runner = getattr(self, "runner", self.model)
         for start in range(0, len(batch), PREDICT_BATCH_SIZE):
             _check_deadline(start, len(batch))
-            outputs.append(np.asarray(self.model.predict_on_batch(batch[start : start + PREDICT_BATCH_SIZE])))
+            output = runner.predict_on_batch(batch[start : start + PREDICT_BATCH_SIZE])
+            if getattr(self, "ood", None) is not None:
+                output = np.concatenate([np.asarray(part, dtype=np.float32) for part in output], axis=1)
+            outputs.append(np.asarray(output))
         return np.concatenate(outputs)
 
 
@@ -479,20 +505,29 @@ def log_pyfunc_model(
     contract: dict[str, Any],
     name: str = "model",
     registered_model_name: str | None = None,
+    ood_reference: OodReference | None = None,
 ):
-    """Log the pyfunc model in the active MLflow run; returns MLflow's ModelInfo."""
+    """Log the pyfunc model in the active MLflow run; returns MLflow's ModelInfo.
+
+    With ``ood_reference`` (components.ood), the served model also answers ``ood_score`` and ``ood``.
+    """
     if mlflow.active_run() is None:
         raise RuntimeError("log_pyfunc_model needs an active MLflow run (mlflow.start_run())")
     validate_contract(contract)
     with tempfile.TemporaryDirectory() as tmp:
         contract_path = Path(tmp) / "contract.json"
         contract_path.write_text(json.dumps(contract, indent=2, sort_keys=True))
+        artifacts = {KERAS_ARTIFACT: str(keras_model_path), CONTRACT_ARTIFACT: str(contract_path)}
+        if ood_reference is not None:
+            ood_path = Path(tmp) / "ood_reference.json"
+            ood_path.write_text(ood_reference.model_dump_json())
+            artifacts[OOD_PYFUNC_ARTIFACT] = str(ood_path)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=ChestXrayClassifier(),
-            artifacts={KERAS_ARTIFACT: str(keras_model_path), CONTRACT_ARTIFACT: str(contract_path)},
+            artifacts=artifacts,
             code_paths=[package_dir()],
-            signature=model_signature(contract["class_names"]),
+            signature=model_signature(contract["class_names"], ood=ood_reference is not None),
             input_example=example_input(),
             pip_requirements=pinned_requirements(),
             metadata={"contract": contract},

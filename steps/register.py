@@ -17,6 +17,7 @@ from components.labels import Task
 from components.leakage import split_images
 from components.manifest import dataset_version
 from components.metrics import flat_metrics
+from components.ood import OOD_ARTIFACT, reference_for_rows
 from components.registry import EVIDENCE_ARTIFACT, Evidence, Registration, register_version
 from components.serving import build_contract, log_pyfunc_model
 from steps.names import EXPERIMENT_TRACKER, REGISTRATION
@@ -71,10 +72,22 @@ def register_best_model(
     # The images a new model server must answer as the evaluation did before it takes traffic.
     test = next(p for p in chosen.predictions if p.split == "test")
     mlflow.log_text(make_canary(test, canary_images).model_dump_json(), CANARY_ARTIFACT)
+    # The out-of-distribution reference (components.ood): the chosen model's training embeddings.
+    ood = reference_for_rows(
+        models[best],
+        split_manifest[split_manifest["split"] == "train"],
+        split_manifest[split_manifest["split"] == "val"],
+        contract["class_names"],
+        backbone.image_size,
+        percentile=registry.ood_percentile,
+        seed=seed,
+    )
+    mlflow.log_text(ood.model_dump_json(), OOD_ARTIFACT)
+    logger.info("OOD reference: threshold %.2f (%s percentile %.1f)", ood.threshold, ood.calibration, ood.percentile)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = os.path.join(folder, "model.keras")
         models[best].save(keras_path)
-        model_info = log_pyfunc_model(keras_path, contract)
+        model_info = log_pyfunc_model(keras_path, contract, ood_reference=ood)
     version_of_data = dataset_version(manifest)
     test_value = chosen.test.scalar(metric)
     version = register_version(

@@ -154,6 +154,7 @@ def test_the_run_writes_the_evaluation_card_and_explains_itself_in_both_registri
         "evaluation/evaluation_card.html",
         "evaluation/evaluation_card.json",
         "evaluation/evidence.json",
+        "evaluation/ood_reference.json",
     ]
     assert Client().get_model_version(MODEL_NAME, "v1").stage == "production"
 
