@@ -18,6 +18,7 @@ global state.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -118,7 +119,9 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
                 image.load()
                 return to_grayscale_array(image)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(f"{name}: cannot decode image ({error})") from error
+        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells a user nothing.
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "these bytes", str(error))
+        raise ImageDecodeError(f"{name}: cannot decode image ({detail})") from error
     raise ImageDecodeError(f"{name}: cannot decode image ({problem})")
 
 

@@ -32,6 +32,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -319,7 +320,9 @@ def declared_size(data: bytes, name: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{name}: cannot decode image ({error})") from error
+        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells a user nothing.
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "these bytes", str(error))
+        raise ValueError(f"{name}: cannot decode image ({detail})") from error
 
 
 def decode_base64_image(value: Any, row: int) -> np.ndarray:
@@ -540,7 +543,7 @@ class PredictionInputError(CxrError, ValueError):
 
 
 def _csv_paths(path: Path) -> list[str]:
-    """The paths a CSV lists: its column ``path`` (else ``uri``, else the first), relative to the CSV's folder."""
+    """The paths a CSV lists: its column ``path`` (else ``uri``), relative to the CSV's folder."""
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -549,7 +552,11 @@ def _csv_paths(path: Path) -> list[str]:
     if not rows:
         raise PredictionInputError(f"the list {path} has no rows (a header, then one path per row)")
     header = list(rows[0])
-    column = next((name for name in (PATH_COLUMN, "uri") if name in header), header[0])
+    column = next((name for name in (PATH_COLUMN, "uri") if name in header), None)
+    if column is None:
+        raise PredictionInputError(
+            f"the list {path} has no column {PATH_COLUMN!r} (or 'uri'); its columns: {', '.join(header)}"
+        )
     listed = [(row.get(column) or "").strip() for row in rows]
     return [item if Path(item).is_absolute() else str(path.parent / item) for item in listed if item]
 
@@ -559,20 +566,25 @@ def collect_image_paths(items: Sequence[str | Path]) -> list[str]:
 
     Args:
         items: files (any name: each is tried as an image), folders (searched recursively for
-            .png/.jpg/.jpeg, sorted), and ``.csv`` files listing paths in a column ``path`` (or ``uri``,
-            or the first column; relative paths are relative to the CSV's folder).
+            .png/.jpg/.jpeg, sorted; a broken link is kept, its row says so), and ``.csv`` files listing
+            paths in a column ``path`` (or ``uri``; relative paths are relative to the CSV's folder).
 
     Returns:
         Paths in order, without repeats. A path that does not exist is kept: its row reports it.
 
     Raises:
-        PredictionInputError: a CSV list cannot be read or is empty, or nothing is left to score.
+        PredictionInputError: a CSV list cannot be read, is empty or has no path column, or nothing
+            is left to score.
     """
     paths: list[str] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(
+                str(f)
+                for f in path.rglob("*")
+                if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
             if not found:
                 raise PredictionInputError(f"no .png/.jpg/.jpeg image under the folder {path}")
             paths += found

@@ -551,6 +551,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.output and Path(args.output).is_dir():
         raise ConfigError(f"--output {args.output} is a folder; give a file name")
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise ConfigError(f"--output {args.output}: folder {Path(args.output).resolve().parent} does not exist")
     paths = collect_image_paths(args.images)
     name, version = _registered_model_uri(args, config)
     limits = InputLimits.from_config(

@@ -284,6 +284,19 @@ def test_collect_image_paths(tmp_path):
     (tmp_path / "blank.csv").write_text("")
     with pytest.raises(serving.PredictionInputError, match="has no rows"):
         serving.collect_image_paths([tmp_path / "blank.csv"])
+    (tmp_path / "nopath.csv").write_text("file,patient\na.jpg,p1\n")
+    with pytest.raises(serving.PredictionInputError, match="has no column 'path' \\(or 'uri'\\); its columns: file"):
+        serving.collect_image_paths([tmp_path / "nopath.csv"])
+
+
+def test_a_broken_link_in_a_folder_is_a_row_that_says_so_and_undecodable_bytes_are_named(tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    assert serving.collect_image_paths([folder]) == [str(folder / "gone.png")]
+    with pytest.raises(ValueError, match="row 0: cannot decode image") as raised:
+        serving.decode_base64_image(serving.encode_image_bytes(b"not an image"), 0)
+    assert "BytesIO" not in str(raised.value)
 
 
 def test_format_predictions_round_trips():
