@@ -646,7 +646,8 @@ def predict_files(
 
     Returns:
         One row per path, in order: ``path``, ``label`` (empty on error), one float64 ``prob_<class>``
-        per class (NaN on error) and ``error`` (empty when scored).
+        per class (NaN on error), ``ood_score`` and ``ood`` when the model carries its out-of-distribution
+        reference (components.ood), and ``error`` (empty when scored).
     """
     model = mlflow.pyfunc.load_model(model_uri)
     classifier = model.unwrap_python_model()
@@ -677,6 +678,17 @@ def predict_files(
             ERROR_COLUMN: [errors.get(i, "") for i in range(len(names))],
         }
     )
+    if getattr(classifier, "ood", None) is not None:  # a model registered with its OOD reference
+        table.insert(
+            len(table.columns) - 1,
+            OOD_SCORE_COLUMN,
+            [float(scored[i][OOD_SCORE_COLUMN]) if i in scored else np.nan for i in range(len(names))],
+        )
+        table.insert(
+            len(table.columns) - 1,
+            OOD_FLAG_COLUMN,
+            [bool(scored[i][OOD_FLAG_COLUMN]) if i in scored else None for i in range(len(names))],
+        )
     return table
 
 

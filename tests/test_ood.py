@@ -145,6 +145,8 @@ def served(model, fitted, tmp_path_factory):
             with mlflow.start_run(experiment_id=store["experiment_id"]):
                 info = serving.log_pyfunc_model(str(path), contract, **kwargs)
             loaded[name] = mlflow.pyfunc.load_model(info.model_uri)
+            # A local copy, loadable after this store is gone (cxr predict takes any model URI or folder).
+            loaded[f"{name} folder"] = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / name))
     return loaded
 
 
@@ -173,3 +175,14 @@ def test_served_without_reference_has_no_ood_columns(served, fitted):
     _, held_out = fitted
     answer = served["without"].predict(request(held_out))
     assert not {"ood", "ood_score"} & set(answer.columns)
+
+
+def test_cxr_predict_tables_carry_the_ood_columns_when_the_model_has_a_reference(served, fitted, tmp_path):
+    _, held_out = fitted
+    far = tmp_path / "noise.png"
+    far.write_bytes(encode_png(far_images()["noise"]))
+    with_ood = serving.predict_files(served["with folder"], [str(held_out[0]), str(far)])
+    assert with_ood["ood"].tolist() == [False, True]
+    assert list(with_ood.columns)[-3:] == ["ood_score", "ood", "error"]
+    without = serving.predict_files(served["without folder"], [str(held_out[0])])
+    assert not {"ood", "ood_score"} & set(without.columns)
