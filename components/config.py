@@ -506,8 +506,16 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config, apply dotted overrides ({"training.epochs": 1}), validate.
+def load_run_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, missing: dict[str, Any] | None = None
+) -> RunConfig:
+    """Read a YAML run config, fill top-level fields it leaves out, apply dotted overrides, validate.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted overrides ({"training.epochs": 1}), applied last.
+        missing: values for top-level fields the file leaves out (e.g. the `task` and `backbones`
+            of a data-only config, from a registered model's contract).
 
     Raises:
         ConfigError: the file cannot be read (read_yaml_mapping), an override names no
@@ -516,6 +524,8 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     data = read_yaml_mapping(path, "run config")
     if not data:
         raise ConfigError(f"run config {path} is empty")
+    for field, value in (missing or {}).items():
+        data.setdefault(field, value)
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value, defaults=run_config_default)
     return parse_run_config(data, origin=str(path))

@@ -96,6 +96,11 @@ def to_grayscale_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
+def pil_error_text(error: BaseException) -> str:
+    """PIL's error message, without the in-memory buffer it names (``<_io.BytesIO object at 0x...>``)."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "these bytes", str(error))
+
+
 def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     """Decode an image file's bytes (PNG, JPEG or any format PIL reads) as 8-bit grayscale.
 
@@ -119,9 +124,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
                 image.load()
                 return to_grayscale_array(image)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells a user nothing.
-        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "these bytes", str(error))
-        raise ImageDecodeError(f"{name}: cannot decode image ({detail})") from error
+        raise ImageDecodeError(f"{name}: cannot decode image ({pil_error_text(error)})") from error
     raise ImageDecodeError(f"{name}: cannot decode image ({problem})")
 
 

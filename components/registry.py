@@ -596,12 +596,31 @@ def headline_json(assessment: Assessment) -> str:
 # ---------------------------------------------------------------- promotion on evidence
 
 
-def load_evidence(client: MlflowClient, version: ModelVersion) -> Evidence | None:
-    """The evidence the training run logged for `version` (EVIDENCE_ARTIFACT in its MLflow run).
+def read_run_text(client: MlflowClient, run_id: str | None, artifact: str) -> str | None:
+    """A text artifact of a run, read through `client` (its store, not the global tracking URI).
 
     Args:
-        client: MLflow client of the tracking server holding the version's run.
-        version: the registered version.
+        client: MLflow client of the tracking server holding the run.
+        run_id: the run, or None (a version registered without one).
+        artifact: its path in the run, e.g. EVIDENCE_ARTIFACT.
+
+    Returns:
+        The text, or None when there is no run or the run has no such artifact.
+
+    Raises:
+        mlflow.exceptions.MlflowException, OSError: the tracking server or artifact store failed.
+    """
+    if not run_id:
+        return None
+    folder = artifact.rsplit("/", 1)[0] if "/" in artifact else None
+    if not any(item.path == artifact for item in client.list_artifacts(run_id, folder)):
+        return None
+    with tempfile.TemporaryDirectory() as destination:
+        return Path(client.download_artifacts(run_id, artifact, destination)).read_text(encoding="utf-8")
+
+
+def load_evidence(client: MlflowClient, version: ModelVersion) -> Evidence | None:
+    """The evidence the training run logged for `version` (EVIDENCE_ARTIFACT in its MLflow run).
 
     Returns:
         The Evidence, or None when the version has no run or its run has no evidence (it was not
@@ -610,14 +629,8 @@ def load_evidence(client: MlflowClient, version: ModelVersion) -> Evidence | Non
     Raises:
         mlflow.exceptions.MlflowException, OSError: the tracking server or artifact store failed.
     """
-    if not version.run_id:
-        return None
-    folder, name = EVIDENCE_ARTIFACT.rsplit("/", 1)
-    if not any(item.path == EVIDENCE_ARTIFACT for item in client.list_artifacts(version.run_id, folder)):
-        return None
-    with tempfile.TemporaryDirectory() as folder:  # this client's store, not the global tracking URI
-        path = client.download_artifacts(version.run_id, EVIDENCE_ARTIFACT, folder)
-        return Evidence.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    text = read_run_text(client, version.run_id, EVIDENCE_ARTIFACT)
+    return None if text is None else Evidence.model_validate_json(text)
 
 
 def compared_on_unseen(

@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -55,7 +54,14 @@ from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT
 from components.candidates import IMAGE_EXTENSIONS
 from components.config import ServingConfig
 from components.errors import CxrError
-from components.imaging import decode_image_bytes, encode_png, pixel_limit, pixel_limit_problem, to_model_input
+from components.imaging import (
+    decode_image_bytes,
+    encode_png,
+    pil_error_text,
+    pixel_limit,
+    pixel_limit_problem,
+    to_model_input,
+)
 from components.intended_use import INTENDED_USE
 from components.labels import labels_for_task
 from components.ood import OOD_FLAG_COLUMN, OOD_PYFUNC_ARTIFACT, OOD_SCORE_COLUMN, OodReference, with_embedding
@@ -320,9 +326,7 @@ def declared_size(data: bytes, name: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        # PIL names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells a user nothing.
-        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "these bytes", str(error))
-        raise ValueError(f"{name}: cannot decode image ({detail})") from error
+        raise ValueError(f"{name}: cannot decode image ({pil_error_text(error)})") from error
 
 
 def decode_base64_image(value: Any, row: int) -> np.ndarray:

@@ -388,38 +388,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _data_only_run_config(path: str, overrides: dict[str, Any]):
     """A data config for `cxr validate --purpose evaluation`: the same file `cxr evaluate` takes, which may
     leave out `backbones` (nothing is trained or predicted when validating); --set applies last."""
-    from components.config import parse_run_config, read_yaml_mapping, run_config_default, set_dotted
-
-    data = read_yaml_mapping(path, "run config")
-    if not data:
-        raise ConfigError(f"run config {path} is empty")
-    data.setdefault("backbones", [{"name": "MobileNet", "weights": "none"}])  # unused: validation only
-    for dotted, value in overrides.items():
-        set_dotted(data, dotted, value, defaults=run_config_default)
-    return parse_run_config(data, origin=str(path))
+    unused = [{"name": "MobileNet", "weights": "none"}]  # validation only: no backbone runs
+    return load_run_config(path, overrides, missing={"backbones": unused})
 
 
 def _evaluation_run_config(path: str, overrides: dict[str, Any], registered: RegisteredVersion):
     """The run config of `cxr evaluate`: a data config may leave out `task` and `backbones`, which then
     default to the registered version's own (its contract); --set applies last."""
-    from components.config import parse_run_config, read_yaml_mapping, run_config_default, set_dotted
-
-    data = read_yaml_mapping(path, "run config")
-    if not data:
-        raise ConfigError(f"run config {path} is empty")
     contract = registered.contract
+    missing: dict[str, Any] = {}
     if "task" in contract:
-        data.setdefault("task", contract["task"])
+        missing["task"] = contract["task"]
     if "backbone" in contract and "image_size" in contract:
-        backbone = {
-            "name": contract["backbone"],
-            "image_size": contract["image_size"],
-            "weights": registered.pinned_uri,
-        }
-        data.setdefault("backbones", [backbone])
-    for dotted, value in overrides.items():
-        set_dotted(data, dotted, value, defaults=run_config_default)
-    return parse_run_config(data, origin=str(path))
+        missing["backbones"] = [
+            {"name": contract["backbone"], "image_size": contract["image_size"], "weights": registered.pinned_uri}
+        ]
+    return load_run_config(path, overrides, missing=missing)
 
 
 def _warnings(text: str | None) -> list[str]:

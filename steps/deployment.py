@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from components.deployment import (
     wait_until_healthy,
 )
 from components.errors import CxrError
+from components.registry import read_run_text
 from components.serving import SERVED_VERSION_VARIABLE
 
 # Recorded in the service config's pipeline fields: who made the deployment.
@@ -144,16 +144,13 @@ def load_canary(client: MlflowClient, model_name: str, version: str) -> Canary:
     Raises:
         DeploymentError: the version has no canary (it was not registered by cxr train).
     """
-    found = client.get_model_version(model_name, version)
-    names = {item.path for item in client.list_artifacts(found.run_id, "evaluation")} if found.run_id else set()
-    if CANARY_ARTIFACT not in names:
+    text = read_run_text(client, client.get_model_version(model_name, version).run_id, CANARY_ARTIFACT)
+    if text is None:
         raise DeploymentError(
             f"{model_name} v{version} has no {CANARY_ARTIFACT} in its run: it was not registered by cxr train, "
             "so it cannot be checked before it serves"
         )
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(found.run_id, CANARY_ARTIFACT, folder)
-        return Canary.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    return Canary.model_validate_json(text)
 
 
 def deploy_version(model_name: str, version: str, settings: DeploymentConfig, canary: Canary) -> DeploymentOutcome:
@@ -179,11 +176,14 @@ def deploy_version(model_name: str, version: str, settings: DeploymentConfig, ca
     deployer = _deployer()
     running = model_services(model_name)
     for service in running:
-        if str(service.config.registry_model_version) == str(version) and _describe(service).healthy:
+        if str(service.config.registry_model_version) != str(version):
+            continue
+        serving = _describe(service)  # one health check
+        if serving.healthy:
             return DeploymentOutcome(
                 action="kept",
-                deployment=_describe(service),
-                message=f"{model_name} v{version} already serves at {service.get_prediction_url()}: kept",
+                deployment=serving,
+                message=f"{model_name} v{version} already serves at {serving.url}: kept",
             )
     for service in [s for s in running if str(s.config.registry_model_version) == str(version)]:
         # Not healthy (checked above): a dead or stuck server of this version holds its name; remove it.
