@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.backbones import BACKBONES, get_backbone, parse_models_uri, weights_kind
+from components.drift import DriftConfig  # declared beside its tests
 from components.errors import CxrError
 from components.labels import TASK_LABELS, Task, label_map_for_task
 from components.metric_keys import LOWER_IS_BETTER, metric_keys
@@ -370,6 +371,34 @@ class ServingConfig(_Strict):
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000)
 
 
+class BatchConfig(_Strict):
+    """`cxr predict-batch` (pipelines/batch_inference.py): scoring a drop of new images with a registered model."""
+
+    # models:/<name>@<alias> or models:/<name>/<version>; None: models:/<registry.model_name>@champion.
+    # An alias is resolved when the run starts and the version recorded.
+    model: str | None = None
+    # Images decoded and predicted together (memory about batch_size x S x S x 16 bytes at input side S).
+    batch_size: int = Field(64, ge=1, le=4096)
+    # Grad-CAM heat maps (components.explain) for the first this many images in the report; 0: none.
+    explain: int = Field(0, ge=0, le=1000)
+    # Images shown per predicted class in the report's sample strip.
+    samples_per_class: int = Field(6, ge=0, le=50)
+    # Input and output drift against the model's training and validation data (components.drift).
+    drift: DriftConfig = DriftConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _is_models_uri(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            try:
+                parse_models_uri(uri)
+            except ValueError:
+                raise ValueError(
+                    f"{uri!r} is not a registered model: give models:/<name>@<alias> or models:/<name>/<version>"
+                ) from None
+        return uri
+
+
 class RunConfig(_Strict):
     """One run config (configs/*.yaml): what to train on, how, and where to register it."""
 
@@ -386,6 +415,7 @@ class RunConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
     deployment: DeploymentConfig = DeploymentConfig()
+    batch: BatchConfig = BatchConfig()
 
     @model_validator(mode="after")
     def _unique_backbones(self) -> RunConfig:

@@ -42,6 +42,10 @@ same person appearing in two public datasets cannot be detected from ids.
   silently yielding an empty dataset. Options: ``patient_id_pattern`` (regex
   with a ``patient_id`` group searched in the file stem; default: the text
   before the first ``_``, else the whole stem), ``default_view``.
+- ``images``: every file below ``root`` at any depth, without labels (a drop of
+  new images for ``cxr predict-batch``); every row is ``unlabelled finding``
+  for training and evaluation. Options: ``patient_id_pattern``, ``default_view``
+  (as ``folder``).
 - ``ieee8023``: the covid-chestxray-dataset layout, ``metadata.csv`` plus the
   image folder named in its ``folder`` column (``images``). CT rows are
   excluded (not an X-ray), lateral views excluded.
@@ -167,6 +171,7 @@ __all__ = [
     "Figure1Options",
     "FolderOptions",
     "Ieee8023Options",
+    "ImagesOptions",
     "KagglePneumoniaOptions",
     "ManifestOptions",
     "OptionInfo",
@@ -611,6 +616,61 @@ def folder_candidates(root: str, task: str, options: FolderOptions) -> list[dict
             view=options.default_view,
         )
         for relative in in_classes
+    ]
+
+
+class ImagesOptions(SourceOptions):
+    """Options of an ``images`` source: new images without labels, for batch inference."""
+
+    kind: Literal["images"] = "images"
+    patient_id_pattern: str = Field(
+        DEFAULT_PATIENT_ID_PATTERN,
+        description="regex searched in each file stem; its group (?P<patient_id>...) is the patient id "
+        "(no match: the whole stem, each image its own patient)",
+    )
+    default_view: DefaultView = UNKNOWN_VIEW
+
+    @field_validator("patient_id_pattern")
+    @classmethod
+    def _has_patient_group(cls, pattern: str) -> str:
+        _compile_patient_pattern(pattern)
+        return pattern
+
+
+@register_source("images", options=ImagesOptions)
+def images_candidates(root: str, task: str, options: ImagesOptions) -> list[dict[str, Any]]:
+    """Every file below ``root``, at any depth, unlabelled: a drop of new images to score (cxr predict-batch).
+
+    No finding is known, so every row is ``unlabelled finding`` for training and evaluation (which
+    need labels); batch inference scores them. Files that are not PNG/JPEG are excluded rows, so
+    that nothing in the drop goes unmentioned.
+
+    Args:
+        root: The source root (absolute local path or ``s3://`` URI).
+        task: ``binary`` or ``multiclass``.
+        options: The source's config.
+
+    Returns:
+        One candidate per file.
+
+    Raises:
+        SourceError: The root holds no file.
+    """
+    mapping = label_map_for_task(task, options.label_map)
+    pattern = _compile_patient_pattern(options.patient_id_pattern)
+    files = list_files(root)
+    if not files:
+        raise SourceError(f"images source root {root}: no files")
+    return [
+        candidate(
+            root,
+            relative,
+            "",
+            _patient_id_from_stem(PurePosixPath(relative).stem, pattern),
+            mapping,
+            view=options.default_view,
+        )
+        for relative in files
     ]
 
 

@@ -12,6 +12,8 @@
     cxr check-config --config FILE     validate a run config, run nothing
     cxr serve [--config FILE]          serve the champion over HTTP (MLflow's protocol; limits, /health, /version)
     cxr predict IMAGE|DIR|LIST.csv...  label + probabilities from the champion, as a TSV/CSV/JSON table
+    cxr predict-batch --config FILE    the batch inference pipeline: a drop (any source, labels optional)
+                                       scored in-process; input/output drift; Parquet, CSV, HTML report
     cxr models [show VERSION | history]  registered versions: aliases, metrics with CIs, why
     cxr promote VERSION --reason TEXT  move `champion` by hand (gated unless --force; recorded)
     cxr rollback --reason TEXT         give `champion` back to the previous champion (recorded)
@@ -441,6 +443,66 @@ def format_evaluation(summary: EvaluationRunSummary) -> str:
     return "\n".join(lines)
 
 
+def cmd_predict_batch(args: argparse.Namespace) -> int:
+    """Exit 0 when the drop was scored, 1 when a blocking input drift stopped it (its summary printed)."""
+    from components.batch_inference import BatchDriftError
+    from components.registered_evaluation import parse_model_reference
+    from cxr.runner import registered_version, run_batch_inference
+
+    _check_summary_path(args.summary_json)
+    paths = _registry_paths(args.workdir)
+    overrides = _parse_overrides(args.set)
+    if args.explain is not None:
+        overrides["batch.explain"] = args.explain
+    first = _data_only_run_config(args.config, overrides)
+    model_uri = args.model or first.batch.model or f"models:/{first.registry.model_name}@champion"
+    parse_model_reference(model_uri)  # ModelReferenceError (exit 2) before anything runs
+    registered = registered_version(model_uri)
+    config = _evaluation_run_config(args.config, overrides, registered)
+    try:
+        summary = run_batch_inference(config, model_uri, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
+    except BatchDriftError as blocked:
+        print(format_batch(blocked.summary))
+        print(f"error: {blocked}", file=sys.stderr)
+        return 1
+    print(format_batch(summary))
+    if args.summary_json:
+        Path(args.summary_json).write_text(summary.model_dump_json(indent=2))
+    return 0
+
+
+def format_batch(summary) -> str:
+    """What `cxr predict-batch` prints: the version, the data, drift verdicts and where the outputs are."""
+    given = f" ({summary.model_uri})" if summary.model_uri != f"models:/{summary.model_name}/{summary.version}" else ""
+    excluded = ", ".join(f"{count} {reason}" for reason, count in summary.excluded.items()) or "none"
+    predicted = ", ".join(f"{name} {count}" for name, count in summary.predicted.items()) or "none"
+    lines = [
+        "",
+        "=" * 72,
+        f"Batch run '{summary.run_name}' "
+        + ("STOPPED by input drift." if summary.predictions_csv is None else "finished."),
+        f"Model:             {summary.model_name} version {summary.version}{given}",
+        f"Data version:      {summary.dataset_version}: {summary.images} files, {summary.scored} scored",
+        f"Excluded:          {excluded}",
+        f"Input drift:       {summary.input_drift}",
+        *[f"  {line}" for line in summary.input_drift_summary.splitlines()],
+    ]
+    if summary.predictions_csv is not None:
+        lines += [
+            f"Output drift:      {summary.output_drift}",
+            *[f"  {line}" for line in summary.output_drift_summary.splitlines()],
+            f"Predicted:         {predicted}; {summary.ood_flagged} flagged out of distribution",
+            f"Predictions:       {summary.predictions_csv}",
+            f"                   {summary.predictions_parquet}",
+        ]
+    lines += [
+        f"Report:            {summary.report}",
+        f"MLflow run:        {summary.mlflow_run_id} (experiment 'cxr_batch_inference')",
+        "=" * 72,
+    ]
+    return "\n".join(lines)
+
+
 def _serving_config(args: argparse.Namespace):
     """The run config of --config (with --set) for `cxr serve` and `cxr predict`, or None without --config."""
     if args.set and not args.config:
@@ -758,6 +820,30 @@ def build_parser() -> argparse.ArgumentParser:
         "also write the evaluation summary (assessments with CIs) to this JSON file",
     )
     sub.set_defaults(handler=cmd_evaluate)
+    sub = commands.add_parser(
+        "predict-batch", help="score a drop of new images with a registered model; drift checks; Parquet/CSV, report"
+    )
+    sub.add_argument(
+        "--model",
+        metavar="URI",
+        help="models:/<name>@<alias> or models:/<name>/<version> (default: batch.model, else "
+        "models:/<registry.model_name>@champion)",
+    )
+    sub.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=16,
+        metavar="N",
+        help="Grad-CAM heat maps of the first N images in the report (default N 16; batch.explain)",
+    )
+    _add_run_arguments(
+        sub,
+        "batch config YAML: data.sources to score (e.g. kind images), optional batch section (drift, explain)",
+        True,
+        "also write the batch summary to this JSON file",
+    )
+    sub.set_defaults(handler=cmd_predict_batch)
     _add_registry_parsers(commands)
     _add_deployment_parsers(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)

@@ -331,6 +331,34 @@ def collect_evaluation(pipeline_run_id, model_uri: str) -> EvaluationRunSummary:
     )
 
 
+def run_batch_inference(
+    config: RunConfig, model_uri: str, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+) -> Any:
+    """Score the data of `config` with the registered version `model_uri` names (pipelines/batch_inference.py).
+
+    Returns:
+        The run's components.batch.BatchSummary.
+
+    Raises:
+        BatchDriftError: a blocking input drift stopped the run before predictions were written (it carries the
+            summary and the report's path).
+    """
+    _prepare(config, paths, project_root)
+    from pipelines.batch_inference import batch_inference_pipeline
+
+    pipeline_run = _run_pipeline(
+        batch_inference_pipeline, config, paths, project_root, zenml_overlays, model_uri=model_uri
+    )
+    from zenml.client import Client
+
+    from steps.names import BATCH_SUMMARY, PREDICT_BATCH_STEP
+
+    run = Client().get_pipeline_run(pipeline_run.id)
+    if run.status.value != "completed":
+        raise RuntimeError(f"pipeline run {run.name} ended with status {run.status.value}")
+    return run.steps[PREDICT_BATCH_STEP].outputs[BATCH_SUMMARY][0].load()
+
+
 class AblationRunSummary(AblationSummary):
     """What `cxr ablation` prints and writes with --summary-json: the table and where it is logged."""
 

@@ -21,6 +21,7 @@ EXPERIMENT_NAME = "cxr_training"  # = the training pipeline's name, which ZenML 
 DATA_EXPERIMENT_NAME = "cxr_data_validation"  # = the data validation pipeline's name
 ABLATION_EXPERIMENT_NAME = "cxr_ablation"  # = the ablation pipeline's name
 EVALUATION_EXPERIMENT_NAME = "cxr_evaluation"  # = the evaluation pipeline's name (cxr evaluate)
+BATCH_EXPERIMENT_NAME = "cxr_batch_inference"  # = the batch inference pipeline's name (cxr predict-batch)
 REPRODUCTION_EXPERIMENT_NAME = "cxr_reproduction"  # cxr reproduce: the paper's Tables 3 and 4 (a run, no pipeline)
 
 
@@ -137,6 +138,7 @@ def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
         DATA_EXPERIMENT_NAME,
         ABLATION_EXPERIMENT_NAME,
         EVALUATION_EXPERIMENT_NAME,
+        BATCH_EXPERIMENT_NAME,
         REPRODUCTION_EXPERIMENT_NAME,
     ):
         ensure_mlflow_experiment(paths.tracking_uri, paths.mlflow_artifacts, experiment)

@@ -21,6 +21,11 @@ DEPLOYMENT = "deployment"
 EVALUATION_CARD = "evaluation_card"
 EVALUATION_CARD_HTML = "evaluation_card_html"
 
+# Batch inference (steps/batch.py, cxr predict-batch).
+BATCH_PREDICTIONS = "batch_predictions"
+BATCH_REPORT = "batch_report"
+BATCH_SUMMARY = "batch_summary"
+
 # Stack components the steps refer to by name (created by `cxr setup`, see cxr/stack.py).
 EXPERIMENT_TRACKER = "cxr_mlflow_tracker"
 
@@ -47,6 +52,7 @@ REGISTER_STEP = "register_best_model"
 PROMOTE_STEP = "promote_model"
 DEPLOY_STEP = "deploy_model"
 EVALUATE_REGISTERED_STEP = "evaluate_registered_model"  # cxr evaluate (pipelines/evaluation.py)
+PREDICT_BATCH_STEP = "predict_batch"  # cxr predict-batch (pipelines/batch_inference.py)
 ABLATION_REPORT_STEP = "ablation_report"
 AUGMENT_ON_STEP = "augment_on"  # the ablation's two augment steps
 AUGMENT_OFF_STEP = "augment_off"

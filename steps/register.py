@@ -10,6 +10,7 @@ import pandas as pd
 from zenml import step
 from zenml.logger import get_logger
 
+from components.batch_inference import DRIFT_ARTIFACT, drift_reference_for_rows
 from components.config import EvaluationConfig, RegistryConfig
 from components.deployment import CANARY_ARTIFACT, make_canary
 from components.evaluation import Evaluation, best_candidate
@@ -83,6 +84,19 @@ def register_best_model(
         seed=seed,
     )
     mlflow.log_text(ood.model_dump_json(), OOD_ARTIFACT)
+    # The drift reference (components.drift): what cxr predict-batch compares a new drop with.
+    val = next(p for p in chosen.predictions if p.split == "val")
+    drift = drift_reference_for_rows(
+        models[best],
+        split_manifest[split_manifest["split"] == "train"],
+        split_manifest[split_manifest["split"] == "val"],
+        val.probabilities,
+        contract["class_names"],
+        backbone.image_size,
+        ood,
+        seed=seed,
+    )
+    mlflow.log_text(drift.model_dump_json(), DRIFT_ARTIFACT)
     logger.info("OOD reference: threshold %.2f (%s percentile %.1f)", ood.threshold, ood.calibration, ood.percentile)
     with tempfile.TemporaryDirectory() as folder:
         keras_path = os.path.join(folder, "model.keras")

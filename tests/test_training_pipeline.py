@@ -416,6 +416,119 @@ def test_missing_source_folder_is_named_without_a_traceback(local_stack, tmp_pat
 # ---------------------------------------------------------------- cxr evaluate: the champion on a new drop
 
 
+def _batch_config(sources: list[dict], **batch) -> dict:
+    """A batch config as a user writes one: sources and the model's registry name; task and backbone from the model."""
+    return {
+        "name": "batch-test",
+        "data": {"sources": sources},
+        "validation": {"min_width": 64, "min_height": 64},
+        "registry": {"model_name": MODEL_NAME},
+        "batch": batch,
+    }
+
+
+def _new_drop(root: Path, seed: int, invert: bool = False) -> Path:
+    """A drop of unlabelled synthetic images like the training ones (another seed), optionally inverted,
+    plus a file that is not an image and an image below the minimum size."""
+    import numpy as np
+    from PIL import Image
+
+    from components.synthetic import generate_dataset
+
+    generate_dataset(root / "generated", n_patients_per_class=4, images_per_patient=1, image_size=96, seed=seed)
+    drop = root / "drop"
+    for index, path in enumerate(sorted((root / "generated").glob("*/*.png"))):
+        pixels = np.asarray(Image.open(path).convert("L"))
+        (drop / "scans").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - pixels if invert else pixels).save(drop / "scans" / f"p{index:02d}_scan.png")
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(drop / "tiny.png")
+    (drop / "notes.txt").write_text("not an image")
+    return drop
+
+
+def _run_batch(local_stack, config: dict, folder: Path, capsys, *options: str):
+    import json
+
+    summary_path = folder / "batch-summary.json"
+    code = run_cxr(local_stack, "predict-batch", config, folder, "--summary-json", str(summary_path), *options)
+    captured = capsys.readouterr()
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return code, captured, summary
+
+
+def test_predict_batch_scores_a_drop_like_the_training_data_and_lists_what_it_excluded(
+    trained, local_stack, tmp_path, capsys
+):
+    import pandas as pd
+
+    drop = _new_drop(tmp_path, seed=77)
+    config = _batch_config([{"kind": "images", "root": str(drop), "name": "ward-7"}], explain=2)
+    code, captured, summary = _run_batch(local_stack, config, tmp_path, capsys)
+    assert code == 0, captured.out[-3000:] + captured.err[-3000:]
+    assert summary["input_drift"] in ("passed", "warning"), summary["input_drift_summary"]
+    assert summary["scored"] == 12
+    assert summary["excluded"] == {"not a PNG/JPEG file": 1, "image too small": 1}
+
+    table = pd.read_parquet(summary["predictions_parquet"])
+    assert len(table) == 12
+    assert set(table["model_version"]) == {f"{MODEL_NAME}/{summary['version']}"}
+    assert table.filter(like="prob_").sum(axis=1).round(6).eq(1).all()
+    assert (table["reference_label"] == "").all()  # an images source has no labels
+    csv_table = pd.read_csv(summary["predictions_csv"])
+    assert list(csv_table["uri"]) == list(table["uri"])
+
+    report = Path(summary["report"]).read_text(encoding="utf-8")
+    assert "Input drift" in report
+    assert "Grad-CAM" in report
+    assert "tiny.png" in report  # excluded files are listed with their reason
+    assert "image too small" in report
+
+
+def test_predict_batch_stops_before_predicting_an_inverted_drop(trained, local_stack, tmp_path, capsys):
+    drop = _new_drop(tmp_path, seed=77, invert=True)
+    config = _batch_config([{"kind": "images", "root": str(drop), "name": "ward-7"}])
+    code, captured, _ = _run_batch(local_stack, config, tmp_path, capsys)
+    assert code == 1, captured.out[-3000:]
+    assert "input drift blocked the batch" in captured.err
+    assert "Traceback" not in captured.err
+    folder = Path(captured.out.split("Report:")[1].split()[0]).parent
+    assert (folder / "report.html").is_file()
+    assert not (folder / "predictions.csv").exists()
+    assert "BLOCKED" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_predict_batch_on_shared_datasets_and_s3_flags_real_images_as_drifted(
+    trained, local_stack, shared_datasets, s3_env, tmp_path, capsys
+):
+    import shutil
+    import time
+
+    import pandas as pd
+
+    # Ten ieee8023 radiographs uploaded to the S3 server; the Actualmed set read in its own layout, on disk.
+    bucket = Path(s3_env["dir"]) / "batch-drops" / "clinic"
+    bucket.mkdir(parents=True)
+    for path in sorted((shared_datasets / "covid-chestxray-dataset" / "images").glob("*.jp*g"))[:10]:
+        shutil.copy(path, bucket / path.name)
+    time.sleep(s3_env["settle_s"])
+    sources = [
+        {"kind": "actualmed", "root": str(shared_datasets / "actualmed-covid-chestxray-dataset"), "name": "actualmed"},
+        {"kind": "images", "root": "s3://batch-drops/clinic", "name": "clinic"},
+    ]
+    # The champion was trained on synthetic images: real radiographs are drifted, as a warning here.
+    blocking = ["embedding_pc", "ood_score", "intensity_mean", "intensity_std", "intensity_skewness", "sharpness"]
+    drift = {"features": {name: {"severity": "warn"} for name in blocking}}
+    config = _batch_config(sources, drift=drift)
+    code, captured, summary = _run_batch(local_stack, config, tmp_path, capsys)
+    assert code == 0, captured.out[-3000:] + captured.err[-3000:]
+    assert summary["input_drift"] == "warning", summary["input_drift_summary"]
+    table = pd.read_parquet(summary["predictions_parquet"])
+    assert set(table["source"]) == {"actualmed", "clinic"}
+    assert table.loc[table["source"] == "clinic", "uri"].str.startswith("s3://batch-drops/clinic/").all()
+    labelled = table[table["source"] == "actualmed"]["reference_label"]
+    assert set(labelled) >= {"COVID-19", "normal"}  # Actualmed's own labels travel with the predictions
+
+
 @pytest.fixture(scope="module")
 def evaluation_drop(tmp_path_factory) -> dict:
     """A data config (no task, no backbones: they default to the model's) over a fresh labelled

@@ -1,0 +1,110 @@
+"""Batch inference (`cxr predict-batch`): score a drop with a registered model, check drift, write the outputs."""
+
+from pathlib import Path
+from typing import Annotated
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from zenml import log_metadata, step
+from zenml.logger import get_logger
+from zenml.types import HTMLString
+
+from components.batch import BatchSummary, inference_manifest
+from components.batch_inference import (
+    BatchDriftError,
+    batch_folder_name,
+    build_page,
+    load_drift_reference,
+    load_registered_classifier,
+    run_batch,
+)
+from components.batch_report import batch_report_html
+from components.config import BatchConfig
+from components.labels import Task
+from components.manifest import dataset_version, exclusion_summary
+from components.validation.settings import ValidationConfig
+from steps.names import BATCH_PREDICTIONS, BATCH_REPORT, BATCH_SUMMARY, EXPERIMENT_TRACKER
+
+logger = get_logger(__name__)
+
+
+@step(enable_cache=False, experiment_tracker=EXPERIMENT_TRACKER)
+def predict_batch(
+    manifest: pd.DataFrame,
+    model_uri: str,
+    task: Task,
+    validation: ValidationConfig,
+    batch: BatchConfig,
+    run_name: str,
+    reports_dir: str,
+) -> tuple[
+    Annotated[pd.DataFrame, BATCH_PREDICTIONS],
+    Annotated[HTMLString, BATCH_REPORT],
+    Annotated[BatchSummary, BATCH_SUMMARY],
+]:
+    """Score every usable image of the drop with the version `model_uri` names (an alias resolved now).
+
+    Input drift against the version's drift reference is checked on the forward pass's embeddings
+    and image statistics before anything is written; a blocking drift writes the report (no
+    predictions) and raises BatchDriftError. Otherwise the predictions (Parquet and CSV), the
+    excluded rows (CSV), the drift reports (JSON) and the HTML report are written under
+    ``<reports_dir>/batch/<name>-v<version>-on-<dataset version>/`` and logged to this step's MLflow run.
+    """
+    client = MlflowClient()
+    classifier = load_registered_classifier(client, model_uri, task)
+    rows = inference_manifest(manifest, validation.min_width, validation.min_height)
+    data_version = dataset_version(manifest)
+    reference = load_drift_reference(client, classifier)
+    folder = Path(reports_dir) / "batch" / batch_folder_name(classifier.name, classifier.version, data_version)
+    result = run_batch(classifier, rows, reference, batch, data_version, folder)
+    page = build_page(classifier, result, batch, run_name, data_version)
+    report = folder / "report.html"
+    report.write_text(batch_report_html(page), encoding="utf-8")
+
+    mlflow.set_tags(
+        {
+            "model_name": classifier.name,
+            "model_version": classifier.version,
+            "model_uri": model_uri,
+            "dataset_version": data_version,
+            "input_drift": result.input_drift.verdict,
+        }
+    )
+    mlflow.log_metrics(
+        {"images": len(rows), "scored": result.scored, "ood_flagged": result.ood_flagged, "excluded": result.excluded}
+    )
+    mlflow.log_artifacts(str(folder), "batch")
+    run_id = mlflow.active_run().info.run_id
+    summary = BatchSummary(
+        run_name=run_name,
+        model_uri=model_uri,
+        model_name=classifier.name,
+        version=classifier.version,
+        dataset_version=data_version,
+        images=len(rows),
+        scored=result.scored,
+        excluded=exclusion_summary(rows),
+        predicted=result.predicted,
+        ood_flagged=result.ood_flagged,
+        input_drift=result.input_drift.verdict,
+        input_drift_summary=result.input_drift.summary(),
+        output_drift=result.output_drift.verdict if result.output_drift else "not checked",
+        output_drift_summary=result.output_drift.summary() if result.output_drift else "",
+        predictions_parquet=str(result.parquet) if result.parquet else None,
+        predictions_csv=str(result.csv) if result.csv else None,
+        report=str(report),
+        mlflow_run_id=run_id,
+    )
+    (folder / "summary.json").write_text(summary.model_dump_json(indent=2), encoding="utf-8")
+    if result.input_drift.blocking:
+        raise BatchDriftError(summary)
+    log_metadata(
+        metadata={"path": str(report), "mlflow_run_id": run_id, "input_drift": result.input_drift.verdict},
+        artifact_name=BATCH_REPORT,
+        infer_artifact=True,
+    )
+    logger.info(
+        "%s v%s scored %d image(s) of %s: %s", classifier.name, classifier.version, result.scored, data_version, report
+    )
+    return result.predictions, HTMLString(report.read_text(encoding="utf-8")), summary
