@@ -188,6 +188,7 @@ class BatchSummary(BaseModel):
     predictions_parquet: str | None  # None when a blocking drift stopped the run before predictions were written
     predictions_csv: str | None
     report: str
+    evaluation_card: str | None = None  # the card on the labelled rows (None: no labelled row it had not seen)
     mlflow_run_id: str | None
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "batch_folder_name",
     "build_page",
     "drift_reference_for_rows",
+    "evaluate_labelled",
     "load_drift_reference",
     "load_registered_classifier",
     "run_batch",
@@ -348,6 +349,75 @@ def run_batch(
     )
     result.plots = _plots(reference, scored_rows, images, ood_scores, drift_in, drift_out)
     return result
+
+
+def evaluate_labelled(
+    client: Any,
+    model_uri: str,
+    classifier: RegisteredClassifier,
+    result: BatchResult,
+    task: str,
+    evaluation: Any,
+    seed: int,
+    run_name: str,
+    data_version: str,
+    folder: Path,
+):
+    """The evaluation card (components.drop_evaluation) on the drop's labelled rows, from the batch's predictions.
+
+    Rows whose reference label is one of the model's classes are assessed per source
+    ("external:<source>"), images the version trained or was selected on left out, with the decision
+    rule recorded on the version; nothing is predicted again.
+
+    Args:
+        client: MLflow client of the registry.
+        model_uri: the model reference as given.
+        classifier: the loaded version.
+        result: a BatchResult with predictions (not blocked).
+        task: "binary" or "multiclass".
+        evaluation: the run config's EvaluationConfig.
+        seed: the bootstrap's seed.
+        run_name: the run config's name.
+        data_version: the drop's dataset version.
+        folder: where the card goes.
+
+    Returns:
+        components.drop_evaluation.DropEvaluation, or None when no row is labelled or every labelled
+        image was seen by the version (a note in the log says which).
+    """
+    from components.drop_evaluation import evaluate_on_drop
+    from components.evaluation import EXTERNAL_PREFIX
+    from components.registered_evaluation import NothingUnseenError, parse_model_reference, resolve_model_version
+
+    rows = result.scored_rows
+    labelled = rows[rows["label"].isin(classifier.class_names)]
+    if labelled.empty:
+        return None
+    rows_by_split = [(f"{EXTERNAL_PREFIX}{source}", group) for source, group in labelled.groupby("source", sort=True)]
+    by_uri = dict(zip(result.predictions["uri"], result.images.probabilities, strict=True))
+
+    def predict(empty: list) -> list:
+        return [p.model_copy(update={"probabilities": [list(map(float, by_uri[u])) for u in p.uris]}) for p in empty]
+
+    reference = parse_model_reference(model_uri)
+    version = resolve_model_version(client, reference)
+    try:
+        return evaluate_on_drop(
+            client,
+            reference,
+            version,
+            rows_by_split,
+            predict,
+            classifier.class_names,
+            task,
+            evaluation,
+            seed,
+            run_name,
+            data_version,
+            folder,
+        )
+    except NothingUnseenError:
+        return None
 
 
 def _caption(uri: str, probability: float, flagged: bool) -> str:

@@ -26,6 +26,8 @@ def batch_inference_pipeline(run: RunConfig, model_uri: str, docs_dir: str, repo
         task=run.task,
         validation=run.validation,
         batch=run.batch,
+        evaluation=run.evaluation,
+        seed=run.seed,
         run_name=run.name,
         reports_dir=reports_dir,
     )

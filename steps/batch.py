@@ -15,12 +15,13 @@ from components.batch_inference import (
     BatchDriftError,
     batch_folder_name,
     build_page,
+    evaluate_labelled,
     load_drift_reference,
     load_registered_classifier,
     run_batch,
 )
 from components.batch_report import batch_report_html
-from components.config import BatchConfig
+from components.config import BatchConfig, EvaluationConfig
 from components.labels import Task
 from components.manifest import dataset_version, exclusion_summary
 from components.validation.settings import ValidationConfig
@@ -36,6 +37,8 @@ def predict_batch(
     task: Task,
     validation: ValidationConfig,
     batch: BatchConfig,
+    evaluation: EvaluationConfig,
+    seed: int,
     run_name: str,
     reports_dir: str,
 ) -> tuple[
@@ -44,6 +47,9 @@ def predict_batch(
     Annotated[BatchSummary, BATCH_SUMMARY],
 ]:
     """Score every usable image of the drop with the version `model_uri` names (an alias resolved now).
+
+    When rows carry labels, the version's evaluation card on them (per source, images it saw left
+    out) is written beside the predictions, from the same forward pass.
 
     Input drift against the version's drift reference is checked on the forward pass's embeddings
     and image statistics before anything is written; a blocking drift writes the report (no
@@ -58,7 +64,14 @@ def predict_batch(
     reference = load_drift_reference(client, classifier)
     folder = Path(reports_dir) / "batch" / batch_folder_name(classifier.name, classifier.version, data_version)
     result = run_batch(classifier, rows, reference, batch, data_version, folder)
+    card = None
+    if not result.input_drift.blocking:
+        card = evaluate_labelled(
+            client, model_uri, classifier, result, task, evaluation, seed, run_name, data_version, folder / "evaluation"
+        )
     page = build_page(classifier, result, batch, run_name, data_version)
+    if card is not None:
+        page.outputs.append(("Evaluation card (labelled rows)", str(card.html)))
     report = folder / "report.html"
     report.write_text(batch_report_html(page), encoding="utf-8")
 
@@ -94,6 +107,7 @@ def predict_batch(
         predictions_parquet=str(result.parquet) if result.parquet else None,
         predictions_csv=str(result.csv) if result.csv else None,
         report=str(report),
+        evaluation_card=str(card.html) if card is not None else None,
         mlflow_run_id=run_id,
     )
     (folder / "summary.json").write_text(summary.model_dump_json(indent=2), encoding="utf-8")

@@ -527,6 +527,12 @@ def test_predict_batch_on_shared_datasets_and_s3_flags_real_images_as_drifted(
     assert table.loc[table["source"] == "clinic", "uri"].str.startswith("s3://batch-drops/clinic/").all()
     labelled = table[table["source"] == "actualmed"]["reference_label"]
     assert set(labelled) >= {"COVID-19", "normal"}  # Actualmed's own labels travel with the predictions
+    # Labelled rows get the evaluation card of the version, from the batch's own predictions.
+    card = Path(summary["evaluation_card"]).with_suffix(".json")
+    import json
+
+    assessed = json.loads(card.read_text())
+    assert [a["split"] for a in assessed["assessments"]] == ["external:actualmed"]
 
 
 @pytest.fixture(scope="module")
