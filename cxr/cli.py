@@ -14,6 +14,7 @@
     cxr predict IMAGE|DIR|LIST.csv...  label + probabilities from the champion, as a TSV/CSV/JSON table
     cxr predict-batch --config FILE    the batch inference pipeline: a drop (any source, labels optional)
                                        scored in-process; input/output drift; Parquet, CSV, HTML report
+    cxr explain IMAGE [--model URI]    the champion's prediction for one image and its Grad-CAM heat map (PNG)
     cxr models [show VERSION | history]  registered versions: aliases, metrics with CIs, why
     cxr promote VERSION --reason TEXT  move `champion` by hand (gated unless --force; recorded)
     cxr rollback --reason TEXT         give `champion` back to the previous champion (recorded)
@@ -623,6 +624,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Exit 0 with the PNG written; an unusable image, no such model or class: one `error:` line (main)."""
+    config = load_run_config(args.config, {}) if args.config else None
+    _registry_paths(args.workdir)
+    from components.serving import InputLimits
+    from cxr.explain import explain_image, format_explanation
+
+    name = config.registry.model_name if config is not None else DEFAULT_MODEL_NAME
+    limits = InputLimits.from_config(config.serving, config.validation) if config is not None else None
+    result = explain_image(args.image, args.model or f"models:/{name}@champion", args.output, args.cls, limits)
+    print(format_explanation(result))
+    return 0
+
+
+def _add_explain_parser(commands) -> None:
+    sub = commands.add_parser("explain", help="one image: the champion's prediction and its Grad-CAM heat map (PNG)")
+    sub.add_argument("image", help="an image file (PNG, JPEG)")
+    sub.add_argument(
+        "--model",
+        metavar="URI",
+        help="models:/<name>@<alias> or models:/<name>/<version> (default: models:/<--config's "
+        f"registry.model_name, else {DEFAULT_MODEL_NAME}>@champion)",
+    )
+    sub.add_argument("--config", help="a run config: its registry.model_name, `serving` limits and ingest minimum size")
+    sub.add_argument("--output", metavar="FILE.png", help="the PNG to write (default: <image stem>-gradcam.png here)")
+    sub.add_argument("--class", dest="cls", metavar="NAME", help="the class to explain (default: the predicted one)")
+    sub.set_defaults(handler=cmd_explain)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     paths = _environment(args.workdir)
     print(f".venv/bin/mlflow ui --backend-store-uri {paths.tracking_uri} --port 5000")
@@ -852,6 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("backbones", help="list the backbones").set_defaults(handler=cmd_backbones)
 
     _add_serving_parsers(commands)
+    _add_explain_parser(commands)
     return parser
 
 

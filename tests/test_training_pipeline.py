@@ -151,6 +151,7 @@ def test_the_run_writes_the_evaluation_card_and_explains_itself_in_both_registri
     assert "Intended use" in client.get_registered_model(MODEL_NAME).description
     assert [a.path for a in client.list_artifacts(summary.mlflow_run_id, "evaluation")] == [
         "evaluation/canary.json",
+        "evaluation/drift_reference.json",
         "evaluation/evaluation_card.html",
         "evaluation/evaluation_card.json",
         "evaluation/evidence.json",
@@ -694,3 +695,54 @@ def test_cxr_evaluate_leaves_out_what_the_version_trained_on_and_refuses_a_drop_
             f"{MODEL_NAME} v1"
         )
     )
+
+
+def test_cxr_explain_writes_the_grad_cam_of_the_champions_prediction(
+    trained, local_stack, tmp_path, capsys, monkeypatch
+):
+    from PIL import Image
+
+    from cxr.cli import main
+
+    image = _some_images(trained["data_root"], 1)[0]
+    monkeypatch.chdir(tmp_path)  # the PNG's default folder
+    champion = f"models:/{MODEL_NAME}@champion"
+    code = main(["--workdir", str(local_stack.workdir), "explain", str(image), "--model", champion])
+    out = capsys.readouterr().out
+    assert code == 0
+    predicted = next(line for line in out.splitlines() if line.startswith("Predicted:")).split()[1]
+    assert predicted in ("COVID-19", "normal", "pneumonia")
+    png = tmp_path / f"{image.stem}-gradcam.png"
+    assert f"Grad-CAM:    {png}" in out
+    with Image.open(png) as picture:
+        assert picture.size == (128, 64)  # the 64 x 64 model input | its overlay
+    other = "normal" if predicted != "normal" else "pneumonia"
+    output = tmp_path / "other.png"
+    options = ["--model", f"models:/{MODEL_NAME}/1", "--class", other, "--output", str(output)]
+    code = main(["--workdir", str(local_stack.workdir), "explain", str(image), *options])
+    assert code == 0
+    assert f"(class {other}:" in capsys.readouterr().out
+    assert output.is_file()
+
+
+@pytest.mark.parametrize(
+    ("case", "start"),
+    [
+        ("not an image", "error: {fake}: cannot decode image"),
+        ("unknown class", f"error: --class 'no-such-class' is not a class of models:/{MODEL_NAME}/"),
+        ("no such model", "error: models:/no-such-model@champion: no registered model 'no-such-model'"),
+    ],
+)
+def test_cxr_explain_errors_are_one_line(trained, local_stack, tmp_path, capsys, case, start):
+    from cxr.cli import main
+
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    image = fake if case == "not an image" else _some_images(trained["data_root"], 1)[0]
+    model = "models:/no-such-model@champion" if case == "no such model" else f"models:/{MODEL_NAME}@champion"
+    options = ["--class", "no-such-class"] if case == "unknown class" else []
+    code = main(["--workdir", str(local_stack.workdir), "explain", str(image), "--model", model, *options])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(start.format(fake=fake))
