@@ -984,8 +984,18 @@ def _registry_paths(workdir: str):
     """The work folder's paths, refusing a work folder whose MLflow registry does not exist yet.
 
     Commands that read the registry (models, promote, rollback, evaluate, deploy, serve, predict)
-    would otherwise create an empty one and report "no versions", hiding a wrong --workdir.
+    would otherwise create an empty one and report "no versions", hiding a wrong --workdir. The check
+    comes before the work folder is opened, so that a mistyped --workdir is not created either.
     """
+    from cxr.stack import LocalPaths
+
+    planned = LocalPaths(Path(workdir).resolve())
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if (not user_uri or user_uri == planned.tracking_uri) and not planned.mlflow_db.is_file():
+        raise ConfigError(
+            f"no MLflow registry in the work folder {planned.workdir} ({planned.mlflow_db} does not exist): nothing "
+            "was trained there yet (cxr train), or give the work folder that holds your models with --workdir"
+        )
     paths = _environment(workdir)
     if os.environ.get("MLFLOW_TRACKING_URI") == paths.tracking_uri and not paths.mlflow_db.is_file():
         raise ConfigError(

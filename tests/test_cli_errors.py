@@ -150,6 +150,13 @@ def test_registry_commands_in_a_work_folder_without_a_registry_say_so(tmp_path, 
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
 
 
+def test_a_mistyped_work_folder_is_not_created(tmp_path, another_workdir, capsys):
+    missing = tmp_path / "typo"
+    assert main(["--workdir", str(missing), "predict-batch", "--config", "configs/quickstart.yaml"]) == 2
+    assert f"no MLflow registry in the work folder {missing}" in _error_line(capsys)
+    assert not missing.exists()
+
+
 def test_a_corrupt_registry_database_is_one_error_line(tmp_path, another_workdir, capsys):
     database = tmp_path / "mlflow" / "mlflow.db"
     database.parent.mkdir(parents=True)
