@@ -4,14 +4,31 @@ Everything a local run writes lives below one work folder (default `.cxr/` in
 the project): ZenML's config and SQLite store, the artifact store, the MLflow
 SQLite tracking/registry database and MLflow's artifacts. `configure_environment`
 must run before ZenML is imported, because ZenML reads ZENML_CONFIG_PATH once.
+
+The stores record absolute paths, so a work folder remembers where it is
+(`<workdir>/.location`); one found elsewhere (moved or copied) is rewritten to
+point at its own files when it is opened (`open_workdir`, components.relocation),
+and `ensure_local_stack` points the stack's components at it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.relocation import (
+    Relocation,
+    WorkdirError,
+    read_location,
+    relocate,
+    sqlite_rows,
+    workdir_from_recorded,
+)
+
+logger = logging.getLogger(__name__)
 
 STACK_NAME = "cxr_local"
 ARTIFACT_STORE = "cxr_local_artifacts"
@@ -38,6 +55,16 @@ class LocalPaths:
         return self.workdir / "artifacts"
 
     @property
+    def zenml_global_config(self) -> Path:
+        """ZenML's global config: it records the absolute URL of ZenML's SQLite store."""
+        return self.zenml_config / "config.yaml"
+
+    @property
+    def zenml_db(self) -> Path:
+        """ZenML's SQLite store where ZenML puts it below ZENML_CONFIG_PATH."""
+        return self.zenml_config / "local_stores" / "default_zen_store" / "zenml.db"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.workdir / "mlflow" / "mlflow.db"
 
@@ -62,7 +89,11 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
     """Point ZenML and MLflow at the work folder; analytics and telemetry off.
 
     Variables already set by the user (e.g. a remote ZENML_STORE_URL or
-    MLFLOW_TRACKING_URI) are kept.
+    MLFLOW_TRACKING_URI) are kept. A work folder that was moved or copied since it was
+    last opened is rewritten to point at its own files (`open_workdir`).
+
+    Raises:
+        WorkdirError: The folder cannot be created, or it was moved and cannot be rewritten.
     """
     paths = LocalPaths(Path(workdir).resolve())
     defaults = {
@@ -96,8 +127,63 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
         paths.mlflow_artifacts,
         paths.reports,
     ):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WorkdirError(
+                f"work folder {paths.workdir}: cannot create {folder} ({error.strerror or error})"
+            ) from None
+    open_workdir(paths)
     return paths
+
+
+def _location_recorded_by_stores(paths: LocalPaths) -> Path | None:
+    """Where a folder made before `.location` existed was: ZenML's store URL, else MLflow's experiments."""
+    import yaml
+
+    try:
+        store = yaml.safe_load(paths.zenml_global_config.read_text())["store"]
+        recorded = [str(store[key]) for key in ("database", "url") if store.get(key)]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        recorded = []
+    zenml_db = paths.zenml_db.relative_to(paths.workdir).as_posix()
+    for value in recorded:
+        if found := workdir_from_recorded(value, zenml_db):
+            return found
+    artifacts = paths.mlflow_artifacts.relative_to(paths.workdir).as_posix()
+    for name, location in sqlite_rows(paths.mlflow_db, "SELECT name, artifact_location FROM experiments"):
+        if isinstance(location, str) and (found := workdir_from_recorded(location, f"{artifacts}/{name}")):
+            return found
+    return None
+
+
+def open_workdir(paths: LocalPaths) -> Relocation | None:
+    """Rewrite the paths the folder's stores record if it was moved or copied; record where it is.
+
+    The place recorded in `<workdir>/.location` (for an older folder without one: the place its
+    ZenML store URL or MLflow experiments name) is compared with the folder's; when they differ,
+    MLflow's and ZenML's SQLite stores and ZenML's config.yaml are rewritten (components.relocation)
+    and one line is logged. `ensure_local_stack` then checks the stack's components through ZenML.
+
+    Returns:
+        What was rewritten, or None when the folder is where it was.
+
+    Raises:
+        WorkdirError: The folder was moved and a store or the record cannot be rewritten
+            (read-only folder, locked or corrupt database), or `.location` is not readable.
+    """
+    previous = read_location(paths.workdir)
+    if previous is None:
+        previous = _location_recorded_by_stores(paths)
+    relocation = relocate(
+        paths.workdir,
+        previous,
+        databases=[paths.mlflow_db, paths.zenml_db],
+        yaml_files=[paths.zenml_global_config],
+    )
+    if relocation is not None:
+        logger.warning(relocation.summary())
+    return relocation
 
 
 def ensure_mlflow_experiment(tracking_uri: str, artifact_root: Path, name: str = EXPERIMENT_NAME) -> str:
@@ -129,10 +215,24 @@ def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
         (MODEL_REGISTRY, StackComponentType.MODEL_REGISTRY, "mlflow", {}),
         (MODEL_DEPLOYER, StackComponentType.MODEL_DEPLOYER, "mlflow", {"service_path": str(paths.deployments)}),
     ]
+    # The stack is this folder's when ZenML's store is the folder's own (not a remote or another ZENML_CONFIG_PATH).
+    own_store = GlobalConfiguration().store_configuration.url == f"sqlite:///{paths.zenml_db}"
+    repointed = []
     for name, component_type, flavor, configuration in wanted:
         existing = client.list_stack_components(name=name, type=component_type)
         if not existing.total:
             client.create_stack_component(name, flavor, component_type, configuration)
+            continue
+        # The components must name this folder: open_workdir rewrites a moved folder's store, this is the
+        # guarantee through ZenML's API (a folder whose .location was lost, a component edited by hand).
+        stale = {
+            key: value for key, value in configuration.items() if existing.items[0].configuration.get(key) != value
+        }
+        if own_store and stale:
+            client.update_stack_component(name, component_type, configuration=stale)
+            repointed.extend(f"{name}.{key}" for key in stale)
+    if repointed:
+        logger.warning(f"ZenML stack components now point at the work folder {paths.workdir}: {', '.join(repointed)}")
     for experiment in (
         EXPERIMENT_NAME,
         DATA_EXPERIMENT_NAME,

@@ -80,6 +80,49 @@ def test_evaluation_card_renders_offline_and_every_image_shows(browser, tmp_path
     assert check.title == "Evaluation card: cxr-classifier version 3"
 
 
+def test_batch_report_renders_offline_with_its_plots_samples_and_heat_maps(browser, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from components.batch_report import BatchPage, Thumbnail, batch_report_html
+    from components.drift import DriftConfig, drift_figures, fit_drift_reference, input_drift, input_features
+    from components.explain import explanation_png
+    from components.imaging import encode_png
+
+    rng = np.random.default_rng(0)
+    grays = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8)
+    rows = pd.DataFrame({"width": [32] * 24, "height": [32] * 24, "mode": ["L"] * 24, "bit_depth": [8] * 24})
+    reference = fit_drift_reference(rows[:12], grays[:12], None, None, None, ["COVID-19", "normal"])
+    current = 255 - grays[12:]  # inverted: blocks on the pixel statistics
+    report = input_drift(reference, rows[12:].reset_index(drop=True), current, None, None, DriftConfig())
+    plots = drift_figures(
+        reference, input_features(rows[12:].reset_index(drop=True), current, None, None, reference), report
+    )
+    excluded = pd.DataFrame(
+        {"uri": [f"/drop/{SCRIPT}.png"], "exclusion_reason": ["image too small"], "exclusion_detail": ["8 x 8 px"]}
+    )
+    page = BatchPage(
+        title="Batch predictions: cxr-classifier v3 on 0123abcd",
+        identity=[("Model", "cxr-classifier version 3")],
+        input_drift=report,
+        output_drift=report.model_copy(update={"scope": "output"}),
+        drift_plots=plots,
+        predicted={"COVID-19": 1, "normal": 1},
+        samples={"COVID-19": [Thumbnail(encode_png(grays[0]), f"{SCRIPT} 0.91")], "normal": []},
+        explanations=[Thumbnail(explanation_png(grays[1], rng.random((32, 32))), "b.png: normal 0.80")],
+        excluded=excluded,
+        outputs=[("Predictions (CSV)", "/tmp/predictions.csv")],
+    )
+    html_path = tmp_path / "report.html"
+    html_path.write_text(batch_report_html(page), encoding="utf-8")
+
+    check = check_page(html_path, browser)
+
+    assert check.problems() == []
+    assert len(check.images) == 2 * len(plots) + 2  # input and output drift plots, one sample, one heat map
+    assert check.title == "Batch predictions: cxr-classifier v3 on 0123abcd"
+
+
 def test_the_check_catches_a_request_leaving_and_a_broken_image(browser, tmp_path):
     good = base64.b64encode(encode(noise_image(0, (8, 8)))).decode("ascii")
     page = tmp_path / "leaky.html"
