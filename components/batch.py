@@ -177,12 +177,16 @@ class BatchSummary(BaseModel):
     version: str  # resolved when the run started
     dataset_version: str
     images: int  # rows of the drop's manifest
-    scored: int
+    scored: int  # usable images (checked for drift; predicted unless a blocking drift stopped the run)
+    # Of those, images the version trained or was selected on (None: its images are not recorded): drift
+    # against them is expected, their embeddings sit closer to the class means than new images'.
+    seen_by_version: int | None = None
     excluded: dict[str, int]  # reason -> rows
     predicted: dict[str, int]  # class -> images
     ood_flagged: int
     input_drift: str  # verdict: blocked / warning / passed / not checked
     input_drift_summary: str
+    blocking_features: list[str] = []
     output_drift: str
     output_drift_summary: str
     predictions_parquet: str | None  # None when a blocking drift stopped the run before predictions were written

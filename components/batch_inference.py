@@ -13,6 +13,7 @@ the version's validation predictions.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +42,7 @@ from components.imaging import encode_png
 __all__ = [
     "DRIFT_ARTIFACT",
     "BatchDriftError",
+    "NothingToScoreError",
     "BatchResult",
     "RegisteredClassifier",
     "batch_folder_name",
@@ -50,6 +52,7 @@ __all__ = [
     "load_drift_reference",
     "load_registered_classifier",
     "run_batch",
+    "seen_by_version",
 ]
 
 # At most this many training and validation images form a version's drift reference (seeded sample).
@@ -63,14 +66,51 @@ class BatchDriftError(CxrError, RuntimeError):
 
     def __init__(self, summary: Any):
         self.summary = summary
+        features = summary.blocking_features
+        listed = ", ".join(features[:6]) + (f" and {len(features) - 6} more" if len(features) > 6 else "")
         super().__init__(
-            f"input drift blocked the batch: {summary.model_name} v{summary.version} was not applied to data "
-            f"version {summary.dataset_version}, no prediction was written.\n{summary.input_drift_summary}\n"
-            f"Report: {summary.report}"
+            f"input drift blocked the batch on {len(features)} feature(s) ({listed}): {summary.model_name} "
+            f"v{summary.version} was not applied to data version {summary.dataset_version} and no prediction was "
+            f"written; report: {summary.report}"
         )
 
     def __reduce__(self):
         return (type(self), (self.summary,))
+
+
+class NothingToScoreError(CxrError, ValueError):
+    """Every file of a batch was excluded; carries the BatchSummary (its exclusions)."""
+
+    def __init__(self, summary: Any):
+        self.summary = summary
+        reasons = ", ".join(f"{count} {reason}" for reason, count in summary.excluded.items()) or "no file"
+        super().__init__(
+            f"nothing to score: all {summary.images} file(s) of data version {summary.dataset_version} were "
+            f"excluded ({reasons}); report: {summary.report}"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.summary,))
+
+
+def seen_by_version(client: Any, classifier: RegisteredClassifier, rows: pd.DataFrame) -> int | None:
+    """How many of `rows` (sha256) the version trained or was selected on; None when its images are not recorded.
+
+    Args:
+        client: MLflow client of the registry.
+        classifier: the loaded version.
+        rows: scored manifest rows (``sha256``).
+
+    Returns:
+        The count, or None for a version registered without its images (components.registry.Evidence).
+    """
+    from components.registry import load_evidence
+
+    evidence = load_evidence(client, client.get_model_version(classifier.name, classifier.version))
+    if evidence is None or evidence.images is None:
+        return None
+    seen = set(evidence.images.seen().sha256)
+    return int(rows["sha256"].isin(seen).sum())
 
 
 @dataclass
@@ -281,7 +321,11 @@ def run_batch(
     Raises:
         MissingFileError, StorageError, ImageDecodeError: an image that ingest could read cannot be read now.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    # A folder is one drop scored by one version: an earlier run's files (a predictions table of a run now
+    # blocked, a killed run's partial files) must not survive next to this run's report.
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     scored_rows = used_rows(rows)
     excluded = rows[rows["exclusion_reason"] != ""]
     excluded.loc[:, ["uri", "source", "exclusion_reason", "exclusion_detail"]].to_csv(
@@ -424,13 +468,36 @@ def _caption(uri: str, probability: float, flagged: bool) -> str:
     return f"{PurePosixPath(uri).name} {probability:.2f}" + (" OOD" if flagged else "")
 
 
-def build_page(classifier: RegisteredClassifier, result: BatchResult, batch: Any, run_name: str, data_version: str):
-    """The report's content (components.batch_report.BatchPage) from a BatchResult."""
+def build_page(
+    classifier: RegisteredClassifier,
+    result: BatchResult,
+    batch: Any,
+    run_name: str,
+    data_version: str,
+    seen: int | None = None,
+):
+    """The report's content (components.batch_report.BatchPage) from a BatchResult; `seen`: seen_by_version."""
     identity = [
         ("Model", f"{classifier.name} version {classifier.version}"),
         ("Data version", data_version),
         ("Run", run_name),
-        ("Images", f"{len(result.rows)} in the drop, {result.scored} scored, {result.excluded} excluded"),
+        (
+            "Images",
+            f"{len(result.rows)} in the drop, {result.scored} usable"
+            + (
+                " (none scored: input drift blocked)"
+                if result.output_drift is None and result.scored
+                else " and scored"
+            )
+            + f", {result.excluded} excluded",
+        ),
+        (
+            "Seen by the model",
+            "its training images are not recorded"
+            if seen is None
+            else f"{seen} of the usable images were in its training or validation data"
+            + (" (drift against them is expected: embeddings sit closer to the class means)" if seen else ""),
+        ),
         (
             "Out of distribution",
             "no reference with this version"

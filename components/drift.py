@@ -797,20 +797,23 @@ def _not_checked_reason(config: DriftConfig, images: int) -> str | None:
     return None
 
 
-def input_feature_names(reference: DriftReference) -> list[str]:
-    """The input features a reference allows: image features, ood_score, embedding_pc1..K.
+def input_feature_names(reference: DriftReference, components: int | None = None) -> list[str]:
+    """The input features tested: image features, ood_score, embedding_pc1..K.
 
     Args:
         reference: the DriftReference.
+        components: K at most (DriftConfig.components); None: every axis the reference stores.
+            A reference may store more axes than a batch tests (registration stores 10).
 
     Returns:
         Feature names in report order.
     """
+    k = reference.components if components is None else min(components, reference.components)
     return [
         *IMAGE_CONTINUOUS,
         *IMAGE_CATEGORICAL,
         OOD_SCORE,
-        *(embedding_feature(index) for index in range(1, reference.components + 1)),
+        *(embedding_feature(index) for index in range(1, k + 1)),
     ]
 
 
@@ -847,7 +850,7 @@ def input_drift(
     n = _check_lengths(rows, grays, embeddings, ood_scores)
     reason = _not_checked_reason(config, n)
     current = input_features(rows, grays, embeddings, ood_scores, reference)
-    names = input_feature_names(reference)
+    names = input_feature_names(reference, config.components)
     reference_n = dict.fromkeys(names, reference.images)
     return _test(names, reference, current, reference_n, config, INPUT_SCOPE, reason)
 

@@ -446,7 +446,7 @@ def format_evaluation(summary: EvaluationRunSummary) -> str:
 
 def cmd_predict_batch(args: argparse.Namespace) -> int:
     """Exit 0 when the drop was scored, 1 when a blocking input drift stopped it (its summary printed)."""
-    from components.batch_inference import BatchDriftError
+    from components.batch_inference import BatchDriftError, NothingToScoreError
     from components.registered_evaluation import parse_model_reference
     from cxr.runner import registered_version, run_batch_inference
 
@@ -462,9 +462,9 @@ def cmd_predict_batch(args: argparse.Namespace) -> int:
     config = _evaluation_run_config(args.config, overrides, registered)
     try:
         summary = run_batch_inference(config, model_uri, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
-    except BatchDriftError as blocked:
-        print(format_batch(blocked.summary))
-        print(f"error: {blocked}", file=sys.stderr)
+    except (BatchDriftError, NothingToScoreError) as stopped:
+        print(format_batch(stopped.summary))
+        print(f"error: {stopped}", file=sys.stderr)
         return 1
     print(format_batch(summary))
     if args.summary_json:
@@ -477,18 +477,27 @@ def format_batch(summary) -> str:
     given = f" ({summary.model_uri})" if summary.model_uri != f"models:/{summary.model_name}/{summary.version}" else ""
     excluded = ", ".join(f"{count} {reason}" for reason, count in summary.excluded.items()) or "none"
     predicted = ", ".join(f"{name} {count}" for name, count in summary.predicted.items()) or "none"
+    written = summary.predictions_csv is not None
+    stopped = "STOPPED by input drift." if summary.blocking_features else "STOPPED: nothing to score."
     lines = [
         "",
         "=" * 72,
-        f"Batch run '{summary.run_name}' "
-        + ("STOPPED by input drift." if summary.predictions_csv is None else "finished."),
+        f"Batch run '{summary.run_name}' " + ("finished." if written else stopped),
         f"Model:             {summary.model_name} version {summary.version}{given}",
-        f"Data version:      {summary.dataset_version}: {summary.images} files, {summary.scored} scored",
+        f"Data version:      {summary.dataset_version}: {summary.images} files, {summary.scored} usable"
+        + (", scored" if written else ", none scored"),
         f"Excluded:          {excluded}",
+    ]
+    if summary.seen_by_version:
+        lines.append(
+            f"WARNING: {summary.seen_by_version} of the usable images were in version {summary.version}'s training or "
+            "validation data: drift against them is expected and their predictions are not an evaluation"
+        )
+    lines += [
         f"Input drift:       {summary.input_drift}",
         *[f"  {line}" for line in summary.input_drift_summary.splitlines()],
     ]
-    if summary.predictions_csv is not None:
+    if written:
         lines += [
             f"Output drift:      {summary.output_drift}",
             *[f"  {line}" for line in summary.output_drift_summary.splitlines()],
@@ -496,6 +505,8 @@ def format_batch(summary) -> str:
             f"Predictions:       {summary.predictions_csv}",
             f"                   {summary.predictions_parquet}",
         ]
+    if summary.evaluation_card:
+        lines.append(f"Evaluation card:   {summary.evaluation_card} (labelled rows)")
     lines += [
         f"Report:            {summary.report}",
         f"MLflow run:        {summary.mlflow_run_id} (experiment 'cxr_batch_inference')",
@@ -950,6 +961,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_user_error_tracebacks()
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        # Ctrl+C: one line, no traceback (the pipeline run, if one started, is left failed in ZenML and MLflow).
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `cxr sources | head`: the reader left; say nothing more (Python docs, "Note on SIGPIPE").
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -333,6 +333,14 @@ def test_input_feature_names_follow_the_reference_components(gaussian_embeddings
     assert input_feature_names(reference)[-6:] == ["ood_score", *(f"embedding_pc{i}" for i in range(1, 6))]
 
 
+def test_a_batch_tests_only_the_first_components_of_its_config(gaussian_embeddings):
+    """Registration stores more axes (10) than a batch tests by default (5): `components` picks how many."""
+    reference, ood, current, grays = gaussian_embeddings
+    report = input_drift(reference, None, grays, current, ood.score(current), DriftConfig(components=3))
+    tested = [r.feature for r in report.results if r.feature.startswith("embedding_pc")]
+    assert tested == ["embedding_pc1", "embedding_pc2", "embedding_pc3"]
+
+
 # ---------------------------------------------------------------- Bonferroni and min_effect
 
 

@@ -469,6 +469,8 @@ def test_predict_batch_scores_a_drop_like_the_training_data_and_lists_what_it_ex
     assert summary["input_drift"] in ("passed", "warning"), summary["input_drift_summary"]
     assert summary["scored"] == 12
     assert summary["excluded"] == {"not a PNG/JPEG file": 1, "image too small": 1}
+    assert summary["seen_by_version"] == 0  # new images: none of them trained or selected the version
+    assert summary["run_name"].startswith("cxr_batch_inference-")  # the ZenML run's own name
 
     table = pd.read_parquet(summary["predictions_parquet"])
     assert len(table) == 12
@@ -487,15 +489,37 @@ def test_predict_batch_scores_a_drop_like_the_training_data_and_lists_what_it_ex
 
 def test_predict_batch_stops_before_predicting_an_inverted_drop(trained, local_stack, tmp_path, capsys):
     drop = _new_drop(tmp_path, seed=77, invert=True)
-    config = _batch_config([{"kind": "images", "root": str(drop), "name": "ward-7"}])
+    sources = [{"kind": "images", "root": str(drop), "name": "ward-7"}]
+    # First scored with every blocking feature set to warn: predictions are written...
+    blocking = ["embedding_pc", "ood_score", "intensity_mean", "intensity_std", "intensity_skewness", "sharpness"]
+    lenient = _batch_config(sources, drift={"features": {name: {"severity": "warn"} for name in blocking}})
+    code, captured, summary = _run_batch(local_stack, lenient, tmp_path, capsys)
+    assert code == 0, captured.out[-3000:]
+    assert summary["input_drift"] == "warning"
+    # ...then with the defaults: blocked, and the same folder no longer holds the earlier predictions.
+    config = _batch_config(sources)
     code, captured, _ = _run_batch(local_stack, config, tmp_path, capsys)
     assert code == 1, captured.out[-3000:]
-    assert "input drift blocked the batch" in captured.err
+    assert captured.err.strip().splitlines()[-1].startswith("error: input drift blocked the batch on ")
     assert "Traceback" not in captured.err
     folder = Path(captured.out.split("Report:")[1].split()[0]).parent
     assert (folder / "report.html").is_file()
     assert not (folder / "predictions.csv").exists()
     assert "BLOCKED" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_predict_batch_of_nothing_usable_is_an_error_that_lists_the_exclusions(trained, local_stack, tmp_path, capsys):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "notes.txt").write_text("not an image")
+    (drop / "scan.png").write_text("not a PNG either")
+    config = _batch_config([{"kind": "images", "root": str(drop), "name": "ward-7"}])
+    code, captured, _ = _run_batch(local_stack, config, tmp_path, capsys)
+    assert code == 1, captured.out[-3000:]
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("error: nothing to score: all 2 file(s) of data version ")
+    assert "1 not a PNG/JPEG file" in error
+    assert "1 not an image (content)" in error
 
 
 def test_predict_batch_on_shared_datasets_and_s3_flags_real_images_as_drifted(
