@@ -90,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=64, help="distinct images (at least the largest request)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64], help="images per request")
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        default=None,
+        metavar="ROWSxCLIENTS",
+        help="REST cells to run, e.g. 1x16 (default: every --rows x --clients); in-process runs --rows; a goal "
+        "whose cells were not run is left out of the report",
+    )
     parser.add_argument("--duration", type=float, default=4.0, help="seconds of each measured cell")
     parser.add_argument("--compare-unbatched", action="store_true", help="also serve with --max-batch-rows 1")
     parser.add_argument("--workdir", default=None, help="folder for the MLflow store (default: a temporary one)")
@@ -326,8 +334,10 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.images < max(args.rows):
-        raise SystemExit(f"--images must be at least the largest request ({max(args.rows)})")
+    grid = _grid(args)
+    largest = max([*args.rows, *(rows for rows, _ in grid)])
+    if args.images < largest:
+        raise SystemExit(f"--images must be at least the largest request ({largest})")
     import mlflow
 
     load_before = os.getloadavg()
@@ -356,11 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         cells: dict = {}
         try:
             print(f"server {name}: /ping {start_times['ping_s']:.1f} s, /health {start_times['health_s']:.1f} s")
-            for rows in args.rows:
-                payloads = bodies(images, rows)
-                for clients in args.clients:
-                    cells[f"{rows}x{clients}"] = cell = load(url, payloads, rows, clients, args.duration)
-                    print(f"REST {name} {rows:>3} images x {clients:>2} clients: {_line(cell)}", flush=True)
+            for rows, clients in grid:
+                cells[f"{rows}x{clients}"] = cell = load(url, bodies(images, rows), rows, clients, args.duration)
+                print(f"REST {name} {rows:>3} images x {clients:>2} clients: {_line(cell)}", flush=True)
             sanity[name] = _same_answers(url, model, images[:16])
             stats = requests.get(f"{url}/stats", timeout=10).json()
         finally:
@@ -383,6 +391,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["sanity_max_abs_diff"] = sanity
     return report(args, results, version)
+
+
+def _grid(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The REST cells (images per request, clients) to run, in order."""
+    if args.cells is None:
+        return [(rows, clients) for rows in args.rows for clients in args.clients]
+    grid = []
+    for cell in args.cells:
+        rows, _, clients = cell.lower().partition("x")
+        if not (rows.isdigit() and clients.isdigit() and int(rows) > 0 and int(clients) > 0):
+            raise SystemExit(f"--cells: {cell!r} is not ROWSxCLIENTS (e.g. 1x16)")
+        grid.append((int(rows), int(clients)))
+    return grid
 
 
 def _same_answers(url: str, model, images: list[str]) -> float:
@@ -455,6 +476,12 @@ def report(args: argparse.Namespace, results: dict, version: str) -> int:
             if stats
             else ""
         )
+        paths = server["stats"].get("invocations")  # requests read by the JSON fast path and by MLflow's parser
+        if paths:
+            calls += (
+                f"; /invocations read {paths['fast_path']:,} requests itself (the JSON fast path) and passed "
+                f"{paths['mlflow']:,} to MLflow's parser"
+            )
         lines.append(
             f"- Server start, micro-batching {'on' if name == 'batched' else 'off'} (`cxr serve "
             f"{' '.join(server['options']) or '(defaults)'}`): /ping after {server['start']['ping_s']:.1f} s, "
@@ -462,22 +489,23 @@ def report(args: argparse.Namespace, results: dict, version: str) -> int:
         )
     lines += ["", "Goals (REST with micro-batching on; in-process: the mean of the runs before and after):", ""]
     goals = {}
-    max_rows, max_clients = max(args.rows), max(args.clients)
-    five = sum(cells[f"{rows}x{max_clients}"]["5xx"] for rows in args.rows)
+    grid = _grid(args)
+    max_rows, max_clients = max(rows for rows, _ in grid), max(clients for _, clients in grid)
+    five = sum(cells[f"{rows}x{clients}"]["5xx"] for rows, clients in grid if clients == max_clients)
     non2xx = sum(cell["non_2xx"] for server in results["servers"].values() for cell in server["cells"].values())
     goals["no_5xx_at_16"] = five == 0
     lines.append(
         f"- 5xx at {max_clients} clients: **{five}** (goal 0: **{'met' if five == 0 else 'NOT met'}**); "
         f"non-2xx answers in all cells of all servers: {non2xx}."
     )
-    if 1 in args.rows and 1 in args.clients:
+    if "1x1" in cells and 1 in before:
         ratio = cells["1x1"]["p50_ms"] / in_proc(1, "p50_ms")
         goals["p50_single"] = ratio <= GOALS["p50_single"]
         lines.append(
             f"- REST p50 for one image, 1 client, vs in-process single: {cells['1x1']['p50_ms']:.1f} vs "
             f"{in_proc(1, 'p50_ms'):.1f} ms: {_ratio_text(ratio, GOALS['p50_single'], False)}."
         )
-    if 1 in args.rows and 16 in args.rows:
+    if f"1x{max_clients}" in cells and 16 in before:
         ratio = cells[f"1x{max_clients}"]["images_per_s"] / in_proc(16, "images_per_s")
         goals["single_16_clients"] = ratio >= GOALS["single_16_clients"]
         lines.append(
@@ -485,20 +513,22 @@ def report(args: argparse.Namespace, results: dict, version: str) -> int:
             f"{cells[f'1x{max_clients}']['images_per_s']:.1f} vs {in_proc(16, 'images_per_s'):.1f}: "
             f"{_ratio_text(ratio, GOALS['single_16_clients'], True)}."
         )
-        if "unbatched" in results["servers"]:
+        if f"1x{max_clients}" in results["servers"].get("unbatched", {}).get("cells", {}):
             off = results["servers"]["unbatched"]["cells"][f"1x{max_clients}"]["images_per_s"]
             lines.append(
                 f"  Micro-batching off: {off:.1f} images/s ({off / in_proc(16, 'images_per_s'):.2f}×); on vs off "
                 f"{cells[f'1x{max_clients}']['images_per_s'] / off:.2f}×."
             )
-    ratio = cells[f"{max_rows}x1"]["images_per_s"] / in_proc(max_rows, "images_per_s")
-    goals["batched"] = ratio >= GOALS["batched"]
-    lines.append(
-        f"- REST images/s, {max_rows} images per request, 1 client, vs in-process batches of {max_rows}: "
-        f"{cells[f'{max_rows}x1']['images_per_s']:.1f} vs {in_proc(max_rows, 'images_per_s'):.1f}: "
-        f"{_ratio_text(ratio, GOALS['batched'], True)} (p50 {cells[f'{max_rows}x1']['p50_ms']:.0f} vs "
-        f"{in_proc(max_rows, 'p50_ms'):.0f} ms, {cells[f'{max_rows}x1']['p50_ms'] / in_proc(max_rows, 'p50_ms'):.2f}×)."
-    )
+    if max_rows > 1 and f"{max_rows}x1" in cells and max_rows in before:
+        ratio = cells[f"{max_rows}x1"]["images_per_s"] / in_proc(max_rows, "images_per_s")
+        goals["batched"] = ratio >= GOALS["batched"]
+        lines.append(
+            f"- REST images/s, {max_rows} images per request, 1 client, vs in-process batches of {max_rows}: "
+            f"{cells[f'{max_rows}x1']['images_per_s']:.1f} vs {in_proc(max_rows, 'images_per_s'):.1f}: "
+            f"{_ratio_text(ratio, GOALS['batched'], True)} (p50 {cells[f'{max_rows}x1']['p50_ms']:.0f} vs "
+            f"{in_proc(max_rows, 'p50_ms'):.0f} ms, "
+            f"{cells[f'{max_rows}x1']['p50_ms'] / in_proc(max_rows, 'p50_ms'):.2f}×)."
+        )
     start_s = batched["start"]["health_s"]
     goals["start_s"] = start_s < GOALS["start_s"]
     lines.append(

@@ -61,7 +61,7 @@ def test_backbone_default_size_comes_from_registry():
             {"data.sources.0.kind": "dicom"},
             "data.sources.0.kind",
             "unknown source kind 'dicom'; valid kinds: ['actualmed', 'covid_radiography', 'covidx', 'figure1', "
-            "'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest']",
+            "'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest']",
         ),
         (
             {"data.sources.0.manifest_file": "m.csv"},

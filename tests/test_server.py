@@ -483,3 +483,142 @@ def test_a_request_past_its_deadline_while_waiting_for_the_model_is_dropped_from
     assert stats.expired_rows == 2
     assert stats.model_calls == 1
     assert stats.requests == 2
+
+
+# --- the fast path of /invocations (components.server.image_rows, predictions_json) -----------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(model, registered):
+    """The same model served with every request through MLflow's own parser (json_fast_path=False)."""
+    with _running(build_app(model, _settings(registered), json_fast_path=False)) as address:
+        yield address
+
+
+def _forms(images: list[str]) -> dict[str, dict]:
+    """The JSON forms the fast path reads, each holding `images` in the column image."""
+    return {
+        "dataframe_split": _split(images),
+        "dataframe_records": {"dataframe_records": [{"image": image} for image in images]},
+        "instances": {"instances": [{"image": image} for image in images]},
+        "inputs records": {"inputs": [{"image": image} for image in images]},
+        "inputs columns": {"inputs": {"image": images}},
+    }
+
+
+def _invocation_counts(url: str) -> dict:
+    return requests.get(f"{url}/stats", timeout=10).json()["invocations"]
+
+
+def _post_bytes(url: str, body: bytes, content_type: str = "application/json") -> requests.Response:
+    return requests.post(f"{url}/invocations", data=body, headers={"Content-Type": content_type}, timeout=30)
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("form", list(_forms([])))
+def test_the_fast_path_answers_byte_for_byte_as_mlflow_does(url, mlflow_url, form, count):
+    body = json.dumps(_forms([gray_png_b64(level) for level in (10, 128, 250)[:count]])[form]).encode()
+    before = _invocation_counts(url)
+    fast = _post_bytes(url, body)
+    after = _invocation_counts(url)
+    before_mlflow = _invocation_counts(mlflow_url)
+    reference = _post_bytes(mlflow_url, body)
+    after_mlflow = _invocation_counts(mlflow_url)
+    assert after["fast_path"] - before["fast_path"] == 1
+    assert after_mlflow["mlflow"] - before_mlflow["mlflow"] == 1
+    assert reference.status_code == 200, reference.text
+    assert fast.status_code == 200, fast.text
+    assert fast.content == reference.content
+    assert fast.headers["content-type"] == reference.headers["content-type"]
+    assert len(fast.json()["predictions"]) == count
+
+
+def test_the_fast_path_writes_floats_as_mlflow_does():
+    """Probabilities that are not round numbers, an OOD flag, an empty and a many-row frame: MLflow's own text."""
+    from mlflow.pyfunc import scoring_server
+
+    from components.server import predictions_json
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=7)
+    frames = [
+        serving.probabilities_frame(probs, ["COVID-19", "normal", "pneumonia"]),
+        serving.probabilities_frame(probs[:0], ["COVID-19", "normal", "pneumonia"]),
+        pd.DataFrame(
+            {"score": np.array([1e-300, 0.1, 1 / 3, 2.5e17, float("nan")]), "flag": [True, False] * 2 + [True]}
+        ),
+        pd.DataFrame({"small": np.float32([0.1, 1 / 3]), "count": np.int64([1, -2]), "name": ["a", "é"]}),
+        pd.DataFrame({"objects": pd.Series([np.float32(0.5), np.int64(2)], dtype=object)}),  # MLflow's encoder
+    ]
+    for frame in frames:
+        expected = io.StringIO()
+        scoring_server.predictions_to_json(frame, expected)
+        assert predictions_json(frame) == expected.getvalue()
+
+
+ROW_ERRORS = {
+    "bad base64": _split([gray_png_b64(10), "not base64 !"]),
+    "too small": _split([gray_png_b64(10, (1, 1))]),
+    "too many rows": _split([gray_png_b64(10)] * (MAX_ROWS + 1)),
+    "not an image": {"dataframe_records": [{"image": serving.encode_image_bytes(b"not a png")}]},
+}
+FALLBACKS = {
+    "wrong column": {"dataframe_split": {"columns": ["img"], "data": [[gray_png_b64(10)]]}},
+    "two columns": {"dataframe_records": [{"image": gray_png_b64(10), "patient": "p1"}]},
+    "a number": _split([5]),
+    "no rows": _split([]),
+    "params": {**_split([gray_png_b64(10)]), "params": {"threshold": 0.5}},
+    "two forms": {**_split([gray_png_b64(10)]), "instances": [{"image": gray_png_b64(10)}]},
+    "index": {"dataframe_split": {"columns": ["image"], "index": [7], "data": [[gray_png_b64(10)]]}},
+    "a list": [gray_png_b64(10)],
+    "instances of strings": {"instances": [gray_png_b64(10)]},
+}
+
+
+@pytest.mark.parametrize("case", list(ROW_ERRORS))
+def test_the_fast_path_refuses_bad_rows_as_mlflow_does(url, mlflow_url, case):
+    body = json.dumps(ROW_ERRORS[case]).encode()
+    before = _invocation_counts(url)
+    fast = _post_bytes(url, body)
+    after = _invocation_counts(url)
+    reference = _post_bytes(mlflow_url, body)
+    assert after["fast_path"] - before["fast_path"] == 1
+    assert reference.status_code == 400
+    assert fast.status_code == reference.status_code
+    assert fast.json()["error_code"] == reference.json()["error_code"]
+    assert fast.json()["message"] == reference.json()["message"]
+
+
+@pytest.mark.parametrize("case", list(FALLBACKS))
+def test_other_json_bodies_go_to_mlflow_unchanged(url, mlflow_url, case):
+    body = json.dumps(FALLBACKS[case]).encode()
+    before = _invocation_counts(url)
+    fast = _post_bytes(url, body)
+    after = _invocation_counts(url)
+    reference = _post_bytes(mlflow_url, body)
+    assert after["mlflow"] - before["mlflow"] == 1
+    assert after["fast_path"] == before["fast_path"]
+    assert fast.status_code == reference.status_code
+    assert fast.content == reference.content
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b'{"dataframe_split": \xff}', "application/json"),
+        (json.dumps(_split(["x"])).encode(), "application/json; charset=latin-1"),
+        (json.dumps(_split(["x"])).encode(), "application/json; format=pandas-split"),
+        (b"image\nnot base64 !", "text/csv"),
+    ],
+    ids=["not json", "not utf-8", "charset", "parameter", "csv"],
+)
+def test_bodies_the_fast_path_cannot_read_get_mlflows_error_answers(url, mlflow_url, body, content_type):
+    before = _invocation_counts(url)
+    fast = _post_bytes(url, body, content_type)
+    after = _invocation_counts(url)
+    reference = _post_bytes(mlflow_url, body, content_type)
+    assert after["fast_path"] == before["fast_path"]
+    assert 400 <= reference.status_code < 500
+    assert fast.status_code == reference.status_code
+    assert fast.content == reference.content

@@ -139,7 +139,7 @@ def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> No
     with pytest.raises(
         ValueError,
         match=r"unknown source kind 'covidx2'; valid kinds: \['actualmed', 'covid_radiography', "
-        r"'covidx', 'figure1', 'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]",
+        r"'covidx', 'figure1', 'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest'\]",
     ):
         source_manifest(tmp_path, "binary", "covidx2")
     image(tmp_path / "images" / "a.png")
@@ -724,7 +724,7 @@ def test_example_configs_validate_and_cover_every_public_layout() -> None:
         kinds |= {source.kind for source in config.data.sources}
         for source in config.data.sources:  # validated by its own kind's options model
             assert type(source) is source_kinds()[source.kind].options, (path.name, source.name)
-    assert kinds == set(source_kinds()) - {"folder"}
+    assert kinds == set(source_kinds()) - {"folder", "images"}  # not public layouts
     combined = load_run_config(PROJECT / "configs" / "public-ieee8023-actualmed.yaml")
     assert [(s.kind, s.root) for s in combined.data.sources] == [
         ("ieee8023", "../shared/datasets/covid-chestxray-dataset"),
@@ -873,8 +873,16 @@ def _manifest_tree(root: Path) -> Expected:
     return expected
 
 
+def _images_tree(root: Path) -> Expected:
+    """An unlabelled drop: files at any depth, no class folders; every row "unlabelled finding"."""
+    for relative in ("p1_0.png", "ward/p2_0.png", "ward/2026/p3_0.png"):
+        image(root / relative)
+    return {"p1_0.png": ("", "p1"), "ward/p2_0.png": ("", "p2"), "ward/2026/p3_0.png": ("", "p3")}
+
+
 TREES: dict[str, Callable[[Path], Expected]] = {
     "folder": _folder_tree,
+    "images": _images_tree,
     "ieee8023": _ieee8023_tree,
     "actualmed": _actualmed_tree,
     "figure1": _figure1_tree,
@@ -892,7 +900,8 @@ def test_every_registered_kind_round_trips_a_generated_tree(kind: str, tmp_path:
     expected = TREES[kind](root)
     frame = source_manifest(root, "multiclass", kind, name="src")
     check_contract(frame, "multiclass")
-    assert exclusion_summary(frame) == {}
+    # An images source has no labels: batch inference scores its rows, training and evaluation exclude them.
+    assert exclusion_summary(frame) == ({"unlabelled finding": len(expected)} if kind == "images" else {})
     found = {
         str(PurePosixPath(uri).relative_to(root.as_posix())): (label, patient)
         for uri, label, patient in zip(frame["uri"], frame["label"], frame["patient_id"], strict=True)
