@@ -1,6 +1,6 @@
 # Two commands are all the set-up there is:
 #   make run    create .venv, install, set up the local ZenML stack, train on the synthetic dataset
-#   make test   run the test suite (creates .venv if missing; installs headless Chromium if missing)
+#   make test   run the test suite (creates .venv if missing; installs headless Chromium and shellcheck if missing)
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -12,7 +12,7 @@ export ZENML_ANALYTICS_OPT_IN := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install browser run test setup lint lock clean ui
+.PHONY: install browser tools run test setup lint lock clean ui k8s-manifests
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,12 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
-test: install browser
+# shellcheck, for the check of infra/register_kubernetes_stack.sh (tests/test_infra_manifests.py); Debian's package.
+tools:
+	@command -v shellcheck >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq shellcheck; }
+
+test: install browser tools
 	$(BIN)/python -m pytest
 
 # Style and architecture: ruff (lint + format, configured in pyproject.toml) and
@@ -52,6 +57,15 @@ ui: install
 # Re-resolve the pinned versions after changing dependencies in pyproject.toml.
 lock: install
 	{ head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^cxr-mlops'; } > constraints.new && mv constraints.new constraints.txt
+
+# Kubernetes, checked offline (infra/README.md): the Jobs ZenML's Kubernetes orchestrator would submit
+# for the training pipeline, and infra/k8s's overlays rendered by kubectl; kubernetes-validate --strict
+# for Kubernetes 1.29-1.33 and the pod policies. Writes $(K8S_OUT); needs kubectl for the overlays.
+K8S_OUT ?= build/k8s
+k8s-manifests: install
+	$(BIN)/cxr k8s-manifests --config configs/paper.yaml --zenml-config infra/zenml_kubernetes.yaml --out $(K8S_OUT)/pipelines
+	for overlay in team dev; do kubectl kustomize infra/k8s/overlays/$$overlay > $(K8S_OUT)/$$overlay.yaml || exit 1; done
+	$(BIN)/python -m components.kube_checks $(K8S_OUT)/team.yaml $(K8S_OUT)/dev.yaml
 
 clean:
 	rm -rf .cxr .zen

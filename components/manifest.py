@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,12 @@ def mark_duplicate_rows(candidates: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def build_manifest(
-    sources: Sequence[SourceOptions], task: str, deduplicate: bool = True, workers: int = 1, progress: bool = False
+    sources: Sequence[SourceOptions],
+    task: str,
+    deduplicate: bool = True,
+    workers: int = 1,
+    progress: bool = False,
+    describe: Callable[..., list[dict[str, Any]]] = describe_uris,
 ) -> pd.DataFrame:
     """The manifest of all sources, every file read once by `workers` in parallel.
 
@@ -222,6 +227,9 @@ def build_manifest(
         deduplicate: Exclude byte-identical repeats of included images.
         workers: Parallel file reads (processes for local files, threads for S3).
         progress: Show a progress bar while reading.
+        describe: Reads the files: called as ``describe(uris, workers=, progress=)`` and returns
+            components.image_info.describe_uris's dicts, one per URI in order (a cache that reads
+            only new or changed files, components.retraining, passes its own).
 
     Returns:
         One row per candidate with exactly MANIFEST_COLUMNS, sources in the given order.
@@ -240,7 +248,7 @@ def build_manifest(
     # One parallel pass over every file of every source.
     everything = [found for _, found in per_source for found in found]
     to_read = sorted({found["uri"] for found in everything if found["read"]})
-    described = dict(zip(to_read, describe_uris(to_read, workers=workers, progress=progress), strict=True))
+    described = dict(zip(to_read, describe(to_read, workers=workers, progress=progress), strict=True))
     rows = [
         _row(found, described[found["uri"]] if found["read"] else None, name)
         for name, candidates in per_source

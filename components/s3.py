@@ -57,6 +57,7 @@ __all__ = [
     "client",
     "is_s3_uri",
     "list_keys",
+    "list_objects",
     "parse_s3_uri",
     "prefix_has_objects",
     "read_object",
@@ -330,7 +331,13 @@ def relative_key(prefix: str, key: str) -> str | None:
 
 
 def _iterate_keys(root_uri: str, page_size: int):
-    """(bucket, relative keys below the root), markers ("folder/") skipped, lazily page by page."""
+    """Relative keys below the root, markers ("folder/") skipped, lazily page by page."""
+    for relative, _ in _iterate_objects(root_uri, page_size):
+        yield relative
+
+
+def _iterate_objects(root_uri: str, page_size: int):
+    """(relative key, ListObjectsV2 item) below the root, markers ("folder/") skipped, lazily page by page."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = parse_s3_uri(root_uri)
@@ -342,7 +349,7 @@ def _iterate_keys(root_uri: str, page_size: int):
             for item in page.get("Contents", ()):
                 relative = relative_key(prefix, item["Key"])
                 if relative is not None:
-                    yield relative
+                    yield relative, item
     except (BotoCoreError, ClientError) as error:
         raise _translate(error, root_uri, bucket, "list objects") from error
 
@@ -368,6 +375,35 @@ def list_keys(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> list[str]:
             endpoint does not answer after retries (S3ConnectionError).
     """
     return list(_iterate_keys(root_uri, page_size))
+
+
+def list_objects(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> list[dict[str, Any]]:
+    """Every object below an S3 prefix with what the listing says about it (no object is read).
+
+    Args:
+        root_uri: ``s3://bucket`` or ``s3://bucket/prefix``.
+        page_size: keys per ListObjectsV2 request.
+
+    Returns:
+        One dict per object, in listing order: ``key`` (relative to the prefix), ``size`` (bytes),
+        ``etag`` (the server's ETag, quotes removed; "" when absent) and ``last_modified``
+        (ISO 8601, UTC; "" when absent).
+
+    Raises:
+        StorageError: as for list_keys.
+    """
+    found = []
+    for relative, item in _iterate_objects(root_uri, page_size):
+        modified = item.get("LastModified")
+        found.append(
+            {
+                "key": relative,
+                "size": int(item.get("Size", 0)),
+                "etag": str(item.get("ETag", "")).strip('"'),
+                "last_modified": modified.isoformat() if modified is not None else "",
+            }
+        )
+    return found
 
 
 def prefix_has_objects(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> bool:

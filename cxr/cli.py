@@ -1,7 +1,10 @@
 """`cxr`: the command line of the chest X-ray MLOps system.
 
     cxr setup                          create the local ZenML stack (idempotent)
-    cxr train --config FILE            run the training pipeline
+    cxr stack up [--team] / stack down the local stack, or the team stack: MLflow server on PostgreSQL and an
+                                       S3 artifact store (servers started here, or --tracking-uri/--artifact-path)
+    cxr train --config FILE            run the training pipeline; --if-data-changed: only when the data
+                                       differs from the champion's (the decision is recorded)
     cxr validate --config FILE         ingest + validate a data drop, write the steward's report (no training);
                                        --purpose evaluation: an evaluation-only drop (not split, all external)
     cxr ablation --config FILE         the paper's ablation (Table 4) for one backbone
@@ -21,6 +24,10 @@
     cxr ui                             print the command that opens the MLflow UI
     cxr sources                        list the source kinds and their options
     cxr backbones                      list the backbones, their input sizes and preprocessing
+    cxr schedule create --config FILE --cron "0 3 * * 1"  scheduled retraining (a CronJob on Kubernetes, a
+                                       recurring run on Kubeflow; locally the crontab line); list, pause, resume, delete
+    cxr k8s-manifests --config FILE --zenml-config infra/zenml_kubernetes.yaml --out DIR
+                                       the Jobs ZenML's Kubernetes orchestrator would submit, validated offline
 
 Heavy imports (ZenML, TensorFlow) happen inside commands, after
 `configure_environment` has pointed ZenML and MLflow at the work folder.
@@ -38,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from components.config import ConfigError, DeploymentConfig, load_run_config
 from components.errors import CxrError
+from cxr.team import add_stack_parser
 
 if TYPE_CHECKING:
     from cxr.runner import (
@@ -118,9 +126,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, _parse_overrides(args.set))
     _check_summary_path(args.summary_json)
     paths = _environment(args.workdir)
+    from cxr.retraining import check_data, record_training
     from cxr.runner import run_training
 
+    data = check_data(config, paths, if_data_changed=args.if_data_changed)  # the sources' listing, nothing read
+    if data.decision is not None:
+        print(data.decision.line())
+    if not data.train:
+        return 0
     summary = run_training(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
+    record_training(data, summary.registration, paths)
     print(format_summary(summary, paths))
     if args.summary_json:
         Path(args.summary_json).write_text(summary.model_dump_json(indent=2))
@@ -836,6 +851,14 @@ def build_parser() -> argparse.ArgumentParser:
             name != "check-config",
             "also write the run summary to this JSON file",
         )
+        if name == "train":
+            sub.add_argument(
+                "--if-data-changed",
+                action="store_true",
+                help="train only when the data differs from the champion's (a listing first; files hashed only "
+                "when it changed); the decision is printed and appended to <workdir>/reports/"
+                "retraining_decisions.jsonl",
+            )
         sub.set_defaults(handler=handler)
 
     commands.choices["validate"].add_argument(
@@ -888,13 +911,87 @@ def build_parser() -> argparse.ArgumentParser:
     _add_registry_parsers(commands)
     _add_deployment_parsers(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
+    add_stack_parser(commands)  # cxr stack up [--team], cxr stack down
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
     commands.add_parser("sources", help="list the source kinds and their options").set_defaults(handler=cmd_sources)
     commands.add_parser("backbones", help="list the backbones").set_defaults(handler=cmd_backbones)
 
     _add_serving_parsers(commands)
     _add_explain_parser(commands)
+    _add_schedule_parser(commands)
+    from cxr.k8s_manifests import add_parser as add_k8s_manifests_parser
+
+    add_k8s_manifests_parser(commands)
     return parser
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """cxr schedule create|list|pause|resume|delete (cxr/schedule.py). `create` exits 1 where ZenML refuses
+    schedules (the local stack), after printing the crontab line and systemd units that run the same job."""
+    if args.schedule_command == "create":
+        from components.schedules import schedule_name, validate_cron
+
+        cron = validate_cron(args.cron)  # CronError (exit 2) before anything else
+        name = schedule_name(args.name, args.config)
+        config = load_run_config(args.config, _parse_overrides(args.set))
+        paths = _environment(args.workdir)
+        from cxr.schedule import create_schedule
+
+        status, text = create_schedule(
+            name=name,
+            cron=cron,
+            config=config,
+            config_path=args.config,
+            paths=paths,
+            project_root=PROJECT_ROOT,
+            if_data_changed=args.if_data_changed,
+            zenml_overlays=args.zenml_config,
+            overrides=args.set,
+            stack=args.stack,
+        )
+        print(text)
+        return status
+    _environment(args.workdir)
+    from cxr import schedule
+
+    if args.schedule_command == "list":
+        print(schedule.list_text())
+    elif args.schedule_command in ("pause", "resume"):
+        print(schedule.set_active(args.name, active=args.schedule_command == "resume"))
+    else:
+        print(schedule.delete_schedule(args.name))
+    return 0
+
+
+def _add_schedule_parser(commands) -> None:
+    """cxr schedule create|list|pause|resume|delete."""
+    sub = commands.add_parser("schedule", help="scheduled retraining: ZenML schedules, or cron/systemd locally")
+    actions = sub.add_subparsers(dest="schedule_command", required=True)
+    create = actions.add_parser(
+        "create", help="schedule `cxr train` (a CronJob on Kubernetes, a recurring run on Kubeflow; locally: cron)"
+    )
+    _add_run_arguments(create, "run config YAML the scheduled runs train with", False)
+    create.add_argument("--cron", required=True, help='five-field cron, e.g. "0 3 * * 1" (Mondays 03:00) or @daily')
+    create.add_argument("--name", help="schedule name (default train-<config file stem>)")
+    create.add_argument(
+        "--if-data-changed", action="store_true", help="each scheduled run trains only when the data changed"
+    )
+    create.add_argument(
+        "--zenml-config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml)",
+    )
+    create.add_argument("--stack", help="ZenML stack to schedule on (default: the active one, else the local stack)")
+    actions.add_parser("list", help="ZenML schedules: state, cron, orchestrator, next run")
+    for verb, help_text in (
+        ("pause", "suspend a schedule (where the orchestrator allows)"),
+        ("resume", "resume a paused schedule"),
+        ("delete", "delete a schedule on its orchestrator (where ZenML can) and in ZenML"),
+    ):
+        actions.add_parser(verb, help=help_text).add_argument("name")
+    sub.set_defaults(handler=cmd_schedule)
 
 
 def _add_serving_parsers(commands) -> None:

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, field_validator
+
 from components.relocation import (
     Relocation,
     WorkdirError,
@@ -40,6 +42,11 @@ ABLATION_EXPERIMENT_NAME = "cxr_ablation"  # = the ablation pipeline's name
 EVALUATION_EXPERIMENT_NAME = "cxr_evaluation"  # = the evaluation pipeline's name (cxr evaluate)
 BATCH_EXPERIMENT_NAME = "cxr_batch_inference"  # = the batch inference pipeline's name (cxr predict-batch)
 REPRODUCTION_EXPERIMENT_NAME = "cxr_reproduction"  # cxr reproduce: the paper's Tables 3 and 4 (a run, no pipeline)
+# The team stack (`cxr stack up --team`, ensure_team_stack): S3 artifact store, MLflow on a tracking server.
+TEAM_STACK_NAME = "cxr_team"
+TEAM_ARTIFACT_STORE = "cxr_team_artifacts"
+TEAM_S3_SECRET = "cxr_team_s3"  # the ZenML secret holding the artifact store's S3 key and secret
+TEAM_MLFLOW_SECRET = "cxr_team_mlflow"  # the ZenML secret holding the tracking server's credentials
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,11 @@ class LocalPaths:
     @property
     def deployments(self) -> Path:
         return self.workdir / "deployments"
+
+    @property
+    def team_stack(self) -> Path:
+        """The team stack this folder runs on (TeamStackConfig, JSON); absent: the local stack."""
+        return self.workdir / "team_stack.json"
 
 
 def configure_environment(workdir: str | Path) -> LocalPaths:
@@ -198,7 +210,13 @@ def ensure_mlflow_experiment(tracking_uri: str, artifact_root: Path, name: str =
 
 
 def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
-    """Create (once) and activate the local stack; returns its name. Idempotent."""
+    """Create (once) and activate the local stack; returns its name. Idempotent.
+
+    A work folder set up for the team stack (`cxr stack up --team`: `paths.team_stack` exists)
+    gets that stack instead (ensure_team_stack with the recorded TeamStackConfig).
+    """
+    if (team := read_team_config(paths)) is not None:
+        return ensure_team_stack(paths, project_root, team)
     from zenml.client import Client
     from zenml.config.global_config import GlobalConfiguration
     from zenml.enums import StackComponentType
@@ -255,3 +273,153 @@ def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
         )
     client.activate_stack(STACK_NAME)
     return STACK_NAME
+
+
+# ---------------------------------------------------------------- the team stack
+
+
+class TeamStackConfig(BaseModel):
+    """Where the team stack's services are: an MLflow tracking server and an S3 prefix for ZenML's artifacts.
+
+    ``s3_endpoint_url`` is for an S3-compatible server other than AWS (MinIO, rclone, Ceph); None for AWS.
+    The S3 key and secret are not recorded here: ensure_team_stack reads them from AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY into a ZenML secret, or, without them, S3 uses boto's own credential chain.
+    """
+
+    tracking_uri: str
+    artifact_path: str
+    s3_endpoint_url: str | None = None
+    region: str | None = None
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _remote_tracking(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"tracking_uri {value!r}: the team stack needs an MLflow tracking server (http[s]://)")
+        return value.rstrip("/")
+
+    @field_validator("artifact_path")
+    @classmethod
+    def _s3_path(cls, value: str) -> str:
+        if not value.startswith("s3://") or len(value) <= len("s3://"):
+            raise ValueError(f"artifact_path {value!r}: the team stack's artifact store is on S3 (s3://bucket/prefix)")
+        return value.rstrip("/")
+
+
+def read_team_config(paths: LocalPaths) -> TeamStackConfig | None:
+    """The team stack recorded in the work folder, or None (the folder runs on the local stack).
+
+    Raises:
+        WorkdirError: The record exists but cannot be read or is not a TeamStackConfig.
+    """
+    if not paths.team_stack.is_file():
+        return None
+    try:
+        return TeamStackConfig.model_validate_json(paths.team_stack.read_text())
+    except (OSError, ValueError) as error:
+        raise WorkdirError(f"{paths.team_stack}: not a team stack record ({error})") from None
+
+
+def ensure_team_stack(paths: LocalPaths, project_root: Path, team: TeamStackConfig) -> str:
+    """Create or update, and activate, the team stack; record it in the work folder. Idempotent.
+
+    The stack: ZenML's local orchestrator, an S3 artifact store at ``team.artifact_path`` (ZenML's s3 flavor,
+    s3fs), MLflow experiment tracker and model registry on the tracking server, and the MLflow model deployer
+    (local daemons, as on the local stack). The S3 key and secret, when AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY are set, go into the ZenML secret TEAM_S3_SECRET, which the artifact store names;
+    the tracking server's credentials (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or
+    MLFLOW_TRACKING_TOKEN: ZenML's tracker wants one of them for a remote server) go into TEAM_MLFLOW_SECRET.
+    Steps name their tracker EXPERIMENT_TRACKER, so the folder's tracker component points at the tracking
+    server: keep the team stack in its own work folder. MLflow in this process points at the server too
+    unless MLFLOW_TRACKING_URI names another one.
+
+    Returns:
+        TEAM_STACK_NAME.
+
+    Raises:
+        WorkdirError: No credentials for the tracking server in the environment (or both kinds).
+    """
+    from zenml.client import Client
+    from zenml.config.global_config import GlobalConfiguration
+    from zenml.enums import StackComponentType
+
+    from steps.names import EXPERIMENT_TRACKER
+
+    GlobalConfiguration().analytics_opt_in = False
+    if not Client.is_repository_directory(project_root):
+        Client.initialize(root=project_root)
+    client = Client()
+    artifact_store: dict = {"path": team.artifact_path}
+    client_kwargs = {
+        key: value for key, value in (("endpoint_url", team.s3_endpoint_url), ("region_name", team.region)) if value
+    }
+    if client_kwargs:
+        artifact_store["client_kwargs"] = client_kwargs
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        _store_secret(client, TEAM_S3_SECRET, {"aws_access_key_id": key, "aws_secret_access_key": secret})
+        artifact_store["key"] = f"{{{{{TEAM_S3_SECRET}.aws_access_key_id}}}}"
+        artifact_store["secret"] = f"{{{{{TEAM_S3_SECRET}.aws_secret_access_key}}}}"
+    tracker = {"tracking_uri": team.tracking_uri}
+    # ZenML's MLflow tracker wants exactly one way to authenticate to a remote server: MLflow's own variables.
+    credentials = {
+        name: os.environ[variable]
+        for name, variable in (
+            ("tracking_username", "MLFLOW_TRACKING_USERNAME"),
+            ("tracking_password", "MLFLOW_TRACKING_PASSWORD"),
+            ("tracking_token", "MLFLOW_TRACKING_TOKEN"),
+        )
+        if os.environ.get(variable)
+    }
+    if set(credentials) not in ({"tracking_token"}, {"tracking_username", "tracking_password"}):
+        raise WorkdirError(
+            f"the team stack's MLflow tracking server {team.tracking_uri} needs credentials for ZenML: set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN (only one of the two)"
+        )
+    _store_secret(client, TEAM_MLFLOW_SECRET, credentials)
+    tracker.update({name: f"{{{{{TEAM_MLFLOW_SECRET}.{name}}}}}" for name in credentials})
+    wanted = [
+        (TEAM_ARTIFACT_STORE, StackComponentType.ARTIFACT_STORE, "s3", artifact_store),
+        (EXPERIMENT_TRACKER, StackComponentType.EXPERIMENT_TRACKER, "mlflow", tracker),
+        (MODEL_REGISTRY, StackComponentType.MODEL_REGISTRY, "mlflow", {}),
+        (MODEL_DEPLOYER, StackComponentType.MODEL_DEPLOYER, "mlflow", {"service_path": str(paths.deployments)}),
+    ]
+    for name, component_type, flavor, configuration in wanted:
+        existing = client.list_stack_components(name=name, type=component_type)
+        if not existing.total:
+            client.create_stack_component(name, flavor, component_type, configuration)
+        elif {k: v for k, v in configuration.items() if existing.items[0].configuration.get(k) != v}:
+            client.update_stack_component(name, component_type, configuration=configuration)
+    components = {
+        StackComponentType.ORCHESTRATOR: "default",
+        StackComponentType.ARTIFACT_STORE: TEAM_ARTIFACT_STORE,
+        StackComponentType.EXPERIMENT_TRACKER: EXPERIMENT_TRACKER,
+        StackComponentType.MODEL_REGISTRY: MODEL_REGISTRY,
+        StackComponentType.MODEL_DEPLOYER: MODEL_DEPLOYER,
+    }
+    if not client.list_stacks(name=TEAM_STACK_NAME).total:
+        client.create_stack(TEAM_STACK_NAME, components=components)
+    client.activate_stack(TEAM_STACK_NAME)
+    if read_team_config(paths) != team:
+        paths.team_stack.write_text(team.model_dump_json(indent=2))
+    if os.environ.get("MLFLOW_TRACKING_URI", "") in ("", paths.tracking_uri):
+        os.environ["MLFLOW_TRACKING_URI"] = team.tracking_uri
+    elif os.environ["MLFLOW_TRACKING_URI"] != team.tracking_uri:
+        logger.warning(
+            f"MLFLOW_TRACKING_URI is {os.environ['MLFLOW_TRACKING_URI']}; the team stack tracks to {team.tracking_uri}"
+        )
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    return TEAM_STACK_NAME
+
+
+def _store_secret(client, name: str, values: dict[str, str]) -> None:
+    """Create the ZenML secret `name` with `values`, or set them on the existing one."""
+    try:
+        client.get_secret(name, allow_partial_name_match=False, allow_partial_id_match=False)
+    except KeyError:
+        client.create_secret(name, values=values)
+    else:
+        client.update_secret(name, add_or_update_values=values)

@@ -7,10 +7,10 @@ set -euo pipefail
 : "${REGISTRY_URI:?e.g. ghcr.io/my-org}" "${NAMESPACE:=cxr}"
 
 zenml integration install kubernetes s3 --yes   # not tensorflow / great_expectations: see README
-zenml orchestrator register cxr_k8s --flavor=kubernetes --kubernetes_context="$KUBE_CONTEXT" --kubernetes_namespace="$NAMESPACE"
-zenml artifact-store register cxr_s3 --flavor=s3 --path="$S3_PATH"
-zenml container-registry register cxr_registry --flavor=default --uri="$REGISTRY_URI"
-zenml experiment-tracker register cxr_mlflow_tracker --flavor=mlflow --tracking_uri="$MLFLOW_URI" \
+zenml orchestrator register cxr_k8s --flavor=kubernetes --kubernetes_context="${KUBE_CONTEXT}" --kubernetes_namespace="${NAMESPACE}"
+zenml artifact-store register cxr_s3 --flavor=s3 --path="${S3_PATH}"
+zenml container-registry register cxr_registry --flavor=default --uri="${REGISTRY_URI}"
+zenml experiment-tracker register cxr_mlflow_tracker --flavor=mlflow --tracking_uri="${MLFLOW_URI}" \
   --tracking_username="${MLFLOW_TRACKING_USERNAME:-}" --tracking_password="${MLFLOW_TRACKING_PASSWORD:-}"
 zenml model-registry register cxr_mlflow_registry --flavor=mlflow
 zenml stack register cxr_k8s -o cxr_k8s -a cxr_s3 -c cxr_registry -e cxr_mlflow_tracker -r cxr_mlflow_registry --set

@@ -149,3 +149,52 @@ def start_rclone_s3(
         "log": Path(log),
         "settle_s": 0.25,
     }
+
+
+# ---------------------------------------------------------------- the team stack: PostgreSQL and an MLflow server
+
+
+def start_postgres(pgdata: Path) -> dict:
+    """PostgreSQL from the `pgserver` wheel on `pgdata` (Unix socket only), with a database `mlflow`.
+    Returns {"uri" (of that database), "handle", "pgdata"}; stop it with stop_postgres(result)."""
+    from cxr.team import TeamServerError
+    from cxr.team import start_postgres as start
+
+    pytest.importorskip("pgserver")
+    try:
+        handle, uri = start(pgdata, stop_at_exit=True)
+    except TeamServerError as error:
+        pytest.fail(str(error))
+    return {"uri": uri, "handle": handle, "pgdata": Path(pgdata)}
+
+
+def stop_postgres(server: dict) -> None:
+    from cxr.team import stop_postgres as stop
+
+    server["handle"].cleanup()
+    stop(server["pgdata"])  # in case another handle in this process kept it running
+
+
+def start_mlflow_server(
+    backend_uri: str, artifacts_destination: str, s3: dict, log: Path, workers: int = 1, timeout_s: float = 120
+) -> dict:
+    """`mlflow server` on `backend_uri`, its artifacts on the S3 server `s3` (start_rclone_s3's result) at
+    `artifacts_destination` (s3://bucket/prefix; the bucket's folder is created), on a free 127.0.0.1 port,
+    in its own process group. Returns {"process", "url", "log", "ready_s"}; stop it with
+    stop_process_group(result["process"])."""
+    from cxr.team import TeamServerError, mlflow_server_command, mlflow_server_environment, start_process, wait_for_http
+
+    bucket = artifacts_destination.removeprefix("s3://").split("/")[0]
+    (Path(s3["dir"]) / bucket).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = mlflow_server_command(backend_uri, artifacts_destination, port, workers=workers)
+    process = start_process(
+        command, Path(log), mlflow_server_environment(s3["endpoint"], s3["access_key"], s3["secret_key"])
+    )
+    try:
+        ready_s = wait_for_http(process, f"{url}/health", Path(log), timeout_s)
+    except TeamServerError as error:
+        stop_process_group(process)
+        pytest.fail(str(error))
+    return {"process": process, "url": url, "log": Path(log), "ready_s": ready_s}

@@ -2,15 +2,21 @@
 
 No API server can run here: these checks read the manifests as Kubernetes would
 and hold them to the server they run (`cxr serve`): its command line parses, its
-probes are routes it answers, its port is the one the Service targets. Schema
-validation against the Kubernetes API (kubernetes-validate) belongs to the
-scheduling and Kubernetes issue, with the rest of infra/.
+probes are routes it answers, its port is the one the Service targets. Below, every
+Kustomize base and overlay of infra/k8s (MLflow, the ZenML server, the model server,
+the pipelines' service account) is rendered with `kubectl kustomize` and validated
+against the Kubernetes API schemas of 1.29 to 1.33 (kubernetes-validate --strict).
 """
 
+import copy
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
+from components.kube_checks import KUBERNETES_VERSIONS, policy_violations, validate_documents
 from cxr.cli import build_parser
 
 FOLDER = Path(__file__).resolve().parent.parent / "infra" / "k8s" / "model-server"
@@ -69,3 +75,128 @@ def test_resources_security_and_the_autoscaler():
     target = documents["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", documents["Deployment"]["metadata"]["name"])
     assert documents["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
+
+
+# --- Every Kustomize base and overlay under infra/k8s, rendered by `kubectl kustomize` and validated
+# against the Kubernetes API schemas (kubernetes-validate --strict), as tests/test_k8s_manifests.py
+# does for the pipelines' Jobs.
+
+K8S = FOLDER.parent
+BASES = ("model-server", "mlflow", "zenml-server", "pipelines")
+OVERLAYS = {"overlays/team": "cxr", "overlays/dev": "cxr-dev"}
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for `kubectl kustomize`) is not installed")
+
+
+def _render(folder) -> list[dict]:
+    result = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    if KUBECTL is None:
+        pytest.skip("kubectl (for `kubectl kustomize`) is not installed")
+    return {name: _render(K8S / name) for name in (*BASES, *OVERLAYS)}
+
+
+def _by_kind(documents, kind, name):
+    (document,) = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    return document
+
+
+def _env(container) -> dict:
+    return {variable["name"]: variable for variable in container.get("env", [])}
+
+
+def test_every_base_is_in_an_overlay():
+    for overlay in OVERLAYS:
+        resources = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())["resources"]
+        assert {f"../../{base}" for base in BASES} <= set(resources), overlay
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_rendered_manifest_is_valid_for_the_kubernetes_api(rendered, version):
+    for name, documents in rendered.items():
+        assert validate_documents(documents, [version], strict=True) == [], name
+
+
+@needs_kubectl
+def test_pod_policies_hold_for_the_services(rendered):
+    for name, documents in rendered.items():
+        assert policy_violations(documents, is_gpu_workload=lambda document: False) == [], name
+
+
+@needs_kubectl
+def test_overlays_put_everything_in_their_namespace_and_the_model_server_finds_mlflow(rendered):
+    for overlay, namespace in OVERLAYS.items():
+        documents = rendered[overlay]
+        assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == {namespace}
+        mlflow_port = _by_kind(documents, "Service", "mlflow")["spec"]["ports"][0]["port"]
+        config = _by_kind(documents, "ConfigMap", "cxr-model-server")["data"]
+        assert config["MLFLOW_TRACKING_URI"] == f"http://mlflow.{namespace}.svc.cluster.local:{mlflow_port}"
+        (subject,) = _by_kind(documents, "RoleBinding", "cxr-pipelines-edit")["subjects"]
+        assert subject["namespace"] == namespace
+
+
+@needs_kubectl
+def test_mlflow_reads_its_database_from_a_secret_and_stores_artifacts_in_s3(rendered):
+    for name in ("mlflow", *OVERLAYS):
+        documents = rendered[name]
+        (container,) = _by_kind(documents, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+        assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in container["args"]
+        assert _env(container)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "cxr-mlflow-db"
+        destination = _by_kind(documents, "ConfigMap", "mlflow")["data"]["MLFLOW_ARTIFACTS_DESTINATION"]
+        assert destination.startswith("s3://"), name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+@needs_kubectl
+def test_mlflow_server_accepts_the_command_line():
+    """The arguments the Deployment passes are options of the installed `mlflow server`."""
+    from click.testing import CliRunner
+    from mlflow.cli import server
+
+    deployment = _by_kind(_render(K8S / "mlflow"), "Deployment", "mlflow")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    help_text = CliRunner().invoke(server, ["--help"]).output
+    for argument in container["args"]:
+        assert argument.split("=")[0] in help_text, argument
+
+
+@needs_kubectl
+def test_zenml_server_matches_the_client_and_reads_its_store_from_a_secret(rendered):
+    import zenml
+
+    (container,) = _by_kind(rendered["zenml-server"], "Deployment", "zenml-server")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert container["image"] == f"zenmldocker/zenml-server:{zenml.__version__}"
+    assert _env(container)["ZENML_STORE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "cxr-zenml-db"
+
+
+@needs_kubectl
+def test_the_pipelines_service_account_is_the_one_the_zenml_overlay_names(rendered):
+    overlay = yaml.safe_load((K8S.parents[1] / "infra" / "zenml_kubernetes.yaml").read_text())
+    account = overlay["settings"]["orchestrator.kubernetes"]["service_account_name"]
+    assert _by_kind(rendered["pipelines"], "ServiceAccount", account)
+
+
+@needs_kubectl
+def test_a_misspelt_field_fails_validation(rendered):
+    deployment = copy.deepcopy(_by_kind(rendered["overlays/team"], "Deployment", "mlflow"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbes"] = container.pop("readinessProbe")
+    errors = validate_documents([deployment], KUBERNETES_VERSIONS, strict=True)
+    assert len(errors) == len(KUBERNETES_VERSIONS)
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_the_stack_registration_script_passes_shellcheck():
+    script = K8S.parent / "register_kubernetes_stack.sh"
+    result = subprocess.run(
+        ["shellcheck", "--enable=all", "--severity=style", str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout

@@ -442,7 +442,7 @@ def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
     with pytest.raises(
         ValueError,
         match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'figure1', "
-        r"'folder', 'ieee8023', 'kaggle_pneumonia', 'manifest'\]",
+        r"'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest'\]",
     ):
         build_manifest(parse_sources([{"kind": "s3", "root": "x", "name": "x"}]), "binary")
     with pytest.raises(ValueError, match="unknown option 'lable_map'"):

@@ -331,12 +331,11 @@ def _promote_in_turn(uri: str, jobs: list[tuple[str, str, float]], barrier) -> N
         promote(client, name, version, quality, lock_timeout_s=120)
 
 
-def test_concurrent_promotions_leave_the_better_candidate_champion(tracking):
-    """v1 (0.5) is champion; v2 (0.9) and v3 (0.6) are promoted from two processes at the same moment."""
-    client, trials = MlflowClient(), 12
+def race_promotions(client: MlflowClient, uri: str, names: list[str]) -> list[int | None]:
+    """For each model of `names`: v1 (0.5) is champion; v2 (0.9) and v3 (0.6) are then promoted from two
+    processes at the same moment, on the store at `uri`. Returns the two processes' exit codes."""
     jobs_a, jobs_b = [], []
-    for trial in range(trials):
-        name = f"race-{trial}"
+    for trial, name in enumerate(names):
         v1 = register(client, name, 0.5)
         registry.move_alias(client, name, "champion", v1, action="promote", reason="set up")
         v2, v3 = register(client, name, 0.9), register(client, name, 0.6)
@@ -345,14 +344,19 @@ def test_concurrent_promotions_leave_the_better_candidate_champion(tracking):
         (jobs_b if trial % 2 else jobs_a).append((name, v3, 0.6))
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
-    workers = [
-        context.Process(target=_promote_in_turn, args=(tracking["uri"], jobs, barrier)) for jobs in (jobs_a, jobs_b)
-    ]
+    workers = [context.Process(target=_promote_in_turn, args=(uri, jobs, barrier)) for jobs in (jobs_a, jobs_b)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=600)
-    assert [worker.exitcode for worker in workers] == [0, 0]
+    return [worker.exitcode for worker in workers]
+
+
+def test_concurrent_promotions_leave_the_better_candidate_champion(tracking):
+    """v1 (0.5) is champion; v2 (0.9) and v3 (0.6) are promoted from two processes at the same moment."""
+    client, trials = MlflowClient(), 12
+    exit_codes = race_promotions(client, tracking["uri"], [f"race-{t}" for t in range(trials)])
+    assert exit_codes == [0, 0]
     champions = [str(registry.current_champion(client, f"race-{t}").version) for t in range(trials)]
     assert champions == ["2"] * trials
     for trial in range(trials):
