@@ -178,6 +178,15 @@ def _is_custom_endpoint(endpoint_url: str | None) -> bool:
     return not (host.endswith(".amazonaws.com") or host.endswith(".amazonaws.com.cn"))
 
 
+def _profile_setting(core: Any, name: str) -> str | None:
+    """A setting of the active AWS profile (~/.aws/config), or None (no profile, or not set there)."""
+    try:
+        value = core.get_scoped_config().get(name)
+    except Exception:  # botocore.exceptions.ProfileNotFound: the client itself reports a bad profile
+        return None
+    return str(value) if value else None
+
+
 def _new_client() -> Any:
     import boto3
     import botocore.session
@@ -188,7 +197,9 @@ def _new_client() -> Any:
         max_attempts = int(core.get_config_variable("max_attempts") or MAX_ATTEMPTS)
     except ValueError:
         max_attempts = MAX_ATTEMPTS
-    retry_mode = core.get_config_variable("retry_mode") or RETRY_MODE
+    # Only a mode the user set (AWS_RETRY_MODE, or retry_mode in the profile): botocore's own default is
+    # "legacy" in 1.43 (the version s3fs's aiobotocore allows) and "standard" later.
+    retry_mode = os.environ.get("AWS_RETRY_MODE") or _profile_setting(core, "retry_mode") or RETRY_MODE
     session = boto3.session.Session(botocore_session=core)
     config = Config(
         # "total_max_attempts" counts the first try, like AWS_MAX_ATTEMPTS; botocore's

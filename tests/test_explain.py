@@ -59,7 +59,9 @@ def small_cnn(seed: int = 0):
     x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
     features = keras.Model(inner_input, x, name="features")
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    pooled = keras.layers.GlobalAveragePooling2D()(features(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(
+        features(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs))
+    )
     outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled)
     return keras.Model(inputs, outputs, name="small_cnn")
 
@@ -111,7 +113,7 @@ def test_with_a_gap_dense_head_grad_cam_is_cam(trained_cnn):
     import keras
 
     images, labels = square_images(4, seed=2)
-    features = keras.Model(trained_cnn.inputs, trained_cnn.get_layer("global_average_pooling2d").input)
+    features = keras.Model(trained_cnn.inputs, trained_cnn.get_layer("pooled").input)
     maps = np.asarray(features.predict(images, verbose=0))  # (4, 16, 16, 16)
     kernel = np.asarray(trained_cnn.get_layer("probability").kernel)[:, 0]
     signs = np.where(labels == 1, 1.0, -1.0)  # class 1: the logit z; class 0: -z

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,10 +49,14 @@ def team_mlflow(postgres, s3_server, tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_URI", server["url"])
             mlflow.set_tracking_uri(server["url"])
+            # MLflow keeps the active experiment's id across tracking URIs: an id of the session's store
+            # (set by an earlier test in this process) does not exist on the server.
+            mlflow.set_experiment(experiment_id="0")
             try:
                 yield {**server, "bucket_dir": Path(s3_server["dir"]) / MLFLOW_BUCKET, "postgres_uri": postgres["uri"]}
             finally:
                 mlflow.set_tracking_uri(None)
+                mlflow.set_experiment(experiment_id="0")  # and the server's id means nothing to the next store
     finally:
         stop_process_group(server["process"])
 
@@ -160,6 +165,11 @@ def cli_environment(s3_server: dict | None) -> dict[str, str]:
     environment.update(
         AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true"
     )
+    # Its own ZenML repository: the project root's .zen records one active stack for every work folder (issue
+    # 13), and the test session's other processes activate theirs there while this one runs.
+    repository = Path(tempfile.mkdtemp(prefix="cxr-team-repo-"))
+    (repository / ".zen").mkdir()
+    environment["ZENML_REPOSITORY_PATH"] = str(repository)
     if s3_server is not None:
         environment.update(
             AWS_ACCESS_KEY_ID=s3_server["access_key"],
