@@ -160,7 +160,10 @@ def cli_environment(s3_server: dict | None) -> dict[str, str]:
     environment = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("AWS_", "ZENML_CONFIG_PATH", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"))
+        # ZENML_ACTIVE_STACK_ID: the deploy step pins this session's stack in its environment (steps/deployment.py).
+        if not key.startswith(
+            ("AWS_", "ZENML_CONFIG_PATH", "ZENML_ACTIVE_STACK_ID", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        )
     }
     environment.update(
         AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true"
