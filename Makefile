@@ -66,6 +66,7 @@ k8s-manifests: install
 	$(BIN)/cxr k8s-manifests --config configs/paper.yaml --zenml-config infra/zenml_kubernetes.yaml --out $(K8S_OUT)/pipelines
 	for overlay in team dev; do kubectl kustomize infra/k8s/overlays/$$overlay > $(K8S_OUT)/$$overlay.yaml || exit 1; done
 	$(BIN)/python -m components.kube_checks $(K8S_OUT)/team.yaml $(K8S_OUT)/dev.yaml
+	$(BIN)/python -m cxr.kfp_ir --config configs/paper.yaml --zenml-config infra/zenml_kubernetes.yaml --out $(K8S_OUT)/kubeflow/training_pipeline.yaml
 
 clean:
 	rm -rf .cxr .zen
