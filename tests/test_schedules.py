@@ -515,3 +515,8 @@ def test_the_cronjob_zenml_would_create_forbids_concurrent_runs(tmp_path):
     assert manifest["kind"] == "CronJob"
     assert manifest["spec"]["concurrencyPolicy"] == "Forbid"
     assert manifest["spec"]["schedule"] == "0 3 * * 1"
+    # ... and the API of Kubernetes 1.29-1.33 would take it (kubernetes-validate --strict, offline).
+    from components.kube_checks import validate_documents
+
+    manifest["metadata"] = {"name": "cxr-training", "namespace": "cxr"}
+    assert validate_documents([manifest]) == []
