@@ -13,6 +13,7 @@ Schema-check files: `python -m components.kube_checks FILE...` (every version ab
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -107,7 +108,36 @@ def validate_documents(
         for version in versions
         for document in documents
         for message in schema_errors(document, version, strict)
-    ]
+    ] + [message for document in documents for message in quantity_errors(document)]
+
+
+# A Kubernetes resource quantity (k8s.io/apimachinery resource.Quantity; the API's OpenAPI schema types
+# it as int-or-string, so kubernetes-validate cannot catch "32 GB"): the pattern of its parser.
+_QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
+
+
+def quantity_errors(document: Document) -> list[str]:
+    """Resource requests and limits of a manifest's containers that are not Kubernetes quantities.
+
+    Args:
+        document: one manifest (any kind with a pod spec).
+
+    Returns:
+        One message per bad value, naming the object, container and resource (empty when none).
+    """
+    spec = pod_spec(document)
+    if spec is None:
+        return []
+    problems = []
+    for container in containers(spec):
+        for section in ("requests", "limits"):
+            for resource, value in ((container.get("resources") or {}).get(section) or {}).items():
+                if not _QUANTITY.match(str(value)):
+                    problems.append(
+                        f"{describe(document)}: container {container.get('name')}: {section}.{resource} {value!r} "
+                        "is not a Kubernetes quantity (e.g. 32Gi, 500m, 2)"
+                    )
+    return problems
 
 
 def pod_spec(document: Document) -> Document | None:

@@ -1076,10 +1076,26 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        if _is_unreachable_server(error):
+            print(
+                f"error: the MLflow tracking server at {os.environ.get('MLFLOW_TRACKING_URI')} cannot be reached "
+                "(is it running? `cxr stack up --team` starts the local team stack; or unset MLFLOW_TRACKING_URI "
+                "to use the work folder's own registry)",
+                file=sys.stderr,
+            )
+            return 1
         if not _is_user_facing(error):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
+
+
+def _is_unreachable_server(error: BaseException) -> bool:
+    """MLflow's REST client giving up on a tracking server that refuses or does not answer connections."""
+    text = str(error)
+    return type(error).__name__ == "MlflowException" and (
+        "Connection refused" in text or "Max retries exceeded" in text or "Failed to establish" in text
+    )
 
 
 def _is_unreadable_database(error: BaseException) -> bool:

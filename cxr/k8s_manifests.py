@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from components.config import RunConfig, load_run_config, merged_yaml_file
+from components.config import ConfigError, RunConfig, load_run_config, merged_yaml_file
 from steps.names import EXPERIMENT_TRACKER, train_step_id
 
 PIPELINE_NAME = "training_pipeline"
@@ -326,6 +326,25 @@ def add_parser(commands: Any) -> None:
     sub.set_defaults(handler=cmd_k8s_manifests)
 
 
+def _overlay_problem(error: Exception, overlays: Sequence[str]) -> str:
+    """One line for what ZenML refused while building the manifests from `overlays`; re-raises anything else."""
+    name = type(error).__name__
+    named = ", ".join(str(o) for o in overlays) or "zenml_config.yaml"
+    if name == "SettingsResolvingError":
+        detail = str(error).splitlines()[0][:300]
+        return (
+            f"ZenML cannot read the Kubernetes settings of {named}: {detail} (quantities such as "
+            '"nvidia.com/gpu" must be strings, e.g. "1"; keys as in infra/zenml_kubernetes.yaml)'
+        )
+    if name == "ConfigException":
+        return (
+            f"{named} sets no service_account_name for the Kubernetes orchestrator (or a key of it is misspelt, e.g. "
+            "orchestrator.kubernetes): ZenML would then create one through a cluster's API, which this offline "
+            "check cannot reach"
+        )
+    raise error
+
+
 def cmd_k8s_manifests(args: Any) -> int:
     """Write the manifests; validate them for every Kubernetes version and check the pod policies."""
     from components.kube_checks import KUBERNETES_VERSIONS, policy_violations, validate_documents
@@ -334,13 +353,16 @@ def cmd_k8s_manifests(args: Any) -> int:
     project_root = Path(__file__).resolve().parent.parent
     config = load_run_config(args.config)
     paths = configure_environment(args.workdir)
-    manifests = training_pipeline_manifests(
-        config,
-        [project_root / "zenml_config.yaml", *args.zenml_config],
-        paths.workdir / "k8s-manifests",
-        image=args.image,
-        namespace=args.namespace,
-    )
+    try:
+        manifests = training_pipeline_manifests(
+            config,
+            [project_root / "zenml_config.yaml", *args.zenml_config],
+            paths.workdir / "k8s-manifests",
+            image=args.image,
+            namespace=args.namespace,
+        )
+    except Exception as error:  # ZenML's settings errors and a kubeconfig lookup are the overlay's faults here
+        raise ConfigError(_overlay_problem(error, args.zenml_config)) from None
     written = write_manifests(manifests, Path(args.out))
     print(f"{len(written)} Jobs written to {args.out} (the orchestrator Job and one per step)")
     if args.no_validate:

@@ -116,6 +116,10 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         # Reading a small artifact (evidence.json, a model) drew tqdm bars in the command's output.
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # A tracking server that is down: MLflow's default (7 retries, backoff factor 2) waits about 250 s in
+        # silence before it fails; 3 retries with factor 1 fail in about 7 s. Set them to wait longer.
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_TRACKING_URI": paths.tracking_uri,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "AUTOGRAPH_VERBOSITY": "0",

@@ -157,6 +157,24 @@ def test_a_mistyped_work_folder_is_not_created(tmp_path, another_workdir, capsys
     assert not missing.exists()
 
 
+def test_a_tracking_server_that_is_down_is_one_error_line_within_seconds(
+    tmp_path, another_workdir, capsys, monkeypatch
+):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", raising=False)
+    start = time.monotonic()
+    assert main(["--workdir", str(tmp_path), "models", "--model-name", "m"]) == 1
+    assert time.monotonic() - start < 60  # MLflow's own retries would wait about 250 s
+    assert _error_line(capsys).startswith(f"error: the MLflow tracking server at http://127.0.0.1:{port} cannot be")
+
+
 def test_a_corrupt_registry_database_is_one_error_line(tmp_path, another_workdir, capsys):
     database = tmp_path / "mlflow" / "mlflow.db"
     database.parent.mkdir(parents=True)

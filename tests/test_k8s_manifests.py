@@ -182,3 +182,44 @@ def test_a_missing_config_is_a_clear_error(session_paths, tmp_path, capsys):
     argv = ["--workdir", str(session_paths.workdir), "k8s-manifests", "--config", str(tmp_path / "nope.yaml")]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_a_resource_that_is_no_kubernetes_quantity_fails(manifests):
+    """The schema types quantities as int-or-string, so "32 GB" passes kubernetes-validate: checked on its own."""
+    broken = copy.deepcopy(_step_jobs(manifests)["train_Xception"])
+    next(iter(pod_spec(broken)["containers"]))["resources"]["requests"]["memory"] = "32 GB"
+    errors = validate_documents([broken], KUBERNETES_VERSIONS, strict=True)
+    assert len(errors) == 1
+    assert "requests.memory '32 GB' is not a Kubernetes quantity" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("no service account", "sets no service_account_name"),
+        ("gpu as a number", "must be strings"),
+    ],
+)
+def test_an_overlay_zenml_refuses_is_one_error_line(session_paths, tmp_path, capsys, change, expected):
+    overlay = yaml.safe_load((PROJECT_ROOT / "infra" / "zenml_kubernetes.yaml").read_text())
+    kubernetes = overlay["settings"]["orchestrator.kubernetes"]
+    if change == "gpu as a number":
+        overlay["train_steps"]["settings"]["orchestrator.kubernetes"]["pod_settings"]["resources"]["limits"][
+            GPU_RESOURCE
+        ] = 1
+    else:
+        kubernetes.pop("service_account_name")
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    argv = [
+        "--workdir",
+        str(session_paths.workdir),
+        "k8s-manifests",
+        "--config",
+        str(PROJECT_ROOT / "configs/paper.yaml"),
+    ]
+    code = main([*argv, "--zenml-config", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
+    assert expected in err.strip().splitlines()[-1]
