@@ -562,10 +562,9 @@ def _compile_patient_pattern(pattern: str) -> re.Pattern[str]:
     return compiled
 
 
-class FolderOptions(SourceOptions):
-    """Options of a ``folder`` source: one subfolder per class."""
+class _FilesOptions(SourceOptions):
+    """Options of the layouts that take patient ids from file names (``folder``, ``images``)."""
 
-    kind: Literal["folder"] = "folder"
     patient_id_pattern: str = Field(
         DEFAULT_PATIENT_ID_PATTERN,
         description="regex searched in each file stem; its group (?P<patient_id>...) is the patient id "
@@ -578,6 +577,12 @@ class FolderOptions(SourceOptions):
     def _has_patient_group(cls, pattern: str) -> str:
         _compile_patient_pattern(pattern)  # SourceError (a ValueError) naming the pattern
         return pattern
+
+
+class FolderOptions(_FilesOptions):
+    """Options of a ``folder`` source: one subfolder per class."""
+
+    kind: Literal["folder"] = "folder"
 
 
 @register_source("folder", options=FolderOptions)
@@ -619,22 +624,10 @@ def folder_candidates(root: str, task: str, options: FolderOptions) -> list[dict
     ]
 
 
-class ImagesOptions(SourceOptions):
+class ImagesOptions(_FilesOptions):
     """Options of an ``images`` source: new images without labels, for batch inference."""
 
     kind: Literal["images"] = "images"
-    patient_id_pattern: str = Field(
-        DEFAULT_PATIENT_ID_PATTERN,
-        description="regex searched in each file stem; its group (?P<patient_id>...) is the patient id "
-        "(no match: the whole stem, each image its own patient)",
-    )
-    default_view: DefaultView = UNKNOWN_VIEW
-
-    @field_validator("patient_id_pattern")
-    @classmethod
-    def _has_patient_group(cls, pattern: str) -> str:
-        _compile_patient_pattern(pattern)
-        return pattern
 
 
 @register_source("images", options=ImagesOptions)

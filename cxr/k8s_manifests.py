@@ -86,28 +86,40 @@ def _uuid(*parts: str) -> uuid.UUID:
 
 def kubernetes_stack(namespace: str, mlflow_uri: str, workdir: Path) -> Any:
     """An in-memory ZenML stack with a Kubernetes orchestrator; nothing is registered or contacted."""
-    from zenml.artifact_stores.local_artifact_store import LocalArtifactStore, LocalArtifactStoreConfig
     from zenml.enums import StackComponentType
     from zenml.integrations.kubernetes.flavors import KubernetesOrchestratorConfig
     from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator import KubernetesOrchestrator
-    from zenml.integrations.mlflow.experiment_trackers import MLFlowExperimentTracker
-    from zenml.integrations.mlflow.flavors import MLFlowExperimentTrackerConfig
-    from zenml.stack import Stack
 
-    now = datetime.now()
-    common = {"user": None, "created": now, "updated": now}
     orchestrator = KubernetesOrchestrator(
         name="cxr_k8s",
         id=_uuid("orchestrator"),
         config=KubernetesOrchestratorConfig(kubernetes_context="cxr", kubernetes_namespace=namespace),
         flavor="kubernetes",
         type=StackComponentType.ORCHESTRATOR,
-        **common,
+        **component_fields(),
     )
+    return in_memory_stack("cxr_k8s", orchestrator, mlflow_uri, workdir, _uuid)
+
+
+def in_memory_stack(
+    name: str, orchestrator: Any, mlflow_uri: str, workdir: Path, make_id: Any, **components: Any
+) -> Any:
+    """A ZenML Stack of `orchestrator`, a placeholder artifact store and the MLflow tracker; nothing registered.
+
+    Shared by the Kubernetes manifests and the Kubeflow IR (cxr/kfp_ir.py). `make_id(part)` gives the
+    deterministic UUID of each component; `components` are further ones (e.g. a container registry).
+    """
+    from zenml.artifact_stores.local_artifact_store import LocalArtifactStore, LocalArtifactStoreConfig
+    from zenml.enums import StackComponentType
+    from zenml.integrations.mlflow.experiment_trackers import MLFlowExperimentTracker
+    from zenml.integrations.mlflow.flavors import MLFlowExperimentTrackerConfig
+    from zenml.stack import Stack
+
+    common = component_fields()
     # The compiler only needs an artifact store; on a cluster it is S3 (register_kubernetes_stack.sh).
     artifact_store = LocalArtifactStore(
         name="cxr_placeholder_store",
-        id=_uuid("artifact_store"),
+        id=make_id("artifact_store"),
         config=LocalArtifactStoreConfig(path=str(workdir / "artifacts")),
         flavor="local",
         type=StackComponentType.ARTIFACT_STORE,
@@ -115,19 +127,26 @@ def kubernetes_stack(namespace: str, mlflow_uri: str, workdir: Path) -> Any:
     )
     tracker = MLFlowExperimentTracker(
         name=EXPERIMENT_TRACKER,
-        id=_uuid("experiment_tracker"),
+        id=make_id("experiment_tracker"),
         config=MLFlowExperimentTrackerConfig(tracking_uri=mlflow_uri, tracking_token="placeholder"),
         flavor="mlflow",
         type=StackComponentType.EXPERIMENT_TRACKER,
         **common,
     )
     return Stack(
-        id=_uuid("stack"),
-        name="cxr_k8s",
+        id=make_id("stack"),
+        name=name,
         orchestrator=orchestrator,
         artifact_store=artifact_store,
         experiment_tracker=tracker,
+        **components,
     )
+
+
+def component_fields() -> dict[str, Any]:
+    """The fields every in-memory stack component needs besides its own (no user, created now)."""
+    now = datetime.now()
+    return {"user": None, "created": now, "updated": now}
 
 
 def compile_training_pipeline(

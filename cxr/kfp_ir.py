@@ -40,7 +40,6 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -85,18 +84,13 @@ def _recording_orchestrator_class() -> type:
 
 def kubeflow_stack(mlflow_uri: str, registry: str, workdir: Path) -> Any:
     """An in-memory ZenML stack with a Kubeflow orchestrator; nothing is registered or contacted."""
-    from zenml.artifact_stores.local_artifact_store import LocalArtifactStore, LocalArtifactStoreConfig
     from zenml.container_registries.base_container_registry import BaseContainerRegistry, BaseContainerRegistryConfig
     from zenml.enums import StackComponentType
     from zenml.integrations.kubeflow.flavors import KubeflowOrchestratorConfig
-    from zenml.integrations.mlflow.experiment_trackers import MLFlowExperimentTracker
-    from zenml.integrations.mlflow.flavors import MLFlowExperimentTrackerConfig
-    from zenml.stack import Stack
 
-    from steps.names import EXPERIMENT_TRACKER
+    from cxr.k8s_manifests import component_fields, in_memory_stack
 
-    now = datetime.now()
-    common = {"user": None, "created": now, "updated": now}
+    common = component_fields()
     orchestrator = _recording_orchestrator_class()(
         name="cxr_kubeflow",
         id=_uuid("orchestrator"),
@@ -115,29 +109,8 @@ def kubeflow_stack(mlflow_uri: str, registry: str, workdir: Path) -> Any:
         type=StackComponentType.CONTAINER_REGISTRY,
         **common,
     )
-    artifact_store = LocalArtifactStore(
-        name="cxr_placeholder_store",
-        id=_uuid("artifact_store"),
-        config=LocalArtifactStoreConfig(path=str(workdir / "artifacts")),
-        flavor="local",
-        type=StackComponentType.ARTIFACT_STORE,
-        **common,
-    )
-    tracker = MLFlowExperimentTracker(
-        name=EXPERIMENT_TRACKER,
-        id=_uuid("experiment_tracker"),
-        config=MLFlowExperimentTrackerConfig(tracking_uri=mlflow_uri, tracking_token="placeholder"),
-        flavor="mlflow",
-        type=StackComponentType.EXPERIMENT_TRACKER,
-        **common,
-    )
-    return Stack(
-        id=_uuid("stack"),
-        name="cxr_kubeflow",
-        orchestrator=orchestrator,
-        artifact_store=artifact_store,
-        container_registry=registry_component,
-        experiment_tracker=tracker,
+    return in_memory_stack(
+        "cxr_kubeflow", orchestrator, mlflow_uri, workdir, _uuid, container_registry=registry_component
     )
 
 

