@@ -307,11 +307,27 @@ def exclusion_summary(manifest: pd.DataFrame) -> dict[str, int]:
     return {reason: int(counts[reason]) for reason in reasons}
 
 
+def _source_prefixes(manifest: pd.DataFrame) -> dict[str, str]:
+    """{source: the folder (or S3 prefix) all its rows' URIs share, ending in "/"}.
+
+    The deepest common folder, not the configured root: the version is computed from the
+    manifest alone, and the same files under another root share the same relative paths.
+    """
+    prefixes = {}
+    for source, uris in manifest.groupby("source", sort=False)["uri"]:
+        common = os.path.commonprefix([str(uri) for uri in uris])
+        prefixes[str(source)] = common[: common.rfind("/") + 1]
+    return prefixes
+
+
 def dataset_version(manifest: pd.DataFrame) -> str:
     """Content hash of a manifest: 16 hex digits that change when any file, label or exclusion does.
 
     Rows are sorted first, so the order adapters list files in does not matter;
-    file bytes enter through the sha256 column.
+    file bytes enter through the sha256 column. Paths enter relative to the folder their
+    source's files share (also in exclusion details, which may quote them): the same files
+    moved, copied, regenerated elsewhere or uploaded to S3 keep their version, so
+    `cxr train --if-data-changed` does not retrain on them.
 
     Args:
         manifest: A manifest (MANIFEST_COLUMNS).
@@ -319,7 +335,13 @@ def dataset_version(manifest: pd.DataFrame) -> str:
     Returns:
         The first 16 hex digits of a SHA-256 over the sorted rows.
     """
-    frame = manifest.reindex(columns=MANIFEST_COLUMNS).astype(str).sort_values(MANIFEST_COLUMNS, kind="stable")
+    frame = manifest.reindex(columns=MANIFEST_COLUMNS).astype(str)
+    if len(frame):
+        prefix = frame["source"].map(_source_prefixes(frame))
+        relative = [uri[len(p) :] if uri.startswith(p) else uri for uri, p in zip(frame["uri"], prefix, strict=True)]
+        details = [d.replace(p, "") if p else d for d, p in zip(frame["exclusion_detail"], prefix, strict=True)]
+        frame = frame.assign(uri=relative, exclusion_detail=details)
+    frame = frame.sort_values(MANIFEST_COLUMNS, kind="stable")
     digest = hashlib.sha256()
     digest.update("\x1f".join(MANIFEST_COLUMNS).encode())
     for row in frame.itertuples(index=False):

@@ -41,10 +41,17 @@ from pydantic import BaseModel
 from components import s3
 from components.config import RunConfig
 from components.errors import StorageError
-from components.image_info import describe_uris
-from components.labels import EXCLUDE_MISSING_FILE
+from components.image_info import NO_FILE, describe_uris
+from components.labels import (
+    EXCLUDE_DUPLICATE,
+    EXCLUDE_LATERAL,
+    EXCLUDE_MISSING_FILE,
+    EXCLUDE_OUT_OF_TASK,
+    EXCLUDE_UNKNOWN_FINDING,
+    EXCLUDE_UNLABELLED,
+)
 from components.manifest import build_manifest, dataset_version
-from components.splitting import TRAINING, evaluated_sources, limit_images
+from components.splitting import EXCLUDE_OVER_CAP, TRAINING, evaluated_sources, limit_images
 from components.storage import is_s3_uri
 
 __all__ = [
@@ -249,6 +256,22 @@ def data_listing(config: RunConfig) -> DataListing:
     return DataListing(config=manifest_fingerprint_config(config), sources=sources)
 
 
+def relisted(listing: DataListing) -> DataListing:
+    """The same sources listed again now (to see which files changed since `listing` was taken).
+
+    Args:
+        listing: an earlier DataListing.
+
+    Returns:
+        A DataListing with the same config and source names and roots, files as they are now.
+
+    Raises:
+        StorageError: a source root cannot be listed any more.
+    """
+    sources = [SourceListing(name=s.name, root=s.root, files=list_source(s.root)) for s in listing.sources]
+    return DataListing(config=listing.config, sources=sources)
+
+
 class ListingChanges(BaseModel):
     """Files added, changed (size or stamp) and removed between two listings, as URIs."""
 
@@ -281,6 +304,18 @@ def compare_listings(before: DataListing, after: DataListing) -> ListingChanges:
 
 
 # ---------------------------------------------------------------- the file cache
+
+
+# Reasons a row gets after its file was read and found usable: its file description is the plain read.
+_REASONS_AFTER_READING = frozenset(
+    {"", EXCLUDE_LATERAL, EXCLUDE_UNLABELLED, EXCLUDE_UNKNOWN_FINDING, EXCLUDE_OUT_OF_TASK, EXCLUDE_DUPLICATE}
+    | {EXCLUDE_OVER_CAP}
+)
+
+
+def _plain(value: Any) -> Any:
+    """A manifest cell as a JSON value (numpy integers from a DataFrame become int)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 class FileInfoCache:
@@ -361,6 +396,33 @@ class FileInfoCache:
         self.versions[fingerprint] = version
         while len(self.versions) > self.MAX_VERSIONS:
             self.versions.pop(next(iter(self.versions)))
+
+    def learn_from_manifest(self, manifest: pd.DataFrame, before: DataListing, after: DataListing) -> int:
+        """Remember what a training run's ingest read, so the next check reads only new or changed files.
+
+        Only files whose listing entry was the same before and after the run (not changed while
+        it read them) and whose row records a usable read (a sha256, and no reason other than
+        the ones given after reading: lateral, label, task, duplicate, cap) are stored.
+
+        Args:
+            manifest: the manifest the run's ingest step built (MANIFEST_COLUMNS).
+            before: the listing taken before the run (check_data's).
+            after: a listing taken after the run.
+
+        Returns:
+            How many files were stored.
+        """
+        stable = {uri: entry for uri, entry in before.by_uri().items() if after.by_uri().get(uri) == entry}
+        file_columns = [key for key in NO_FILE if key not in ("exclusion_reason", "exclusion_detail")]
+        stored = 0
+        for row in manifest.to_dict("records"):
+            entry = stable.get(str(row["uri"]))
+            if entry is None or not row["sha256"] or row["exclusion_reason"] not in _REASONS_AFTER_READING:
+                continue
+            info = {key: _plain(row[key]) for key in file_columns if key in row}
+            self.store(str(row["uri"]), entry, {**NO_FILE, **info, "exclusion_reason": "", "exclusion_detail": ""})
+            stored += 1
+        return stored
 
     def save(self) -> None:
         """Write the cache (to a temporary file first, then renamed over the old one)."""

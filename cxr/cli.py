@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not data.train:
         return 0
     summary = run_training(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
-    record_training(data, summary.registration, paths)
+    record_training(data, summary.registration, paths, summary.run_name)
     print(format_summary(summary, paths))
     if args.summary_json:
         Path(args.summary_json).write_text(summary.model_dump_json(indent=2))

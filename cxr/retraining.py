@@ -29,6 +29,7 @@ from components.retraining import (
     current_dataset_version,
     data_listing,
     decide,
+    relisted,
 )
 from cxr.runner import ensure_synthetic_dataset, resolved_config
 from cxr.stack import LocalPaths
@@ -121,17 +122,39 @@ def check_data(config: RunConfig, paths: LocalPaths, if_data_changed: bool) -> D
     return DataCheck(listing=listing, decision=decision, tracking_uri=tracking_uri)
 
 
-def record_training(check: DataCheck, registration: Registration, paths: LocalPaths) -> None:
+def learn_from_run(cache: FileInfoCache, before: DataListing, run_name: str) -> None:
+    """Fill `cache` from the manifest the run `run_name` ingested (FileInfoCache.learn_from_manifest).
+
+    The sources are listed again to leave out files that changed while the run read them. A run
+    without a readable manifest, or sources that can no longer be listed, leave the cache as it is.
+    """
+    from zenml.client import Client
+
+    from steps.names import INGEST_STEP, MANIFEST
+
+    try:
+        manifest = Client().get_pipeline_run(run_name).steps[INGEST_STEP].outputs[MANIFEST][0].load()
+        after = relisted(before)
+    except (KeyError, CxrError, OSError) as error:
+        logger.warning("the file cache did not learn from run %s: %s", run_name, error)
+        return
+    stored = cache.learn_from_manifest(manifest, before, after)
+    logger.info("file cache: %d files learnt from run %s", stored, run_name)
+
+
+def record_training(check: DataCheck, registration: Registration, paths: LocalPaths, run_name: str) -> None:
     """After a training run: its listing and decision on the registered version's MLflow run.
 
     The listing goes to LISTING_ARTIFACT, the decision (if any) to ``retraining.*`` tags, and the
-    work folder's cache learns the listing's dataset version. A failure is logged, not raised: the
-    run itself has completed.
+    work folder's cache learns the listing's dataset version and what the run's ingest read
+    (learn_from_run), so the next ``--if-data-changed`` reads only new or changed files. A failure
+    is logged, not raised: the run itself has completed.
 
     Args:
         check: what check_data gave before the run.
         registration: the run's registration (its MLflow run and dataset version).
         paths: the work folder.
+        run_name: the ZenML pipeline run (its ingest step's manifest).
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -143,6 +166,7 @@ def record_training(check: DataCheck, registration: Registration, paths: LocalPa
             client.log_text(run_id, check.listing.model_dump_json(), LISTING_ARTIFACT)
             cache = FileInfoCache(paths.workdir / CACHE_FILE)
             cache.remember_version(check.listing.fingerprint, registration.dataset_version)
+            learn_from_run(cache, check.listing, run_name)
             cache.save()
         if check.decision is not None:
             for key, value in check.decision.mlflow_tags().items():

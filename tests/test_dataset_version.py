@@ -2,10 +2,12 @@
 version (and a cache hit downstream when caching keys on data, not artifact ids);
 one changed file on disk gives a new version and a cache miss."""
 
+import shutil
+
 import pytest
 from PIL import Image
 
-from components.manifest import build_manifest, dataset_version
+from components.manifest import build_manifest, dataset_version, manifest_frame
 from components.sources import FolderOptions
 from tests.factories import write_class_folders
 
@@ -20,6 +22,30 @@ def test_dataset_version_follows_file_content(tmp_path):
     assert len(first) == 16
     Image.new("L", (64, 64), 7).save(tmp_path / "normal" / "nor0_0.png")
     assert dataset_version(build_manifest(sources, "multiclass")) != first
+
+
+def test_the_same_files_elsewhere_keep_their_version_and_a_renamed_file_does_not(tmp_path):
+    first_root, moved_root = tmp_path / "drop", tmp_path / "elsewhere" / "deeper" / "copy"
+    write_class_folders(first_root)
+    version = dataset_version(build_manifest([FolderOptions(root=str(first_root), name="f")], "multiclass"))
+    shutil.copytree(first_root, moved_root)
+    assert dataset_version(build_manifest([FolderOptions(root=str(moved_root), name="f")], "multiclass")) == version
+    (moved_root / "normal" / "nor0_0.png").rename(moved_root / "normal" / "renamed.png")
+    assert dataset_version(build_manifest([FolderOptions(root=str(moved_root), name="f")], "multiclass")) != version
+
+
+def test_paths_quoted_in_exclusion_details_do_not_enter_the_version(tmp_path):
+    write_class_folders(tmp_path / "a")
+    first = build_manifest([FolderOptions(root=str(tmp_path / "a"), name="f")], "multiclass")
+    missing = {**first.iloc[0].to_dict(), "exclusion_reason": "missing file"}
+    missing["exclusion_detail"] = f"[Errno 2] No such file or directory: '{tmp_path / 'a' / 'normal' / 'gone.png'}'"
+    quoted = manifest_frame([*first.to_dict("records"), missing])
+    moved = quoted.assign(
+        uri=quoted["uri"].str.replace(str(tmp_path / "a"), str(tmp_path / "b"), regex=False),
+        exclusion_detail=quoted["exclusion_detail"].str.replace(str(tmp_path / "a"), str(tmp_path / "b"), regex=False),
+    )
+    assert moved["exclusion_detail"].iloc[-1] != quoted["exclusion_detail"].iloc[-1]
+    assert dataset_version(moved) == dataset_version(quoted)
 
 
 def test_changed_file_invalidates_the_cache_of_downstream_steps(local_stack, tmp_path):

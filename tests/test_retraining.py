@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from components.retraining import (
     FileInfoCache,
     data_listing,
     decide,
+    relisted,
     training_manifest,
 )
 from components.retraining import current_dataset_version as version_with_cache
@@ -172,6 +174,22 @@ def test_the_cache_reads_each_file_once_and_survives_a_restart(tmp_path):
     version, read = version_with_cache(binary, data_listing(binary), FileInfoCache(tmp_path / "cache.json"))
     assert read == 0
     assert version == full_version(binary)
+
+
+def test_the_cache_learns_a_training_runs_reads_except_files_changed_meanwhile(tmp_path):
+    folder = tmp_path / "drop"
+    write_class_folders(folder, LABELS, patients_per_label=2, size=64)
+    (folder / "normal" / "broken.png").write_bytes(b"not an image")
+    config = run_config(str(folder))
+    before = data_listing(config)
+    manifest = training_manifest(config)  # what the run's ingest step built
+    changed = folder / "pneumonia" / "pne1_0.png"
+    later(changed)  # touched while the run read the data
+    cache = FileInfoCache(tmp_path / "cache.json")
+    assert cache.learn_from_manifest(manifest, before, relisted(before)) == 5  # 6 images, less the touched one
+    version, read = version_with_cache(config, data_listing(config), cache)
+    assert read == 2  # the touched file and the broken one (its row records no usable read)
+    assert version == full_version(config)
 
 
 def test_no_champion_or_no_version_tag_trains_without_reading(tmp_path):
@@ -350,3 +368,14 @@ def test_a_trained_champion_records_its_listing_and_the_next_runs_skip(local_sta
     line = train()
     assert line.startswith(f"retraining: SKIP (content_unchanged) {name} champion v1")
     assert f"data {champion.tags[TAG_DATASET_VERSION]};" in line
+    decisions = [
+        json.loads(line) for line in (local_stack.workdir / "reports" / DECISIONS_FILE).read_text().splitlines()
+    ]
+    assert decisions[-1]["files_read"] == 1  # the run's ingest filled the cache: only the touched file is read
+
+    moved = tmp_path / "moved" / "synthetic"
+    shutil.copytree(data_root, moved)
+    config["data"]["sources"][0]["root"] = str(moved)
+    config["data"].pop("synthetic")
+    path.write_text(yaml.safe_dump(config))
+    assert train().startswith(f"retraining: SKIP (content_unchanged) {name} champion v1")
