@@ -134,7 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(data.decision.line())
     if not data.train:
         return 0
-    summary = run_training(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config)
+    from cxr.data import check_approval
+
+    # data.require_approval: a version no steward approved stops here (DataNotApprovedError, one line).
+    if (approval := check_approval(config, paths, data)) is not None:
+        print(f"Dataset version {approval[0]} {approval[1].line()}")
+    summary = run_training(config, paths, PROJECT_ROOT, zenml_overlays=args.zenml_config, stack=args.stack)
     record_training(data, summary.registration, paths, summary.run_name)
     print(format_summary(summary, paths))
     if args.summary_json:
@@ -858,6 +863,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help="train only when the data differs from the champion's (a listing first; files hashed only "
                 "when it changed); the decision is printed and appended to <workdir>/reports/"
                 "retraining_decisions.jsonl",
+            )
+            sub.add_argument(
+                "--stack",
+                help="run on this registered ZenML stack (e.g. the Kubernetes stack of infra/"
+                "register_kubernetes_stack.sh) instead of the work folder's local stack",
             )
         sub.set_defaults(handler=handler)
 

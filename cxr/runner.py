@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
 from components.ablation import VARIANTS, AblationSummary, ablation_config
 from components.assessment import Assessment
 from components.config import ConfigError, RunConfig, merged_yaml_file
 from components.deployment import DeploymentOutcome
+from components.errors import CxrError
 from components.evaluation import Evaluation
 from components.labels import Task
 from components.metrics import SplitMetrics
@@ -33,6 +35,7 @@ from cxr.stack import (
     EVALUATION_EXPERIMENT_NAME,
     EXPERIMENT_NAME,
     REPRODUCTION_EXPERIMENT_NAME,
+    STACK_NAME,
     LocalPaths,
     ensure_local_stack,
 )
@@ -83,6 +86,21 @@ def resolved_config(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"data": config.data.model_copy(update={"sources": sources})})
 
 
+# A prebuilt step image: the steps run in it as it is (ZenML DockerSettings parent_image + skip_build).
+# Set where no image can be built, e.g. in the pod of the retraining CronJob (infra/k8s/retraining).
+STEP_IMAGE_VARIABLE = "CXR_STEP_IMAGE"
+
+
+def step_image_overlay(paths: LocalPaths) -> list[Path]:
+    """[a ZenML config file that runs the steps in $CXR_STEP_IMAGE without building], or [] when unset."""
+    image = os.environ.get(STEP_IMAGE_VARIABLE, "").strip()
+    if not image:
+        return []
+    path = paths.workdir / "zenml_step_image.yaml"
+    path.write_text(yaml.safe_dump({"settings": {"docker": {"parent_image": image, "skip_build": True}}}))
+    return [path]
+
+
 def _run_pipeline(
     pipeline: Any,
     config: RunConfig,
@@ -98,7 +116,7 @@ def _run_pipeline(
     `parameters` are further pipeline parameters (e.g. the data steps' `purpose`).
     """
     zenml_config = merged_yaml_file(
-        [project_root / "zenml_config.yaml", *zenml_overlays],
+        [project_root / "zenml_config.yaml", *zenml_overlays, *step_image_overlay(paths)],
         paths.workdir / "zenml_run_config.yaml",
         train_step_ids=train_step_ids,
     )
@@ -110,9 +128,41 @@ def _run_pipeline(
     )
 
 
-def _prepare(config: RunConfig, paths: LocalPaths, project_root: Path) -> None:
+class StackNotFoundError(CxrError, LookupError):
+    """`--stack NAME` names no ZenML stack of the store; the message lists the stacks."""
+
+
+def use_stack(paths: LocalPaths, project_root: Path, stack: str | None) -> str:
+    """Activate the stack a run goes to: the work folder's local (or team) stack, or `stack` by name.
+
+    Args:
+        paths: the work folder.
+        project_root: the repository (the local stack's ZenML repository).
+        stack: a stack registered in ZenML's store (e.g. by infra/register_kubernetes_stack.sh), or
+            None (or the local stack's name) for the work folder's own stack (ensure_local_stack).
+
+    Returns:
+        The active stack's name.
+
+    Raises:
+        StackNotFoundError: no stack of that name.
+    """
+    if stack is None or stack == STACK_NAME:
+        return ensure_local_stack(paths, project_root)
+    from zenml.client import Client
+
+    client = Client()
+    try:
+        client.activate_stack(stack)
+    except KeyError:
+        names = ", ".join(sorted(s.name for s in client.list_stacks(size=100).items))
+        raise StackNotFoundError(f"--stack {stack}: no such ZenML stack (stacks: {names})") from None
+    return stack
+
+
+def _prepare(config: RunConfig, paths: LocalPaths, project_root: Path, stack: str | None = None) -> None:
     os.environ.setdefault("ZENML_REPOSITORY_PATH", str(project_root))
-    ensure_local_stack(paths, project_root)
+    use_stack(paths, project_root, stack)
     ensure_synthetic_dataset(config)
 
 
@@ -134,9 +184,13 @@ class TrainingRunSummary(BaseModel):
 
 
 def run_training(
-    config: RunConfig, paths: LocalPaths, project_root: Path, zenml_overlays: list[str] = ()
+    config: RunConfig,
+    paths: LocalPaths,
+    project_root: Path,
+    zenml_overlays: list[str] = (),
+    stack: str | None = None,
 ) -> TrainingRunSummary:
-    _prepare(config, paths, project_root)
+    _prepare(config, paths, project_root, stack)
     from pipelines.training import training_pipeline
 
     train_steps = [train_step_id(backbone.name) for backbone in config.backbones]

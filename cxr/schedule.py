@@ -209,8 +209,10 @@ def create_schedule(
     if if_data_changed:
         if IF_DATA_CHANGED_PARAMETER not in inspect.signature(training_pipeline.entrypoint).parameters:
             raise ScheduleError(
-                f"--if-data-changed: the training pipeline has no `{IF_DATA_CHANGED_PARAMETER}` parameter, so a "
-                f"{flavor} schedule cannot pass it on (on the local stack the crontab line passes it to cxr train)"
+                f"--if-data-changed: a {flavor} schedule runs the training pipeline itself, not `cxr train`, so it "
+                "cannot skip unchanged data; on Kubernetes apply the retraining CronJob instead (infra/k8s/"
+                "retraining, in `kubectl apply -k infra/k8s/overlays/team`: it runs `cxr train --if-data-changed "
+                "--stack cxr_k8s_incluster`, one run at a time)"
             )
         parameters[IF_DATA_CHANGED_PARAMETER] = True
     ensure_synthetic_dataset(config)

@@ -82,7 +82,7 @@ def test_resources_security_and_the_autoscaler():
 # does for the pipelines' Jobs.
 
 K8S = FOLDER.parent
-BASES = ("model-server", "mlflow", "zenml-server", "pipelines")
+BASES = ("model-server", "mlflow", "zenml-server", "pipelines", "retraining")
 OVERLAYS = {"overlays/team": "cxr", "overlays/dev": "cxr-dev"}
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for `kubectl kustomize`) is not installed")
@@ -193,6 +193,38 @@ def test_a_misspelt_field_fails_validation(rendered):
     assert len(errors) == len(KUBERNETES_VERSIONS)
 
 
+@needs_kubectl
+def test_the_retraining_cronjob_runs_cxr_train_if_data_changed_and_never_overlaps(rendered):
+    """infra/k8s/retraining: the CronJob runs `cxr train --if-data-changed` (a command line cxr accepts)
+    on the in-cluster stack, one run at a time, as the pipelines' service account; the files it names
+    are in the image; its steps run in its own (pinned) image."""
+    dockerfile = (K8S.parent / "Dockerfile").read_text()
+    for name in ("retraining", *OVERLAYS):
+        documents = rendered[name]
+        cronjob = _by_kind(documents, "CronJob", "cxr-retraining")
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+        pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        if name != "retraining":  # the base alone has no service account: infra/k8s/pipelines brings it
+            assert _by_kind(documents, "ServiceAccount", pod["serviceAccountName"])
+        (container,) = pod["containers"]
+        settings = _by_kind(documents, "ConfigMap", "cxr-retraining")["data"]
+        argv = [*container["command"][1:], *container["args"]]
+        argv = [
+            a.replace("$(CXR_CONFIG)", settings["CXR_CONFIG"]).replace("$(ZENML_STACK)", settings["ZENML_STACK"])
+            for a in argv
+        ]
+        args = build_parser().parse_args(argv)
+        assert args.handler.__name__ == "cmd_train"
+        assert args.if_data_changed
+        assert args.stack == "cxr_k8s_incluster"
+        assert (K8S.parents[1] / args.config).is_file()
+        for overlay in args.zenml_config:
+            assert f"COPY {overlay} " in dockerfile or f"COPY {Path(overlay).parent}" in dockerfile, overlay
+        mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+        assert args.workdir in mounts  # the file cache and the decisions survive the pod
+        assert _env(container)["CXR_STEP_IMAGE"]["value"] == container["image"]
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_the_stack_registration_script_passes_shellcheck():
     script = K8S.parent / "register_kubernetes_stack.sh"
@@ -200,3 +232,51 @@ def test_the_stack_registration_script_passes_shellcheck():
         ["shellcheck", "--enable=all", "--severity=style", str(script)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_the_stack_registration_script_registers_both_kubernetes_stacks_in_a_real_store(tmp_path):
+    """The script's zenml commands run against a real (temporary) ZenML store: no cluster is needed to
+    register a stack. Both stacks name the components the steps ask for (steps/names.py)."""
+    import json
+    import os
+    import sys
+
+    from steps.names import EXPERIMENT_TRACKER
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ZENML_")},
+        "ZENML_CONFIG_PATH": str(tmp_path / "zenml"),
+        "ZENML_REPOSITORY_PATH": str(tmp_path),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "KUBE_CONTEXT": "team-cluster",
+        "S3_PATH": "s3://team-bucket/zenml",
+        "MLFLOW_URI": "https://mlflow.example.org",
+        "REGISTRY_URI": "ghcr.io/my-org",
+    }
+    runner = [sys.executable, str(Path(__file__).parent / "run_stack_script.py")]
+    script = str(K8S.parent / "register_kubernetes_stack.sh")
+    without_credentials = subprocess.run([*runner, script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert without_credentials.returncode == 2
+    assert "MLFLOW_TRACKING_USERNAME" in without_credentials.stderr
+
+    env.update(MLFLOW_TRACKING_USERNAME="team", MLFLOW_TRACKING_PASSWORD="s3cret-pw")
+    result = subprocess.run([*runner, script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    registered = json.loads(result.stdout.strip().splitlines()[-1])
+    assert registered["secrets"] == {"cxr_mlflow": ["tracking_password", "tracking_username"]}
+    assert "s3cret-pw" not in json.dumps(registered["stacks"])  # the password is in the secret only
+    assert registered["active"] == "cxr_k8s"
+    laptop, in_cluster = registered["stacks"]["cxr_k8s"], registered["stacks"]["cxr_k8s_incluster"]
+    assert laptop["orchestrator"]["configuration"]["kubernetes_context"] == "team-cluster"
+    assert laptop["orchestrator"]["configuration"]["kubernetes_namespace"] == "cxr"
+    assert in_cluster["orchestrator"]["configuration"]["incluster"] is True
+    for stack in (laptop, in_cluster):
+        assert stack["artifact_store"]["configuration"]["path"] == "s3://team-bucket/zenml"
+        assert stack["experiment_tracker"]["name"] == EXPERIMENT_TRACKER
+        assert stack["experiment_tracker"]["configuration"]["tracking_uri"] == "https://mlflow.example.org"
+        assert stack["experiment_tracker"]["configuration"]["tracking_username"] == "{{cxr_mlflow.tracking_username}}"
+        assert stack["model_registry"]["flavor"] == "mlflow"
+        assert stack["container_registry"]["configuration"]["uri"] == "ghcr.io/my-org"
+    cronjob_stack = yaml.safe_load((K8S / "retraining" / "configmap.yaml").read_text())["data"]["ZENML_STACK"]
+    assert cronjob_stack == "cxr_k8s_incluster"

@@ -520,3 +520,83 @@ def test_the_cronjob_zenml_would_create_forbids_concurrent_runs(tmp_path):
 
     manifest["metadata"] = {"name": "cxr-training", "namespace": "cxr"}
     assert validate_documents([manifest]) == []
+
+
+# --- cxr train --stack (what the retraining CronJob runs: infra/k8s/retraining) --------------------
+
+
+def test_train_runs_on_a_named_stack_and_back_on_the_work_folders_own(local_stack):
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    from cxr.runner import use_stack
+    from cxr.stack import STACK_NAME
+
+    client = Client()
+    local = client.get_stack(STACK_NAME)
+    components = {kind: models[0].id for kind, models in local.components.items()}
+    if not client.list_stacks(name="other-stack").total:
+        client.create_stack("other-stack", components=components)
+    assert use_stack(local_stack, PROJECT_ROOT, "other-stack") == "other-stack"
+    assert client.active_stack_model.name == "other-stack"
+    assert client.active_stack_model.components[StackComponentType.ORCHESTRATOR][0].name == "default"
+    assert use_stack(local_stack, PROJECT_ROOT, None) == STACK_NAME
+    assert Client().active_stack_model.name == STACK_NAME
+
+
+def test_train_on_an_unknown_stack_is_one_error_line_naming_the_stacks(local_stack, capsys):
+    status = main(["--workdir", str(local_stack.workdir), "train", "--config", str(QUICKSTART), "--stack", "nope"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("error: --stack nope: no such ZenML stack (stacks: ")
+    assert "cxr_local" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_prebuilt_step_image_from_the_environment_becomes_zenml_docker_settings(local_stack, monkeypatch):
+    from zenml.config import DockerSettings
+
+    from cxr.runner import STEP_IMAGE_VARIABLE, step_image_overlay
+
+    monkeypatch.delenv(STEP_IMAGE_VARIABLE, raising=False)
+    assert step_image_overlay(local_stack) == []
+    monkeypatch.setenv(STEP_IMAGE_VARIABLE, "ghcr.io/my-org/cxr-pipelines:0.1.0")
+    (path,) = step_image_overlay(local_stack)
+    docker = DockerSettings.model_validate(yaml.safe_load(path.read_text())["settings"]["docker"])
+    assert docker.parent_image == "ghcr.io/my-org/cxr-pipelines:0.1.0"
+    assert docker.skip_build
+
+
+def test_if_data_changed_on_a_kubernetes_schedule_points_at_the_retraining_cronjob(local_stack, capsys):
+    """A ZenML schedule on Kubernetes runs the pipeline, which cannot skip unchanged data: refused, naming the
+    CronJob that runs `cxr train --if-data-changed` instead (the stack is registered as the script does; no
+    cluster is reached before the refusal)."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    from cxr.stack import STACK_NAME
+
+    client = Client()
+    if not client.list_stacks(name="k8s-test-stack").total:
+        client.create_stack_component(
+            "k8s-test",
+            "kubernetes",
+            StackComponentType.ORCHESTRATOR,
+            {"kubernetes_context": "team-cluster", "skip_local_validations": True},
+        )
+        components = {kind: models[0].id for kind, models in client.get_stack(STACK_NAME).components.items()}
+        components[StackComponentType.ORCHESTRATOR] = client.get_stack_component(
+            StackComponentType.ORCHESTRATOR, "k8s-test"
+        ).id
+        client.create_stack("k8s-test-stack", components=components)
+    try:
+        status = _cli(
+            local_stack, "create", "--config", str(QUICKSTART), "--cron", "@daily", "--if-data-changed",
+            "--stack", "k8s-test-stack",
+        )  # fmt: skip
+    finally:
+        client.activate_stack(STACK_NAME)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "infra/k8s/retraining" in err
+    assert "--stack cxr_k8s_incluster" in err
