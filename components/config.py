@@ -8,7 +8,8 @@ slices of it (``model_dump(mode="json")``).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import difflib
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -650,7 +651,12 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 TRAIN_STEPS_KEY = "train_steps"
 
 
-def merged_yaml_file(paths: list[str | Path], destination: str | Path, train_step_ids: Sequence[str] = ()) -> Path:
+def merged_yaml_file(
+    paths: list[str | Path],
+    destination: str | Path,
+    train_step_ids: Sequence[str] = (),
+    known_keys: KeyTree | None = None,
+) -> Path:
     """Merge ZenML run-config YAML files in order (later wins) into `destination`.
 
     Our one extension of ZenML's format: a top-level ``train_steps`` mapping
@@ -663,13 +669,15 @@ def merged_yaml_file(paths: list[str | Path], destination: str | Path, train_ste
         paths: YAML files, each a mapping at the top level.
         destination: where the merged YAML is written.
         train_step_ids: the train step ids of the pipeline about to run.
+        known_keys: the keys ZenML reads (a KeyTree, cxr.zenml_keys.zenml_config_keys); None: not checked.
 
     Returns:
         `destination`.
 
     Raises:
         ConfigError: a file cannot be read, is not a mapping, or its `train_steps`,
-            `steps` or `settings` is not a mapping.
+            `steps` or `settings` is not a mapping, or (with `known_keys`) it has keys ZenML
+            would silently ignore (all of them named, with the closest known key).
     """
     merged: dict[str, Any] = {}
     for path in paths:
@@ -677,6 +685,8 @@ def merged_yaml_file(paths: list[str | Path], destination: str | Path, train_ste
         for key in (TRAIN_STEPS_KEY, "steps", "settings"):
             if not isinstance(data.get(key, {}), dict):
                 raise ConfigError(f"ZenML run config {path}: {key} must be a mapping, got {data[key]!r}")
+        if problems := unknown_keys(data, known_keys):
+            raise ConfigError(f"ZenML run config {path}: " + "; ".join(problems))
         merged = deep_merge(merged, data)
     train_settings = merged.pop(TRAIN_STEPS_KEY, None) or {}
     if train_settings:
@@ -687,3 +697,40 @@ def merged_yaml_file(paths: list[str | Path], destination: str | Path, train_ste
     destination = Path(destination)
     destination.write_text(yaml.safe_dump(merged, sort_keys=False))
     return destination
+
+
+# What `unknown_keys` checks below a key: a KeyTree (its known keys), ANY_KEY (every key of the mapping is
+# checked against one KeyTree: step ids), or None (not checked: free-form values such as parameters).
+KeyTree = Mapping[str, Any]
+ANY_KEY = "*"
+
+
+def unknown_keys(data: Any, tree: KeyTree | None, where: str = "") -> list[str]:
+    """Keys of `data` that `tree` does not know, each with its dotted path and the closest known key.
+
+    ZenML ignores unknown keys in its run-config files (its models allow or ignore extras), so a
+    misspelt `node_selector` under pod_settings would silently drop a GPU node selector.
+
+    Args:
+        data: a parsed YAML mapping (other values are not looked into).
+        tree: {key: subtree or None}; a tree with the single key ANY_KEY applies its subtree to every key.
+        where: the dotted path of `data` (for the messages).
+
+    Returns:
+        Messages such as ``"settings.orchestrator.kubernetes.pod_settings.node_selector: unknown key (did you
+        mean 'node_selectors'?)"``, in file order; [] when every key is known.
+    """
+    if tree is None or not isinstance(data, Mapping):
+        return []
+    problems = []
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if ANY_KEY in tree:
+            problems += unknown_keys(value, tree[ANY_KEY], path)
+        elif key in tree:
+            problems += unknown_keys(value, tree[key], path)
+        else:
+            close = difflib.get_close_matches(str(key), [str(k) for k in tree], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(map(str, tree)))})"
+            problems.append(f"{path}: unknown key{hint}")
+    return problems

@@ -157,12 +157,14 @@ def compile_training_pipeline(
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
     from cxr.runner import resolved_config
+    from cxr.zenml_keys import zenml_config_keys
     from pipelines.training import training_pipeline
 
     merged = merged_yaml_file(
         list(zenml_config_files),
         workdir / "zenml_run_config.yaml",
         train_step_ids=[train_step_id(backbone.name) for backbone in config.backbones],
+        known_keys=zenml_config_keys(),
     )
     pipeline = training_pipeline.with_options(config_path=str(merged))
     pipeline.prepare(run=resolved_config(config), docs_dir="/tmp/cxr/reports/data_docs", reports_dir="/tmp/cxr/reports")

@@ -39,6 +39,7 @@ from cxr.stack import (
     LocalPaths,
     ensure_local_stack,
 )
+from cxr.zenml_keys import zenml_config_keys
 from steps.names import (
     ABLATION_CSV,
     ABLATION_REPORT_STEP,
@@ -119,6 +120,7 @@ def _run_pipeline(
         [project_root / "zenml_config.yaml", *zenml_overlays, *step_image_overlay(paths)],
         paths.workdir / "zenml_run_config.yaml",
         train_step_ids=train_step_ids,
+        known_keys=zenml_config_keys(),
     )
     return pipeline.with_options(config_path=str(zenml_config))(
         run=resolved_config(config),

@@ -34,6 +34,7 @@ from components.schedules import (
     to_kfp_cron,
 )
 from cxr.stack import STACK_NAME, LocalPaths, ensure_local_stack
+from cxr.zenml_keys import zenml_config_keys
 
 # ZenML's stack of a fresh store; `cxr schedule` then uses the local stack, as `cxr train` does.
 ZENML_DEFAULT_STACK = "default"
@@ -151,7 +152,9 @@ def schedule_run_config(
         forbid = workdir / "zenml_schedule_kubernetes.yaml"
         forbid.write_text(yaml.safe_dump({"settings": KUBERNETES_SETTINGS}))
         overlays.append(forbid)
-    return merged_yaml_file(overlays, workdir / "zenml_schedule_config.yaml", train_step_ids=train_step_ids)
+    return merged_yaml_file(
+        overlays, workdir / "zenml_schedule_config.yaml", train_step_ids=train_step_ids, known_keys=zenml_config_keys()
+    )
 
 
 def create_schedule(

@@ -223,3 +223,52 @@ def test_an_overlay_zenml_refuses_is_one_error_line(session_paths, tmp_path, cap
     assert code == 2
     assert "Traceback" not in err
     assert expected in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("node_selector", "pod_settings.node_selector: unknown key (did you mean 'node_selectors'?)"),
+        ("train_step", "train_step: unknown key (did you mean 'train_steps'?)"),
+    ],
+)
+def test_a_misspelt_overlay_key_is_refused_by_name(session_paths, tmp_path, capsys, change, expected):
+    """ZenML ignores keys it does not know: the overlay would run the train steps without their GPU node."""
+    overlay = yaml.safe_load((PROJECT_ROOT / "infra" / "zenml_kubernetes.yaml").read_text())
+    if change == "train_step":
+        overlay["train_step"] = overlay.pop("train_steps")
+    else:
+        pod = overlay["train_steps"]["settings"]["orchestrator.kubernetes"]["pod_settings"]
+        pod["node_selector"] = pod.pop("node_selectors")
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    argv = [
+        "--workdir",
+        str(session_paths.workdir),
+        "k8s-manifests",
+        "--config",
+        str(PROJECT_ROOT / "configs/paper.yaml"),
+    ]
+    code = main([*argv, "--zenml-config", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert expected in err
+    assert str(path) in err
+
+
+def test_unknown_keys_names_each_with_its_path_and_leaves_free_form_values_alone():
+    from components.config import ANY_KEY, unknown_keys
+
+    tree = {"settings": {"resources": {"cpu_count": None}}, "steps": {ANY_KEY: {"parameters": None}}}
+    data = {
+        "settings": {"resources": {"cpu_cuont": 2}},
+        "steps": {"any_step": {"parameters": {"whatever": 1}, "paramters": {}}},
+        "stpes": {},
+    }
+    assert unknown_keys(data, tree) == [
+        "settings.resources.cpu_cuont: unknown key (did you mean 'cpu_count'?)",
+        "steps.any_step.paramters: unknown key (did you mean 'parameters'?)",
+        "stpes: unknown key (did you mean 'steps'?)",
+    ]
+    assert unknown_keys({"settings": {"resources": {"cpu_count": 2}}}, tree) == []
