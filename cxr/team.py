@@ -188,14 +188,18 @@ def rclone_binary() -> str:
 
 def rclone_s3_command(
     data_dir: Path, port: int, access_key: str, secret_key: str, dir_cache_time: str = "100ms"
-) -> list[str]:
-    """`rclone serve s3` over `data_dir` (each top-level folder a bucket) on 127.0.0.1:`port`."""
-    return [
+) -> tuple[list[str], dict[str, str]]:
+    """`rclone serve s3` over `data_dir` (each top-level folder a bucket) on 127.0.0.1:`port`.
+
+    Returns:
+        (argv, environment): the key pair goes in the environment (RCLONE_AUTH_KEY, which rclone
+        reads for --auth-key as one CSV field, hence the quotes), not on the command line, where
+        any user's `ps` would show it.
+    """
+    argv = [
         rclone_binary(),
         "serve",
         "s3",
-        "--auth-key",
-        f"{access_key},{secret_key}",
         "--addr",
         f"127.0.0.1:{port}",
         "--dir-cache-time",
@@ -206,6 +210,7 @@ def rclone_s3_command(
         os.devnull,
         str(data_dir),
     ]
+    return argv, {**os.environ, "RCLONE_AUTH_KEY": f'"{access_key},{secret_key}"'}
 
 
 def mlflow_server_command(
@@ -391,7 +396,8 @@ def team_up(paths: LocalPaths, mlflow_port: int = DEFAULT_MLFLOW_PORT, s3_port: 
         _, postgres_uri = start_postgres(folders.pgdata, stop_at_exit=False)
         s3_endpoint = f"http://127.0.0.1:{s3_port}"
         log = folders.logs / "rclone.log"
-        process = start_process(rclone_s3_command(folders.s3_data, s3_port, access_key, secret_key), log)
+        argv, environment = rclone_s3_command(folders.s3_data, s3_port, access_key, secret_key)
+        process = start_process(argv, log, environment)
         started.append(ServerRecord(name="rclone", pid=process.pid, url=s3_endpoint, log=str(log)))
         wait_for_http(process, s3_endpoint, log, 30, ready=lambda status: True)  # 403 unsigned: it serves
         mlflow_url = f"http://127.0.0.1:{mlflow_port}"

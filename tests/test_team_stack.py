@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -220,6 +221,9 @@ def check_stack_up_and_down(workdir: Path, env: dict[str, str]) -> None:
     assert postgres_rows(servers.postgres_uri, "SELECT count(*) FROM runs") == [(1,)]
     assert json.loads((workdir / "team_stack.json").read_text())["tracking_uri"] == servers.mlflow_url
     assert f"export MLFLOW_TRACKING_URI={servers.mlflow_url}" in folders.env_file.read_text()
+    secret = re.search(r"AWS_SECRET_ACCESS_KEY=(\S+)", folders.env_file.read_text()).group(1).strip("'\"")
+    (rclone,) = [record for record in servers.servers if record.name == "rclone"]
+    assert secret not in Path(f"/proc/{rclone.pid}/cmdline").read_text()  # `ps` shows no S3 key
 
     again = run_cli(workdir, "stack", "up", "--team", env=env)  # running: found, not restarted
     assert again.returncode == 0, again.stdout + again.stderr
