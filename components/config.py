@@ -57,6 +57,13 @@ class DataConfig(_Strict):
     # Parallel file reads when building the manifest: processes for local
     # files, threads for s3:// sources; 0 = one per CPU core.
     workers: int = Field(0, ge=0, le=256)
+    # Replace every patient id by a keyed hash (HMAC-SHA256; the key from the environment variable
+    # CXR_PSEUDONYMIZATION_KEY, never from the repo) in the manifest and all that follows it; the
+    # images of one patient keep one id, so the patient-level split and leakage checks still hold.
+    pseudonymize_patient_ids: bool = False
+    # `cxr train` trains only on a dataset version a data steward approved (`cxr data approve VERSION`);
+    # `cxr validate` still validates and reports any version.
+    require_approval: bool = False
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> DataConfig:

@@ -9,20 +9,32 @@ components.labels) and an ``exclusion_detail`` saying what is wrong:
 
 * EXCLUDE_EMPTY_FILE: zero bytes.
 * EXCLUDE_NOT_DECODABLE: bytes PIL cannot identify as any image format (a text
-  file named ``.png``, HTML error pages saved as images...).
+  file named ``.png``, HTML error pages saved as images...); the detail says what
+  was expected and what the bytes look like (text, HTML, PDF, ZIP...).
 * EXCLUDE_TOO_LARGE: declared width x height above the pixel limit
   (components.imaging.pixel_limit): found from the header alone, never decoded.
 * EXCLUDE_TRUNCATED: the file ends before its image data does (a cut-off
   download). Every image is fully decoded to find this: PIL's
   ``LOAD_TRUNCATED_IMAGES`` stays False, and a PNG must also reach its IEND chunk.
-* EXCLUDE_UNREADABLE: anything else the decoder refuses; the detail is its error.
+* EXCLUDE_UNSUPPORTED_MODE: the image decodes, but its PIL mode has no correct
+  grayscale conversion (components.imaging.SUPPORTED_MODES); only that file is
+  excluded, the drop goes on.
+* EXCLUDE_UNREADABLE: anything else the decoder refuses; the detail names the
+  format expected and the decoder's error.
 * EXCLUDE_MISSING_FILE (describe_uri only): the file does not exist. Other
   storage errors (access denied, no such bucket...) are raised, not recorded:
   they say the run is misconfigured, not that one image is bad.
 
+Every measure is taken of the image as displayed: its EXIF orientation applied
+first (components.imaging.orient), so ``width`` and ``height`` are those a viewer
+shows and a copy stored rotated hashes like the upright one (``sha256`` stays the
+digest of the file's bytes).
+
 The perceptual hash (``phash``) is a 64-bit DCT hash (pHash) of the grayscale
 image the models see (components.imaging.to_grayscale_array), see
-``perceptual_hash``. Compare hashes with ``hamming_distance``.
+``perceptual_hash``. Compare hashes with ``hamming_distance``. ``gray_levels``
+counts the distinct values of that 8-bit grayscale image: a wide image squeezed
+into a few levels (a bad window, a burned-in label) shows there.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from components import imaging
+from components import dicom, imaging
 from components.labels import (
     EXCLUDE_EMPTY_FILE,
     EXCLUDE_MISSING_FILE,
@@ -46,6 +58,7 @@ from components.labels import (
     EXCLUDE_TOO_LARGE,
     EXCLUDE_TRUNCATED,
     EXCLUDE_UNREADABLE,
+    EXCLUDE_UNSUPPORTED_MODE,
 )
 
 __all__ = [
@@ -66,6 +79,7 @@ NO_FILE: dict[str, Any] = {
     "height": 0,
     "mode": "",
     "bit_depth": 0,
+    "gray_levels": 0,  # distinct values of the 8-bit grayscale image the models see (0 when not read)
     "exclusion_reason": "",
     "exclusion_detail": "",
 }
@@ -81,6 +95,9 @@ MODE_BIT_DEPTH = {
     "RGBA": 8,
     "CMYK": 8,
     "YCbCr": 8,
+    "LAB": 8,
+    "HSV": 8,
+    "RGBX": 8,
     "I;16": 16,
     "I;16B": 16,
     "I;16L": 16,
@@ -128,19 +145,7 @@ def _box_downscale(image: Image.Image) -> Image.Image:
 
 def _hash_input(image: Image.Image) -> np.ndarray:
     """32x32 float64 grayscale in 0..255: `image` as to_grayscale_array sees it, box-downscaled."""
-    mode = image.mode
-    if mode in imaging.WIDE_MODES:
-        # Downscale in float, then apply to_grayscale_array's min-max rescaling with
-        # the full image's extrema: equal to hashing to_grayscale_array(image) up to
-        # rounding, without a float64 copy of a full-size 16-bit radiograph.
-        wide = image if mode == "F" else image.convert("F")
-        low, high = wide.getextrema()
-        small = np.asarray(_box_downscale(wide), dtype=np.float64)
-        scale = 255.0 / (high - low) if high > low else 0.0
-        return (small - low) * scale
-    if mode != "L":
-        image = Image.fromarray(imaging.to_grayscale_array(image))
-    return np.asarray(_box_downscale(image), dtype=np.float64)
+    return np.asarray(_box_downscale(imaging.to_grayscale_image(image)), dtype=np.float64)
 
 
 def perceptual_hash(image: Image.Image) -> str:
@@ -151,7 +156,9 @@ def perceptual_hash(image: Image.Image) -> str:
     ``phash``. Construction (keep it stable: manifests compare hashes across runs):
 
     1. grayscale as the models see it (imaging.to_grayscale_array: luma for
-       colour, alpha composited over black, 16-bit min-max rescaled to 0..255);
+       colour, alpha composited over black, 16-bit windowed to 0..255 by
+       imaging.intensity_window), upright (describe_image_bytes applies the EXIF
+       orientation first; this function hashes the pixels it is given);
     2. area-average downscale to 32x32 (PIL's BOX filter; Image.reduce when
        both sides are multiples of 32, which averages the same blocks);
     3. orthonormal 2-D DCT-II; keep the 8x8 lowest frequencies (DC included);
@@ -170,6 +177,9 @@ def perceptual_hash(image: Image.Image) -> str:
 
     Returns:
         16 lowercase hex digits (64 bits); compare two with hamming_distance.
+
+    Raises:
+        UnsupportedModeError: the image's mode is not in imaging.SUPPORTED_MODES.
     """
     small = _hash_input(image)
     # Rounded so that floating-point noise (~1e-12, which differs between BLAS
@@ -312,12 +322,57 @@ def _truncated(data: bytes, where: str, error: BaseException | None = None) -> _
     )
 
 
+# Signatures of files that are often found where images were expected: (prefix, what it is).
+_KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"GIF8", "a GIF image"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+    (b"\x1a\x45\xdf\xa3", "a Matroska/WebM video"),
+)
+
+
+def _looks_like(data: bytes) -> str:
+    """What some bytes that no image decoder accepts look like, for an exclusion detail."""
+    for signature, what in _KNOWN_SIGNATURES:
+        if data.startswith(signature):
+            return what
+    if data[128:132] == b"DICM":
+        return "a DICOM file"
+    if data[4:8] == b"ftyp":
+        return f"an ISO media file ({data[8:12].decode('latin-1').strip()!r}: MP4, HEIC, AVIF...)"
+    head = data[:4096]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not merely a character cut at the 4096-byte boundary
+            return "binary data"
+        text = head[: error.start].decode("utf-8")
+    if text and sum(ch.isprintable() or ch in "\r\n\t" for ch in text) >= 0.95 * len(text):
+        lowered = text.lstrip("\ufeff \r\n\t").lower()
+        if lowered.startswith(("<!doctype html", "<html")):
+            return "an HTML page"
+        if lowered.startswith("<?xml") or lowered.startswith("<svg"):
+            return "XML (an SVG drawing?)" if "<svg" in lowered else "an XML document"
+        if lowered.startswith(("{", "[")):
+            return "JSON text"
+        return "text"
+    return "binary data"
+
+
 def _unidentified(data: bytes) -> _Unusable:
     """Why PIL identified no format: a PNG/JPEG cut off in its header, a corrupt header, or not an image."""
     kind = _format_name(data)
     if not kind:
         return _Unusable(
-            EXCLUDE_NOT_DECODABLE, f"not an image format PIL knows ({len(data):,} bytes starting {data[:16]!r})"
+            EXCLUDE_NOT_DECODABLE,
+            f"not an image format PIL knows: expected an image file (PNG, JPEG or another format PIL reads); "
+            f"found {_looks_like(data)} "
+            f"({len(data):,} bytes starting {data[:16]!r})",
         )
     if where := _cut_off(data):
         return _truncated(data, where)
@@ -348,6 +403,12 @@ def _describe(data: bytes) -> dict[str, Any]:
         width, height, mode, image_format = image.width, image.height, image.mode, image.format
         if problem := _too_large(width, height):
             raise _Unusable(EXCLUDE_TOO_LARGE, problem)
+        if mode not in imaging.SUPPORTED_MODES:
+            raise _Unusable(
+                EXCLUDE_UNSUPPORTED_MODE,
+                f"{image_format or 'image'} file decoded by PIL in mode {mode!r}, which has no grayscale "
+                f"conversion; expected one of {list(imaging.SUPPORTED_MODES)}",
+            )
         if image_format == "JPEG" and mode in ("L", "RGB"):
             # libjpeg's DCT scaling: decodes at 1/2..1/8 size (all the data is still
             # read, so truncation is still found), grayscale straight from Y.
@@ -363,7 +424,12 @@ def _describe(data: bytes) -> dict[str, Any]:
         if image_format == "PNG" and data.rfind(b"IEND") < 0:
             # PIL stops reading once it has the pixels: a file cut after them loads fine.
             raise _truncated(data, "before its IEND chunk, after the image data")
-        phash = perceptual_hash(image)
+        orientation = imaging.exif_orientation(image)
+        width, height = imaging.displayed_size(width, height, orientation)
+        upright = imaging.orient(image)
+        gray = imaging.to_grayscale_image(upright, imaging.png_significant_bits(data))
+        phash = perceptual_hash(gray)
+        gray_levels = sum(1 for count in gray.histogram() if count)
     return {
         "sha256": hashlib.sha256(data).hexdigest(),
         "phash": phash,
@@ -371,9 +437,15 @@ def _describe(data: bytes) -> dict[str, Any]:
         "height": height,
         "mode": mode,
         "bit_depth": _bit_depth(data, image_format, mode),
+        "gray_levels": gray_levels,
         "exclusion_reason": "",
         "exclusion_detail": "",
     }
+
+
+def _measured(gray: np.ndarray) -> dict[str, Any]:
+    """The columns measured on a decoded 8-bit image (uint8, (height, width)): DICOM files (components.dicom)."""
+    return {"phash": perceptual_hash(Image.fromarray(gray)), "gray_levels": int(np.unique(gray).size)}
 
 
 def describe_image_bytes(data: bytes) -> dict[str, Any]:
@@ -386,9 +458,11 @@ def describe_image_bytes(data: bytes) -> dict[str, Any]:
         data: the file's bytes (PNG, JPEG or any format PIL reads).
 
     Returns:
-        A dict with the keys of NO_FILE: ``sha256`` (hex), ``phash`` (perceptual_hash),
-        ``width`` and ``height`` (pixels), ``mode`` (PIL's), ``bit_depth`` (bits per channel),
-        ``exclusion_reason`` ("" or an EXCLUDE_* constant of components.labels) and
+        A dict with the keys of NO_FILE: ``sha256`` (hex, of the bytes), ``phash``
+        (perceptual_hash of the upright grayscale image), ``width`` and ``height`` (pixels, as
+        displayed: after the EXIF orientation), ``mode`` (PIL's), ``bit_depth`` (bits per channel),
+        ``gray_levels`` (distinct values of the 8-bit grayscale image, 1..256; JPEGs are counted
+        on libjpeg's reduced-size decode), ``exclusion_reason`` ("" or an EXCLUDE_* constant of components.labels) and
         ``exclusion_detail`` (what is wrong). An unusable file has NO_FILE's values and a reason.
 
     Raises:
@@ -402,6 +476,8 @@ def describe_image_bytes(data: bytes) -> dict[str, Any]:
         )
     if not data:
         return {**NO_FILE, "exclusion_reason": EXCLUDE_EMPTY_FILE, "exclusion_detail": "empty file (0 bytes)"}
+    if dicom.is_dicom(data):  # by content, any name: windowed to 8 bits by components.dicom, then measured
+        return {**NO_FILE, **dicom.describe_dicom(data, imaging.pixel_limit(), _measured)}
     try:
         return _describe(data)
     except _Unusable as unusable:
@@ -409,7 +485,9 @@ def describe_image_bytes(data: bytes) -> dict[str, Any]:
     # PIL raises many types on corrupt data (OSError, SyntaxError, struct.error,
     # ValueError...); any of them means the file is unusable.
     except Exception as error:  # noqa: BLE001
-        return {**NO_FILE, "exclusion_reason": EXCLUDE_UNREADABLE, "exclusion_detail": _error_text(error)}
+        kind = _format_name(data) or "image"
+        detail = f"expected decodable {kind} data; the decoder failed with {_error_text(error)}"
+        return {**NO_FILE, "exclusion_reason": EXCLUDE_UNREADABLE, "exclusion_detail": detail}
 
 
 # ---------------------------------------------------------------- describing files

@@ -61,10 +61,17 @@ EXCLUDE_EMPTY_FILE = "empty file"
 EXCLUDE_TRUNCATED = "truncated image"
 EXCLUDE_NOT_DECODABLE = "not an image (content)"  # e.g. a text file named .png
 EXCLUDE_TOO_LARGE = "image too large"  # declared pixels above the decompression-bomb limit
+EXCLUDE_UNSUPPORTED_MODE = "unsupported pixel format"  # decodes, but its PIL mode has no grayscale conversion
 EXCLUDE_MISSING_FILE = "missing file"
 EXCLUDE_LATERAL = "lateral view"
 EXCLUDE_NOT_XRAY = "not an X-ray"
 EXCLUDE_NOT_IMAGE = "not a PNG/JPEG file"
+# DICOM sources (components.dicom, components.dicom_sources): the detail says what was found.
+EXCLUDE_NOT_DICOM = "not a DICOM file"  # a file of a dicom source without DICM at byte 128
+EXCLUDE_DICOM_NOT_IMAGE = "not an image (DICOM object)"  # structured report, presentation state... (SOP Class)
+EXCLUDE_NO_PIXEL_DATA = "DICOM without pixel data"
+EXCLUDE_MULTI_FRAME = "multi-frame DICOM"
+EXCLUDE_NOT_NORMAL = "not normal, no lung opacity"  # RSNA Pneumonia's third class: neither normal nor pneumonia
 EXCLUDE_DUPLICATE = "duplicate image"
 
 # Reasons that mean the file itself is unusable (as opposed to its metadata).
@@ -74,10 +81,12 @@ FILE_PROBLEM_REASONS: tuple[str, ...] = (
     EXCLUDE_TRUNCATED,
     EXCLUDE_NOT_DECODABLE,
     EXCLUDE_TOO_LARGE,
+    EXCLUDE_UNSUPPORTED_MODE,
     EXCLUDE_UNREADABLE,
 )
 EXCLUDE_DUPLICATE_ROW = "duplicate manifest row"
 EXCLUDE_OUTSIDE_ROOT = "path outside the source root"
+EXCLUDE_NAME_NOT_UTF8 = "file name not UTF-8"  # bytes an archive made elsewhere left; detail shows them as \xNN
 
 # Findings that are not diagnoses: excluded with EXCLUDE_UNLABELLED.
 UNLABELLED_FINDINGS = frozenset({"", "todo", "inconclusive", "unknown", "nan", "?", "n/a"})
@@ -147,6 +156,9 @@ DEFAULT_LABEL_MAPS: dict[str, dict[str, str | None]] = {
 # "positive" in another dataset says nothing about COVID-19, hence not global.
 LAYOUT_MULTICLASS_MAPS: dict[str, dict[str, str | None]] = {
     "covidx": {"positive": COVID, "negative": None},
+    # RSNA Pneumonia Detection Challenge: "Lung Opacity" is its pneumonia class (elsewhere a non-COVID
+    # opacity outside the 3-class task); "No Lung Opacity / Not Normal" is excluded by its adapter.
+    "rsna_pneumonia": {"lung opacity": PNEUMONIA},
 }
 LAYOUT_LABEL_MAPS: dict[str, dict[str, dict[str, str | None]]] = {
     layout: {

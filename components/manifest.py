@@ -31,13 +31,19 @@ import pandas as pd
 from components.candidates import SourceError
 from components.image_info import NO_FILE, describe_uris
 from components.labels import (
+    EXCLUDE_DICOM_NOT_IMAGE,
     EXCLUDE_DUPLICATE,
     EXCLUDE_DUPLICATE_ROW,
     EXCLUDE_EMPTY_FILE,
     EXCLUDE_LATERAL,
     EXCLUDE_MISSING_FILE,
+    EXCLUDE_MULTI_FRAME,
+    EXCLUDE_NAME_NOT_UTF8,
+    EXCLUDE_NO_PIXEL_DATA,
     EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_NOT_DICOM,
     EXCLUDE_NOT_IMAGE,
+    EXCLUDE_NOT_NORMAL,
     EXCLUDE_NOT_XRAY,
     EXCLUDE_OUT_OF_TASK,
     EXCLUDE_OUTSIDE_ROOT,
@@ -46,6 +52,7 @@ from components.labels import (
     EXCLUDE_UNKNOWN_FINDING,
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
+    EXCLUDE_UNSUPPORTED_MODE,
 )
 from components.sources import SourceOptions, get_source_kind
 from components.storage import is_s3_uri, root_is_dir
@@ -61,6 +68,7 @@ MANIFEST_COLUMNS = [
     "height",
     "mode",  # PIL mode: L, RGB, RGBA, P, I;16, ...
     "bit_depth",  # bits per channel (8, 16; 0 when not read)
+    "gray_levels",  # distinct values of the 8-bit grayscale the models see (0 when not read)
     "view",  # PA, AP, AP Supine, L, unknown, ...
     "patient_id",  # grouping key for splits, prefixed by source to stay unique across sources
     "age_group",  # adult, pediatric, or "" when unknown
@@ -69,21 +77,28 @@ MANIFEST_COLUMNS = [
     "exclusion_reason",
     "exclusion_detail",  # free text behind the reason (decoder error, escaped path...)
 ]
-_INT_COLUMNS = ("width", "height", "bit_depth")
+_INT_COLUMNS = ("width", "height", "bit_depth", "gray_levels")
 
 # First applicable reason wins (see module doc for why this order).
 EXCLUSION_PRECEDENCE: tuple[str, ...] = (
     EXCLUDE_OUTSIDE_ROOT,
+    EXCLUDE_NAME_NOT_UTF8,
     EXCLUDE_DUPLICATE_ROW,
     EXCLUDE_NOT_IMAGE,
+    EXCLUDE_NOT_DICOM,
+    EXCLUDE_DICOM_NOT_IMAGE,
     EXCLUDE_NOT_XRAY,
+    EXCLUDE_MULTI_FRAME,
+    EXCLUDE_NO_PIXEL_DATA,
     EXCLUDE_MISSING_FILE,
     EXCLUDE_EMPTY_FILE,
     EXCLUDE_NOT_DECODABLE,
     EXCLUDE_TRUNCATED,
     EXCLUDE_TOO_LARGE,
+    EXCLUDE_UNSUPPORTED_MODE,
     EXCLUDE_UNREADABLE,
     EXCLUDE_LATERAL,
+    EXCLUDE_NOT_NORMAL,
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNKNOWN_FINDING,
     EXCLUDE_OUT_OF_TASK,
@@ -114,7 +129,10 @@ def _row(found: Mapping[str, Any], file_info: Mapping[str, Any] | None, source: 
     return {
         "uri": found["uri"],
         "source": source,
-        **{column: file_info[column] for column in ("sha256", "phash", "width", "height", "mode", "bit_depth")},
+        **{
+            column: file_info[column]
+            for column in ("sha256", "phash", "width", "height", "mode", "bit_depth", "gray_levels")
+        },
         "view": found["view"],
         "patient_id": f"{source}:{found['patient_id']}",
         "age_group": found["age_group"],

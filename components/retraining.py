@@ -51,8 +51,9 @@ from components.labels import (
     EXCLUDE_UNLABELLED,
 )
 from components.manifest import build_manifest, dataset_version
+from components.privacy import with_privacy
 from components.splitting import EXCLUDE_OVER_CAP, TRAINING, evaluated_sources, limit_images
-from components.storage import is_s3_uri
+from components.storage import escaped_name, is_s3_uri
 
 __all__ = [
     "ALREADY_TRAINED",
@@ -179,7 +180,8 @@ def _list_local(root: str) -> list[FileEntry]:
                 status = os.stat(os.path.join(current, name))
             except FileNotFoundError:  # deleted while listing, or a dangling symlink: not there
                 continue
-            relative = name if base == "." else f"{base}/{name}"
+            # A name that is not UTF-8 as the manifest shows it (its row is excluded, never read): JSON-safe.
+            relative = escaped_name(name if base == "." else f"{base}/{name}")
             found.append(FileEntry(path=relative, size=status.st_size, stamp=f"mtime_ns={status.st_mtime_ns}"))
     return sorted(found, key=lambda entry: entry.path)
 
@@ -489,7 +491,10 @@ def training_manifest(config: RunConfig, describe: Callable[..., list[dict[str, 
     held_out = evaluated_sources(
         [source.name for source in config.data.sources], config.evaluation.external_sources, TRAINING
     )
-    manifest = build_manifest(config.data.sources, config.task, workers=config.data.workers, describe=describe)
+    manifest = with_privacy(
+        build_manifest(config.data.sources, config.task, workers=config.data.workers, describe=describe),
+        config.data,
+    )
     return limit_images(manifest, config.data.max_images, config.seed, held_out_sources=held_out)
 
 

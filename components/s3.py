@@ -435,13 +435,14 @@ def prefix_has_objects(root_uri: str, page_size: int = LIST_PAGE_SIZE) -> bool:
     return False
 
 
-def read_object(uri: str) -> bytes:
+def read_object(uri: str, first_bytes: int | None = None) -> bytes:
     """Read a whole S3 object; a body that breaks off is fetched again, within the retry budget.
 
     The budget is the client's total attempts (MAX_ATTEMPTS unless AWS_MAX_ATTEMPTS says otherwise).
 
     Args:
         uri: ``s3://bucket/key``.
+        first_bytes: Read only the object's first bytes (a ranged GET), e.g. to tell its format; None: all.
 
     Returns:
         The object's bytes.
@@ -467,9 +468,12 @@ def read_object(uri: str) -> bytes:
     attempts = max(1, int(s3_client.meta.config.retries.get("total_max_attempts") or MAX_ATTEMPTS))
     for attempt in range(1, attempts + 1):
         try:
-            response = s3_client.get_object(Bucket=bucket, Key=key)
+            ranged = {"Range": f"bytes=0-{first_bytes - 1}"} if first_bytes else {}
+            response = s3_client.get_object(Bucket=bucket, Key=key, **ranged)
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
+            if ranged and code == "InvalidRange":  # an empty object has no first byte
+                return b""
             if code in _NO_SUCH_KEY_CODES:
                 raise MissingFileError(f"{uri} does not exist (no object {key!r} in bucket {bucket!r})") from None
             raise _translate(error, uri, bucket, "read the object") from error

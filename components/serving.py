@@ -1,7 +1,8 @@
 """The served model: an MLflow pyfunc that takes base64 images and returns class probabilities.
 
 Clients send a DataFrame with one column ``image`` of base64-encoded PNG/JPEG
-bytes (strings). The model decodes and resizes them with the same
+or DICOM bytes (strings; DICOM is windowed to 8 bits as ingest windows it,
+components.dicom). The model decodes and resizes them with the same
 deterministic preprocessing as training (components/imaging.py) and answers
 one ``prob_<class>`` column per class plus ``label`` (the argmax).
 
@@ -50,6 +51,7 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from components import dicom
 from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT: the Keras model's artifact name
 from components.candidates import IMAGE_EXTENSIONS
 from components.config import ServingConfig
@@ -87,7 +89,19 @@ TABLE_FORMATS = ("tsv", "csv", "json")
 # Distributions pinned in the logged model's requirements. Passing them
 # explicitly skips MLflow's requirement inference (about 5 s per log_model).
 # GPU workers install `tensorflow` instead of `tensorflow-cpu`.
-_PINNED = ("mlflow", ("tensorflow-cpu", "tensorflow"), "keras", "pillow", "numpy", "pandas")
+# pydicom and pylibjpeg's decoders: DICOM inputs (components.dicom), compressed transfer syntaxes included.
+_PINNED = (
+    "mlflow",
+    ("tensorflow-cpu", "tensorflow"),
+    "keras",
+    "pillow",
+    "numpy",
+    "pandas",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+)
 
 
 def prob_column(class_name: str) -> str:
@@ -119,7 +133,7 @@ def build_contract(
             f"bilinear resize to {image_size}x{image_size}; repeat to 3 channels; "
             "backbone normalisation is inside the model"
         ),
-        "serving_input": f"DataFrame column '{IMAGE_COLUMN}': base64-encoded PNG or JPEG bytes",
+        "serving_input": f"DataFrame column '{IMAGE_COLUMN}': base64-encoded PNG, JPEG or DICOM bytes",
         "serving_output": [prob_column(name) for name in class_names] + [LABEL_COLUMN],
         "intended_use": intended_use,
     }
@@ -322,6 +336,11 @@ def declared_size(data: bytes, name: str) -> tuple[int, int]:
     Raises:
         ValueError: PIL cannot identify the bytes as an image; the message starts with `name`.
     """
+    if dicom.is_dicom(data):  # Columns x Rows from the DICOM header, no pixel decoded (components.dicom)
+        try:
+            return dicom.declared_size(data)
+        except dicom.DicomError as error:
+            raise ValueError(f"{name}: cannot decode DICOM ({error})") from error
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size

@@ -11,11 +11,24 @@ ValidationReports (components.validation); nothing here touches GX, and only
   sources, evaluated only), exact and near-duplicate pairs (uris,
   distance, same patient?), patient and near-duplicate leaks across splits,
   every check with its severity and result, the Data Docs index.
+  The summary also counts views per source (``views_by_source``,
+  ``unknown_views``: a blank view cannot be checked for lateral images) and
+  gives each source's root (``source_roots``: the folder its files share),
+  against which the page shows paths.
+* ``build_gallery`` -> a ``Gallery`` of small thumbnails (96 px JPEG, embedded
+  as ``data:`` URIs): each near-duplicate pair side by side with its pHash
+  distance, a sample of the excluded images of each reason, and a grid of
+  sample images per class and source, so that a confounded or mislabelled
+  drop shows at a glance. Samples are capped and drawn with a fixed seed, so
+  the page stays small and loads fast with thousands of rows (measured in
+  bench/results/steward_page.md). Only files that ingest read (a sha256 in the
+  manifest) are opened; any other row, or a file that no longer decodes,
+  shows a placeholder with the reason.
 * ``render_html`` -> one HTML page with inline CSS and no external assets,
-  scripts or fonts. Every value that comes from data (metadata, file names,
-  findings, check details, paths) goes through ``html.escape``: dataset
-  metadata is untrusted input and a finding such as ``<script>`` must show
-  as text.
+  scripts or fonts (thumbnails are ``data:`` URIs). Every value that comes
+  from data (metadata, file names, findings, check details, paths) goes
+  through ``html.escape``: dataset metadata is untrusted input and a finding
+  such as ``<script>`` must show as text.
 * ``excluded_rows`` / ``excluded_rows_csv`` -> the rows left out and why. The
   CSV is spreadsheet-safe: a cell starting with ``=``, ``+``, ``-``, ``@``,
   tab or carriage return is prefixed with an apostrophe (OWASP's advice
@@ -23,18 +36,21 @@ ValidationReports (components.validation); nothing here touches GX, and only
   of evaluating it. Programs reading the CSV back should strip that one
   leading apostrophe from such cells. Every field is quoted, so commas,
   quotes and line breaks inside values cannot shift or split rows.
-* ``write_steward_report`` -> the three files (summary.html, summary.json,
-  excluded_rows.csv) in one folder.
+* ``write_steward_report`` -> the three files (summary.html with its
+  thumbnails, summary.json, excluded_rows.csv) in one folder.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -68,6 +84,16 @@ SUMMARY_HTML = "summary.html"
 SUMMARY_JSON = "summary.json"
 EXCLUDED_ROWS_CSV = "excluded_rows.csv"
 Verdict = Literal["PASSED", "PASSED WITH WARNINGS", "BLOCKED"]
+# Views that say nothing (adapters write "unknown" for a blank metadata view).
+UNKNOWN_VIEWS = frozenset({"", "unknown", "?"})
+# Thumbnails of the page: longest side in pixels, and how many of each kind (sampled with GALLERY_SEED).
+THUMBNAIL_PX = 96
+THUMBNAIL_JPEG_QUALITY = 80
+MAX_PAIRS_SHOWN = 24
+EXCLUDED_PER_REASON = 6
+SAMPLES_PER_CELL = 8
+MAX_SAMPLE_THUMBNAILS = 360  # over all class x source cells: many sources get fewer per cell
+GALLERY_SEED = 0
 
 
 # ---------------------------------------------------------------- excluded rows and CSV
@@ -219,6 +245,13 @@ class StewardSummary(BaseModel):
     class_by_source: Crosstab
     class_by_age_group: Crosstab
     class_by_split: Crosstab | None
+    # Used images per view (rows; blank shown as "unknown") and source (columns).
+    views_by_source: Crosstab | None = None
+    # {source: used images whose view is unknown or blank}, every source of the used rows.
+    unknown_views: dict[str, int] = {}
+    # {source: the folder (or S3 prefix) all its rows' files share, ending in "/"}: paths on the page are shown
+    # relative to it.
+    source_roots: dict[str, str] = {}
     # What the drop is for (components.splitting): "evaluation" holds every image out (split "external").
     purpose: DataPurpose = TRAINING
     # Images per class and external source (split "external"); None when nothing is external.
@@ -248,6 +281,38 @@ def _crosstab(
         table_rows.append(CrosstabRow(label=label, counts=cells, total=sum(cells.values())))
     totals = {column: sum(row.counts[column] for row in table_rows) for column in column_order}
     return Crosstab(columns=column_order, rows=table_rows, totals=totals)
+
+
+def source_roots(manifest: pd.DataFrame) -> dict[str, str]:
+    """The folder (or S3 prefix) that all files of each source share: the root paths are shown against.
+
+    Args:
+        manifest: A manifest (MANIFEST_COLUMNS); rows without a uri are ignored.
+
+    Returns:
+        {source: the deepest folder common to its rows' uris, ending in "/"}, sorted by source.
+    """
+    roots: dict[str, str] = {}
+    uris = manifest["uri"].fillna("").astype(str)
+    for source, group in uris[uris != ""].groupby(manifest["source"].astype(str), sort=True):
+        common = os.path.commonprefix(group.tolist())
+        roots[str(source)] = common[: common.rfind("/") + 1]
+    return roots
+
+
+def relative_path(uri: str, source: str, roots: Mapping[str, str]) -> str:
+    """A file's path relative to its source's root (source_roots); the uri itself outside it.
+
+    Args:
+        uri: The file's uri (absolute path or ``s3://`` URI).
+        source: Its source.
+        roots: source_roots of the manifest.
+
+    Returns:
+        E.g. ``COVID-19/p1.png`` for ``/data/drop/COVID-19/p1.png`` under root ``/data/drop/``.
+    """
+    root = roots.get(source, "")
+    return uri[len(root) :] if root and uri.startswith(root) and len(uri) > len(root) else uri
 
 
 def _checks(report: ValidationReport | None) -> list[SummaryCheck]:
@@ -302,13 +367,18 @@ def build_summary(
     warnings = [c for c in checks if not c.passed and c.severity != "blocking"]
     verdict = "BLOCKED" if blocked else "PASSED WITH WARNINGS" if warnings else "PASSED"
 
+    views = used["view"].fillna("").astype(str).str.strip()
     frame = pd.DataFrame(
         {
             "label": used["label"].fillna("").astype(str).to_numpy(),
             "source": used["source"].fillna("").astype(str).to_numpy(),
             "age_group": used["age_group"].fillna("").astype(str).replace("", "unknown").to_numpy(),
+            "view": views.where(~views.str.lower().isin(UNKNOWN_VIEWS), "unknown").to_numpy(),
         }
     )
+    unknown_views = {
+        str(source): int((group["view"] == "unknown").sum()) for source, group in frame.groupby("source", sort=True)
+    }
     class_counts = frame["label"].value_counts()
     classes = [
         ClassCount(
@@ -377,6 +447,9 @@ def build_summary(
         class_by_source=_crosstab(frame, "label", "source", labels),
         class_by_age_group=_crosstab(frame, "label", "age_group", labels, AGE_GROUPS),
         class_by_split=class_by_split,
+        views_by_source=_crosstab(frame, "view", "source", []),
+        unknown_views=unknown_views,
+        source_roots=source_roots(manifest),
         purpose=purpose,
         class_by_external_source=class_by_external_source,
         exact_duplicates=list(manifest_listings.get("exact_duplicates", [])),
@@ -392,6 +465,187 @@ def build_summary(
     )
 
 
+# ---------------------------------------------------------------- thumbnails
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One image of the page: its path relative to its source root, and its thumbnail or why there is none."""
+
+    uri: str
+    shown: str  # the path relative to its source's root
+    image: str | None  # a data: URI (JPEG, longest side THUMBNAIL_PX); None: a placeholder
+    note: str = ""  # why there is no image, or the exclusion detail
+
+
+@dataclass(frozen=True)
+class ThumbnailPair:
+    """A near-duplicate pair side by side."""
+
+    a: Thumbnail
+    b: Thumbnail
+    distance: int  # pHash Hamming distance in bits
+    same_patient: bool
+
+
+@dataclass
+class Gallery:
+    """The thumbnails of the steward page (build_gallery); not part of summary.json."""
+
+    pairs: list[ThumbnailPair] = field(default_factory=list)
+    pairs_total: int = 0
+    excluded: dict[str, list[Thumbnail]] = field(default_factory=dict)  # reason -> sample
+    excluded_totals: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    samples: dict[tuple[str, str], list[Thumbnail]] = field(default_factory=dict)  # (label, source) -> sample
+    sample_totals: dict[tuple[str, str], int] = field(default_factory=dict)  # (label, source) -> used images
+
+    def thumbnails(self) -> list[Thumbnail]:
+        """Every thumbnail of the gallery, pairs first.
+
+        Returns:
+            The thumbnails in page order.
+        """
+        found = [thumb for pair in self.pairs for thumb in (pair.a, pair.b)]
+        found += [thumb for sample in self.excluded.values() for thumb in sample]
+        return found + [thumb for sample in self.samples.values() for thumb in sample]
+
+
+def thumbnail_data_uri(data: bytes, name: str, size: int = THUMBNAIL_PX) -> str:
+    """A small JPEG of an image file, as a ``data:`` URI, decoded as training sees it.
+
+    Args:
+        data: The file's bytes (PNG, JPEG, DICOM... anything components.imaging decodes).
+        name: The file, for the error message.
+        size: Longest side of the thumbnail in pixels (aspect ratio kept; never enlarged).
+
+    Returns:
+        ``data:image/jpeg;base64,...`` of an 8-bit grayscale JPEG.
+
+    Raises:
+        components.imaging.ImageDecodeError: The bytes do not decode.
+    """
+    from PIL import Image
+
+    from components.imaging import decode_image_bytes
+
+    image = Image.fromarray(decode_image_bytes(data, name))
+    image.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=THUMBNAIL_JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _read_thumbnail(uri: str) -> tuple[str | None, str]:
+    """(data URI, "") of a file, or (None, why) when it cannot be read or decoded."""
+    from components.errors import CxrError
+    from components.storage import read_bytes
+
+    try:
+        return thumbnail_data_uri(read_bytes(uri), uri), ""
+    except CxrError as error:  # missing, unreadable, not decodable: the page shows why
+        return None, str(error).removeprefix(f"{uri}: ").removeprefix(uri).strip() or type(error).__name__
+    except (OSError, ValueError) as error:
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _sample(frame: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """Up to `count` rows, drawn with `seed`, in manifest order; rows whose file was read first."""
+    if len(frame) <= count:
+        return frame
+    readable = frame[frame["sha256"].astype(str) != ""]
+    chosen = readable.sample(n=min(count, len(readable)), random_state=seed)
+    if len(chosen) < count:
+        rest = frame.drop(index=readable.index)
+        chosen = pd.concat([chosen, rest.sample(n=count - len(chosen), random_state=seed)])
+    return chosen.sort_index()
+
+
+def build_gallery(
+    summary: StewardSummary,
+    manifest: pd.DataFrame,
+    *,
+    max_pairs: int = MAX_PAIRS_SHOWN,
+    per_reason: int = EXCLUDED_PER_REASON,
+    per_cell: int = SAMPLES_PER_CELL,
+    max_samples: int = MAX_SAMPLE_THUMBNAILS,
+    seed: int = GALLERY_SEED,
+    workers: int = 4,
+) -> Gallery:
+    """The thumbnails of the steward page: near-duplicate pairs, excluded images by reason, classes by source.
+
+    Only files that ingest read (a sha256 in the manifest) are opened, each once, by `workers`
+    threads; a row that was never read (outside the root, not an image, missing) or a file that
+    does not decode shows a placeholder saying why. Samples are drawn with `seed`.
+
+    Args:
+        summary: The steward summary (build_summary) of `manifest`.
+        manifest: The manifest (every row).
+        max_pairs: Near-duplicate pairs shown (the closest first, as listed in the summary).
+        per_reason: Excluded images shown per exclusion reason.
+        per_cell: Used images shown per class and source.
+        max_samples: Cap over all class x source cells (per_cell shrinks when there are many cells).
+        seed: Seed of the samples.
+        workers: Threads reading and decoding files.
+
+    Returns:
+        The Gallery.
+    """
+    roots = summary.source_roots or source_roots(manifest)
+    frame = manifest.assign(
+        uri=manifest["uri"].fillna("").astype(str),
+        source=manifest["source"].fillna("").astype(str),
+        sha256=manifest["sha256"].fillna("").astype(str),
+        exclusion_reason=manifest["exclusion_reason"].fillna("").astype(str),
+    )
+    readable = set(frame.loc[frame["sha256"] != "", "uri"])
+    gallery = Gallery(pairs_total=len(summary.near_duplicates))
+
+    wanted: list[tuple[str, str, str]] = []  # (uri, source, note) in page order
+    pairs = summary.near_duplicates[:max_pairs]
+    for pair in pairs:
+        wanted += [(str(pair.get("uri_a", "")), str(pair.get("source_a", "")), "")]
+        wanted += [(str(pair.get("uri_b", "")), str(pair.get("source_b", "")), "")]
+    excluded = frame[frame["exclusion_reason"] != ""]
+    excluded_rows_by_reason = {}
+    for reason in summary.exclusions_by_reason:
+        rows = excluded[excluded["exclusion_reason"] == reason]
+        excluded_rows_by_reason[reason] = _sample(rows, per_reason, seed)
+        gallery.excluded_totals[reason] = len(rows)
+    used = frame[frame["exclusion_reason"] == ""]
+    cells = {(str(label), str(source)): rows for (label, source), rows in used.groupby(["label", "source"])}
+    cell_count = max(1, min(per_cell, max_samples // max(1, len(cells))))
+    sample_rows = {key: _sample(rows, cell_count, seed) for key, rows in cells.items()}
+    gallery.sample_totals = {key: len(rows) for key, rows in cells.items()}
+    for rows in [*excluded_rows_by_reason.values(), *sample_rows.values()]:
+        wanted += list(zip(rows["uri"], rows["source"], [""] * len(rows), strict=True))
+
+    to_read = sorted({uri for uri, _, _ in wanted if uri in readable})
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        images = dict(zip(to_read, pool.map(_read_thumbnail, to_read), strict=True))
+
+    def thumb(uri: str, source: str, note: str = "") -> Thumbnail:
+        image, why = images.get(uri, (None, "not read at ingest" if uri else "no file"))
+        return Thumbnail(uri=uri, shown=relative_path(uri, source, roots) or "(no file)", image=image, note=note or why)
+
+    for pair in pairs:
+        gallery.pairs.append(
+            ThumbnailPair(
+                a=thumb(str(pair.get("uri_a", "")), str(pair.get("source_a", ""))),
+                b=thumb(str(pair.get("uri_b", "")), str(pair.get("source_b", ""))),
+                distance=int(pair.get("distance", 0) or 0),
+                same_patient=bool(pair.get("same_patient")),
+            )
+        )
+    for reason, rows in excluded_rows_by_reason.items():
+        gallery.excluded[reason] = [
+            thumb(uri, source, str(detail))
+            for uri, source, detail in zip(rows["uri"], rows["source"], rows["exclusion_detail"], strict=True)
+        ]
+    for key, rows in sample_rows.items():
+        gallery.samples[key] = [thumb(uri, source) for uri, source in zip(rows["uri"], rows["source"], strict=True)]
+    return gallery
+
+
 # ---------------------------------------------------------------- HTML
 
 _CSS = """
@@ -405,11 +659,25 @@ table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}th,td{border:1px s
 text-align:left;vertical-align:top}th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.fail td{background:#ffebe9}tr.warn td{background:#fff8c5}.muted{color:#57606a}.mono{font-family:monospace;
 word-break:break-all}ul{margin:.3rem 0}
+.strip{display:flex;flex-wrap:wrap;gap:.4rem;margin:.3rem 0 1rem}
+figure{margin:0;width:6.5rem;font-size:.7rem;word-break:break-all;color:#57606a}
+figure img,.ph{width:6rem;height:6rem;object-fit:contain;background:#000;border:1px solid #d0d7de;display:block}
+.ph{background:#f6f8fa;color:#57606a;display:flex;align-items:center;justify-content:center;text-align:center;
+font-size:.65rem;overflow:hidden}
+.pair{display:inline-flex;gap:.3rem;padding:.3rem;margin:0 .4rem .6rem 0;border:1px solid #d0d7de;border-radius:4px;
+vertical-align:top}.pair .d{font-size:.8rem;align-self:center;width:4.5rem;text-align:center}
+td.cell{min-width:7rem}td.cell .strip{margin:0}
 """
 
 
+class _Html(str):
+    """Markup this module wrote itself (every data value inside already escaped): not escaped again."""
+
+
 def _e(value: Any) -> str:
-    """Escaped text of any value (quotes too: values also land in attributes)."""
+    """Escaped text of any value (quotes too: values also land in attributes); _Html as is."""
+    if isinstance(value, _Html):
+        return value
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -466,7 +734,9 @@ def _crosstab_html(table: Crosstab | None, first: str) -> str:
     return _table(headers, rows, numeric=range(1, len(headers)))
 
 
-def _pairs_html(pairs: list[Record], with_split: bool = False, exact: bool = False) -> str:
+def _pairs_html(
+    pairs: list[Record], with_split: bool = False, exact: bool = False, roots: Mapping[str, str] | None = None
+) -> str:
     headers = ["image A", "image B", "distance", "same patient", "patients", "sources"]
     if with_split:
         headers.append("splits")
@@ -475,8 +745,8 @@ def _pairs_html(pairs: list[Record], with_split: bool = False, exact: bool = Fal
     rows = []
     for pair in pairs:
         row = [
-            pair.get("uri_a"),
-            pair.get("uri_b"),
+            _Html(_shown(pair.get("uri_a"), pair.get("source_a"), roots or {})),
+            _Html(_shown(pair.get("uri_b"), pair.get("source_b"), roots or {})),
             pair.get("distance"),
             "yes" if pair.get("same_patient") else "no",
             f"{pair.get('patient_a')} / {pair.get('patient_b')}",
@@ -490,20 +760,119 @@ def _pairs_html(pairs: list[Record], with_split: bool = False, exact: bool = Fal
     return _table(headers, rows, numeric=(2,))
 
 
+def _shown(uri: Any, source: Any, roots: Mapping[str, str]) -> str:
+    """A path relative to its source root, the full uri in the title (both escaped)."""
+    uri = "" if uri is None else str(uri)
+    return f'<span title="{_e(uri)}">{_e(relative_path(uri, str(source), roots))}</span>'
+
+
+def _figure(thumb: Thumbnail, caption: str | None = None) -> str:
+    caption = thumb.shown if caption is None else caption
+    title = f"{thumb.uri}: {thumb.note}" if thumb.note else thumb.uri
+    if thumb.image:
+        picture = f'<img alt="{_e(thumb.shown)}" src="{_e(thumb.image)}" title="{_e(title)}" decoding="async">'
+    else:
+        picture = f'<div class="ph" title="{_e(title)}">no preview<br>{_e(thumb.note[:60])}</div>'
+    return f"<figure>{picture}<figcaption>{_e(caption)}</figcaption></figure>"
+
+
+def _strip(thumbs: Sequence[Thumbnail], captions: Sequence[str] | None = None) -> str:
+    if not thumbs:
+        return '<p class="muted">None.</p>'
+    figures = (_figure(t, captions[i] if captions else None) for i, t in enumerate(thumbs))
+    return f'<div class="strip">{"".join(figures)}</div>'
+
+
+def _pairs_gallery_html(gallery: Gallery) -> str:
+    if not gallery.pairs:
+        return ""
+    shown = (
+        f"{len(gallery.pairs)} closest of {gallery.pairs_total} pairs shown"
+        if gallery.pairs_total > len(gallery.pairs)
+        else f"{len(gallery.pairs)} pair(s)"
+    )
+    parts = [f'<h3>Side by side</h3><p class="muted">{_e(shown)}; the distance is in pHash bits.</p><div>']
+    for pair in gallery.pairs:
+        same = "<br>same patient" if pair.same_patient else ""
+        parts.append(
+            f'<div class="pair">{_figure(pair.a)}<div class="d">distance {_e(pair.distance)}{same}</div>'
+            f"{_figure(pair.b)}</div>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _excluded_gallery_html(gallery: Gallery) -> str:
+    if not gallery.excluded:
+        return ""
+    parts = [
+        '<h3>Excluded images, a sample per reason</h3><p class="muted">Hover an image for its exclusion detail.</p>'
+    ]
+    for reason, thumbs in gallery.excluded.items():
+        total = gallery.excluded_totals.get(reason, len(thumbs))
+        parts.append(f"<h4>{_e(reason)} ({len(thumbs)} of {total} shown)</h4>")
+        parts.append(_strip(thumbs))
+    return "".join(parts)
+
+
+def _samples_gallery_html(gallery: Gallery, summary: StewardSummary) -> str:
+    if not gallery.samples:
+        return ""
+    sources = sorted({source for _, source in gallery.samples})
+    labels = [c.label for c in summary.classes if any((c.label, s) in gallery.samples for s in sources)]
+    labels += sorted({label for label, _ in gallery.samples} - set(labels))
+    head = "".join(f"<th>{_e(source)}</th>" for source in sources)
+    body = []
+    for label in labels:
+        cells = []
+        for source in sources:
+            thumbs = gallery.samples.get((label, source), [])
+            total = gallery.sample_totals.get((label, source), 0)
+            note = f'<div class="muted">{len(thumbs)} of {total}</div>' if thumbs else ""
+            cells.append(f'<td class="cell">{_strip(thumbs) if thumbs else ""}{note}</td>')
+        body.append(f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>")
+    return (
+        '<h3>Sample images per class and source</h3><p class="muted">Used images, sampled with a fixed seed. '
+        "A class whose images look different in one source (borders, text, contrast, age) is a shortcut a "
+        "model will learn.</p>"
+        f"<table><thead><tr><th>class</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _views_html(summary: StewardSummary) -> str:
+    parts = []
+    unknown = {source: n for source, n in summary.unknown_views.items() if n}
+    if unknown:
+        used_by_source = summary.views_by_source.totals if summary.views_by_source else {}
+        listed = ", ".join(f"{source}: {n} of {used_by_source.get(source, n)}" for source, n in unknown.items())
+        parts.append(
+            f"<p><b>Unknown or blank view</b> ({_e(listed)} used images): lateral images among them cannot "
+            "be told apart and stay in.</p>"
+        )
+    else:
+        parts.append('<p class="muted">Every used image has a view.</p>')
+    parts.append(_crosstab_html(summary.views_by_source, "view"))
+    return "".join(parts)
+
+
 _EVALUATION_NOTE = " (every image held out as external: not split, no training thresholds)"
 
 
-def render_html(summary: StewardSummary, link_base: str | Path | None = None) -> str:
+def render_html(summary: StewardSummary, link_base: str | Path | None = None, gallery: Gallery | None = None) -> str:
     """One self-contained HTML page for `summary` (from build_summary); every data value escaped.
 
     Args:
         summary: The steward summary.
         link_base: The folder the page will be saved in: Data Docs links are then relative to it;
             when None they are file:// URIs of the absolute paths.
+        gallery: Its thumbnails (build_gallery), embedded as data: URIs; None: a page without images.
 
     Returns:
-        The page (UTF-8 text): inline CSS, no scripts, no external assets.
+        The page (UTF-8 text): inline CSS, no scripts, no external assets. Paths are shown relative
+        to their source's root (summary.source_roots), the full uri in their title.
     """
+    gallery = gallery or Gallery()
+    roots = summary.source_roots
     verdict = summary.verdict
     banner_class = "BLOCKED" if verdict == "BLOCKED" else "WARN" if summary.warnings else "PASSED"
     counts = summary.counts
@@ -543,6 +912,7 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None) ->
     parts.append(_table(["", "count"], count_rows, numeric=(1,)))
     parts.append("<h2>Exclusions by reason</h2>")
     parts.append(_table(["reason", "rows"], list(summary.exclusions_by_reason.items()), numeric=(1,)))
+    parts.append(_excluded_gallery_html(gallery))
 
     parts.append("<h2>Findings left out (most frequent first)</h2>")
     parts.append(
@@ -566,6 +936,9 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None) ->
         "learn the source instead of the disease.</p>"
     )
     parts.append(_crosstab_html(summary.class_by_source, "class"))
+    parts.append(_samples_gallery_html(gallery, summary))
+    parts.append("<h2>Views</h2>")
+    parts.append(_views_html(summary))
     parts.append("<h2>Class &times; age group</h2>")
     parts.append(_crosstab_html(summary.class_by_age_group, "class"))
     parts.append("<h2>Class &times; split</h2>")
@@ -587,9 +960,10 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None) ->
     parts.append(_table(["stage", "check", "severity", "result", "details"], check_rows, row_classes=check_classes))
 
     parts.append("<h2>Exact duplicates (same bytes)</h2>")
-    parts.append(_pairs_html(summary.exact_duplicates, exact=True))
+    parts.append(_pairs_html(summary.exact_duplicates, exact=True, roots=roots))
     parts.append("<h2>Near-duplicates (pHash)</h2>")
-    parts.append(_pairs_html(summary.near_duplicates))
+    parts.append(_pairs_html(summary.near_duplicates, roots=roots))
+    parts.append(_pairs_gallery_html(gallery))
     parts.append("<h2>Leaks across splits</h2><h3>Patients in several splits</h3>")
     parts.append(
         _table(
@@ -599,7 +973,7 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None) ->
         )
     )
     parts.append("<h3>Near-duplicate pairs across splits</h3>")
-    parts.append(_pairs_html(summary.near_duplicate_leaks, with_split=True))
+    parts.append(_pairs_html(summary.near_duplicate_leaks, with_split=True, roots=roots))
 
     docs = summary.data_docs
     parts.append("<h2>Great Expectations Data Docs</h2><ul>")
@@ -642,6 +1016,13 @@ def summary_text(summary: StewardSummary) -> str:
         )
     if summary.exclusions_by_reason:
         lines.append("Excluded:   " + ", ".join(f"{r} {n}" for r, n in summary.exclusions_by_reason.items()))
+    unknown = {source: n for source, n in summary.unknown_views.items() if n}
+    if unknown:
+        lines.append(
+            f"Views:      unknown for {sum(unknown.values())} of {counts.used} used images ("
+            + ", ".join(f"{source} {n}" for source, n in unknown.items())
+            + ")"
+        )
     lines.append(
         f"Duplicates: {len(summary.exact_duplicates)} exact pair(s), {len(summary.near_duplicates)} "
         f"near-duplicate pair(s); leaks: {len(summary.patient_leaks)} patient(s) and "
@@ -673,31 +1054,36 @@ class StewardFiles(NamedTuple):
         return {SUMMARY_HTML: self.html, SUMMARY_JSON: self.json, EXCLUDED_ROWS_CSV: self.csv}
 
 
-def steward_files(summary: StewardSummary, manifest: pd.DataFrame) -> StewardFiles:
-    """The page, the JSON summary and the excluded rows, as text.
+def steward_files(summary: StewardSummary, manifest: pd.DataFrame, gallery: Gallery | None = None) -> StewardFiles:
+    """The page (with its thumbnails), the JSON summary and the excluded rows, as text.
 
     Args:
         summary: The steward summary (from build_summary).
         manifest: The manifest it was built from (every row).
+        gallery: The page's thumbnails; None: build_gallery(summary, manifest).
 
     Returns:
         The HTML page, `summary.model_dump(mode="json")` as indented JSON, and the spreadsheet-safe
         CSV of the excluded rows.
     """
+    gallery = build_gallery(summary, manifest) if gallery is None else gallery
     return StewardFiles(
-        html=render_html(summary),
+        html=render_html(summary, gallery=gallery),
         json=json.dumps(summary.model_dump(mode="json"), indent=2),
         csv=excluded_rows_csv(manifest),  # spreadsheet-safe (no formula injection)
     )
 
 
-def write_steward_report(summary: StewardSummary, manifest: pd.DataFrame, folder: str | Path) -> StewardFiles:
+def write_steward_report(
+    summary: StewardSummary, manifest: pd.DataFrame, folder: str | Path, gallery: Gallery | None = None
+) -> StewardFiles:
     """Write summary.html, summary.json and excluded_rows.csv into `folder` (created if missing).
 
     Args:
         summary: The steward summary (from build_summary).
         manifest: The manifest it was built from (every row).
         folder: Where to write the three files (UTF-8); existing files are replaced.
+        gallery: The page's thumbnails; None: build_gallery(summary, manifest).
 
     Returns:
         The texts written.
@@ -707,7 +1093,7 @@ def write_steward_report(summary: StewardSummary, manifest: pd.DataFrame, folder
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    files = steward_files(summary, manifest)
+    files = steward_files(summary, manifest, gallery)
     for name, text in files.by_name().items():
         (folder / name).write_text(text, encoding="utf-8")
     return files

@@ -21,6 +21,9 @@
     cxr models [show VERSION | history]  registered versions: aliases, metrics with CIs, why
     cxr promote VERSION --reason TEXT  move `champion` by hand (gated unless --force; recorded)
     cxr rollback --reason TEXT         give `champion` back to the previous champion (recorded)
+    cxr data versions                  dataset versions validated: when, sources, counts, verdict, decision
+    cxr data approve|reject VERSION --reason TEXT  a steward's decision (who, when); with
+                                       data.require_approval, cxr train refuses a version not approved
     cxr ui                             print the command that opens the MLflow UI
     cxr sources                        list the source kinds and their options
     cxr backbones                      list the backbones, their input sizes and preprocessing
@@ -37,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -45,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from components.config import ConfigError, DeploymentConfig, load_run_config
 from components.errors import CxrError
+from cxr.data import add_data_parser
+from cxr.run_log import active_run_log, close_run_log, install_console_filters, log_exception, open_run_log
 from cxr.team import add_stack_parser
 
 if TYPE_CHECKING:
@@ -59,6 +63,9 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = os.environ.get("CXR_WORKDIR", str(PROJECT_ROOT / ".cxr"))
+# The running command's name (its log file's name): e.g. "train", "data-approve".
+_COMMAND = "cxr"
+_ARGV: list[str] = []  # its arguments, the log file's first line
 # `cxr serve` and `cxr predict` without --model-name or --config.
 DEFAULT_MODEL_NAME = "cxr-classifier"
 # `cxr serve` options that override the run config's `serving` section.
@@ -91,9 +98,12 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _environment(workdir: str):
+    """Point ZenML and MLflow at the work folder (cxr.stack) and start the command's log file there."""
     from cxr.stack import configure_environment
 
-    return configure_environment(workdir)
+    paths = configure_environment(workdir)
+    open_run_log(paths.logs, _COMMAND, _ARGV)
+    return paths
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -766,8 +776,8 @@ def _add_registry_parsers(commands) -> None:
 
 
 def _deployment_stack(workdir: str):
-    """The work folder's registry and its local stack, activated again: another --workdir may have
-    activated its own in the ZenML repository that every work folder shares."""
+    """The work folder's registry and its local stack, activated in the folder's own ZenML repository
+    (a `cxr train --stack NAME` may have left another one active there)."""
     from cxr.stack import ensure_local_stack
 
     paths = _registry_paths(workdir)
@@ -829,6 +839,14 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
     print(describe_sources())
     return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """cxr data versions | approve VERSION --reason TEXT | reject VERSION --reason TEXT (cxr/data.py)."""
+    paths = _environment(args.workdir)
+    from cxr.data import cmd_data as run_data_command
+
+    return run_data_command(args, paths)
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -922,6 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deployment_parsers(commands)
     commands.add_parser("setup", help="create and activate the local ZenML stack").set_defaults(handler=cmd_setup)
     add_stack_parser(commands)  # cxr stack up [--team], cxr stack down
+    add_data_parser(commands, cmd_data)  # cxr data versions | approve | reject
     commands.add_parser("ui", help="print the MLflow UI command").set_defaults(handler=cmd_ui)
     commands.add_parser("sources", help="list the source kinds and their options").set_defaults(handler=cmd_sources)
     commands.add_parser("backbones", help="list the backbones").set_defaults(handler=cmd_backbones)
@@ -1042,30 +1061,22 @@ def _add_serving_parsers(commands) -> None:
     predict.add_argument("--output", metavar="FILE", help="write the table to FILE (default: standard output)")
 
 
-# ZenML's local orchestrator logs a failed step with its traceback (logger.exception, on stdout)
-# before it re-raises the step's own exception. For a user-facing error that traceback is noise:
-# main() prints the message. The orchestrator's line "Step <name> failed." stays.
-ZENML_LOCAL_ORCHESTRATOR_LOGGER = "zenml.orchestrators.local.local_orchestrator"
-
-
-class _NoTracebackForUserErrors(logging.Filter):
-    """Drop the traceback from log records about a user-facing error (keep the record)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and _is_user_facing(record.exc_info[1]):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _quiet_user_error_tracebacks() -> None:
-    logger = logging.getLogger(ZENML_LOCAL_ORCHESTRATOR_LOGGER)
-    if not any(isinstance(existing, _NoTracebackForUserErrors) for existing in logger.filters):
-        logger.addFilter(_NoTracebackForUserErrors())
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors about the user's config, data, weights or environment print one `error:` line
+    (or message), their traceback goes to the command's log file (cxr.run_log) when a work folder is open."""
+    global _COMMAND, _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    _quiet_user_error_tracebacks()
+    action = getattr(args, f"{args.command}_command", None)  # e.g. `cxr data approve`: "approve"
+    _COMMAND = f"{args.command}-{action}" if action else args.command
+    install_console_filters(_is_user_facing)
+    try:
+        return _main(args)
+    finally:
+        close_run_log()
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return args.handler(args)
     except KeyboardInterrupt:
@@ -1095,7 +1106,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         if not _is_user_facing(error):
+            log_exception(error, "unexpected error (a bug): its traceback follows on the console too")
             raise
+        log_exception(error, f"error: {error}")
+        if (run_log := active_run_log()) is not None and run_log.step_failed:
+            print(f"(the failed step's trace is in {run_log.path})", file=sys.stderr)  # before: the error ends
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigError) else 1
 

@@ -163,7 +163,6 @@ def use_stack(paths: LocalPaths, project_root: Path, stack: str | None) -> str:
 
 
 def _prepare(config: RunConfig, paths: LocalPaths, project_root: Path, stack: str | None = None) -> None:
-    os.environ.setdefault("ZENML_REPOSITORY_PATH", str(project_root))
     use_stack(paths, project_root, stack)
     ensure_synthetic_dataset(config)
 

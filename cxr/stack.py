@@ -1,9 +1,12 @@
 """The local ZenML stack and the environment this project runs in.
 
 Everything a local run writes lives below one work folder (default `.cxr/` in
-the project): ZenML's config and SQLite store, the artifact store, the MLflow
-SQLite tracking/registry database and MLflow's artifacts. `configure_environment`
-must run before ZenML is imported, because ZenML reads ZENML_CONFIG_PATH once.
+the project): ZenML's config and SQLite store, ZenML's repository (`.zen`, which
+records the active stack), the artifact store, the MLflow SQLite tracking/registry
+database, MLflow's artifacts and the command logs. Two work folders share nothing,
+so runs on different folders, one after the other or at the same time, never change
+each other's stack. `configure_environment` must run before ZenML is imported,
+because ZenML reads ZENML_CONFIG_PATH and ZENML_CUSTOM_SOURCE_ROOT once.
 
 The stores record absolute paths, so a work folder remembers where it is
 (`<workdir>/.location`); one found elsewhere (moved or copied) is rewritten to
@@ -47,6 +50,14 @@ TEAM_STACK_NAME = "cxr_team"
 TEAM_ARTIFACT_STORE = "cxr_team_artifacts"
 TEAM_S3_SECRET = "cxr_team_s3"  # the ZenML secret holding the artifact store's S3 key and secret
 TEAM_MLFLOW_SECRET = "cxr_team_mlflow"  # the ZenML secret holding the tracking server's credentials
+# The project's code: ZenML's source root (it resolves step and pipeline code from it and packages it for
+# container orchestrators); ZenML would otherwise take its repository, which is each work folder's own.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+# Which work folder configure_environment set this process's variables for: a `cxr` started by another
+# `cxr` (or by a test session) inherits them, and replaces those that name the other work folder.
+WORKDIR_VARIABLE = "CXR_WORKDIR_ENVIRONMENT"
+# Variables through which ZenML pins a stack or project by id: they hold for one ZenML store only.
+PINNED_ZENML_IDS = ("ZENML_ACTIVE_STACK_ID", "ZENML_ACTIVE_PROJECT_ID")
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,11 @@ class LocalPaths:
     @property
     def zenml_config(self) -> Path:
         return self.workdir / "zenml"
+
+    @property
+    def zenml_repository(self) -> Path:
+        """ZenML's repository root: its `.zen` folder records the active stack and project of this folder."""
+        return self.workdir
 
     @property
     def artifact_store(self) -> Path:
@@ -92,24 +108,62 @@ class LocalPaths:
         return self.workdir / "deployments"
 
     @property
+    def logs(self) -> Path:
+        """One log file per command (cxr.cli): everything logged, tracebacks included."""
+        return self.workdir / "logs"
+
+    @property
     def team_stack(self) -> Path:
         """The team stack this folder runs on (TeamStackConfig, JSON); absent: the local stack."""
         return self.workdir / "team_stack.json"
 
 
-def configure_environment(workdir: str | Path) -> LocalPaths:
-    """Point ZenML and MLflow at the work folder; analytics and telemetry off.
+def _folder_variables(paths: LocalPaths) -> dict[str, str]:
+    """The variables that name the work folder's own files (what configure_environment sets for it)."""
+    return {
+        "ZENML_CONFIG_PATH": str(paths.zenml_config),
+        "ZENML_REPOSITORY_PATH": str(paths.zenml_repository),
+        "MLFLOW_TRACKING_URI": paths.tracking_uri,
+    }
 
-    Variables already set by the user (e.g. a remote ZENML_STORE_URL or
-    MLFLOW_TRACKING_URI) are kept. A work folder that was moved or copied since it was
-    last opened is rewritten to point at its own files (`open_workdir`).
+
+def _drop_other_folders_variables(paths: LocalPaths) -> None:
+    """In a new process, forget the variables a parent `cxr` set for another work folder.
+
+    A variable is dropped only when it still holds what configure_environment set for that folder
+    (a value the user set differs, and is kept). ZENML_ACTIVE_STACK_ID (which the deploy step pins)
+    and ZENML_ACTIVE_PROJECT_ID name ids of that folder's ZenML store: dropped with its config path.
+    Once ZenML is imported it keeps the store it read, so an earlier command's variables stay.
+    """
+    previous = os.environ.get(WORKDIR_VARIABLE)
+    if not previous or previous == str(paths.workdir) or "zenml" in sys.modules:
+        return
+    theirs = _folder_variables(LocalPaths(Path(previous)))
+    if os.environ.get("ZENML_CONFIG_PATH") == theirs["ZENML_CONFIG_PATH"]:
+        for key in PINNED_ZENML_IDS:
+            os.environ.pop(key, None)
+    for key, value in theirs.items():
+        if os.environ.get(key) == value:
+            del os.environ[key]
+
+
+def configure_environment(workdir: str | Path) -> LocalPaths:
+    """Point ZenML (its store and its repository) and MLflow at the work folder; analytics and telemetry off.
+
+    Variables already set by the user (e.g. a remote ZENML_STORE_URL or MLFLOW_TRACKING_URI) are kept;
+    those a parent `cxr` set for another work folder are not (`_drop_other_folders_variables`). A work
+    folder that was moved or copied since it was last opened is rewritten to point at its own files
+    (`open_workdir`).
 
     Raises:
         WorkdirError: The folder cannot be created, or it was moved and cannot be rewritten.
     """
     paths = LocalPaths(Path(workdir).resolve())
+    _drop_other_folders_variables(paths)
     defaults = {
-        "ZENML_CONFIG_PATH": str(paths.zenml_config),
+        **_folder_variables(paths),
+        # ZenML resolves and packages the project's code from its source root, by default its repository.
+        "ZENML_CUSTOM_SOURCE_ROOT": str(SOURCE_ROOT),
         "ZENML_ANALYTICS_OPT_IN": "false",
         "ZENML_ENABLE_RICH_TRACEBACK": "false",
         "ZENML_LOGGING_COLORS_DISABLED": "true",
@@ -120,7 +174,6 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
         # silence before it fails; 3 retries with factor 1 fail in about 7 s. Set them to wait longer.
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-        "MLFLOW_TRACKING_URI": paths.tracking_uri,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "AUTOGRAPH_VERBOSITY": "0",
         "GIT_PYTHON_REFRESH": "quiet",
@@ -128,6 +181,8 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
     for key, value in defaults.items():
         if not os.environ.get(key):  # unset or empty (ZenML's MLflow tracker blanks MLFLOW_TRACKING_URI)
             os.environ[key] = value
+    if "zenml" not in sys.modules:  # the variables are this folder's from here on (ZenML reads them once)
+        os.environ[WORKDIR_VARIABLE] = str(paths.workdir)
     if "mlflow" in sys.modules:
         import mlflow
 
@@ -151,6 +206,18 @@ def configure_environment(workdir: str | Path) -> LocalPaths:
             ) from None
     open_workdir(paths)
     return paths
+
+
+def zenml_repository(paths: LocalPaths) -> Path:
+    """The ZenML repository ZenML reads in this process: ZENML_REPOSITORY_PATH (the work folder's, unless the
+    user set another), created when missing. Never the project's root: one `.zen` there would record one
+    active stack for every work folder."""
+    from zenml.client import Client
+
+    root = Path(os.environ.get("ZENML_REPOSITORY_PATH") or paths.zenml_repository)
+    if not Client.is_repository_directory(root):
+        Client.initialize(root=root)
+    return root
 
 
 def _location_recorded_by_stores(paths: LocalPaths) -> Path | None:
@@ -216,7 +283,9 @@ def ensure_mlflow_experiment(tracking_uri: str, artifact_root: Path, name: str =
 def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
     """Create (once) and activate the local stack; returns its name. Idempotent.
 
-    A work folder set up for the team stack (`cxr stack up --team`: `paths.team_stack` exists)
+    The stack is activated in the work folder's own ZenML repository (`zenml_repository`), never in
+    one at ``project_root`` (the project's code, ZenML's source root: SOURCE_ROOT). A work folder set up
+    for the team stack (`cxr stack up --team`: `paths.team_stack` exists)
     gets that stack instead (ensure_team_stack with the recorded TeamStackConfig).
     """
     if (team := read_team_config(paths)) is not None:
@@ -228,8 +297,7 @@ def ensure_local_stack(paths: LocalPaths, project_root: Path) -> str:
     from steps.names import EXPERIMENT_TRACKER
 
     GlobalConfiguration().analytics_opt_in = False  # the env variable alone leaves it on
-    if not Client.is_repository_directory(project_root):
-        Client.initialize(root=project_root)
+    zenml_repository(paths)
     client = Client()
     wanted = [
         (ARTIFACT_STORE, StackComponentType.ARTIFACT_STORE, "local", {"path": str(paths.artifact_store)}),
@@ -350,8 +418,7 @@ def ensure_team_stack(paths: LocalPaths, project_root: Path, team: TeamStackConf
     from steps.names import EXPERIMENT_TRACKER
 
     GlobalConfiguration().analytics_opt_in = False
-    if not Client.is_repository_directory(project_root):
-        Client.initialize(root=project_root)
+    zenml_repository(paths)
     client = Client()
     artifact_store: dict = {"path": team.artifact_path}
     client_kwargs = {

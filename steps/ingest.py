@@ -9,6 +9,7 @@ from zenml.logger import get_logger
 from components.config import DataConfig
 from components.labels import Task
 from components.manifest import build_manifest, dataset_version, exclusion_summary, included
+from components.privacy import with_privacy
 from components.splitting import TRAINING, DataPurpose, limit_images, require_labelled_sources
 from steps.data_materializers import ManifestMaterializer
 from steps.names import MANIFEST
@@ -32,7 +33,8 @@ def ingest_data(
     Raises:
         UnlabelledSourceError: a held-out source has no labelled, usable image (evaluation needs labels).
     """
-    manifest = build_manifest(data.sources, task, workers=data.workers, progress=True)
+    # Patient ids pseudonymised here when the config says so: nothing downstream sees the originals.
+    manifest = with_privacy(build_manifest(data.sources, task, workers=data.workers, progress=True), data)
     require_labelled_sources(manifest, held_out_sources or (), purpose)
     manifest = limit_images(manifest, data.max_images, seed, held_out_sources=held_out_sources or ())
     used = included(manifest)

@@ -17,6 +17,7 @@ from zenml import get_step_context, log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import CSVString, HTMLString
 
+from components.data_decisions import validation_from_summary, version_tags
 from components.labels import Task
 from components.manifest import dataset_version
 from components.splitting import TRAINING, DataPurpose
@@ -106,6 +107,8 @@ def steward_report(
     for name, text in files.by_name().items():
         mlflow.log_text(text, f"data_validation/{name}")
     mlflow.log_artifacts(str(Path(manifest_report.data_docs_index).parent), "data_validation/data_docs")
+    # The dataset version on the MLflow run: `cxr data versions` finds it from any work folder on the server.
+    mlflow.set_tags(version_tags(validation_from_summary(summary.model_dump(mode="json"), folder.name)))
     metadata = {"reports_folder": str(folder), "blocked": not summary.success}
     log_metadata(metadata=metadata, artifact_name=STEWARD_SUMMARY, infer_artifact=True)
     logger.info("Steward report: %s", folder / SUMMARY_HTML)

@@ -18,7 +18,8 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="cxr-tests-"))
 for _key in ("ZENML_CONFIG_PATH", "MLFLOW_TRACKING_URI", "ZENML_STORE_URL", "MLFLOW_REGISTRY_URI"):
     os.environ.pop(_key, None)
 os.environ["KERAS_HOME"] = str(_SESSION_DIR / "keras")  # no pre-seeded ImageNet weights in tests
-os.environ["ZENML_REPOSITORY_PATH"] = str(PROJECT_ROOT)
+# ZenML's repository (.zen): the work folder's own, set by configure_environment (never the project root's).
+os.environ.pop("ZENML_REPOSITORY_PATH", None)
 
 from cxr.stack import configure_environment  # noqa: E402  (must follow the env set-up)
 

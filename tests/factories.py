@@ -231,6 +231,7 @@ def manifest_row(uri: str, label: str, source: str = "src", **changes: Any) -> d
         "height": 256,
         "mode": "L",
         "bit_depth": 8,
+        "gray_levels": 256,
         "view": "PA",
         "patient_id": f"{source}:{uri}",
         "age_group": "adult",

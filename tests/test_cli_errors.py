@@ -124,10 +124,12 @@ def test_the_failed_step_log_keeps_a_trace_only_for_bugs(error, keeps_trace):
     """The filter cxr puts on ZenML's orchestrator logger (end to end: tests/test_errors.py, warm start)."""
     import logging
 
-    from cxr.cli import _NoTracebackForUserErrors
+    from cxr.cli import _is_user_facing
+    from cxr.run_log import LOCAL_ORCHESTRATOR_LOGGER, STEP_FAILED, ConsoleFilter
 
-    record = logging.LogRecord("zenml", logging.ERROR, __file__, 1, "Step failed.", None, (type(error), error, None))
-    assert _NoTracebackForUserErrors().filter(record)  # the record itself is kept
+    exc_info = (type(error), error, None)
+    record = logging.LogRecord(LOCAL_ORCHESTRATOR_LOGGER, logging.ERROR, __file__, 1, STEP_FAILED, ("x",), exc_info)
+    assert ConsoleFilter(_is_user_facing).filter(record)  # the record itself is kept
     assert (record.exc_info is not None) is keeps_trace
 
 
@@ -182,3 +184,91 @@ def test_a_corrupt_registry_database_is_one_error_line(tmp_path, another_workdir
     assert main(["--workdir", str(tmp_path), "models", "--model-name", "m"]) == 1
     err = _error_line(capsys)
     assert "mlflow.db cannot be read: file is not a database" in err
+
+
+# ---------------------------------------------------------------- a data drop the pipeline stops: one message
+
+
+# ZenML's warnings known to be harmless here (cxr.run_log.HARMLESS), and the lines a user error used to repeat.
+NOISE = (
+    "Failed to disable MLflow autologging",
+    "You are specifying docker settings",
+    "cannot be applied to any pipeline step invocations",
+    "Specifying step resources is not supported for the local orchestrator",
+    "Failed to run step",
+    "which Google will stop supporting",
+)
+
+
+def blocked_drop_config(tmp_path: Path) -> Path:
+    """A small synthetic drop that a blocking check stops (more images per class asked than there are)."""
+    root = tmp_path / "synthetic"
+    config = {
+        "name": "blocked",
+        "task": "multiclass",
+        "data": {
+            "synthetic": {"root": str(root), "n_patients_per_class": 4, "images_per_patient": 2, "image_size": 96},
+            "sources": [{"kind": "folder", "root": str(root), "name": "synthetic", "default_view": "PA"}],
+            "workers": 1,
+        },
+        "validation": {"min_width": 64, "min_height": 64, "min_images_per_class": 1000},
+        "backbones": [{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": "none"}],
+        "training": {"epochs": 1},
+    }
+    path = tmp_path / "blocked.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_a_blocked_drop_prints_one_message_and_the_log_file_keeps_the_trace(tmp_path):
+    import subprocess
+
+    workdir = tmp_path / "w"
+    done = subprocess.run(
+        [CXR, "--workdir", str(workdir), "train", "--config", str(blocked_drop_config(tmp_path))],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    console = done.stdout + done.stderr
+    assert done.returncode == 1, console[-3000:]
+    assert "Traceback" not in console
+    for noise in NOISE:
+        assert noise not in console
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    assert errors[0].startswith("error: Manifest validation for task 'multiclass' FAILED")
+    assert "[min_images_per_class]" in done.stderr
+    logs = list((workdir / "logs").glob("*-train-*.log"))
+    assert len(logs) == 1
+    log = logs[0].read_text()
+    assert f"(the failed step's trace is in {logs[0]})" in done.stderr
+    assert "Traceback (most recent call last)" in log
+    assert "ManifestValidationError" in log
+    assert "Failed to run step `data_gate`" in log  # what the console was spared is in the log
+
+
+def test_harmless_zenml_warnings_are_matched_by_logger_and_exact_text():
+    """Each HARMLESS record is dropped from the console; the same text from another logger, or another
+    framework in the fastai message, is not."""
+    import logging
+
+    from cxr.cli import _is_user_facing
+    from cxr.run_log import HARMLESS, LOCAL_ORCHESTRATOR_LOGGER, ConsoleFilter
+
+    console = ConsoleFilter(_is_user_facing)
+
+    def record(logger: str, message: str, *args) -> logging.LogRecord:
+        return logging.LogRecord(logger, logging.WARNING, __file__, 1, message, args, None)
+
+    resources = next(known for known in HARMLESS if known.template)
+    assert not console.filter(record(LOCAL_ORCHESTRATOR_LOGGER, resources.text, "train_MobileNet"))
+    for known in HARMLESS:
+        if not known.template:
+            assert not console.filter(record(known.logger, known.text))
+            assert console.filter(record("somewhere.else", known.text))
+    tracker = HARMLESS[0].logger
+    other = "Failed to disable MLflow autologging for the following frameworks: ['fastai', 'sklearn']."
+    assert console.filter(record(tracker, other))

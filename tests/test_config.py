@@ -58,10 +58,10 @@ def test_backbone_default_size_comes_from_registry():
         ({"augmentation.images_per_shard": 4}, "augmentation.images_per_shard", "greater than or equal to 16"),
         ({"data.sources": []}, "data.sources", "at least 1 item"),
         (
-            {"data.sources.0.kind": "dicom"},
+            {"data.sources.0.kind": "tiff"},
             "data.sources.0.kind",
-            "unknown source kind 'dicom'; valid kinds: ['actualmed', 'covid_radiography', 'covidx', 'figure1', "
-            "'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest']",
+            "unknown source kind 'tiff'; valid kinds: ['actualmed', 'covid_radiography', 'covidx', 'dicom', "
+            "'figure1', 'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest', 'rsna_pneumonia']",
         ),
         (
             {"data.sources.0.manifest_file": "m.csv"},

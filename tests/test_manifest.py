@@ -18,13 +18,19 @@ from components import image_info
 from components import manifest as manifest_module
 from components.labels import (
     COVID,
+    EXCLUDE_DICOM_NOT_IMAGE,
     EXCLUDE_DUPLICATE,
     EXCLUDE_DUPLICATE_ROW,
     EXCLUDE_EMPTY_FILE,
     EXCLUDE_LATERAL,
     EXCLUDE_MISSING_FILE,
+    EXCLUDE_MULTI_FRAME,
+    EXCLUDE_NAME_NOT_UTF8,
+    EXCLUDE_NO_PIXEL_DATA,
     EXCLUDE_NOT_DECODABLE,
+    EXCLUDE_NOT_DICOM,
     EXCLUDE_NOT_IMAGE,
+    EXCLUDE_NOT_NORMAL,
     EXCLUDE_NOT_XRAY,
     EXCLUDE_OUT_OF_TASK,
     EXCLUDE_OUTSIDE_ROOT,
@@ -33,6 +39,7 @@ from components.labels import (
     EXCLUDE_UNKNOWN_FINDING,
     EXCLUDE_UNLABELLED,
     EXCLUDE_UNREADABLE,
+    EXCLUDE_UNSUPPORTED_MODE,
     NON_COVID,
     NORMAL,
     PNEUMONIA,
@@ -381,16 +388,23 @@ def test_ieee8023_missing_metadata(tmp_path: Path) -> None:
 def test_exclusion_precedence_is_the_documented_order() -> None:
     assert EXCLUSION_PRECEDENCE == (
         EXCLUDE_OUTSIDE_ROOT,
+        EXCLUDE_NAME_NOT_UTF8,
         EXCLUDE_DUPLICATE_ROW,
         EXCLUDE_NOT_IMAGE,
+        EXCLUDE_NOT_DICOM,
+        EXCLUDE_DICOM_NOT_IMAGE,
         EXCLUDE_NOT_XRAY,
+        EXCLUDE_MULTI_FRAME,
+        EXCLUDE_NO_PIXEL_DATA,
         EXCLUDE_MISSING_FILE,
         EXCLUDE_EMPTY_FILE,
         EXCLUDE_NOT_DECODABLE,
         EXCLUDE_TRUNCATED,
         EXCLUDE_TOO_LARGE,
+        EXCLUDE_UNSUPPORTED_MODE,
         EXCLUDE_UNREADABLE,
         EXCLUDE_LATERAL,
+        EXCLUDE_NOT_NORMAL,
         EXCLUDE_UNLABELLED,
         EXCLUDE_UNKNOWN_FINDING,
         EXCLUDE_OUT_OF_TASK,
@@ -441,8 +455,8 @@ def test_build_manifest_marks_duplicate_bytes(tmp_path: Path) -> None:
 def test_build_manifest_errors(tmp_path: Path, image_folder: Path) -> None:
     with pytest.raises(
         ValueError,
-        match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'figure1', "
-        r"'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest'\]",
+        match=r"valid kinds: \['actualmed', 'covid_radiography', 'covidx', 'dicom', 'figure1', "
+        r"'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest', 'rsna_pneumonia'\]",
     ):
         build_manifest(parse_sources([{"kind": "s3", "root": "x", "name": "x"}]), "binary")
     with pytest.raises(ValueError, match="unknown option 'lable_map'"):

@@ -60,6 +60,7 @@ from components.sources import (
 )
 from components.storage import list_files
 from cxr.cli import main
+from tests.dicom_factory import dicom_tree, rsna_tree
 from tests.factories import source_manifest, write_ieee8023, write_noise_image
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,8 @@ def test_unknown_kind_and_another_kinds_option_are_refused(tmp_path: Path) -> No
     with pytest.raises(
         ValueError,
         match=r"unknown source kind 'covidx2'; valid kinds: \['actualmed', 'covid_radiography', "
-        r"'covidx', 'figure1', 'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest'\]",
+        r"'covidx', 'dicom', 'figure1', 'folder', 'ieee8023', 'images', 'kaggle_pneumonia', 'manifest', "
+        r"'rsna_pneumonia'\]",
     ):
         source_manifest(tmp_path, "binary", "covidx2")
     image(tmp_path / "images" / "a.png")
@@ -724,7 +726,7 @@ def test_example_configs_validate_and_cover_every_public_layout() -> None:
         kinds |= {source.kind for source in config.data.sources}
         for source in config.data.sources:  # validated by its own kind's options model
             assert type(source) is source_kinds()[source.kind].options, (path.name, source.name)
-    assert kinds == set(source_kinds()) - {"folder", "images"}  # not public layouts
+    assert kinds == set(source_kinds()) - {"folder", "images", "dicom"}  # not public layouts
     combined = load_run_config(PROJECT / "configs" / "public-ieee8023-actualmed.yaml")
     assert [(s.kind, s.root) for s in combined.data.sources] == [
         ("ieee8023", "../shared/datasets/covid-chestxray-dataset"),
@@ -882,6 +884,8 @@ def _images_tree(root: Path) -> Expected:
 
 TREES: dict[str, Callable[[Path], Expected]] = {
     "folder": _folder_tree,
+    "dicom": dicom_tree,
+    "rsna_pneumonia": rsna_tree,
     "images": _images_tree,
     "ieee8023": _ieee8023_tree,
     "actualmed": _actualmed_tree,

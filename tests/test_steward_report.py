@@ -20,6 +20,7 @@ from components.steward_report import (
     SUMMARY_HTML,
     SUMMARY_JSON,
     StewardSummary,
+    build_gallery,
     build_summary,
     excluded_rows,
     excluded_rows_csv,
@@ -325,7 +326,100 @@ def test_report_files_are_written_into_one_folder(manifest, validated, tmp_path)
     files = write_steward_report(summary, manifest, folder)
 
     assert sorted(path.name for path in folder.iterdir()) == sorted([SUMMARY_HTML, SUMMARY_JSON, EXCLUDED_ROWS_CSV])
-    assert (folder / SUMMARY_HTML).read_text(encoding="utf-8") == render_html(summary)
+    assert (folder / SUMMARY_HTML).read_text(encoding="utf-8") == render_html(
+        summary, gallery=build_gallery(summary, manifest)
+    )
     assert json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8")) == summary.model_dump(mode="json")
     assert (folder / EXCLUDED_ROWS_CSV).read_text(encoding="utf-8") == excluded_rows_csv(manifest)
     assert files.by_name()[SUMMARY_JSON] == (folder / SUMMARY_JSON).read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- thumbnails
+
+
+@pytest.fixture
+def drop_with_thumbnails(tmp_path):
+    """A real drop: two sources, a near-duplicate re-encoded as JPEG, 8 lateral rows, a broken file, a path outside."""
+    from PIL import Image
+
+    from components.manifest import build_manifest
+    from components.sources import parse_sources
+    from tests.factories import noise_image, radiograph, write_bytes, write_class_folders
+
+    root = tmp_path / "drop"
+    write_class_folders(root / "a", labels=("COVID-19", "normal", "pneumonia"), patients_per_label=10, size=64)
+    hospital = root / "b"
+    lines = ["path,label,view,patient_id"]
+    hospital.mkdir()
+    for i in range(12):
+        Image.fromarray(radiograph(i, (96, 80))).save(hospital / f"img{i}.png")
+        lines.append(f"img{i}.png,{(COVID, NORMAL, PNEUMONIA)[i % 3]},PA,h{i}")
+    Image.fromarray(radiograph(0, (96, 80))).save(hospital / "again.jpg", quality=90)  # img0 re-filed
+    lines.append(f"again.jpg,{COVID},PA,h99")
+    for i in range(8):
+        Image.fromarray(noise_image(50 + i, (64, 64))).save(hospital / f"lateral{i}.png")
+        lines.append(f"lateral{i}.png,{NORMAL},L,l{i}")
+    write_bytes(hospital / "broken.png", "not a png")
+    lines += ["broken.png,normal,PA,x1", "../a/COVID-19/COV0_0.png,normal,PA,x2"]
+    write_bytes(hospital / "manifest.csv", "\n".join(lines) + "\n")
+
+    sources = parse_sources(
+        [
+            {"kind": "folder", "root": str(root / "a"), "name": "a"},
+            {"kind": "manifest", "root": str(hospital), "name": "b"},
+        ]
+    )
+    manifest = build_manifest(sources, "multiclass")
+    report = validate_manifest(manifest, "multiclass", tmp_path / "docs", ValidationConfig(), data_docs=False)
+    return manifest, build_summary(manifest, "multiclass", report), hospital
+
+
+def test_the_gallery_shows_pairs_excluded_images_and_classes_by_source(drop_with_thumbnails):
+    manifest, summary, hospital = drop_with_thumbnails
+
+    gallery = build_gallery(summary, manifest)
+
+    pair_names = [(pair.a.shown, pair.b.shown) for pair in gallery.pairs]
+    assert ("img0.png", "again.jpg") in pair_names
+    assert all(pair.a.image.startswith("data:image/jpeg;base64,") for pair in gallery.pairs)
+    assert gallery.excluded_totals[EXCLUDE_LATERAL] == 8
+    assert len(gallery.excluded[EXCLUDE_LATERAL]) == 6  # a capped sample
+    assert all(thumb.image for thumb in gallery.excluded[EXCLUDE_LATERAL])
+    broken = next(t for thumbs in gallery.excluded.values() for t in thumbs if t.shown == "broken.png")
+    assert broken.image is None  # a placeholder, with the exclusion detail
+    outside = gallery.excluded["path outside the source root"][0]
+    assert outside.image is None  # never opened
+    assert set(gallery.samples) == {(label, source) for label in (COVID, NORMAL, PNEUMONIA) for source in "ab"}
+    assert len(gallery.samples[(COVID, "a")]) == 8  # 10 images, 8 shown
+    assert gallery.sample_totals[(COVID, "a")] == 10
+    assert gallery.samples[(COVID, "a")][0].shown.startswith("COVID-19/")  # relative to the source root
+    assert build_gallery(summary, manifest) == gallery  # a fixed seed: the same sample every time
+
+
+def test_the_page_embeds_its_thumbnails_and_shows_paths_relative_to_the_source_root(drop_with_thumbnails):
+    manifest, summary, hospital = drop_with_thumbnails
+    gallery = build_gallery(summary, manifest)
+
+    page = render_html(summary, gallery=gallery)
+
+    with_image = [thumb for thumb in gallery.thumbnails() if thumb.image]
+    assert page.count("<img ") == len(with_image)
+    assert page.count('class="ph"') == len(gallery.thumbnails()) - len(with_image)
+    assert not re.search(r"src=\"(?!data:image/jpeg;base64,)", page)  # nothing but embedded images
+    assert f'<span title="{hospital}/img0.png">img0.png</span>' in page
+
+
+def test_the_page_with_thumbnails_loads_in_a_browser(drop_with_thumbnails, tmp_path):
+    from tests.browser import ChromiumMissingError, check_page
+
+    manifest, summary, _ = drop_with_thumbnails
+    write_steward_report(summary, manifest, tmp_path / "report")
+
+    try:
+        check = check_page(tmp_path / "report" / SUMMARY_HTML)
+    except ChromiumMissingError as error:
+        pytest.fail(str(error), pytrace=False)
+
+    assert check.problems() == []
+    assert len(check.images) == len([t for t in build_gallery(summary, manifest).thumbnails() if t.image])
+    assert all(image.width > 0 for image in check.images)

@@ -471,3 +471,29 @@ def test_folder_layout_from_s3_uploaded_with_boto3(s3_env, tmp_path):
     }
     assert len(included(remote)) == 4
     assert set(remote.loc[remote["label"] == "", "exclusion_reason"]) == {"not a PNG/JPEG file"}
+
+
+def test_s3_first_bytes_utf16_metadata_and_a_key_without_extension(s3_env):
+    """A ranged read tells a key's format (also of an empty object); a UTF-16 manifest reads from S3 too."""
+    from components.candidates import ADULT
+    from tests.factories import source_manifest
+
+    bucket = new_bucket(s3_env)
+    image = png_bytes(8, size=(64, 64))
+    drop = Path(s3_env["dir"]) / bucket / "drop"
+    write_bytes(drop / "images" / "img001", image)
+    write_bytes(drop / "images" / "b.png", png_bytes(9, size=(64, 64)))
+    write_bytes(drop / "empty", b"")
+    manifest_text = "path,label,age\nimages/img001,normal,50+\nimages/b.png,normal,90 or older\n"
+    write_bytes(drop / "manifest.csv", manifest_text.encode("utf-16"))
+    settle(s3_env)
+
+    assert storage.read_head(f"s3://{bucket}/drop/images/img001", 8) == image[:8]
+    assert storage.read_head(f"s3://{bucket}/drop/empty") == b""
+    manifest = source_manifest(f"s3://{bucket}/drop", "multiclass", kind="manifest", name="m")
+    assert manifest["age_group"].tolist() == [ADULT, ADULT]
+    assert manifest["exclusion_detail"].tolist()[0] == (
+        "listed as 'images/img001' without an extension; expected a PNG or JPEG file (.png, .jpg, .jpeg); "
+        "found a PNG image at images/img001"
+    )
+    assert manifest["exclusion_reason"].tolist()[1] == ""

@@ -30,6 +30,8 @@ from tests.factories import manifest_row, manifest_table
 
 PER_CLASS = 5  # min_images_per_class in these tests
 IMAGES_PER_CLASS = 8  # 4 per source, room to corrupt rows without starving a class
+# A steward's narrowed allowed_modes (the default allows every mode the decoder converts, CMYK included).
+NARROW_MODES = ["L", "RGB", "RGBA", "P", "I;16", "I", "LA"]
 
 
 @pytest.fixture
@@ -102,6 +104,8 @@ def test_default_severities():
     warnings = {name for name, severity in DEFAULT_SEVERITY.items() if severity == WARNING}
     assert warnings == {
         "files_readable",
+        "enough_gray_levels",
+        "views_known",
         "no_near_duplicates",
         "class_balance",
         "class_source_diversity",
@@ -184,9 +188,17 @@ FAILURES = [
     (_set(0, "label", "bogus"), "label_in_task", "1 of 16 rows with a label outside", {}),
     (_set(0, "width", 10), "min_width", "narrower than 64 px; unexpected values [10]", {}),
     (_set(0, "height", 10), "min_height", "shorter than 64 px; unexpected values [10]", {}),
-    (_set(0, "mode", "CMYK"), "mode_allowed", "unexpected values ['CMYK']", {}),
-    (_set(0, "bit_depth", 32), "bit_depth_allowed", "bit depth outside [1, 8, 16]; unexpected values [32]", {}),
+    # Every mode and depth the decoder converts is allowed by default (issue 13): a steward narrows the lists.
+    (_set(0, "mode", "CMYK"), "mode_allowed", "unexpected values ['CMYK']", {"allowed_modes": NARROW_MODES}),
+    (
+        _set(0, "bit_depth", 32),
+        "bit_depth_allowed",
+        "bit depth outside [1, 8, 16]; unexpected values [32]",
+        {"allowed_bit_depths": [1, 8, 16]},
+    ),
+    (_set(0, "gray_levels", 13), "enough_gray_levels", "fewer than 32 gray levels; unexpected values [13]", {}),
     (_set(3, "view", " Lateral"), "frontal_views_only", "1 of 16 rows with a lateral view", {}),
+    (_set(slice(0, 8), "view", ""), "views_known", "9 of 16 rows with a blank or unknown view", {}),
     (_duplicate_sha, "sha256_unique", "2 of 16 rows sharing a sha256", {}),
     (
         _near_duplicate,
@@ -371,23 +383,28 @@ def test_severity_overrides_turn_failures_into_warnings_and_back(manifest, tmp_p
     manifest.loc[0, "mode"] = "CMYK"
     _near_duplicate(manifest)
 
-    default = _validate(manifest, tmp_path)
+    default = _validate(manifest, tmp_path, allowed_modes=NARROW_MODES)
     assert not default.success
     assert _result(default, "mode_allowed").blocking
     assert not _result(default, "no_near_duplicates").blocking
 
-    relaxed = _validate(manifest, tmp_path, severity={"mode_allowed": "warning"})
+    relaxed = _validate(manifest, tmp_path, allowed_modes=NARROW_MODES, severity={"mode_allowed": "warning"})
     assert relaxed.success
     assert not _result(relaxed, "mode_allowed").blocking
     assert "WARNING (not blocking): " in relaxed.summary
     assert "BLOCKING FAILED" not in relaxed.summary
     raise_if_blocking(relaxed)
 
-    strict = _validate(manifest, tmp_path, severity={"mode_allowed": "warning", "no_near_duplicates": "blocking"})
+    strict = _validate(
+        manifest,
+        tmp_path,
+        allowed_modes=NARROW_MODES,
+        severity={"mode_allowed": "warning", "no_near_duplicates": "blocking"},
+    )
     assert not strict.success
     assert _result(strict, "no_near_duplicates").severity == BLOCKING
 
-    shorthand = _validate(manifest, tmp_path, warning_only=["mode_allowed"])
+    shorthand = _validate(manifest, tmp_path, allowed_modes=NARROW_MODES, warning_only=["mode_allowed"])
     assert shorthand.success
 
 
@@ -432,7 +449,7 @@ def test_config_rejects_unknown_checks():
 
 def test_raise_if_blocking_carries_summary_and_docs_path(manifest, tmp_path):
     manifest.loc[0, "mode"] = "CMYK"
-    report = _validate(manifest, tmp_path, data_docs=True)
+    report = _validate(manifest, tmp_path, data_docs=True, allowed_modes=NARROW_MODES)
 
     with pytest.raises(ManifestValidationError) as caught:
         raise_if_blocking(report)

@@ -26,6 +26,7 @@ from components.validation.severities import (
     BLOCKING,
     CLASS_BALANCE,
     CLASS_SOURCE_DIVERSITY,
+    ENOUGH_GRAY_LEVELS,
     FILES_READABLE,
     FRONTAL_VIEWS_ONLY,
     LABEL_IN_TASK,
@@ -40,6 +41,7 @@ from components.validation.severities import (
     REQUIRED_COLUMNS,
     SHA256_UNIQUE,
     SPLIT_VALUES_KNOWN,
+    VIEWS_KNOWN,
     Severity,
     not_null_check,
 )
@@ -189,6 +191,16 @@ def _image_checks(labels: Sequence[str], settings: ValidationConfig, severity: d
             column="bit_depth",
             value_set=list(settings.allowed_bit_depths),
         ),
+        check(
+            ENOUGH_GRAY_LEVELS,
+            gxe.ExpectColumnValuesToBeBetween,
+            f"the 8-bit grayscale the models see uses at least {settings.min_gray_levels} distinct gray levels "
+            "(fewer: a wide image squeezed by its window, or a posterised export).",
+            f"rows using fewer than {settings.min_gray_levels} gray levels",
+            example="{uri} ({gray_levels} levels)",
+            column="gray_levels",
+            min_value=settings.min_gray_levels,
+        ),
     ]
     if settings.frontal_only:
         checks.append(
@@ -201,6 +213,18 @@ def _image_checks(labels: Sequence[str], settings: ValidationConfig, severity: d
                 value_set=sorted(LATERAL_VIEWS),
             )
         )
+    checks.append(
+        check(
+            VIEWS_KNOWN,
+            gxe.ExpectColumnValuesToNotBeInSet,
+            f"at most {settings.max_unknown_view_fraction:.0%} of used images have a blank or unknown view "
+            "(a lateral among them cannot be excluded; set the source's default_view when every image is frontal).",
+            "rows with a blank or unknown view",
+            column="view_normalised",
+            value_set=["", "unknown", "?"],
+            mostly=round(1 - settings.max_unknown_view_fraction, 6),
+        )
+    )
     checks.append(
         check(
             SHA256_UNIQUE,

@@ -27,7 +27,9 @@ MIN_WIDTH = "min_width"
 MIN_HEIGHT = "min_height"
 MODE_ALLOWED = "mode_allowed"
 BIT_DEPTH_ALLOWED = "bit_depth_allowed"
+ENOUGH_GRAY_LEVELS = "enough_gray_levels"
 FRONTAL_VIEWS_ONLY = "frontal_views_only"
+VIEWS_KNOWN = "views_known"
 SHA256_UNIQUE = "sha256_unique"
 NO_NEAR_DUPLICATES = "no_near_duplicates"
 MIN_IMAGES_PER_CLASS = "min_images_per_class"
@@ -61,7 +63,9 @@ MANIFEST_CHECKS: dict[str, Severity] = {
     MIN_HEIGHT: BLOCKING,
     MODE_ALLOWED: BLOCKING,
     BIT_DEPTH_ALLOWED: BLOCKING,
+    ENOUGH_GRAY_LEVELS: WARNING,  # a squeezed window or a posterised export: worth a look, not a stop
     FRONTAL_VIEWS_ONLY: BLOCKING,
+    VIEWS_KNOWN: WARNING,  # a blank view hides laterals from frontal_views_only: shown, not a stop
     SHA256_UNIQUE: BLOCKING,
     NO_NEAR_DUPLICATES: WARNING,
     MIN_IMAGES_PER_CLASS: BLOCKING,

@@ -5,7 +5,7 @@ computed here first and GX checks that table:
 
 * ``rows_table`` (every manifest row): uri and exclusion reason.
 * ``images_table`` (used rows): required columns (blank text as null), size,
-  mode, bit depth, view.
+  mode, bit depth, gray levels, view.
 * ``class_table`` (one row per task label): counts, fractions, sources, age
   groups and the pediatric-share gap.
 * ``near_duplicate_table`` (one row per pair of near-duplicate images).
@@ -109,12 +109,13 @@ def images_table(used: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         One row per used row: row (the manifest index, as text), the REQUIRED_COLUMNS (None where
-        blank), width and height (px), mode, bit_depth, view and view_normalised (stripped, lower case).
+        blank), width and height (px), mode, bit_depth, gray_levels, view and view_normalised (stripped,
+        lower case).
     """
     views = used["view"].fillna("").astype(str).str.strip().str.lower()
     table = {"row": [str(i) for i in used.index]}  # manifest index, to find rows without a uri
     table.update({column: _text(used[column]) for column in REQUIRED_COLUMNS})
-    for column in ("width", "height", "mode", "bit_depth"):
+    for column in ("width", "height", "mode", "bit_depth", "gray_levels"):
         table[column] = used[column].to_numpy(dtype=object)
     table["view"] = used["view"].to_numpy(dtype=object)
     table["view_normalised"] = views.to_numpy(dtype=object)
