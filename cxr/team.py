@@ -17,6 +17,7 @@ The tests start the same servers with the same command lines (tests/servers.py).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,12 +133,20 @@ def start_postgres(pgdata: Path, database: str = MLFLOW_DATABASE, stop_at_exit: 
         TeamServerError: pgserver is not installed or PostgreSQL did not start.
     """
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # pgserver keeps its lock file in platformdirs' user runtime folder (read when it is imported);
+            # without XDG_RUNTIME_DIR (root, containers) platformdirs warns and falls back to
+            # /tmp/runtime-<uid>, which works.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import pgserver
         import psycopg2
     except ImportError as error:
         raise TeamServerError(f"PostgreSQL for the team stack needs pgserver and psycopg2-binary ({error})") from None
     pgdata = Path(pgdata).resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver logs each handle's release at INFO ("exiting <pid> remaining pids=...", "cleaning last handle"),
+    # printed at the end of every `cxr stack up --team`: bookkeeping, not news for the user.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     try:
         handle = pgserver.get_server(pgdata, cleanup_mode="stop" if stop_at_exit else None)
     except (subprocess.SubprocessError, OSError) as error:

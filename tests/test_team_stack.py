@@ -210,6 +210,8 @@ def check_stack_up_and_down(workdir: Path, env: dict[str, str]) -> None:
     )
     assert up.returncode == 0, up.stdout + up.stderr
     assert "ZenML stack 'cxr_team' is active" in up.stdout
+    for noise in ("remaining pids", "cleaning last handle", "XDG_RUNTIME_DIR"):  # pgserver's bookkeeping
+        assert noise not in up.stdout + up.stderr
     folders = TeamFolders(LocalPaths(workdir.resolve()))
     servers = read_servers(folders)
     assert requests.get(f"{servers.mlflow_url}/health", timeout=5).status_code == 200

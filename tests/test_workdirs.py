@@ -86,12 +86,11 @@ def root_active_stack() -> str | None:
 def test_two_work_folders_keep_their_own_zenml_repository_and_stack(tmp_path):
     config = str(small_config(tmp_path))
     first, second = tmp_path / "first", tmp_path / "second"
-    # At the same time: both create their store and their repository.
-    for output in [finish(p) for p in [start(first, "setup"), start(second, "setup")]]:
-        assert STACK_GONE not in output
-    # One after the other, then at the same time: each validates on its own stack.
-    assert STACK_GONE not in finish(start(first, "validate", "--config", config))
-    outputs = [finish(p) for p in [start(second, "validate", "--config", config), start(first, "setup")]]
+    # At the same time: both create their store, repository and stack, and validate on it (one phase, not
+    # setup then validate: the interleaving is the same, at half the cost).
+    outputs = [
+        finish(p) for p in [start(first, "validate", "--config", config), start(second, "validate", "--config", config)]
+    ]
     for output in outputs:
         assert STACK_GONE not in output
     for workdir in (first, second):
