@@ -270,19 +270,28 @@ def test_the_training_pipeline_runs_on_the_team_stack(team_mlflow, s3_server, tm
         tmp_path / "data" / "synthetic",
         augmentation=OFFLINE,
         evaluation={"bootstrap_resamples": 200},
-        deployment={"enabled": False},
     )
     config["registry"]["model_name"] = name
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    train = run_cli(
-        workdir,
-        *("train", "--config", str(tmp_path / "config.yaml"), "--summary-json", str(tmp_path / "summary.json")),
-        env=env,
-        timeout=1200,
-    )
-    assert train.returncode == 0, train.stdout[-5000:] + train.stderr[-5000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["promotion"]["alias"] == registry.CHAMPION
+    try:
+        train = run_cli(
+            workdir,
+            *("train", "--config", str(tmp_path / "config.yaml"), "--summary-json", str(tmp_path / "summary.json")),
+            env=env,
+            timeout=1200,
+        )
+        assert train.returncode == 0, train.stdout[-5000:] + train.stderr[-5000:]
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["promotion"]["alias"] == registry.CHAMPION
+        # The deploy step served the champion from the tracking server (model files on S3) and its canary passed.
+        import requests
+
+        deployment = summary["deployment"]
+        assert deployment["action"] == "deployed"
+        assert deployment["canary"]["passed"]
+        assert requests.get(deployment["deployment"]["health_url"], timeout=5).status_code == 200
+    finally:
+        run_cli(workdir, "undeploy", "--model-name", name, env=env)
 
     client = MlflowClient(team_mlflow["url"])
     assert str(client.get_model_version_by_alias(name, registry.CHAMPION).version) == "1"
