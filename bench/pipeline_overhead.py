@@ -36,7 +36,6 @@ from machine_info import cpu_model  # noqa: E402
 # The parent makes the folder; its child processes (one per run) share it.
 WORKDIR = Path(os.environ.get("CXR_BENCH_WORKDIR") or tempfile.mkdtemp(prefix="cxr-bench-overhead-"))
 os.environ["CXR_BENCH_WORKDIR"] = str(WORKDIR)
-os.environ["ZENML_REPOSITORY_PATH"] = str(ROOT)
 os.environ["KERAS_HOME"] = str(WORKDIR / "keras")
 
 from cxr.stack import configure_environment  # noqa: E402  (before anything imports ZenML)

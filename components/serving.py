@@ -129,7 +129,8 @@ def build_contract(
             "range": [0, 255],
         },
         "preprocessing": (
-            "decode PNG/JPEG; convert to 8-bit grayscale (16-bit rescaled, alpha on black); "
+            "decode PNG/JPEG/DICOM; EXIF orientation applied; 8-bit grayscale (wider images windowed, DICOM by "
+            "its VOI LUT or window; alpha on black); "
             f"bilinear resize to {image_size}x{image_size}; repeat to 3 channels; "
             "backbone normalisation is inside the model"
         ),
@@ -584,12 +585,17 @@ def _csv_paths(path: Path) -> list[str]:
     return [item if Path(item).is_absolute() else str(path.parent / item) for item in listed if item]
 
 
+# What a folder given to `cxr predict` is searched for: the image files, and DICOM's usual extensions (a DICOM
+# file of any other name is scored when named directly: decode_image_bytes recognises DICOM by content).
+FOLDER_EXTENSIONS = IMAGE_EXTENSIONS | {".dcm", ".dicom"}
+
+
 def collect_image_paths(items: Sequence[str | Path]) -> list[str]:
     """What `cxr predict` scores: files as given, image files under folders, paths listed in CSV files.
 
     Args:
         items: files (any name: each is tried as an image), folders (searched recursively for
-            .png/.jpg/.jpeg, sorted; a broken link is kept, its row says so), and ``.csv`` files listing
+            .png/.jpg/.jpeg/.dcm/.dicom, sorted; a broken link is kept, its row says so), and ``.csv`` files listing
             paths in a column ``path`` (or ``uri``; relative paths are relative to the CSV's folder).
 
     Returns:
@@ -606,10 +612,10 @@ def collect_image_paths(items: Sequence[str | Path]) -> list[str]:
             found = sorted(
                 str(f)
                 for f in path.rglob("*")
-                if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_EXTENSIONS
+                if (f.is_file() or f.is_symlink()) and f.suffix.lower() in FOLDER_EXTENSIONS
             )
             if not found:
-                raise PredictionInputError(f"no .png/.jpg/.jpeg image under the folder {path}")
+                raise PredictionInputError(f"no .png/.jpg/.jpeg/.dcm/.dicom image under the folder {path}")
             paths += found
         elif path.suffix.lower() == ".csv" and path.is_file():
             paths += _csv_paths(path)

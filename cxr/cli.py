@@ -1055,7 +1055,9 @@ def _add_serving_parsers(commands) -> None:
     )
     predict = commands.choices["predict"]
     predict.add_argument(
-        "images", nargs="+", help="image files, folders (searched for .png/.jpg/.jpeg) or .csv lists (column path)"
+        "images",
+        nargs="+",
+        help="image files, folders (searched for .png/.jpg/.jpeg/.dcm/.dicom) or .csv lists (column path)",
     )
     predict.add_argument("--format", choices=["tsv", "csv", "json"], default="tsv", help="table format (default tsv)")
     predict.add_argument("--output", metavar="FILE", help="write the table to FILE (default: standard output)")

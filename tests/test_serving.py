@@ -266,7 +266,7 @@ def test_predict_files_names_bad_files_and_scores_the_others(logged, tmp_path):
 def test_collect_image_paths(tmp_path):
     folder = tmp_path / "drop"
     (folder / "sub").mkdir(parents=True)
-    for name in ("b.png", "a.JPG", "sub/c.jpeg", "notes.txt"):
+    for name in ("b.png", "a.JPG", "sub/c.jpeg", "notes.txt", "sub/d.dcm"):
         (folder / name).write_bytes(b"x")
     listing = tmp_path / "list.csv"
     listing.write_text("patient,path\np1,drop/b.png\np2,/abs/x.png\np3,\n")
@@ -276,10 +276,11 @@ def test_collect_image_paths(tmp_path):
         str(folder / "a.JPG"),
         str(folder / "b.png"),
         str(folder / "sub" / "c.jpeg"),
+        str(folder / "sub" / "d.dcm"),
         "/abs/x.png",
     ]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(serving.PredictionInputError, match="no .png/.jpg/.jpeg image under the folder"):
+    with pytest.raises(serving.PredictionInputError, match="no .png/.jpg/.jpeg/.dcm/.dicom image under the folder"):
         serving.collect_image_paths([tmp_path / "empty"])
     (tmp_path / "blank.csv").write_text("")
     with pytest.raises(serving.PredictionInputError, match="has no rows"):
