@@ -44,6 +44,7 @@ from components.storage import (
 __all__ = [
     "ADULT",
     "IMAGE_EXTENSIONS",
+    "sex_code",
     "LATERAL_VIEWS",
     "PEDIATRIC",
     "UNKNOWN_VIEW",
@@ -78,6 +79,7 @@ def candidate(
     reasons: Iterable[str] = (),
     read: bool = True,
     any_name: bool = False,
+    sex: str = "",
 ) -> dict[str, Any]:
     """One image named by metadata: a file `relative` to the source root, its label resolved from `finding`.
 
@@ -94,6 +96,7 @@ def candidate(
             X-ray", not "unreadable". A path escaping the root is never opened either.
         any_name: The adapter knows the file by its content (a DICOM file, components.dicom_sources):
             no PNG/JPEG extension is asked for.
+        sex: The patient's sex as metadata writes it (sex_code makes it M, F or "").
 
     Returns:
         The candidate: keys ``uri``, ``finding``, ``label``, ``patient_id``, ``view``,
@@ -136,6 +139,7 @@ def candidate(
         "patient_id": patient_id,
         "view": view,
         "age_group": age_group,
+        "sex": sex_code(sex),
         "reasons": reasons,
         "detail": detail,
         "read": read,
@@ -308,6 +312,22 @@ def _years(number: str, unit: str | None) -> float:
     unit = unit or "y"
     per_year = 12 if unit.startswith("m") else 52.1775 if unit.startswith("w") else 365.25 if unit[0] == "d" else 1
     return float(number) / per_year
+
+
+# How sources write the patient's sex (DICOM PatientSex: M, F, O; ieee8023: M, F); other values are unknown.
+_SEX_CODES = {"m": "M", "male": "M", "f": "F", "female": "F"}
+
+
+def sex_code(sex: object) -> str:
+    """The patient's sex as the manifest records it.
+
+    Args:
+        sex: As the source writes it: ``M``/``F`` (DICOM PatientSex, ieee8023), ``male``/``female``; any case.
+
+    Returns:
+        ``M``, ``F``, or "" when blank or anything else (DICOM's ``O``, "unknown", NaN).
+    """
+    return _SEX_CODES.get(str(sex).strip().lower(), "")
 
 
 def age_group_from_age(age: object) -> str:

@@ -158,6 +158,7 @@ def _dicom_candidate(
         mapping,
         view=(tags.view if tags is not None and tags.view else default_view),
         age_group=_age_group(tags),
+        sex=tags.sex if tags is not None else "",
         reasons=[*reasons, reason],
         read=not reason,
         any_name=True,

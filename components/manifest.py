@@ -72,6 +72,7 @@ MANIFEST_COLUMNS = [
     "view",  # PA, AP, AP Supine, L, unknown, ...
     "patient_id",  # grouping key for splits, prefixed by source to stay unique across sources
     "age_group",  # adult, pediatric, or "" when unknown
+    "sex",  # M, F, or "" when unknown (components.candidates.sex_code)
     "finding",  # the source's own finding text, untouched
     "label",  # task label (components.labels.TASK_LABELS[task]) or "" when excluded
     "exclusion_reason",
@@ -136,6 +137,7 @@ def _row(found: Mapping[str, Any], file_info: Mapping[str, Any] | None, source: 
         "view": found["view"],
         "patient_id": f"{source}:{found['patient_id']}",
         "age_group": found["age_group"],
+        "sex": found.get("sex", ""),
         "finding": found["finding"],
         "label": "" if reason else found["label"],
         "exclusion_reason": reason,

@@ -109,7 +109,8 @@ same person appearing in two public datasets cannot be detected from ids.
   Parquet). Columns: ``path`` (or ``uri``), ``label`` (or ``finding``: a
   finding, mapped like any other), optional ``patient_id`` (default: the file
   stem, each image its own patient), ``view`` (blank: ``default_view``),
-  ``age_group`` (``adult``/``pediatric``/blank) or ``age`` (years). Paths
+  ``age_group`` (``adult``/``pediatric``/blank) or ``age`` (years), ``sex``
+  (``M``/``F``/``male``/``female``; anything else unknown). Paths
   are relative to root; an absolute path or URI is accepted only inside root,
   and anything escaping it (``../../etc/passwd``, ``/etc/passwd``, a symlink
   pointing out) is excluded as "path outside the source root", never opened.
@@ -713,6 +714,7 @@ def ieee8023_candidates(root: str, task: str, options: Ieee8023Options) -> list[
                 age_group=age_group_from_age(record.get("age", "")),
                 reasons=["" if xray else EXCLUDE_NOT_XRAY],
                 read=xray,
+                sex=record.get("sex", ""),
             )
         )
     return found
@@ -749,6 +751,7 @@ def _agchung_candidates(
         options = {
             "view": _clean_view(record["view"]),
             "age_group": age_group_from_age(record.get("age", "")),
+            "sex": record.get("sex", ""),
             "reasons": ["" if xray else EXCLUDE_NOT_XRAY],
             "read": xray,
         }
@@ -1193,10 +1196,20 @@ def manifest_candidates(root: str, task: str, options: ManifestOptions) -> list[
                 view=view,
                 age_group=age_group,
                 reasons=[EXCLUDE_OUTSIDE_ROOT],
+                sex=record.get("sex", ""),
             )
             row.update(uri=value, detail=f"{value!r} is not inside the source root {root}")
         else:
-            row = candidate(root, relative, record[finding_column], patient, mapping, view=view, age_group=age_group)
+            row = candidate(
+                root,
+                relative,
+                record[finding_column],
+                patient,
+                mapping,
+                view=view,
+                age_group=age_group,
+                sex=record.get("sex", ""),
+            )
             if not value:
                 row["detail"] = f"{manifest_file} row {number}: blank {path_column}"
         found.append(row)

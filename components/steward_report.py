@@ -73,6 +73,7 @@ EXCLUDED_COLUMNS: tuple[str, ...] = (
     "exclusion_detail",
 )
 AGE_GROUPS: tuple[str, ...] = ("adult", "pediatric", "unknown")
+SEXES: tuple[str, ...] = ("F", "M", "unknown")
 # Rows shown per table in the HTML page (the JSON summary and CSV keep more).
 HTML_MAX_ROWS = 500
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -244,6 +245,8 @@ class StewardSummary(BaseModel):
     classes: list[ClassCount]  # task labels first, then labels outside the task
     class_by_source: Crosstab
     class_by_age_group: Crosstab
+    # A class drawn mostly from one sex lets a model learn anatomy instead of disease (manifest `sex`).
+    class_by_sex: Crosstab | None = None
     class_by_split: Crosstab | None
     # Used images per view (rows; blank shown as "unknown") and source (columns).
     views_by_source: Crosstab | None = None
@@ -373,6 +376,11 @@ def build_summary(
             "label": used["label"].fillna("").astype(str).to_numpy(),
             "source": used["source"].fillna("").astype(str).to_numpy(),
             "age_group": used["age_group"].fillna("").astype(str).replace("", "unknown").to_numpy(),
+            "sex": used.get("sex", pd.Series("", index=used.index))
+            .fillna("")
+            .astype(str)
+            .replace("", "unknown")
+            .to_numpy(),
             "view": views.where(~views.str.lower().isin(UNKNOWN_VIEWS), "unknown").to_numpy(),
         }
     )
@@ -446,6 +454,7 @@ def build_summary(
         classes=classes,
         class_by_source=_crosstab(frame, "label", "source", labels),
         class_by_age_group=_crosstab(frame, "label", "age_group", labels, AGE_GROUPS),
+        class_by_sex=_crosstab(frame, "label", "sex", labels, SEXES),
         class_by_split=class_by_split,
         views_by_source=_crosstab(frame, "view", "source", []),
         unknown_views=unknown_views,
@@ -941,6 +950,9 @@ def render_html(summary: StewardSummary, link_base: str | Path | None = None, ga
     parts.append(_views_html(summary))
     parts.append("<h2>Class &times; age group</h2>")
     parts.append(_crosstab_html(summary.class_by_age_group, "class"))
+    if summary.class_by_sex is not None:
+        parts.append("<h2>Class &times; sex</h2>")
+        parts.append(_crosstab_html(summary.class_by_sex, "class"))
     parts.append("<h2>Class &times; split</h2>")
     parts.append(_crosstab_html(summary.class_by_split, "class"))
     if summary.class_by_external_source is not None:

@@ -235,6 +235,7 @@ def manifest_row(uri: str, label: str, source: str = "src", **changes: Any) -> d
         "view": "PA",
         "patient_id": f"{source}:{uri}",
         "age_group": "adult",
+        "sex": "",
         "finding": label,
         "label": label,
         "exclusion_reason": "",

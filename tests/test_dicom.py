@@ -199,7 +199,7 @@ def dicom_drop(root: Path) -> None:
     )
     factory.write(
         root / "pneumonia" / "b.dcm",
-        factory.dicom_bytes(factory.anatomy(seed=4), patient_id="P3", age="007Y", compression="j2k"),
+        factory.dicom_bytes(factory.anatomy(seed=4), patient_id="P3", age="007Y", sex="O", compression="j2k"),
     )
     factory.write(root / "normal" / "lat.dcm", factory.dicom_bytes(factory.anatomy(seed=5), patient_id="P2", view="LL"))
     factory.write(root / "normal" / "sr.dcm", factory.structured_report(patient_id="P2"))
@@ -227,6 +227,8 @@ def test_dicom_source_labelled_by_folder_counts_exactly(tmp_path: Path) -> None:
     assert rows.loc["a.dcm", "age_group"] == "adult"
     assert rows.loc["a.dcm", "view"] == "PA"
     assert rows.loc["a.dcm", "bit_depth"] == 12
+    assert rows.loc["a.dcm", "sex"] == "F"  # PatientSex
+    assert rows.loc["b.dcm", "sex"] == ""  # "O" (other) is not recorded as either
     assert rows.loc["notes.bin", "exclusion_detail"] == "expected a DICOM file (DICM at byte 128); found text"
 
 

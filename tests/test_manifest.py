@@ -543,6 +543,7 @@ def test_real_ieee8023_counts(task: str, decode_once) -> None:
     assert exclusion_summary(frame) == exclusions
     assert frame["view"].value_counts().to_dict() == {"PA": 309, "AP Supine": 135, "AP": 115, "L": 55, "unknown": 39}
     assert frame["patient_id"].nunique() == 351
+    assert frame["sex"].value_counts().to_dict() == {"M": 374, "F": 227, "": 52}  # metadata.csv's `sex`
     read = frame[frame["exclusion_reason"] != EXCLUDE_DUPLICATE_ROW]
     assert read["uri"].nunique() == len(read) == 648
     assert (read["width"] > 0).all()

@@ -450,3 +450,40 @@ def test_cxr_validate_reports_a_drop_with_an_odd_name_and_a_utf16_manifest(local
     run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
     logged = Path(client.download_artifacts(run.info.run_id, "data_validation/excluded_rows.csv", str(tmp_path)))
     assert "normal/caf\\xe9_1.png" in logged.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("written", "recorded"),
+    [
+        ("M", "M"),
+        ("f", "F"),
+        (" Female ", "F"),
+        ("male", "M"),
+        ("O", ""),
+        ("unknown", ""),
+        ("", ""),
+        (float("nan"), ""),
+    ],
+)
+def test_sex_is_recorded_as_m_f_or_unknown(written, recorded):
+    from components.candidates import sex_code
+
+    assert sex_code(written) == recorded
+
+
+def test_the_steward_summary_crosses_class_and_sex(tmp_path):
+    from components.steward_report import build_summary, render_html
+    from components.validation import ValidationConfig, validate_manifest
+    from tests.factories import manifest_row, manifest_table
+
+    rows = [
+        manifest_row(f"/d/{i}.png", label, sha256=f"{i:064x}", phash=f"{i * 0x1111:016x}", sex=sex)
+        for i, (label, sex) in enumerate([("COVID-19", "M"), ("COVID-19", "M"), ("normal", "F"), ("normal", "")])
+    ]
+    manifest = manifest_table(rows)
+    report = validate_manifest(manifest, "binary", tmp_path / "docs", ValidationConfig(), data_docs=False)
+    summary = build_summary(manifest, "binary", report)
+    by_class = {row.label: row.counts for row in summary.class_by_sex.rows}
+    assert by_class["COVID-19"] == {"F": 0, "M": 2, "unknown": 0}
+    assert by_class["normal"] == {"F": 1, "M": 0, "unknown": 1}
+    assert "Class &times; sex" in render_html(summary)
