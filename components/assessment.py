@@ -11,6 +11,7 @@ unknown) is shown as ``"unknown"``.
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -21,6 +22,7 @@ from components.errors import CxrError
 from components.metrics import Decision, Interval, SplitMetrics, classification_metrics
 
 __all__ = [
+    "ROW_FIELDS",
     "SLICE_FIELDS",
     "UNKNOWN",
     "Assessment",
@@ -33,7 +35,9 @@ __all__ = [
 
 UNKNOWN = "unknown"  # how an empty slice value is shown
 # Slice column (EvaluationConfig.slices) -> the Predictions field holding its value per image.
-SLICE_FIELDS = {"source": "sources", "age_group": "age_groups", "view": "views"}
+SLICE_FIELDS = {"source": "sources", "age_group": "age_groups", "sex": "sexes", "view": "views"}
+# The per-image fields of Predictions besides the probabilities, in order.
+ROW_FIELDS = ("keys", "uris", "patient_ids", "sources", "age_groups", "sexes", "views", "y_true")
 
 
 class PredictionsMismatchError(CxrError, ValueError):
@@ -45,7 +49,8 @@ class Predictions(BaseModel):
 
     Every list has one entry per image, in the same order. ``keys`` are the images'
     sha256 (they join a candidate's and a champion's predictions of the same images).
-    ``age_groups`` and ``views`` hold ``""`` where unknown.
+    ``age_groups``, ``sexes`` and ``views`` hold ``""`` where unknown (predictions stored before
+    ``sexes`` existed load with every sex unknown).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -57,14 +62,22 @@ class Predictions(BaseModel):
     patient_ids: list[str]
     sources: list[str]
     age_groups: list[str]
+    sexes: list[str] = []  # M, F or ""
     views: list[str]
     y_true: list[int]
     probabilities: list[list[float]]  # (N, C)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_sexes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("sexes") and data.get("keys") is not None:
+            data = {**data, "sexes": [""] * len(data["keys"])}
+        return data
+
     @model_validator(mode="after")
     def _rows_agree(self) -> Predictions:
         n_images = len(self.keys)
-        for field in ("uris", "patient_ids", "sources", "age_groups", "views", "y_true", "probabilities"):
+        for field in (*ROW_FIELDS[1:], "probabilities"):
             if len(getattr(self, field)) != n_images:
                 raise ValueError(
                     f"predictions of split {self.split!r}: {field} has {len(getattr(self, field))} entries "
@@ -136,19 +149,7 @@ class Predictions(BaseModel):
         return Predictions(
             split=other.split,
             class_names=list(other.class_names),
-            **{
-                field: [getattr(other, field)[row] for row in rows]
-                for field in (
-                    "keys",
-                    "uris",
-                    "patient_ids",
-                    "sources",
-                    "age_groups",
-                    "views",
-                    "y_true",
-                    "probabilities",
-                )
-            },
+            **{field: [getattr(other, field)[row] for row in rows] for field in (*ROW_FIELDS, "probabilities")},
         )
 
     def subset(self, rows: np.ndarray | list[int]) -> Predictions:
@@ -164,10 +165,7 @@ class Predictions(BaseModel):
         return Predictions(
             split=self.split,
             class_names=list(self.class_names),
-            **{
-                field: [getattr(self, field)[row] for row in indices]
-                for field in ("keys", "uris", "patient_ids", "sources", "age_groups", "views", "y_true")
-            },
+            **{field: [getattr(self, field)[row] for row in indices] for field in ROW_FIELDS},
             probabilities=[self.probabilities[row] for row in indices],
         )
 
@@ -177,7 +175,7 @@ class SliceResult(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    column: str  # source | age_group | view
+    column: str  # source | age_group | sex | view
     value: str  # an empty value is shown as "unknown"
     n_images: int
     n_patients: int

@@ -265,7 +265,7 @@ class ThresholdRule(_Strict):
         return self
 
 
-SliceColumn = Literal["source", "age_group", "view"]
+SliceColumn = Literal["source", "age_group", "sex", "view"]
 
 
 class EvaluationConfig(_Strict):
@@ -277,7 +277,7 @@ class EvaluationConfig(_Strict):
     confidence_level: float = Field(0.95, gt=0.5, lt=1)
     # Equal-width bins over 0..1 for ECE, MCE and the reliability diagram.
     calibration_bins: int = Field(10, ge=2, le=100)
-    slices: list[SliceColumn] = ["source", "age_group", "view"]
+    slices: list[SliceColumn] = ["source", "age_group", "sex", "view"]
     # Slices with fewer images are shown and marked small, and no gate criterion applies to them.
     min_slice_size: int = Field(30, ge=1)
     # Configured sources never used for training or model selection: evaluated in their own column.

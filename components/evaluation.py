@@ -92,6 +92,7 @@ def predictions_from(rows: pd.DataFrame, split: str, class_names: list[str], pro
         patient_ids=rows["patient_id"].astype(str).tolist(),
         sources=rows["source"].astype(str).tolist(),
         age_groups=rows["age_group"].fillna("").astype(str).tolist(),
+        sexes=rows["sex"].fillna("").astype(str).tolist() if "sex" in rows else [""] * len(rows),
         views=rows["view"].fillna("").astype(str).tolist(),
         y_true=[list(class_names).index(label) for label in rows["label"]],
         probabilities=np.asarray(probabilities, dtype=float).tolist(),

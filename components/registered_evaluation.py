@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from components.assessment import Predictions
+from components.assessment import ROW_FIELDS, Predictions
 from components.backbones import parse_models_uri
 from components.config import ConfigError
 from components.errors import CxrError
@@ -228,7 +228,7 @@ def pooled_predictions(predictions: Sequence[Predictions], split: str) -> Predic
     for part in predictions[1:]:
         if list(part.class_names) != class_names:
             raise ValueError(f"cannot pool split {part.split!r} ({part.class_names}) with classes {class_names}")
-    fields = ("keys", "uris", "patient_ids", "sources", "age_groups", "views", "y_true", "probabilities")
+    fields = (*ROW_FIELDS, "probabilities")
     return Predictions(
         split=split,
         class_names=class_names,

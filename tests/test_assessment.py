@@ -55,6 +55,7 @@ def test_slices_per_column_in_config_order():
         ("source", "A"),
         ("source", "B"),
         ("age_group", "adult"),
+        ("sex", "unknown"),  # _predictions gives no sex: stored predictions from before `sexes` load like this
         ("view", "AP"),
         ("view", "PA"),
         ("view", "unknown"),
@@ -76,7 +77,7 @@ def test_a_large_slice_is_not_marked_small():
 
 def test_a_slice_has_its_own_metrics_and_intervals():
     assessment = assess(_predictions(), DECISION, CONFIG, seed=0)
-    unknown_view = next(s for s in assessment.slices if s.value == "unknown")
+    unknown_view = next(s for s in assessment.slices if s.column == "view" and s.value == "unknown")
     assert unknown_view.metrics.n_images == 4
     assert sorted(unknown_view.intervals) == sorted(metric_keys(BINARY))
 
@@ -239,3 +240,10 @@ def test_the_card_draws_a_class_never_predicted_without_its_precision_point():
     row = page.split("<tr><td>COVID-19</td>", 1)[1].split("</tr>", 1)[0]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row)  # support, sensitivity, specificity, PPV, ...
     assert cells[3] == "n/a"
+
+
+def test_sex_slices_from_the_manifest_column():
+    predictions = _predictions()  # 40 images
+    with_sex = Predictions(**{**predictions.model_dump(), "sexes": ["F" if i % 4 else "M" for i in range(40)]})
+    sexes = {s.value: s.n_images for s in assess(with_sex, DECISION, CONFIG, seed=0).slices if s.column == "sex"}
+    assert sexes == {"F": 30, "M": 10}
