@@ -239,6 +239,15 @@ def _file_keys(relative: str, tags: DicomTags | None, key: str) -> tuple[str, ..
     return (tags.sop_instance_uid,) if key == "sop_instance_uid" else (tags.patient_id,)
 
 
+def _metadata_row(root: str, relative: str, mapping: Mapping[str, str | None]) -> dict[str, Any]:
+    """The excluded row of a metadata file beside the images (by its suffix; never read)."""
+    row = candidate(
+        root, relative, "", f"file:{relative}", mapping, reasons=[EXCLUDE_NOT_DICOM], read=False, any_name=True
+    )
+    row["detail"] = f"a {PurePosixPath(relative).suffix.lower()} file beside the images (metadata, not read)"
+    return row
+
+
 @register_source("dicom", options=DicomOptions)
 def dicom_candidates(root: str, task: str, options: DicomOptions) -> list[dict[str, Any]]:
     """A folder or S3 prefix of DICOM files (detected by content), labelled by a CSV or by their folder.
@@ -249,8 +258,8 @@ def dicom_candidates(root: str, task: str, options: DicomOptions) -> list[dict[s
         options: The source's config.
 
     Returns:
-        One candidate per file (metadata files not listed), then one excluded row per labels_csv
-        row that matches no file.
+        One candidate per file (metadata files, by suffix, are excluded rows not read; the labels CSV
+        is not a row), then one excluded row per labels_csv row that matches no file.
 
     Raises:
         SourceError: The root holds no file, or the labels CSV lacks its columns or gives one key
@@ -260,16 +269,15 @@ def dicom_candidates(root: str, task: str, options: DicomOptions) -> list[dict[s
     mapping = _task_map(task, options.label_map)
     labels, csv_name = _labels(root, options) if options.labels_csv else ({}, "")
     skipped = {options.labels_csv.strip("/")} if options.labels_csv else set()
-    files = [
-        relative
-        for relative in list_files(root)
-        if relative not in skipped and PurePosixPath(relative).suffix.lower() not in METADATA_SUFFIXES
-    ]
+    listed = [relative for relative in list_files(root) if relative not in skipped]
+    files = [relative for relative in listed if PurePosixPath(relative).suffix.lower() not in METADATA_SUFFIXES]
     if not files:
         raise SourceError(f"dicom source root {root}: no files (other than metadata)")
+    # Metadata beside the images (a README, a CSV) is not read, but listed like any other file that
+    # is not a radiograph: nothing under the root leaves the manifest unaccounted for.
+    found = [_metadata_row(root, relative, mapping) for relative in listed if relative not in set(files)]
     headers = read_headers(root, files)
     used: set[str] = set()
-    found = []
     for relative, header in zip(files, headers, strict=True):
         tags = header.tags
         detail = ""

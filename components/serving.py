@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from components import dicom
 from components.backbones import KERAS_ARTIFACT, probabilities  # KERAS_ARTIFACT: the Keras model's artifact name
-from components.candidates import IMAGE_EXTENSIONS
+from components.candidates import IMAGE_EXTENSIONS, LATERAL_VIEWS
 from components.config import ServingConfig
 from components.errors import CxrError
 from components.imaging import (
@@ -335,13 +335,20 @@ def declared_size(data: bytes, name: str) -> tuple[int, int]:
         (width, height) in pixels.
 
     Raises:
-        ValueError: PIL cannot identify the bytes as an image; the message starts with `name`.
+        ValueError: PIL cannot identify the bytes as an image, or a DICOM file is a lateral view
+            (ViewPosition); the message starts with `name`.
     """
     if dicom.is_dicom(data):  # Columns x Rows from the DICOM header, no pixel decoded (components.dicom)
         try:
-            return dicom.declared_size(data)
+            size, tags = dicom.declared_size(data), dicom.header_tags(data, whole=True)
         except dicom.DicomError as error:
             raise ValueError(f"{name}: cannot decode DICOM ({error})") from error
+        if tags is not None and tags.view.strip().lower() in LATERAL_VIEWS:
+            # Ingest excludes laterals from training and batch scoring: a prediction on one means nothing.
+            raise ValueError(
+                f"{name}: a lateral view (ViewPosition {tags.view}); the model reads frontal (PA/AP) radiographs"
+            )
+        return size
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size

@@ -205,17 +205,17 @@ def dicom_drop(root: Path) -> None:
     factory.write(root / "normal" / "sr.dcm", factory.structured_report(patient_id="P2"))
     factory.write(root / "normal" / "ct.dcm", factory.dicom_bytes(factory.anatomy(seed=6), modality="CT"))
     factory.write(root / "normal" / "notes.bin", b"not a dicom file at all\n")
-    factory.write(root / "README.md", b"# export\n")  # metadata: not listed
+    factory.write(root / "README.md", b"# export\n")  # metadata: an excluded row, not read
 
 
 def test_dicom_source_labelled_by_folder_counts_exactly(tmp_path: Path) -> None:
     dicom_drop(tmp_path / "drop")
     frame = source_manifest(tmp_path / "drop", "multiclass", "dicom", name="pacs")
     check_contract(frame, "multiclass")
-    assert len(frame) == 8
+    assert len(frame) == 9
     assert included(frame)["label"].value_counts().to_dict() == {"COVID-19": 2, "normal": 1, "pneumonia": 1}
     assert exclusion_summary(frame) == {
-        EXCLUDE_NOT_DICOM: 1,
+        EXCLUDE_NOT_DICOM: 2,  # notes.bin (read: text) and README.md (metadata, listed, not read)
         EXCLUDE_DICOM_NOT_IMAGE: 1,
         EXCLUDE_NOT_XRAY: 1,
         EXCLUDE_LATERAL: 1,
@@ -230,6 +230,7 @@ def test_dicom_source_labelled_by_folder_counts_exactly(tmp_path: Path) -> None:
     assert rows.loc["a.dcm", "sex"] == "F"  # PatientSex
     assert rows.loc["b.dcm", "sex"] == ""  # "O" (other) is not recorded as either
     assert rows.loc["notes.bin", "exclusion_detail"] == "expected a DICOM file (DICM at byte 128); found text"
+    assert rows.loc["README.md", "exclusion_detail"] == "a .md file beside the images (metadata, not read)"
 
 
 @pytest.mark.parametrize(
@@ -343,6 +344,15 @@ def test_serving_decodes_base64_dicom_as_the_windowed_png() -> None:
 def test_serving_names_a_dicom_row_that_is_not_an_image() -> None:
     column = pd.Series([serving.encode_image_bytes(factory.structured_report())])
     with pytest.raises(serving.InvalidRowsError, match="row 0: cannot decode DICOM .*structured report"):
+        serving.decode_batch(column, 32)
+
+
+def test_serving_refuses_a_lateral_dicom_as_ingest_excludes_it() -> None:
+    lateral = factory.dicom_bytes(factory.anatomy(seed=5), view="LL")
+    column = pd.Series(
+        [serving.encode_image_bytes(factory.dicom_bytes(factory.anatomy(seed=6))), serving.encode_image_bytes(lateral)]
+    )
+    with pytest.raises(serving.InvalidRowsError, match=r"row 1: a lateral view \(ViewPosition LL\)"):
         serving.decode_batch(column, 32)
 
 
