@@ -741,3 +741,29 @@ def unknown_keys(data: Any, tree: KeyTree | None, where: str = "") -> list[str]:
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(map(str, tree)))})"
             problems.append(f"{path}: unknown key{hint}")
     return problems
+
+
+def misspelt_step_ids(configured: Sequence[str], step_ids: Sequence[str]) -> list[str]:
+    """Step ids a ZenML run config names that look like a misspelling of one of the pipeline's.
+
+    ZenML ignores a `steps.<id>` that matches no step of the pipeline (one warning line), so a
+    `train_mobilenet` for `train_MobileNet` loses its GPU settings. An id that resembles none of
+    this pipeline's steps is left alone: one overlay serves several pipelines.
+
+    Args:
+        configured: the ids under `steps` of the merged config.
+        step_ids: the pipeline's step invocation ids.
+
+    Returns:
+        Messages such as ``"steps.train_mobilenet: no such step (did you mean 'train_MobileNet'?)"``.
+    """
+    known = list(step_ids)
+    by_lower = {step.lower(): step for step in known}
+    problems = []
+    for step in configured:
+        if step in known:
+            continue
+        close = by_lower.get(step.lower()) or next(iter(difflib.get_close_matches(step, known, n=1, cutoff=0.8)), None)
+        if close is not None:
+            problems.append(f"steps.{step}: no such step in this pipeline (did you mean {close!r}?)")
+    return problems

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from components.config import ConfigError, RunConfig, load_run_config, merged_yaml_file
+from components.config import ConfigError, RunConfig, load_run_config, merged_yaml_file, misspelt_step_ids
 from steps.names import EXPERIMENT_TRACKER, train_step_id
 
 PIPELINE_NAME = "training_pipeline"
@@ -168,6 +168,10 @@ def compile_training_pipeline(
     )
     pipeline = training_pipeline.with_options(config_path=str(merged))
     pipeline.prepare(run=resolved_config(config), docs_dir="/tmp/cxr/reports/data_docs", reports_dir="/tmp/cxr/reports")
+    steps = (yaml.safe_load(merged.read_text()) or {}).get("steps") or {}
+    if problems := misspelt_step_ids(list(steps), list(pipeline.invocations)):
+        files = ", ".join(str(path) for path in list(zenml_config_files)[1:]) or "zenml_config.yaml"
+        raise ConfigError(f"ZenML run config {files}: {'; '.join(problems)}")
     run_configuration = PipelineRunConfiguration(**yaml.safe_load(merged.read_text()))
     return Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_configuration)
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from components.ablation import VARIANTS, AblationSummary, ablation_config
 from components.assessment import Assessment
-from components.config import ConfigError, RunConfig, merged_yaml_file
+from components.config import ConfigError, RunConfig, merged_yaml_file, misspelt_step_ids
 from components.deployment import DeploymentOutcome
 from components.errors import CxrError
 from components.evaluation import Evaluation
@@ -122,12 +122,31 @@ def _run_pipeline(
         train_step_ids=train_step_ids,
         known_keys=zenml_config_keys(),
     )
-    return pipeline.with_options(config_path=str(zenml_config))(
-        run=resolved_config(config),
-        docs_dir=str(paths.reports / "data_docs"),
-        reports_dir=str(paths.reports),
+    arguments = {
+        "run": resolved_config(config),
+        "docs_dir": str(paths.reports / "data_docs"),
+        "reports_dir": str(paths.reports),
         **parameters,
-    )
+    }
+    configured = pipeline.with_options(config_path=str(zenml_config))
+    check_step_ids(configured, zenml_config, arguments, zenml_overlays)
+    return configured(**arguments)
+
+
+def check_step_ids(pipeline: Any, zenml_config: Path, arguments: dict[str, Any], overlays: Sequence[str]) -> None:
+    """Refuse a `steps.<id>` of the merged ZenML config that misspells a step of `pipeline`.
+
+    Raises:
+        ConfigError: one names a step the pipeline lacks but closely resembles one it has.
+    """
+    steps = (yaml.safe_load(zenml_config.read_text()) or {}).get("steps") or {}
+    if not steps:
+        return
+    probe = pipeline.with_options()
+    probe.prepare(**arguments)  # builds the step graph only; nothing runs
+    if problems := misspelt_step_ids(list(steps), list(probe.invocations)):
+        files = ", ".join(str(path) for path in overlays) or "zenml_config.yaml"
+        raise ConfigError(f"ZenML run config {files}: {'; '.join(problems)}")
 
 
 class StackNotFoundError(CxrError, LookupError):

@@ -230,6 +230,7 @@ def test_an_overlay_zenml_refuses_is_one_error_line(session_paths, tmp_path, cap
     [
         ("node_selector", "pod_settings.node_selector: unknown key (did you mean 'node_selectors'?)"),
         ("train_step", "train_step: unknown key (did you mean 'train_steps'?)"),
+        ("step id", "steps.train_mobilenet: no such step in this pipeline (did you mean 'train_MobileNet'?)"),
     ],
 )
 def test_a_misspelt_overlay_key_is_refused_by_name(session_paths, tmp_path, capsys, change, expected):
@@ -237,6 +238,8 @@ def test_a_misspelt_overlay_key_is_refused_by_name(session_paths, tmp_path, caps
     overlay = yaml.safe_load((PROJECT_ROOT / "infra" / "zenml_kubernetes.yaml").read_text())
     if change == "train_step":
         overlay["train_step"] = overlay.pop("train_steps")
+    elif change == "step id":  # one step's settings under a misspelt id: ZenML would ignore them
+        overlay["steps"]["train_mobilenet"] = overlay.pop("train_steps")
     else:
         pod = overlay["train_steps"]["settings"]["orchestrator.kubernetes"]["pod_settings"]
         pod["node_selector"] = pod.pop("node_selectors")
@@ -272,3 +275,14 @@ def test_unknown_keys_names_each_with_its_path_and_leaves_free_form_values_alone
         "stpes: unknown key (did you mean 'steps'?)",
     ]
     assert unknown_keys({"settings": {"resources": {"cpu_count": 2}}}, tree) == []
+
+
+def test_step_ids_of_other_pipelines_are_not_misspellings():
+    from components.config import misspelt_step_ids
+
+    steps = ["ingest_data", "train_MobileNet", "expand_training_data"]
+    assert misspelt_step_ids(["expand_training_data", "evaluate_registered_model"], steps) == []
+    assert misspelt_step_ids(["ingest_dat", "TRAIN_MOBILENET"], steps) == [
+        "steps.ingest_dat: no such step in this pipeline (did you mean 'ingest_data'?)",
+        "steps.TRAIN_MOBILENET: no such step in this pipeline (did you mean 'train_MobileNet'?)",
+    ]
