@@ -132,6 +132,7 @@ def candidate(
         reasons.append(EXCLUDE_NOT_IMAGE)
     if view.lower() in LATERAL_VIEWS:
         reasons.append(EXCLUDE_LATERAL)
+        detail = detail or f"view {view!r}: a lateral projection; the models read frontal (PA/AP) radiographs"
     return {
         "uri": uri,
         "finding": finding,

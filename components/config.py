@@ -510,6 +510,17 @@ def parse_run_config(data: Any, origin: str = "<config>") -> RunConfig:
         raise ConfigError(f"invalid run config {origin}:\n{_format_errors(error)}") from None
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, with the line and column in the file (its own text names "<unicode string>")."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None or mark is None:
+        return " ".join(str(error).split())
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"{problem} at {where}" + (f" ({context})" if context else "")
+
+
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping (an empty file is an empty mapping).
 
@@ -536,7 +547,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{what} {path} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

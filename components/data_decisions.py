@@ -233,7 +233,9 @@ def find_version(text: str, known: Iterable[str]) -> str:
     if not versions:
         raise DataDecisionError(f"unknown dataset version {text!r}: no version seen yet (cxr validate records one)")
     seen = ", ".join(versions)
-    raise DataDecisionError(f"unknown dataset version {text!r}: versions seen: {seen} (cxr data versions)")
+    short = len(text) < 4 and any(v.startswith(text) for v in versions)
+    hint = "; give at least 4 characters of it" if short else ""
+    raise DataDecisionError(f"unknown dataset version {text!r}{hint}: versions seen: {seen} (cxr data versions)")
 
 
 # ---------------------------------------------------------------- versions seen

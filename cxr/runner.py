@@ -19,6 +19,7 @@ from components.errors import CxrError
 from components.evaluation import Evaluation
 from components.labels import Task
 from components.metrics import SplitMetrics
+from components.privacy import pseudonymization_key
 from components.registry import Promotion, Registration
 from components.reproduce import (
     ReproductionFiles,
@@ -182,6 +183,8 @@ def use_stack(paths: LocalPaths, project_root: Path, stack: str | None) -> str:
 
 
 def _prepare(config: RunConfig, paths: LocalPaths, project_root: Path, stack: str | None = None) -> None:
+    if config.data.pseudonymize_patient_ids:
+        pseudonymization_key()  # ConfigError now, not from the ingest step after the pipeline started
     use_stack(paths, project_root, stack)
     ensure_synthetic_dataset(config)
 

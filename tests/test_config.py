@@ -96,8 +96,12 @@ def test_unreadable_config_files(tmp_path):
         load_run_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as raised:
         load_run_config(bad)
+    message = str(raised.value)
+    assert "\n" not in message  # one line, at a place in the file named
+    assert "<unicode string>" not in message
+    assert "at line 1, column 16" in message
     bad.write_text("- a list")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_run_config(bad)

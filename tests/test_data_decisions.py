@@ -137,6 +137,8 @@ def test_a_version_is_named_in_full_or_by_its_unique_start():
         find_version("0123", known)
     with pytest.raises(DataDecisionError, match=r"unknown dataset version 'deadbeef': versions seen: 0123"):
         find_version("deadbeef", known)
+    with pytest.raises(DataDecisionError, match=r"'fed'; give at least 4 characters of it: versions seen"):
+        find_version("fed", known)
     with pytest.raises(DataDecisionError, match=r"'deadbeef': no version seen yet \(cxr validate records one\)"):
         find_version("deadbeef", [])
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from components import dicom, serving
 from components.config import ConfigError, parse_run_config
@@ -231,6 +232,9 @@ def test_dicom_source_labelled_by_folder_counts_exactly(tmp_path: Path) -> None:
     assert rows.loc["b.dcm", "sex"] == ""  # "O" (other) is not recorded as either
     assert rows.loc["notes.bin", "exclusion_detail"] == "expected a DICOM file (DICM at byte 128); found text"
     assert rows.loc["README.md", "exclusion_detail"] == "a .md file beside the images (metadata, not read)"
+    assert rows.loc["lat.dcm", "exclusion_detail"] == (
+        "view 'LL': a lateral projection; the models read frontal (PA/AP) radiographs"
+    )
 
 
 @pytest.mark.parametrize(
@@ -493,3 +497,29 @@ def test_no_identifying_tag_reaches_any_output_of_a_run(local_stack, monkeypatch
     assert any("/ingest_data/manifest/" in path for path in holding), holding  # the manifest artifact (Parquet)
     encoded = base64.b64encode(factory.NAME.encode()).decode()
     assert _files_holding(Path(local_stack.workdir), [encoded]) == {}
+
+
+def test_a_missing_pseudonymization_key_stops_before_the_pipeline(tmp_path: Path, monkeypatch, capsys) -> None:
+    from cxr.cli import main
+
+    dicom_drop(tmp_path / "drop")
+    config = {
+        "name": "no-key",
+        "task": "multiclass",
+        "data": {
+            "sources": [{"kind": "dicom", "root": str(tmp_path / "drop"), "name": "pacs"}],
+            "pseudonymize_patient_ids": True,
+        },
+        "backbones": [{"name": "MobileNet", "alpha": 0.25, "image_size": 64, "weights": "none"}],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
+    assert main(["--workdir", str(tmp_path / "work"), "validate", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert (
+        captured.err.strip()
+        .splitlines()[-1]
+        .startswith(f"error: data.pseudonymize_patient_ids is true but {KEY_VARIABLE} is not set")
+    )
+    assert "ingest_data" not in captured.out + captured.err  # no step started
