@@ -220,6 +220,21 @@ def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> Model
     return version
 
 
+def aliases_of(client: MlflowClient, model_name: str) -> dict[str, str]:
+    """{alias: version} of a registered model; {} when the model does not exist.
+
+    Args:
+        client: MLflow client of the registry.
+        model_name: registered model name.
+    """
+    try:
+        return {alias: str(version) for alias, version in client.get_registered_model(model_name).aliases.items()}
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+
+
 def current_champion(client: MlflowClient, model_name: str, alias: str = CHAMPION) -> ModelVersion | None:
     """Find the version holding an alias.
 

@@ -597,13 +597,16 @@ def _csv_paths(path: Path) -> list[str]:
 FOLDER_EXTENSIONS = IMAGE_EXTENSIONS | {".dcm", ".dicom"}
 
 
-def collect_image_paths(items: Sequence[str | Path]) -> list[str]:
+def collect_image_paths(items: Sequence[str | Path], skipped: list[str] | None = None) -> list[str]:
     """What `cxr predict` scores: files as given, image files under folders, paths listed in CSV files.
 
     Args:
         items: files (any name: each is tried as an image), folders (searched recursively for
             .png/.jpg/.jpeg/.dcm/.dicom, sorted; a broken link is kept, its row says so), and ``.csv`` files listing
             paths in a column ``path`` (or ``uri``; relative paths are relative to the CSV's folder).
+
+        skipped: when given, the files under the folders that were not taken (by their names) are
+            appended to it, so the caller can say so.
 
     Returns:
         Paths in order, without repeats. A path that does not exist is kept: its row reports it.
@@ -616,11 +619,10 @@ def collect_image_paths(items: Sequence[str | Path]) -> list[str]:
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                str(f)
-                for f in path.rglob("*")
-                if (f.is_file() or f.is_symlink()) and f.suffix.lower() in FOLDER_EXTENSIONS
-            )
+            files = sorted(f for f in path.rglob("*") if f.is_file() or f.is_symlink())
+            found = [str(f) for f in files if f.suffix.lower() in FOLDER_EXTENSIONS]
+            if skipped is not None:
+                skipped += [str(f) for f in files if f.suffix.lower() not in FOLDER_EXTENSIONS]
             if not found:
                 raise PredictionInputError(f"no .png/.jpg/.jpeg/.dcm/.dicom image under the folder {path}")
             paths += found

@@ -560,7 +560,7 @@ def _registered_model_uri(args: argparse.Namespace, config=None) -> tuple[str, s
     import mlflow
     from mlflow import MlflowClient
 
-    from components.registry import RegisteredModelNotFoundError, current_champion
+    from components.registry import RegisteredModelNotFoundError, aliases_of, current_champion
 
     name = args.model_name or (config.registry.model_name if config is not None else DEFAULT_MODEL_NAME)
     version = current_champion(MlflowClient(), name, args.alias)
@@ -568,6 +568,12 @@ def _registered_model_uri(args: argparse.Namespace, config=None) -> tuple[str, s
         workdir = (
             "" if Path(args.workdir).resolve() == Path(DEFAULT_WORKDIR).resolve() else f" --workdir {args.workdir}"
         )
+        if others := aliases_of(MlflowClient(), name):  # e.g. only a challenger: serving it is one option away
+            held = ", ".join(f"{alias} (version {v})" for alias, v in sorted(others.items()))
+            raise RegisteredModelNotFoundError(
+                f"no version of registered model {name!r} holds the alias {args.alias!r}; it has {held}: "
+                f"give --alias {sorted(others)[0]}, or promote a version (cxr promote)"
+            )
         raise RegisteredModelNotFoundError(
             f"no version of registered model {name!r} holds the alias {args.alias!r} in the registry at "
             f"{mlflow.get_registry_uri()}; train one: .venv/bin/cxr{workdir} train --config "
@@ -641,7 +647,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output} is a folder; give a file name")
     if args.output and not Path(args.output).resolve().parent.is_dir():
         raise ConfigError(f"--output {args.output}: folder {Path(args.output).resolve().parent} does not exist")
-    paths = collect_image_paths(args.images)
+    skipped: list[str] = []
+    paths = collect_image_paths(args.images, skipped)
+    if skipped:  # nothing left out unsaid: name a few of the files a folder held besides images
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        print(
+            f"skipped {len(skipped)} file(s) that are not .png/.jpg/.jpeg/.dcm/.dicom by name: {shown} "
+            "(name a file to score it whatever its name)",
+            file=sys.stderr,
+        )
     name, version = _registered_model_uri(args, config)
     limits = InputLimits.from_config(
         _serving_section(args, config), config.validation if config is not None else ValidationConfig()

@@ -294,6 +294,19 @@ def test_no_champion_is_one_line_that_says_how_to_train_one(tracking, tmp_path, 
     )
 
 
+def test_a_missing_alias_names_the_aliases_the_model_has(tracking, registered, tmp_path, capsys, restore_environ):
+    image = tmp_path / "x.png"
+    image.write_bytes(encode_png(np.zeros((64, 64), dtype=np.uint8)))
+    code = main(
+        ["--workdir", str(tmp_path / "work"), "predict", "--model-name", MODEL_NAME, "--alias", "staging", str(image)]
+    )
+    assert code == 1
+    assert _error_lines(capsys) == [
+        f"error: no version of registered model {MODEL_NAME!r} holds the alias 'staging'; it has champion (version "
+        f"{registered.version}): give --alias champion, or promote a version (cxr promote)"
+    ]
+
+
 def test_cxr_predict_writes_a_table_and_names_bad_files(tracking, registered, tmp_path, capsys, restore_environ):
     folder = tmp_path / "drop"
     folder.mkdir()

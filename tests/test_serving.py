@@ -270,7 +270,9 @@ def test_collect_image_paths(tmp_path):
         (folder / name).write_bytes(b"x")
     listing = tmp_path / "list.csv"
     listing.write_text("patient,path\np1,drop/b.png\np2,/abs/x.png\np3,\n")
-    found = serving.collect_image_paths([str(tmp_path / "one.png"), folder, listing, folder / "b.png"])
+    skipped = []
+    found = serving.collect_image_paths([str(tmp_path / "one.png"), folder, listing, folder / "b.png"], skipped)
+    assert skipped == [str(folder / "notes.txt")]
     assert found == [
         str(tmp_path / "one.png"),
         str(folder / "a.JPG"),
