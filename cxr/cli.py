@@ -857,6 +857,12 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """cxr data versions | approve VERSION --reason TEXT | reject VERSION --reason TEXT (cxr/data.py)."""
+    if not Path(args.workdir).exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Decisions live in a work folder or on a shared tracking server: a mistyped --workdir is not created.
+        raise ConfigError(
+            f"no work folder {Path(args.workdir).resolve()}: no data was validated there yet (cxr validate), or "
+            "give the work folder with --workdir (or MLFLOW_TRACKING_URI for a shared tracking server)"
+        )
     paths = _environment(args.workdir)
     from cxr.data import cmd_data as run_data_command
 

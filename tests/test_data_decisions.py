@@ -298,3 +298,13 @@ def test_validate_refuse_approve_train_then_reject(local_stack, tmp_path, capsys
     assert main(["--workdir", str(tmp_path / "new"), "data", "versions"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(version))
     assert "rejected by bo" in row
+
+
+def test_a_mistyped_work_folder_is_refused_not_created(tmp_path, capsys, monkeypatch):
+    from cxr.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    missing = tmp_path / "no-such-folder"
+    assert main(["--workdir", str(missing), "data", "versions"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no work folder {missing}: no data was validated there yet")
+    assert not missing.exists()
