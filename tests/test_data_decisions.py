@@ -217,6 +217,7 @@ def own_tracking(monkeypatch):
 def test_approving_a_version_never_seen_is_one_error_line(tmp_path, capsys, own_tracking):
     from cxr.cli import main
 
+    (tmp_path / "w").mkdir()  # a work folder with nothing validated yet (a missing one is refused: below)
     code = main(["--workdir", str(tmp_path / "w"), "data", "approve", "deadbeef", "--reason", "fine"])
     assert code == 1
     err = capsys.readouterr().err
