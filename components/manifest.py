@@ -327,17 +327,36 @@ def exclusion_summary(manifest: pd.DataFrame) -> dict[str, int]:
     return {reason: int(counts[reason]) for reason in reasons}
 
 
-def _source_prefixes(manifest: pd.DataFrame) -> dict[str, str]:
-    """{source: the folder (or S3 prefix) all its rows' URIs share, ending in "/"}.
+def source_roots(manifest: pd.DataFrame) -> dict[str, str]:
+    """The folder (or S3 prefix) that all files of each source share: the root paths are shown against.
 
-    The deepest common folder, not the configured root: the version is computed from the
-    manifest alone, and the same files under another root share the same relative paths.
+    Args:
+        manifest: A manifest (MANIFEST_COLUMNS); rows without a uri are ignored.
+
+    Returns:
+        {source: the deepest folder common to its rows' uris, ending in "/"}, sorted by source.
     """
-    prefixes = {}
-    for source, uris in manifest.groupby("source", sort=False)["uri"]:
-        common = os.path.commonprefix([str(uri) for uri in uris])
-        prefixes[str(source)] = common[: common.rfind("/") + 1]
-    return prefixes
+    roots: dict[str, str] = {}
+    uris = manifest["uri"].fillna("").astype(str)
+    for source, group in uris[uris != ""].groupby(manifest["source"].astype(str), sort=True):
+        common = os.path.commonprefix(group.tolist())
+        roots[str(source)] = common[: common.rfind("/") + 1]
+    return roots
+
+
+def relative_path(uri: str, source: str, roots: Mapping[str, str]) -> str:
+    """A file's path relative to its source's root (source_roots); the uri itself outside it.
+
+    Args:
+        uri: The file's uri (absolute path or ``s3://`` URI).
+        source: Its source.
+        roots: source_roots of the manifest.
+
+    Returns:
+        E.g. ``COVID-19/p1.png`` for ``/data/drop/COVID-19/p1.png`` under root ``/data/drop/``.
+    """
+    root = roots.get(source, "")
+    return uri[len(root) :] if root and uri.startswith(root) and len(uri) > len(root) else uri
 
 
 def dataset_version(manifest: pd.DataFrame) -> str:
@@ -345,7 +364,7 @@ def dataset_version(manifest: pd.DataFrame) -> str:
 
     Rows are sorted first, so the order adapters list files in does not matter;
     file bytes enter through the sha256 column. Paths enter relative to the folder their
-    source's files share (also in exclusion details, which may quote them): the same files
+    source's files share (source_roots; also in exclusion details, which may quote them): the same files
     moved, copied, regenerated elsewhere or uploaded to S3 keep their version, so
     `cxr train --if-data-changed` does not retrain on them.
 
@@ -357,9 +376,12 @@ def dataset_version(manifest: pd.DataFrame) -> str:
     """
     frame = manifest.reindex(columns=MANIFEST_COLUMNS).astype(str)
     if len(frame):
-        prefix = frame["source"].map(_source_prefixes(frame))
-        relative = [uri[len(p) :] if uri.startswith(p) else uri for uri, p in zip(frame["uri"], prefix, strict=True)]
-        details = [d.replace(p, "") if p else d for d, p in zip(frame["exclusion_detail"], prefix, strict=True)]
+        roots = source_roots(frame)
+        rows = zip(frame["uri"], frame["source"], frame["exclusion_detail"], strict=True)
+        relative, details = [], []
+        for uri, source, detail in rows:
+            relative.append(relative_path(uri, source, roots))
+            details.append(detail.replace(roots[source], "") if roots.get(source) else detail)
         frame = frame.assign(uri=relative, exclusion_detail=details)
     frame = frame.sort_values(MANIFEST_COLUMNS, kind="stable")
     digest = hashlib.sha256()

@@ -60,6 +60,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from components.labels import EXCLUDE_OUT_OF_TASK, EXCLUDE_UNKNOWN_FINDING, EXCLUDE_UNLABELLED, Task, labels_for_task
+from components.manifest import relative_path, source_roots
 from components.splitting import ALL_SPLITS, EVALUATION, EXTERNAL, SPLITS, TRAINING, DataPurpose
 from components.validation import Record, Severity, ValidationReport, used_rows
 
@@ -284,38 +285,6 @@ def _crosstab(
         table_rows.append(CrosstabRow(label=label, counts=cells, total=sum(cells.values())))
     totals = {column: sum(row.counts[column] for row in table_rows) for column in column_order}
     return Crosstab(columns=column_order, rows=table_rows, totals=totals)
-
-
-def source_roots(manifest: pd.DataFrame) -> dict[str, str]:
-    """The folder (or S3 prefix) that all files of each source share: the root paths are shown against.
-
-    Args:
-        manifest: A manifest (MANIFEST_COLUMNS); rows without a uri are ignored.
-
-    Returns:
-        {source: the deepest folder common to its rows' uris, ending in "/"}, sorted by source.
-    """
-    roots: dict[str, str] = {}
-    uris = manifest["uri"].fillna("").astype(str)
-    for source, group in uris[uris != ""].groupby(manifest["source"].astype(str), sort=True):
-        common = os.path.commonprefix(group.tolist())
-        roots[str(source)] = common[: common.rfind("/") + 1]
-    return roots
-
-
-def relative_path(uri: str, source: str, roots: Mapping[str, str]) -> str:
-    """A file's path relative to its source's root (source_roots); the uri itself outside it.
-
-    Args:
-        uri: The file's uri (absolute path or ``s3://`` URI).
-        source: Its source.
-        roots: source_roots of the manifest.
-
-    Returns:
-        E.g. ``COVID-19/p1.png`` for ``/data/drop/COVID-19/p1.png`` under root ``/data/drop/``.
-    """
-    root = roots.get(source, "")
-    return uri[len(root) :] if root and uri.startswith(root) and len(uri) > len(root) else uri
 
 
 def _checks(report: ValidationReport | None) -> list[SummaryCheck]:

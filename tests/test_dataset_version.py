@@ -48,6 +48,16 @@ def test_paths_quoted_in_exclusion_details_do_not_enter_the_version(tmp_path):
     assert dataset_version(moved) == dataset_version(quoted)
 
 
+def test_a_row_without_a_file_does_not_pin_the_version_to_absolute_paths(tmp_path):
+    """A metadata row that names no file has uri "": the folder the source's files share ignores it."""
+    write_class_folders(tmp_path / "a")
+    first = build_manifest([FolderOptions(root=str(tmp_path / "a"), name="f")], "multiclass")
+    nameless = {**first.iloc[0].to_dict(), "uri": "", "exclusion_reason": "missing file"}
+    with_nameless = manifest_frame([*first.to_dict("records"), nameless])
+    moved = with_nameless.assign(uri=with_nameless["uri"].str.replace(str(tmp_path / "a"), str(tmp_path / "b")))
+    assert dataset_version(moved) == dataset_version(with_nameless)
+
+
 def test_changed_file_invalidates_the_cache_of_downstream_steps(local_stack, tmp_path):
     from zenml import pipeline
     from zenml.config import CachePolicy
