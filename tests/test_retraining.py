@@ -253,7 +253,9 @@ def cxr_train(workdir: Path, config: dict, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_cxr_train_if_data_changed_skips_and_records_why(tmp_path, capsys):
+def test_cxr_train_if_data_changed_skips_and_records_why(local_stack, tmp_path, capsys):
+    """(local_stack: ZenML is imported on the session's store first, so the command below keeps that store and
+    finds the champion registered there; run alone, it would point ZenML and MLflow at its own work folder.)"""
     from cxr.retraining import check_data
     from cxr.stack import LocalPaths
 
