@@ -414,7 +414,8 @@ class FileInfoCache:
         Returns:
             How many files were stored.
         """
-        stable = {uri: entry for uri, entry in before.by_uri().items() if after.by_uri().get(uri) == entry}
+        now = after.by_uri()
+        stable = {uri: entry for uri, entry in before.by_uri().items() if now.get(uri) == entry}
         file_columns = [key for key in NO_FILE if key not in ("exclusion_reason", "exclusion_detail")]
         stored = 0
         for row in manifest.to_dict("records"):
