@@ -34,7 +34,8 @@ from typing import Any
 
 import yaml
 
-from components.config import ConfigError, RunConfig, load_run_config, merged_yaml_file, misspelt_step_ids
+from components.config import ConfigError, RunConfig, load_run_config, merged_yaml_file
+from cxr.zenml_keys import add_zenml_config_option
 from steps.names import EXPERIMENT_TRACKER, train_step_id
 
 PIPELINE_NAME = "training_pipeline"
@@ -156,7 +157,7 @@ def compile_training_pipeline(
     from zenml.config.compiler import Compiler
     from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 
-    from cxr.runner import resolved_config
+    from cxr.runner import check_step_ids, resolved_config
     from cxr.zenml_keys import zenml_config_keys
     from pipelines.training import training_pipeline
 
@@ -168,10 +169,7 @@ def compile_training_pipeline(
     )
     pipeline = training_pipeline.with_options(config_path=str(merged))
     pipeline.prepare(run=resolved_config(config), docs_dir="/tmp/cxr/reports/data_docs", reports_dir="/tmp/cxr/reports")
-    steps = (yaml.safe_load(merged.read_text()) or {}).get("steps") or {}
-    if problems := misspelt_step_ids(list(steps), list(pipeline.invocations)):
-        files = ", ".join(str(path) for path in list(zenml_config_files)[1:]) or "zenml_config.yaml"
-        raise ConfigError(f"ZenML run config {files}: {'; '.join(problems)}")
+    check_step_ids(merged, list(pipeline.invocations), list(zenml_config_files)[1:])
     run_configuration = PipelineRunConfiguration(**yaml.safe_load(merged.read_text()))
     return Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_configuration)
 
@@ -335,13 +333,7 @@ def add_parser(commands: Any) -> None:
         help="write (and validate) the Jobs ZenML's Kubernetes orchestrator would submit for the training pipeline",
     )
     sub.add_argument("--config", required=True, help="run config YAML (see configs/)")
-    sub.add_argument(
-        "--zenml-config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml); repeatable",
-    )
+    add_zenml_config_option(sub)
     sub.add_argument("--out", required=True, help="folder for the YAML files (one Job each)")
     sub.add_argument("--image", default=DEFAULT_IMAGE, help=f"image of every pod (default {DEFAULT_IMAGE})")
     sub.add_argument("--namespace", default=DEFAULT_NAMESPACE, help=f"namespace (default {DEFAULT_NAMESPACE})")

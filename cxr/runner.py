@@ -130,22 +130,25 @@ def _run_pipeline(
         **parameters,
     }
     configured = pipeline.with_options(config_path=str(zenml_config))
-    check_step_ids(configured, zenml_config, arguments, zenml_overlays)
+    probe = configured.with_options()
+    probe.prepare(**arguments)  # builds the step graph only; nothing runs
+    check_step_ids(zenml_config, list(probe.invocations), zenml_overlays)
     return configured(**arguments)
 
 
-def check_step_ids(pipeline: Any, zenml_config: Path, arguments: dict[str, Any], overlays: Sequence[str]) -> None:
-    """Refuse a `steps.<id>` of the merged ZenML config that misspells a step of `pipeline`.
+def check_step_ids(zenml_config: Path, step_ids: Sequence[str], overlays: Sequence[str | Path]) -> None:
+    """Refuse a `steps.<id>` of the merged ZenML config that misspells one of `step_ids` (misspelt_step_ids).
+
+    Args:
+        zenml_config: the merged ZenML run config.
+        step_ids: the pipeline's step invocation ids (after ``pipeline.prepare``).
+        overlays: the --zenml-config files, named in the error.
 
     Raises:
         ConfigError: one names a step the pipeline lacks but closely resembles one it has.
     """
     steps = (yaml.safe_load(zenml_config.read_text()) or {}).get("steps") or {}
-    if not steps:
-        return
-    probe = pipeline.with_options()
-    probe.prepare(**arguments)  # builds the step graph only; nothing runs
-    if problems := misspelt_step_ids(list(steps), list(probe.invocations)):
+    if problems := misspelt_step_ids(list(steps), list(step_ids)):
         files = ", ".join(str(path) for path in overlays) or "zenml_config.yaml"
         raise ConfigError(f"ZenML run config {files}: {'; '.join(problems)}")
 
