@@ -59,16 +59,15 @@ def select_stack(paths: LocalPaths, project_root: Path, stack: str | None) -> An
     """Activate `stack` (or keep the active one; the local stack when it is ZenML's default); return it.
 
     Raises:
-        ScheduleError: the stack does not exist, or its orchestrator's integration is not installed.
+        StackNotFoundError: the stack does not exist (cxr.runner.use_stack).
+        ScheduleError: its orchestrator's integration is not installed.
     """
+    from cxr.runner import use_stack
+
     client = _client()
-    if stack is not None and stack != STACK_NAME:
-        try:
-            client.activate_stack(stack)
-        except KeyError:
-            names = ", ".join(s.name for s in client.list_stacks(size=100).items)
-            raise ScheduleError(f"--stack {stack}: no such ZenML stack (stacks: {names})") from None
-    if stack == STACK_NAME or (stack is None and client.active_stack_model.name in (ZENML_DEFAULT_STACK, STACK_NAME)):
+    if stack is not None:  # as `cxr train --stack`: that stack, or the local one created and activated
+        use_stack(paths, project_root, stack)
+    elif client.active_stack_model.name in (ZENML_DEFAULT_STACK, STACK_NAME):
         ensure_local_stack(paths, project_root)  # creates and activates it
     try:
         return client.active_stack
