@@ -50,6 +50,7 @@ from components.errors import CxrError
 from cxr.data import add_data_parser
 from cxr.run_log import active_run_log, close_run_log, install_console_filters, log_exception, open_run_log
 from cxr.team import add_stack_parser
+from cxr.zenml_keys import add_zenml_config_option
 
 if TYPE_CHECKING:
     from cxr.runner import (
@@ -200,13 +201,7 @@ def _add_run_arguments(sub: argparse.ArgumentParser, config_help: str, runs: boo
     )
     if runs:
         sub.add_argument("--summary-json", help=summary_help)
-        sub.add_argument(
-            "--zenml-config",
-            action="append",
-            default=[],
-            metavar="YAML",
-            help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml)",
-        )
+        add_zenml_config_option(sub)
 
 
 def _add_ablation_parser(commands) -> None:
@@ -1025,13 +1020,7 @@ def _add_schedule_parser(commands) -> None:
     create.add_argument(
         "--if-data-changed", action="store_true", help="each scheduled run trains only when the data changed"
     )
-    create.add_argument(
-        "--zenml-config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml)",
-    )
+    add_zenml_config_option(create)
     create.add_argument("--stack", help="ZenML stack to schedule on (default: the active one, else the local stack)")
     actions.add_parser("list", help="ZenML schedules: state, cron, orchestrator, next run")
     for verb, help_text in (

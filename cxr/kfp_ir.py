@@ -48,6 +48,7 @@ import yaml
 
 from components.config import ConfigError, RunConfig, load_run_config
 from components.errors import CxrError
+from cxr.zenml_keys import add_zenml_config_option
 
 DEFAULT_IMAGE = "cxr-pipelines:latest"  # infra/Dockerfile; ZenML names the image it builds itself
 DEFAULT_ZENML_URL = "http://zenml-server.cxr.svc.cluster.local:8080"
@@ -305,13 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     project_root = Path(__file__).resolve().parent.parent
     parser = argparse.ArgumentParser(prog="python -m cxr.kfp_ir", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
-    parser.add_argument(
-        "--zenml-config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml); repeatable",
-    )
+    add_zenml_config_option(parser)
     parser.add_argument("--out", required=True, help="the KFP IR YAML file to write")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help=f"image of every task (default {DEFAULT_IMAGE})")
     parser.add_argument(

@@ -53,3 +53,18 @@ def zenml_config_keys() -> dict[str, Any]:
     }
     step = {**_fields(StepConfigurationUpdate), "settings": settings}
     return {**_fields(PipelineRunConfiguration), "settings": settings, "steps": {ANY_KEY: step}, TRAIN_STEPS_KEY: step}
+
+
+def add_zenml_config_option(parser: Any) -> None:
+    """The repeatable ``--zenml-config`` option of every command that merges ZenML run-config files.
+
+    Args:
+        parser: an argparse (sub)parser; the option lands in ``args.zenml_config`` (a list, [] by default).
+    """
+    parser.add_argument(
+        "--zenml-config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="ZenML run-config overlay merged over zenml_config.yaml (e.g. infra/zenml_kubernetes.yaml); repeatable",
+    )
