@@ -8,6 +8,7 @@ manifest must fail the same checks, so they can fail.
 """
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -193,6 +194,21 @@ def test_a_resource_that_is_no_kubernetes_quantity_fails(manifests):
     assert "requests.memory '32 GB' is not a Kubernetes quantity" in errors[0]
 
 
+def _k8s_manifests_with(overlay: dict, session_paths, tmp_path, capsys) -> tuple[int, str, Path]:
+    """`cxr k8s-manifests` of configs/paper.yaml with `overlay` as its --zenml-config: (exit code, stderr, overlay)."""
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    argv = [
+        "--workdir",
+        str(session_paths.workdir),
+        "k8s-manifests",
+        "--config",
+        str(PROJECT_ROOT / "configs/paper.yaml"),
+    ]
+    code = main([*argv, "--zenml-config", str(path), "--out", str(tmp_path / "out")])
+    return code, capsys.readouterr().err, path
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -209,17 +225,7 @@ def test_an_overlay_zenml_refuses_is_one_error_line(session_paths, tmp_path, cap
         ] = 1
     else:
         kubernetes.pop("service_account_name")
-    path = tmp_path / "overlay.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    argv = [
-        "--workdir",
-        str(session_paths.workdir),
-        "k8s-manifests",
-        "--config",
-        str(PROJECT_ROOT / "configs/paper.yaml"),
-    ]
-    code = main([*argv, "--zenml-config", str(path), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    code, err, _ = _k8s_manifests_with(overlay, session_paths, tmp_path, capsys)
     assert code == 2
     assert "Traceback" not in err
     assert expected in err.strip().splitlines()[-1]
@@ -243,17 +249,7 @@ def test_a_misspelt_overlay_key_is_refused_by_name(session_paths, tmp_path, caps
     else:
         pod = overlay["train_steps"]["settings"]["orchestrator.kubernetes"]["pod_settings"]
         pod["node_selector"] = pod.pop("node_selectors")
-    path = tmp_path / "overlay.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    argv = [
-        "--workdir",
-        str(session_paths.workdir),
-        "k8s-manifests",
-        "--config",
-        str(PROJECT_ROOT / "configs/paper.yaml"),
-    ]
-    code = main([*argv, "--zenml-config", str(path), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
+    code, err, path = _k8s_manifests_with(overlay, session_paths, tmp_path, capsys)
     assert code == 2
     assert err.count("\n") == 1
     assert expected in err
